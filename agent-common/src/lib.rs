@@ -1,0 +1,523 @@
+//! Types shared by termscope's kernel programs (`termscope-ebpf`) and its userspace agent.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so that both sides agree on the
+//! layout byte for byte. Every event starts with the same [`EventHeader`]; userspace reads the
+//! header's `kind` to know which struct follows. With the `user` feature the types implement
+//! `aya::Pod` so the agent can put them into maps and globals.
+#![no_std]
+
+/// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// A field offset (in a kernel struct or a tracepoint record) that could not be resolved on the
+/// running kernel. Programs skip reads at this offset; the feature that needs it is turned off.
+pub const OFFSET_MISSING: u32 = u32::MAX;
+
+/// Kinds of event in the ring buffer (`EventHeader::kind`).
+pub mod kind {
+    /// [`crate::SignalEvent`]: a signal was generated (`signal:signal_generate`).
+    pub const SIGNAL_GENERATE: u32 = 1;
+    /// [`crate::SignalDeliverEvent`]: a task took a signal (`signal:signal_deliver`).
+    pub const SIGNAL_DELIVER: u32 = 2;
+    /// [`crate::ExitEvent`]: a task exited (`sched:sched_process_exit`).
+    pub const PROCESS_EXIT: u32 = 3;
+    /// [`crate::TcpStateEvent`]: a TCP socket changed state (`sock:inet_sock_set_state`).
+    pub const TCP_STATE: u32 = 4;
+    /// [`crate::TcpResetEvent`]: a TCP reset was sent or received.
+    pub const TCP_RESET: u32 = 5;
+}
+
+/// Bits of [`Config::features`]: what userspace could resolve on this kernel. A program that
+/// needs a feature whose bit is clear does without it (and userspace reports it in `doctor`).
+pub mod feature {
+    /// `task_struct -> cgroups -> dfl_cgrp -> kn -> id`: the cgroup v2 id of a non-current task.
+    pub const TASK_CGROUP: u64 = 1 << 0;
+    /// `sock -> sk_cgrp_data.cgroup -> kn -> id`: the cgroup v2 id of a socket.
+    pub const SOCK_CGROUP: u64 = 1 << 1;
+    /// `task_struct -> nsproxy -> net_ns -> ns.inum`: a task's network namespace.
+    pub const TASK_NETNS: u64 = 1 << 2;
+    /// `sk_buff -> dev -> nd_net.net -> ns.inum`: the netns of a packet (resets with no socket).
+    pub const SKB_NETNS: u64 = 1 << 3;
+    /// `task_struct -> flags` (PF_EXITING) and `exit_code`.
+    pub const TASK_EXIT: u64 = 1 << 4;
+    /// `task_struct -> pid, tgid, comm` of a non-current task.
+    pub const TASK_IDS: u64 = 1 << 5;
+}
+
+/// Bits of [`EventHeader::flags`].
+pub mod flags {
+    /// Signal: this signal made the kernel start watching the target's cgroup (a stop signal
+    /// sent from outside the target's cgroup).
+    pub const WATCH_OPENED: u32 = 1 << 0;
+    /// TCP: the connection was accepted (passive open), not connected out.
+    pub const INBOUND: u32 = 1 << 1;
+    /// TCP: the close was done by the kernel while the owning task was exiting (PF_EXITING):
+    /// the process died with the socket open.
+    pub const CLOSED_BY_EXIT: u32 = 1 << 2;
+    /// TCP: a reset was sent on this connection.
+    pub const RESET_SENT: u32 = 1 << 3;
+    /// TCP: a reset was received on this connection.
+    pub const RESET_RECEIVED: u32 = 1 << 4;
+    /// TCP: the connection was already open when the kernel first saw it (no open event), or
+    /// the socket has no entry in the live-connection map.
+    pub const UNTRACKED: u32 = 1 << 5;
+    /// Exit: the whole thread group died with this task (`group_dead`).
+    pub const GROUP_DEAD: u32 = 1 << 6;
+    /// TCP: the socket's cgroup could not be read; `cgroup_id` is that of `current`.
+    pub const CGROUP_FROM_CURRENT: u32 = 1 << 7;
+    /// Reset: the reset answered a segment for which there was no socket (e.g. a SYN to a
+    /// port with no listener).
+    pub const NO_SOCKET: u32 = 1 << 8;
+    /// TCP: the state change ran in the context of a task in the socket's own cgroup.
+    pub const IN_OWNER_TASK: u32 = 1 << 9;
+}
+
+/// Value of [`WatchEntry::reason`].
+pub mod watch_reason {
+    /// Userspace asked for it (configuration, a known container, a termination in progress).
+    pub const USERSPACE: u32 = 1;
+    /// The signal probe saw a stop signal from outside the cgroup.
+    pub const STOP_SIGNAL: u32 = 2;
+}
+
+/// The first bytes of every event in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Bits of [`flags`].
+    pub flags: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub ts_ns: u64,
+    /// The cgroup v2 id the event is attributed to: the target task's for signals, the
+    /// exiting task's for exits, the socket's for TCP.
+    pub cgroup_id: u64,
+    /// Thread id and thread-group id of `current` when the event fired (0 in softirq context
+    /// is not guaranteed: check the event's meaning before trusting it).
+    pub pid: u32,
+    pub tgid: u32,
+    /// `current`'s comm.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `signal:signal_generate`: a signal was sent. `header.pid/tgid/comm` are the sender.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalEvent {
+    pub header: EventHeader,
+    /// The sender's cgroup v2 id.
+    pub sender_cgroup_id: u64,
+    pub target_pid: u32,
+    pub target_tgid: u32,
+    pub target_comm: [u8; COMM_LEN],
+    /// The target's network namespace inode (0 when unknown).
+    pub target_netns: u32,
+    pub sig: u32,
+    /// `si_code` (SI_USER 0 for kill(2), SI_KERNEL 0x80, SI_TKILL -6, SI_QUEUE -1).
+    pub code: i32,
+    /// Non-zero when sent to the whole thread group.
+    pub group: u32,
+    /// The kernel's `TRACE_SIGNAL_*` result: 0 delivered, 1 ignored, 2 already pending,
+    /// 3 overflow (lost), 4 lost info.
+    pub result: u32,
+    pub _pad: u32,
+}
+
+/// `signal:signal_deliver`: `current` (header) took a signal.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalDeliverEvent {
+    pub header: EventHeader,
+    pub sig: u32,
+    pub code: i32,
+    /// The handler: 0 `SIG_DFL` (default action), 1 `SIG_IGN`, anything else the app's own.
+    pub sa_handler: u64,
+    pub sa_flags: u64,
+}
+
+/// `sched:sched_process_exit`: `current` (header) exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// `task->exit_code`: `(status & 0xff) << 8` for an exit, the signal number (| 0x80 for a
+    /// core dump) when killed. `-1` when unknown.
+    pub exit_code: i32,
+    pub _pad: u32,
+}
+
+/// The addresses of a TCP connection, local side first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// IPv4 addresses in the first 4 bytes; network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// `sock:inet_sock_set_state` for TCP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStateEvent {
+    pub header: EventHeader,
+    /// Stable id of the connection for its life, assigned by the kernel program when it first
+    /// sees the socket (0 for listeners and untracked sockets).
+    pub conn_id: u64,
+    /// The socket's kernel address (a key for joining events, reused after close).
+    pub skaddr: u64,
+    /// When the connection was established (boot ns), 0 if unknown.
+    pub established_ns: u64,
+    pub tuple: Tuple,
+    pub netns: u32,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A TCP reset sent (`tcp:tcp_send_reset`) or received (`tcp:tcp_receive_reset`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpResetEvent {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    pub skaddr: u64,
+    pub tuple: Tuple,
+    /// Network namespace inode of the socket or packet (0 when unknown).
+    pub netns: u32,
+    /// `enum sk_rst_reason` for sent resets (names come from the kernel's BTF), 0 otherwise.
+    pub reason: u32,
+    /// The socket's state when the reset went out or came in (0 without a socket).
+    pub state: u8,
+    /// 1 sent, 2 received.
+    pub direction: u8,
+    pub _pad: [u8; 6],
+}
+
+/// `TcpResetEvent::direction`.
+pub const RESET_SENT: u8 = 1;
+/// `TcpResetEvent::direction`.
+pub const RESET_RECEIVED: u8 = 2;
+
+/// A live connection in the kernel's `LIVE_CONNS` map, keyed by the socket's address. Userspace
+/// lists these when a termination opens to know which connections were open at that moment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveConn {
+    pub conn_id: u64,
+    pub cgroup_id: u64,
+    pub established_ns: u64,
+    pub tuple: Tuple,
+    pub netns: u32,
+    /// Bits of [`flags`] gathered over the connection's life.
+    pub flags: u32,
+}
+
+/// An entry of the `WATCHED` map: a cgroup whose per-connection events go to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchEntry {
+    /// Boot ns when watching began.
+    pub since_ns: u64,
+    /// One of [`watch_reason`].
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// Per-cgroup counters kept in the kernel (per CPU) for every cgroup, watched or not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    pub opened_inbound: u64,
+    pub opened_outbound: u64,
+    pub closed: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub closed_by_exit: u64,
+}
+
+/// Index of the per-CPU counters in the `COUNTERS` map.
+pub mod counter {
+    /// Events the ring buffer could not take.
+    pub const RINGBUF_LOST: u32 = 0;
+    /// Resets without a socket that were not sent to userspace because of the rate limit.
+    pub const RESETS_RATE_LIMITED: u32 = 1;
+    /// Live-connection map updates that failed (map full and not LRU-evictable).
+    pub const LIVE_MAP_FAILED: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+/// Offsets of the fields the programs read from tracepoint records, from the tracepoints'
+/// `format` files in tracefs. [`OFFSET_MISSING`] where the field does not exist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    // signal:signal_deliver
+    pub deliver_sig: u32,
+    pub deliver_code: u32,
+    pub deliver_sa_handler: u32,
+    pub deliver_sa_flags: u32,
+    // sched:sched_process_exit
+    pub exit_group_dead: u32,
+    // sock:inet_sock_set_state
+    pub state_skaddr: u32,
+    pub state_oldstate: u32,
+    pub state_newstate: u32,
+    pub state_sport: u32,
+    pub state_dport: u32,
+    pub state_family: u32,
+    pub state_protocol: u32,
+    pub state_saddr: u32,
+    pub state_daddr: u32,
+    pub state_saddr_v6: u32,
+    pub state_daddr_v6: u32,
+    // tcp:tcp_send_reset (6.10+ layout: sockaddr-sized saddr/daddr)
+    pub send_reset_skbaddr: u32,
+    pub send_reset_skaddr: u32,
+    pub send_reset_state: u32,
+    pub send_reset_reason: u32,
+    pub send_reset_saddr: u32,
+    pub send_reset_daddr: u32,
+    // tcp:tcp_receive_reset
+    pub recv_reset_skaddr: u32,
+    pub recv_reset_sport: u32,
+    pub recv_reset_dport: u32,
+    pub recv_reset_family: u32,
+    pub recv_reset_saddr: u32,
+    pub recv_reset_daddr: u32,
+    pub recv_reset_saddr_v6: u32,
+    pub recv_reset_daddr_v6: u32,
+}
+
+impl TracepointOffsets {
+    /// Every field missing.
+    pub const MISSING: Self = Self {
+        deliver_sig: OFFSET_MISSING,
+        deliver_code: OFFSET_MISSING,
+        deliver_sa_handler: OFFSET_MISSING,
+        deliver_sa_flags: OFFSET_MISSING,
+        exit_group_dead: OFFSET_MISSING,
+        state_skaddr: OFFSET_MISSING,
+        state_oldstate: OFFSET_MISSING,
+        state_newstate: OFFSET_MISSING,
+        state_sport: OFFSET_MISSING,
+        state_dport: OFFSET_MISSING,
+        state_family: OFFSET_MISSING,
+        state_protocol: OFFSET_MISSING,
+        state_saddr: OFFSET_MISSING,
+        state_daddr: OFFSET_MISSING,
+        state_saddr_v6: OFFSET_MISSING,
+        state_daddr_v6: OFFSET_MISSING,
+        send_reset_skbaddr: OFFSET_MISSING,
+        send_reset_skaddr: OFFSET_MISSING,
+        send_reset_state: OFFSET_MISSING,
+        send_reset_reason: OFFSET_MISSING,
+        send_reset_saddr: OFFSET_MISSING,
+        send_reset_daddr: OFFSET_MISSING,
+        recv_reset_skaddr: OFFSET_MISSING,
+        recv_reset_sport: OFFSET_MISSING,
+        recv_reset_dport: OFFSET_MISSING,
+        recv_reset_family: OFFSET_MISSING,
+        recv_reset_saddr: OFFSET_MISSING,
+        recv_reset_daddr: OFFSET_MISSING,
+        recv_reset_saddr_v6: OFFSET_MISSING,
+        recv_reset_daddr_v6: OFFSET_MISSING,
+    };
+}
+
+/// Offsets of kernel struct members, resolved from the running kernel's BTF.
+/// [`OFFSET_MISSING`] where a member could not be resolved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_flags: u32,
+    pub task_exit_code: u32,
+    pub task_cgroups: u32,
+    pub task_nsproxy: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    pub nsproxy_net_ns: u32,
+    pub net_ns_inum: u32,
+    /// `sock.sk_cgrp_data.cgroup`.
+    pub sock_cgroup: u32,
+    /// `sock.__sk_common.skc_net.net`.
+    pub sock_net: u32,
+    pub skb_dev: u32,
+    /// `net_device.nd_net.net`.
+    pub net_device_net: u32,
+    /// `kernel_siginfo.si_code` (via the `__SIGINFO` anonymous struct).
+    pub siginfo_code: u32,
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    /// Every member missing.
+    pub const MISSING: Self = Self {
+        task_pid: OFFSET_MISSING,
+        task_tgid: OFFSET_MISSING,
+        task_comm: OFFSET_MISSING,
+        task_flags: OFFSET_MISSING,
+        task_exit_code: OFFSET_MISSING,
+        task_cgroups: OFFSET_MISSING,
+        task_nsproxy: OFFSET_MISSING,
+        css_set_dfl_cgrp: OFFSET_MISSING,
+        cgroup_kn: OFFSET_MISSING,
+        kernfs_node_id: OFFSET_MISSING,
+        nsproxy_net_ns: OFFSET_MISSING,
+        net_ns_inum: OFFSET_MISSING,
+        sock_cgroup: OFFSET_MISSING,
+        sock_net: OFFSET_MISSING,
+        skb_dev: OFFSET_MISSING,
+        net_device_net: OFFSET_MISSING,
+        siginfo_code: OFFSET_MISSING,
+        _pad: 0,
+    };
+}
+
+/// The programs' configuration: one global (`CONFIG`) that userspace writes at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Bits of [`feature`].
+    pub features: u64,
+    /// Bit `n` set: signal `n` is a stop signal (reported, and opens a watch when sent from
+    /// outside the target's cgroup).
+    pub stop_signal_mask: u64,
+    /// Non-zero: send every event of every cgroup to userspace (debugging, tests).
+    pub watch_all: u32,
+    /// Resets with no socket (e.g. SYN to a closed port) sent to userspace per CPU per second
+    /// from netns that are not watched; the rest are only counted.
+    pub unowned_reset_rate: u32,
+    pub kernel: KernelOffsets,
+    pub tracepoints: TracepointOffsets,
+}
+
+impl Config {
+    /// A configuration with nothing resolved and no stop signals.
+    pub const EMPTY: Self = Self {
+        features: 0,
+        stop_signal_mask: 0,
+        watch_all: 0,
+        unowned_reset_rate: 0,
+        kernel: KernelOffsets::MISSING,
+        tracepoints: TracepointOffsets::MISSING,
+    };
+}
+
+/// State of a token bucket (per CPU) limiting unowned resets sent to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub window_start_ns: u64,
+    pub count: u64,
+}
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Names of the maps and the global, shared so both sides spell them the same.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LIVE_CONNS: &str = "LIVE_CONNS";
+    pub const WATCHED: &str = "WATCHED";
+    pub const WATCHED_NETNS: &str = "WATCHED_NETNS";
+    pub const CGROUP_STATS: &str = "CGROUP_STATS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and arrays of
+    // integers, with every padding byte an explicit field.
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for SignalEvent {}
+    unsafe impl aya::Pod for SignalDeliverEvent {}
+    unsafe impl aya::Pod for ExitEvent {}
+    unsafe impl aya::Pod for Tuple {}
+    unsafe impl aya::Pod for TcpStateEvent {}
+    unsafe impl aya::Pod for TcpResetEvent {}
+    unsafe impl aya::Pod for LiveConn {}
+    unsafe impl aya::Pod for WatchEntry {}
+    unsafe impl aya::Pod for CgroupStats {}
+    unsafe impl aya::Pod for TracepointOffsets {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for RateWindow {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    /// Every shared type's size is a multiple of 8 with no implicit padding, so the kernel and
+    /// userspace layouts agree.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EventHeader>(), 4 + 4 + 8 + 8 + 4 + 4 + 16);
+        assert_eq!(size_of::<Tuple>(), 8 + 32);
+        assert_eq!(
+            size_of::<SignalEvent>(),
+            size_of::<EventHeader>() + 8 + 8 + 16 + 4 * 6
+        );
+        assert_eq!(
+            size_of::<SignalDeliverEvent>(),
+            size_of::<EventHeader>() + 8 + 16
+        );
+        assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>() + 8);
+        assert_eq!(
+            size_of::<TcpStateEvent>(),
+            size_of::<EventHeader>() + 24 + size_of::<Tuple>() + 8
+        );
+        assert_eq!(
+            size_of::<TcpResetEvent>(),
+            size_of::<EventHeader>() + 16 + size_of::<Tuple>() + 16
+        );
+        assert_eq!(size_of::<LiveConn>(), 24 + size_of::<Tuple>() + 8);
+        assert_eq!(size_of::<TracepointOffsets>(), 30 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 18 * 4);
+        assert_eq!(
+            size_of::<Config>(),
+            24 + size_of::<KernelOffsets>() + size_of::<TracepointOffsets>()
+        );
+        for size in [
+            size_of::<EventHeader>(),
+            size_of::<SignalEvent>(),
+            size_of::<SignalDeliverEvent>(),
+            size_of::<ExitEvent>(),
+            size_of::<TcpStateEvent>(),
+            size_of::<TcpResetEvent>(),
+            size_of::<LiveConn>(),
+            size_of::<Config>(),
+        ] {
+            assert_eq!(size % 8, 0, "size {size} is not a multiple of 8");
+        }
+        assert_eq!(align_of::<Config>(), 8);
+    }
+}

@@ -1,0 +1,724 @@
+//! termscope's kernel programs.
+//!
+//! Five probes, each attributing its event to a cgroup v2 id:
+//! - `signal_generate` (BTF tracepoint: it needs the *target* task) — stop signals, and the
+//!   moment a container starts being watched;
+//! - `signal_deliver` — what the target did with the signal (default action, its own handler);
+//! - `sched_process_exit` — a thread group died, with its exit code;
+//! - `inet_sock_set_state` — TCP state changes, the hot path: live connections and per-cgroup
+//!   counters stay in kernel maps, and only watched cgroups' events reach userspace;
+//! - `tcp_send_reset` / `tcp_receive_reset` — resets, including those for a SYN to a port with
+//!   no listener.
+//!
+//! Rust eBPF cannot emit CO-RE relocations, so every struct member and tracepoint field offset
+//! comes from userspace in the `CONFIG` global, resolved from the running kernel's BTF and
+//! tracefs. An offset that could not be resolved is `OFFSET_MISSING` and the read is skipped.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use termscope_common::{
+    CgroupStats, Config, EventHeader, ExitEvent, LiveConn, OFFSET_MISSING, RESET_RECEIVED,
+    RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent, TcpResetEvent, TcpStateEvent, Tuple,
+    WatchEntry, counter, feature, flags, kind, tcp_state, watch_reason,
+};
+
+/// Written by userspace at load time (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::EMPTY;
+
+/// Reads one field of `CONFIG`. Volatile so the compiler never folds the placeholder value.
+macro_rules! cfg {
+    ($($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field)+) }
+    };
+}
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Live TCP connections by socket address.
+#[map(name = "LIVE_CONNS")]
+static LIVE_CONNS: LruHashMap<u64, LiveConn> = LruHashMap::with_max_entries(65536, 0);
+
+/// Cgroups whose events go to userspace.
+#[map(name = "WATCHED")]
+static WATCHED: LruHashMap<u64, WatchEntry> = LruHashMap::with_max_entries(4096, 0);
+
+/// Network namespaces whose socket-less resets go to userspace (boot ns since watched).
+#[map(name = "WATCHED_NETNS")]
+static WATCHED_NETNS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+#[map(name = "CGROUP_STATS")]
+static CGROUP_STATS: LruPerCpuHashMap<u64, CgroupStats> =
+    LruPerCpuHashMap::with_max_entries(16384, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map(name = "NEXT_CONN_ID")]
+static NEXT_CONN_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "RESET_RATE")]
+static RESET_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+
+const PF_EXITING: u32 = 0x0000_0004;
+const IPPROTO_TCP: u16 = 6;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// `TRACE_SIGNAL_DELIVERED` .. `TRACE_SIGNAL_LOSE_INFO`.
+const SIGNAL_RESULT_MAX: i32 = 4;
+
+// ---------------------------------------------------------------------------------------------
+// Reading kernel memory at offsets resolved in userspace.
+
+/// Reads a `T` at `base + off`, or `None` when the offset is unresolved, `base` is null or the
+/// read faults.
+#[inline(always)]
+fn read_at<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == OFFSET_MISSING {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+}
+
+/// Reads a tracepoint record field.
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
+    if off == OFFSET_MISSING {
+        return None;
+    }
+    // SAFETY: the offset comes from the tracepoint's own format file; the helper checks bounds.
+    unsafe { ctx.read_at::<T>(off as usize) }.ok()
+}
+
+#[inline(always)]
+fn has(feature: u64) -> bool {
+    cfg!(features) & feature != 0
+}
+
+/// `cgroup -> kn -> id`.
+#[inline(always)]
+fn cgroup_id_of(cgrp: u64) -> Option<u64> {
+    let kn: u64 = read_at(cgrp, cfg!(kernel.cgroup_kn))?;
+    read_at(kn, cfg!(kernel.kernfs_node_id))
+}
+
+/// The cgroup v2 id of any task: `task -> cgroups -> dfl_cgrp -> kn -> id`.
+#[inline(always)]
+fn task_cgroup_id(task: u64) -> Option<u64> {
+    if !has(feature::TASK_CGROUP) {
+        return None;
+    }
+    let cset: u64 = read_at(task, cfg!(kernel.task_cgroups))?;
+    let cgrp: u64 = read_at(cset, cfg!(kernel.css_set_dfl_cgrp))?;
+    cgroup_id_of(cgrp)
+}
+
+/// The cgroup v2 id a socket was charged to: `sk -> sk_cgrp_data.cgroup -> kn -> id`.
+#[inline(always)]
+fn sock_cgroup_id(sk: u64) -> Option<u64> {
+    if !has(feature::SOCK_CGROUP) {
+        return None;
+    }
+    let cgrp: u64 = read_at(sk, cfg!(kernel.sock_cgroup))?;
+    cgroup_id_of(cgrp)
+}
+
+#[inline(always)]
+fn net_inum(net: u64) -> u32 {
+    read_at::<u32>(net, cfg!(kernel.net_ns_inum)).unwrap_or(0)
+}
+
+/// A task's network namespace inode: `task -> nsproxy -> net_ns -> ns.inum`.
+#[inline(always)]
+fn task_netns(task: u64) -> u32 {
+    if !has(feature::TASK_NETNS) {
+        return 0;
+    }
+    let Some(nsproxy) = read_at::<u64>(task, cfg!(kernel.task_nsproxy)) else {
+        return 0;
+    };
+    let Some(net) = read_at::<u64>(nsproxy, cfg!(kernel.nsproxy_net_ns)) else {
+        return 0;
+    };
+    net_inum(net)
+}
+
+/// A socket's (or timewait / request socket's: `sock_common` is shared) network namespace.
+#[inline(always)]
+fn sock_netns(sk: u64) -> u32 {
+    match read_at::<u64>(sk, cfg!(kernel.sock_net)) {
+        Some(net) => net_inum(net),
+        None => 0,
+    }
+}
+
+/// A packet's network namespace: `skb -> dev -> nd_net.net -> ns.inum`.
+#[inline(always)]
+fn skb_netns(skb: u64) -> u32 {
+    if !has(feature::SKB_NETNS) {
+        return 0;
+    }
+    let Some(dev) = read_at::<u64>(skb, cfg!(kernel.skb_dev)) else {
+        return 0;
+    };
+    let Some(net) = read_at::<u64>(dev, cfg!(kernel.net_device_net)) else {
+        return 0;
+    };
+    net_inum(net)
+}
+
+/// Whether `current` is exiting (`PF_EXITING`): a close done now is the kernel tearing down a
+/// dead process's files, not the application closing its socket.
+#[inline(always)]
+fn current_is_exiting() -> bool {
+    if !has(feature::TASK_EXIT) {
+        return false;
+    }
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    read_at::<u32>(task, cfg!(kernel.task_flags)).is_some_and(|f| f & PF_EXITING != 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Maps.
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_watched(cgroup_id: u64) -> bool {
+    // SAFETY: the value is only tested for presence.
+    cfg!(watch_all) != 0 || unsafe { WATCHED.get(cgroup_id) }.is_some()
+}
+
+/// Applies `update` to the per-CPU counters of `cgroup_id`, creating them on first use.
+#[inline(always)]
+fn with_stats(cgroup_id: u64, update: impl FnOnce(&mut CgroupStats)) {
+    if cgroup_id == 0 {
+        return;
+    }
+    let mut ptr = CGROUP_STATS.get_ptr_mut(cgroup_id);
+    if ptr.is_none() {
+        let _ = CGROUP_STATS.insert(cgroup_id, CgroupStats::default(), 0);
+        ptr = CGROUP_STATS.get_ptr_mut(cgroup_id);
+    }
+    if let Some(stats) = ptr {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        update(unsafe { &mut *stats });
+    }
+}
+
+#[inline(always)]
+fn next_conn_id() -> u64 {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    match NEXT_CONN_ID.get_ptr_mut(0) {
+        Some(slot) => {
+            // SAFETY: per-CPU slot.
+            let n = unsafe {
+                *slot += 1;
+                *slot
+            };
+            ((cpu + 1) << 48) | (n & 0xffff_ffff_ffff)
+        }
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn emit<T: 'static>(event: &T) {
+    if EVENTS.output::<T>(event, 0).is_err() {
+        bump(counter::RINGBUF_LOST);
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn header(kind: u32, flags: u32, cgroup_id: u64) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind,
+        flags,
+        ts_ns: now(),
+        cgroup_id,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn is_stop_signal(sig: i32) -> bool {
+    (1..64).contains(&sig) && cfg!(stop_signal_mask) & (1u64 << sig) != 0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals.
+
+/// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+/// int result)`.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+    let sig: i32 = ctx.arg(0);
+    if !is_stop_signal(sig) {
+        return 0;
+    }
+    let info: u64 = ctx.arg(1);
+    let task: u64 = ctx.arg(2);
+    let group: i32 = ctx.arg(3);
+    let result: i32 = ctx.arg(4);
+
+    // SAFETY: helper without preconditions.
+    let sender_cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let target_cgroup = task_cgroup_id(task).unwrap_or(0);
+    let target_netns = task_netns(task);
+    // SEND_SIG_NOINFO (0) is a kill from userspace, SEND_SIG_PRIV (1) one from the kernel.
+    let code = match info {
+        0 => 0,
+        1 => 0x80,
+        _ => read_at::<i32>(info, cfg!(kernel.siginfo_code)).unwrap_or(0),
+    };
+
+    let mut ev_flags = 0;
+    if target_cgroup != 0
+        && target_cgroup != sender_cgroup
+        && (0..=SIGNAL_RESULT_MAX).contains(&result)
+    {
+        // A stop signal from outside the container: start watching it right here, so the
+        // connections it closes next are seen even before userspace has read this event.
+        // SAFETY: only tested for presence.
+        if unsafe { WATCHED.get(target_cgroup) }.is_none() {
+            let entry = WatchEntry {
+                since_ns: now(),
+                reason: watch_reason::STOP_SIGNAL,
+                _pad: 0,
+            };
+            if WATCHED.insert(target_cgroup, entry, 0).is_ok() {
+                ev_flags |= flags::WATCH_OPENED;
+            }
+        }
+        if target_netns != 0 {
+            let _ = WATCHED_NETNS.insert(target_netns, now(), 0);
+        }
+    }
+
+    let (target_pid, target_tgid, target_comm) = if has(feature::TASK_IDS) {
+        (
+            read_at::<i32>(task, cfg!(kernel.task_pid)).unwrap_or(0) as u32,
+            read_at::<i32>(task, cfg!(kernel.task_tgid)).unwrap_or(0) as u32,
+            read_at::<[u8; 16]>(task, cfg!(kernel.task_comm)).unwrap_or([0; 16]),
+        )
+    } else {
+        (0, 0, [0; 16])
+    };
+
+    let event = SignalEvent {
+        header: header(kind::SIGNAL_GENERATE, ev_flags, target_cgroup),
+        sender_cgroup_id: sender_cgroup,
+        target_pid,
+        target_tgid,
+        target_comm,
+        target_netns,
+        sig: sig as u32,
+        code,
+        group: group as u32,
+        result: result as u32,
+        _pad: 0,
+    };
+    emit(&event);
+    0
+}
+
+#[tracepoint(category = "signal", name = "signal_deliver")]
+pub fn signal_deliver(ctx: TracePointContext) -> u32 {
+    let Some(sig) = field::<i32>(&ctx, cfg!(tracepoints.deliver_sig)) else {
+        return 0;
+    };
+    if !is_stop_signal(sig) {
+        return 0;
+    }
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !is_watched(cgroup_id) {
+        return 0;
+    }
+    let event = SignalDeliverEvent {
+        header: header(kind::SIGNAL_DELIVER, 0, cgroup_id),
+        sig: sig as u32,
+        code: field::<i32>(&ctx, cfg!(tracepoints.deliver_code)).unwrap_or(0),
+        sa_handler: field::<u64>(&ctx, cfg!(tracepoints.deliver_sa_handler)).unwrap_or(0),
+        sa_flags: field::<u64>(&ctx, cfg!(tracepoints.deliver_sa_flags)).unwrap_or(0),
+    };
+    emit(&event);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process exits.
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !is_watched(cgroup_id) {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let group_dead = match field::<u8>(&ctx, cfg!(tracepoints.exit_group_dead)) {
+        Some(dead) => dead != 0,
+        // Kernels before 6.16 have no group_dead: report the leader's exit.
+        None => pid_tgid as u32 == (pid_tgid >> 32) as u32,
+    };
+    if !group_dead {
+        return 0; // a thread, not the process
+    }
+    let exit_code = if has(feature::TASK_EXIT) {
+        // SAFETY: helper without preconditions.
+        let task = unsafe { bpf_get_current_task() };
+        read_at::<i32>(task, cfg!(kernel.task_exit_code)).unwrap_or(-1)
+    } else {
+        -1
+    };
+    let event = ExitEvent {
+        header: header(kind::PROCESS_EXIT, flags::GROUP_DEAD, cgroup_id),
+        exit_code,
+        _pad: 0,
+    };
+    emit(&event);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP.
+
+/// Reads an address of `family` from a tracepoint's separate v4 / v6 fields.
+#[inline(always)]
+fn addr_field(ctx: &TracePointContext, family: u16, v4: u32, v6: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if family == AF_INET6 {
+        if let Some(a) = field::<[u8; 16]>(ctx, v6) {
+            out = a;
+        }
+    } else if let Some(a) = field::<[u8; 4]>(ctx, v4) {
+        out[..4].copy_from_slice(&a);
+    }
+    out
+}
+
+/// The socket's cgroup, or `current`'s when the socket's cannot be read (flagged).
+#[inline(always)]
+fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
+    // SAFETY: helper without preconditions.
+    let current = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup_id = match sock_cgroup_id(sk) {
+        Some(id) => id,
+        None => {
+            *ev_flags |= flags::CGROUP_FROM_CURRENT;
+            current
+        }
+    };
+    if cgroup_id == current {
+        *ev_flags |= flags::IN_OWNER_TASK;
+    }
+    cgroup_id
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let tp = |off| field::<u16>(&ctx, off);
+    if tp(cfg!(tracepoints.state_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let Some(sk) = field::<u64>(&ctx, cfg!(tracepoints.state_skaddr)) else {
+        return 0;
+    };
+    let old = field::<i32>(&ctx, cfg!(tracepoints.state_oldstate)).unwrap_or(0) as u8;
+    let new = field::<i32>(&ctx, cfg!(tracepoints.state_newstate)).unwrap_or(0) as u8;
+    let family = tp(cfg!(tracepoints.state_family)).unwrap_or(0);
+
+    let mut ev_flags = 0u32;
+    let cgroup_id = owner_cgroup(sk, &mut ev_flags);
+    let tuple = Tuple {
+        family,
+        local_port: tp(cfg!(tracepoints.state_sport)).unwrap_or(0),
+        remote_port: tp(cfg!(tracepoints.state_dport)).unwrap_or(0),
+        _pad: 0,
+        local_addr: addr_field(
+            &ctx,
+            family,
+            cfg!(tracepoints.state_saddr),
+            cfg!(tracepoints.state_saddr_v6),
+        ),
+        remote_addr: addr_field(
+            &ctx,
+            family,
+            cfg!(tracepoints.state_daddr),
+            cfg!(tracepoints.state_daddr_v6),
+        ),
+    };
+
+    let mut conn_id = 0;
+    let mut established_ns = 0;
+    if new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV) {
+        // A new connection: remember it in the kernel, whether or not anyone watches.
+        let inbound = old == tcp_state::SYN_RECV;
+        if inbound {
+            ev_flags |= flags::INBOUND;
+        }
+        conn_id = next_conn_id();
+        established_ns = now();
+        let live = LiveConn {
+            conn_id,
+            cgroup_id,
+            established_ns,
+            tuple,
+            netns: sock_netns(sk),
+            flags: ev_flags & (flags::INBOUND | flags::CGROUP_FROM_CURRENT),
+        };
+        if LIVE_CONNS.insert(sk, live, 0).is_err() {
+            bump(counter::LIVE_MAP_FAILED);
+        }
+        with_stats(cgroup_id, |s| {
+            if inbound {
+                s.opened_inbound += 1
+            } else {
+                s.opened_outbound += 1
+            }
+        });
+    } else if let Some(live) = LIVE_CONNS.get_ptr_mut(sk) {
+        // SAFETY: the entry is only written by these programs; a racing LRU eviction at worst
+        // makes us update a recycled slot's flags.
+        let live = unsafe { &mut *live };
+        let closing_by_us = matches!(
+            old,
+            tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::SYN_RECV
+        ) && matches!(
+            new,
+            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
+        );
+        if closing_by_us && live.flags & flags::RESET_RECEIVED == 0 && current_is_exiting() {
+            live.flags |= flags::CLOSED_BY_EXIT;
+            with_stats(live.cgroup_id, |s| s.closed_by_exit += 1);
+        }
+        conn_id = live.conn_id;
+        established_ns = live.established_ns;
+        ev_flags |= live.flags;
+        if new == tcp_state::CLOSE {
+            with_stats(live.cgroup_id, |s| s.closed += 1);
+            let _ = LIVE_CONNS.remove(sk);
+        }
+    } else if !matches!(
+        new,
+        tcp_state::LISTEN | tcp_state::SYN_SENT | tcp_state::SYN_RECV
+    ) && old != tcp_state::LISTEN
+        && old != tcp_state::SYN_SENT
+    {
+        ev_flags |= flags::UNTRACKED;
+    }
+
+    if !is_watched(cgroup_id) {
+        return 0;
+    }
+    let event = TcpStateEvent {
+        header: header(kind::TCP_STATE, ev_flags, cgroup_id),
+        conn_id,
+        skaddr: sk,
+        established_ns,
+        tuple,
+        netns: sock_netns(sk),
+        old_state: old,
+        new_state: new,
+        _pad: [0; 2],
+    };
+    emit(&event);
+    0
+}
+
+/// Reads a `struct sockaddr_in` / `sockaddr_in6` as stored by `tcp_send_reset`.
+#[inline(always)]
+fn sockaddr_field(ctx: &TracePointContext, off: u32) -> (u16, u16, [u8; 16]) {
+    let Some(raw) = field::<[u8; 28]>(ctx, off) else {
+        return (0, 0, [0; 16]);
+    };
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let mut addr = [0u8; 16];
+    if family == AF_INET6 {
+        addr.copy_from_slice(&raw[8..24]);
+    } else if family == AF_INET {
+        addr[..4].copy_from_slice(&raw[4..8]);
+    }
+    (family, port, addr)
+}
+
+/// Whether a reset with no owning socket in `netns` goes to userspace: always for watched
+/// namespaces, otherwise within a per-CPU rate so a port scan cannot flood the ring buffer.
+#[inline(always)]
+fn unowned_reset_allowed(netns: u32) -> bool {
+    // SAFETY: only tested for presence.
+    if cfg!(watch_all) != 0 || unsafe { WATCHED_NETNS.get(netns) }.is_some() {
+        return true;
+    }
+    let limit = cfg!(unowned_reset_rate) as u64;
+    let Some(window) = RESET_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot.
+    let window = unsafe { &mut *window };
+    let t = now();
+    if t.wrapping_sub(window.window_start_ns) > 1_000_000_000 {
+        window.window_start_ns = t;
+        window.count = 0;
+    }
+    if window.count < limit {
+        window.count += 1;
+        true
+    } else {
+        bump(counter::RESETS_RATE_LIMITED);
+        false
+    }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let sk = field::<u64>(&ctx, cfg!(tracepoints.send_reset_skaddr)).unwrap_or(0);
+    let skb = field::<u64>(&ctx, cfg!(tracepoints.send_reset_skbaddr)).unwrap_or(0);
+    let state = field::<i32>(&ctx, cfg!(tracepoints.send_reset_state)).unwrap_or(0) as u8;
+    let reason = field::<u32>(&ctx, cfg!(tracepoints.send_reset_reason)).unwrap_or(0);
+    let (family, local_port, local_addr) = sockaddr_field(&ctx, cfg!(tracepoints.send_reset_saddr));
+    let (_, remote_port, remote_addr) = sockaddr_field(&ctx, cfg!(tracepoints.send_reset_daddr));
+    let tuple = Tuple {
+        family,
+        local_port,
+        remote_port,
+        _pad: 0,
+        local_addr,
+        remote_addr,
+    };
+
+    // Only full sockets carry a cgroup; timewait and request sockets share `sock_common`.
+    let full_sock = sk != 0 && state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV;
+    let mut ev_flags = 0u32;
+    let mut conn_id = 0;
+    let (cgroup_id, netns) = if full_sock {
+        let cgroup_id = owner_cgroup(sk, &mut ev_flags);
+        if let Some(live) = LIVE_CONNS.get_ptr_mut(sk) {
+            // SAFETY: see inet_sock_set_state.
+            let live = unsafe { &mut *live };
+            live.flags |= flags::RESET_SENT;
+            conn_id = live.conn_id;
+            ev_flags |= live.flags;
+        }
+        with_stats(cgroup_id, |s| s.resets_sent += 1);
+        if !is_watched(cgroup_id) {
+            return 0;
+        }
+        (cgroup_id, sock_netns(sk))
+    } else {
+        ev_flags |= flags::NO_SOCKET;
+        let netns = if sk != 0 {
+            sock_netns(sk)
+        } else {
+            skb_netns(skb)
+        };
+        if !unowned_reset_allowed(netns) {
+            return 0;
+        }
+        (0, netns)
+    };
+
+    let event = TcpResetEvent {
+        header: header(kind::TCP_RESET, ev_flags, cgroup_id),
+        conn_id,
+        skaddr: sk,
+        tuple,
+        netns,
+        reason,
+        state,
+        direction: RESET_SENT,
+        _pad: [0; 6],
+    };
+    emit(&event);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let Some(sk) = field::<u64>(&ctx, cfg!(tracepoints.recv_reset_skaddr)) else {
+        return 0;
+    };
+    let mut ev_flags = 0u32;
+    let cgroup_id = owner_cgroup(sk, &mut ev_flags);
+    let mut conn_id = 0;
+    if let Some(live) = LIVE_CONNS.get_ptr_mut(sk) {
+        // SAFETY: see inet_sock_set_state.
+        let live = unsafe { &mut *live };
+        live.flags |= flags::RESET_RECEIVED;
+        conn_id = live.conn_id;
+        ev_flags |= live.flags;
+    }
+    with_stats(cgroup_id, |s| s.resets_received += 1);
+    if !is_watched(cgroup_id) {
+        return 0;
+    }
+    let family = field::<u16>(&ctx, cfg!(tracepoints.recv_reset_family)).unwrap_or(0);
+    let tuple = Tuple {
+        family,
+        local_port: field::<u16>(&ctx, cfg!(tracepoints.recv_reset_sport)).unwrap_or(0),
+        remote_port: field::<u16>(&ctx, cfg!(tracepoints.recv_reset_dport)).unwrap_or(0),
+        _pad: 0,
+        local_addr: addr_field(
+            &ctx,
+            family,
+            cfg!(tracepoints.recv_reset_saddr),
+            cfg!(tracepoints.recv_reset_saddr_v6),
+        ),
+        remote_addr: addr_field(
+            &ctx,
+            family,
+            cfg!(tracepoints.recv_reset_daddr),
+            cfg!(tracepoints.recv_reset_daddr_v6),
+        ),
+    };
+    let event = TcpResetEvent {
+        header: header(kind::TCP_RESET, ev_flags, cgroup_id),
+        conn_id,
+        skaddr: sk,
+        tuple,
+        netns: sock_netns(sk),
+        reason: 0,
+        state: 0,
+        direction: RESET_RECEIVED,
+        _pad: [0; 6],
+    };
+    emit(&event);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

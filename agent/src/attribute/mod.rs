@@ -1,0 +1,98 @@
+//! Attribution: cgroup v2 id -> cgroup path -> what a person recognises (container, pod,
+//! service).
+
+pub mod cgroup_path;
+pub mod cgroupfs;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use cgroup_path::Identity;
+
+/// Maps cgroup ids to identities. Cached; a miss re-indexes the hierarchy (at most once per
+/// `min_rescan`); entries stay after the cgroup is removed, so late events keep their
+/// identity until [`Resolver::forget`] is called.
+#[derive(Debug)]
+pub struct Resolver {
+    mount: Option<cgroupfs::Mount>,
+    known: HashMap<u64, Identity>,
+    last_scan: Option<Instant>,
+    min_rescan: Duration,
+}
+
+impl Resolver {
+    pub fn new(mount: Option<cgroupfs::Mount>) -> Self {
+        Resolver {
+            mount,
+            known: HashMap::new(),
+            last_scan: None,
+            min_rescan: Duration::from_millis(200),
+        }
+    }
+
+    /// The identity of cgroup `id`, if it is or was on this node.
+    pub fn resolve(&mut self, id: u64) -> Option<&Identity> {
+        if id != 0 && !self.known.contains_key(&id) && self.may_rescan() {
+            self.rescan();
+        }
+        self.known.get(&id)
+    }
+
+    /// Records a cgroup directory's identity now (e.g. right when watching starts, before the
+    /// cgroup can be removed).
+    pub fn remember(&mut self, id: u64, cgroup_path: &str) -> &Identity {
+        self.known
+            .entry(id)
+            .or_insert_with(|| cgroup_path::classify(cgroup_path))
+    }
+
+    /// Drops a cgroup that is gone and whose reports are done.
+    pub fn forget(&mut self, id: u64) {
+        self.known.remove(&id);
+    }
+
+    fn may_rescan(&self) -> bool {
+        self.mount.is_some()
+            && self
+                .last_scan
+                .is_none_or(|t| t.elapsed() >= self.min_rescan)
+    }
+
+    /// Indexes every cgroup directory under the mount.
+    fn rescan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let Some(mount) = &self.mount else {
+            return;
+        };
+        let mut stack = vec![mount.path.clone()];
+        while let Some(dir) = stack.pop() {
+            if let Ok(id) = cgroupfs::cgroup_id(&dir)
+                && let Some(path) = mount.cgroup_path(&dir)
+            {
+                self.known
+                    .entry(id)
+                    .or_insert_with(|| cgroup_path::classify(&path));
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+
+    /// The cgroup id of a path under the mount (`/a/b`), or of an absolute directory.
+    pub fn id_of(&self, path: &str) -> Result<u64, cgroupfs::CgroupfsError> {
+        let dir = match &self.mount {
+            Some(m) if !Path::new(path).starts_with(&m.path) => m.dir(path),
+            _ => path.into(),
+        };
+        cgroupfs::cgroup_id(&dir)
+    }
+}

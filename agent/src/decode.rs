@@ -1,0 +1,719 @@
+//! Ring buffer records to typed events.
+//!
+//! Every record starts with [`EventHeader`]; its `kind` says which struct follows. Decoding
+//! checks the length before reading, so a short or unknown record is an error, never a panic.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use serde::Serialize;
+use termscope_common::{
+    EventHeader, ExitEvent, RESET_RECEIVED, SignalDeliverEvent, SignalEvent, TcpResetEvent,
+    TcpStateEvent, Tuple, flags, kind, tcp_state,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need} bytes of a {what}")]
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Reads a `T` from the start of `bytes` (unaligned), checking the length.
+fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            what,
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: the length is checked above, `T` is a plain-old-data `#[repr(C)]` type from
+    // termscope-common made only of integers, so every bit pattern is valid.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// A task as the kernel names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Task {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl Task {
+    fn current(h: &EventHeader) -> Self {
+        Task {
+            pid: h.pid,
+            tgid: h.tgid,
+            comm: comm(&h.comm),
+        }
+    }
+}
+
+/// What the kernel did with a generated signal (`TRACE_SIGNAL_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalResult {
+    Delivered,
+    Ignored,
+    AlreadyPending,
+    Lost,
+    LostInfo,
+    Unknown,
+}
+
+impl SignalResult {
+    fn from_raw(v: u32) -> Self {
+        match v {
+            0 => Self::Delivered,
+            1 => Self::Ignored,
+            2 => Self::AlreadyPending,
+            3 => Self::Lost,
+            4 => Self::LostInfo,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// How a task took a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// `SIG_DFL`: the default action (for SIGTERM: the process dies at once).
+    Default,
+    /// `SIG_IGN`.
+    Ignored,
+    /// The application's own handler.
+    Handler,
+}
+
+/// The usual name of a signal number on Linux.
+pub fn signal_name(sig: u32) -> String {
+    const NAMES: [&str; 32] = [
+        "0",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match NAMES.get(sig as usize) {
+        Some(name) => (*name).to_string(),
+        None => format!("SIGRTMIN+{}", sig.saturating_sub(34)),
+    }
+}
+
+/// A signal number from a name such as `TERM`, `SIGTERM` or `15`.
+pub fn parse_signal(name: &str) -> Option<u32> {
+    let upper = name.trim().to_ascii_uppercase();
+    if let Ok(n) = upper.parse::<u32>() {
+        return (1..64).contains(&n).then_some(n);
+    }
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    (1..32).find(|&n| signal_name(n) == full)
+}
+
+/// How a process ended, from `task->exit_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// `exit(code)` or returning from main.
+    Exited {
+        code: i32,
+    },
+    /// Killed by a signal.
+    Signaled {
+        signal: u32,
+        core_dumped: bool,
+    },
+    Unknown,
+}
+
+impl ExitStatus {
+    pub fn from_raw(exit_code: i32) -> Self {
+        if exit_code < 0 {
+            return Self::Unknown;
+        }
+        let sig = (exit_code & 0x7f) as u32;
+        if sig == 0 {
+            Self::Exited {
+                code: (exit_code >> 8) & 0xff,
+            }
+        } else {
+            Self::Signaled {
+                signal: sig,
+                core_dumped: exit_code & 0x80 != 0,
+            }
+        }
+    }
+}
+
+/// Name of a TCP state.
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "ESTABLISHED",
+        tcp_state::SYN_SENT => "SYN_SENT",
+        tcp_state::SYN_RECV => "SYN_RECV",
+        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+        tcp_state::TIME_WAIT => "TIME_WAIT",
+        tcp_state::CLOSE => "CLOSE",
+        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+        tcp_state::LAST_ACK => "LAST_ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        tcp_state::NEW_SYN_RECV => "NEW_SYN_RECV",
+        0 => "NONE",
+        _ => "UNKNOWN",
+    }
+}
+
+/// A connection's addresses, local side first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Addrs {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Addrs {
+    fn from_raw(t: &Tuple) -> Self {
+        let ip = |raw: &[u8; 16]| -> IpAddr {
+            if t.family == 10 {
+                IpAddr::V6(Ipv6Addr::from(*raw))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+            }
+        };
+        Addrs {
+            local: SocketAddr::new(ip(&t.local_addr), t.local_port),
+            remote: SocketAddr::new(ip(&t.remote_addr), t.remote_port),
+        }
+    }
+}
+
+/// Connection facts gathered in the kernel over its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConnFlags {
+    pub inbound: bool,
+    pub closed_by_exit: bool,
+    pub reset_sent: bool,
+    pub reset_received: bool,
+    /// The kernel had no record of the connection's opening (it predates the agent).
+    pub untracked: bool,
+    /// The state change ran in a task of the socket's own cgroup (process context).
+    pub in_owner_task: bool,
+}
+
+impl ConnFlags {
+    fn from_raw(f: u32) -> Self {
+        ConnFlags {
+            inbound: f & flags::INBOUND != 0,
+            closed_by_exit: f & flags::CLOSED_BY_EXIT != 0,
+            reset_sent: f & flags::RESET_SENT != 0,
+            reset_received: f & flags::RESET_RECEIVED != 0,
+            untracked: f & flags::UNTRACKED != 0,
+            in_owner_task: f & flags::IN_OWNER_TASK != 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignalGenerated {
+    pub ts_ns: u64,
+    pub signal: u32,
+    pub signal_name: String,
+    /// `si_code`: 0 from kill(2), 0x80 from the kernel, -6 from tkill/tgkill.
+    pub code: i32,
+    pub group: bool,
+    pub result: SignalResult,
+    pub sender: Task,
+    pub sender_cgroup_id: u64,
+    pub target: Task,
+    pub target_cgroup_id: u64,
+    pub target_netns: u32,
+    /// This signal made the kernel start watching the target's cgroup.
+    pub watch_opened: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignalDelivered {
+    pub ts_ns: u64,
+    pub task: Task,
+    pub cgroup_id: u64,
+    pub signal: u32,
+    pub signal_name: String,
+    pub disposition: Disposition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessExit {
+    pub ts_ns: u64,
+    pub task: Task,
+    pub cgroup_id: u64,
+    pub exit: ExitStatus,
+    pub raw_exit_code: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TcpStateChange {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub conn_id: u64,
+    pub sk: u64,
+    pub addrs: Addrs,
+    pub old_state: &'static str,
+    pub new_state: &'static str,
+    pub established_ns: u64,
+    pub netns: u32,
+    pub flags: ConnFlags,
+    /// `current` when the change happened (unrelated to the socket in softirq context).
+    pub task: Task,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetDirection {
+    Sent,
+    Received,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TcpReset {
+    pub ts_ns: u64,
+    /// 0 when no socket owns the connection (`no_socket`).
+    pub cgroup_id: u64,
+    pub conn_id: u64,
+    pub direction: ResetDirection,
+    /// `enum sk_rst_reason` as the kernel names it, lower-case without the prefix
+    /// (e.g. `no_socket`, `tcp_unexpected_data`); sent resets only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub reason_code: u32,
+    /// The reset answered a segment for which there was no socket (e.g. SYN to a closed port).
+    pub no_socket: bool,
+    pub state: &'static str,
+    pub addrs: Addrs,
+    pub netns: u32,
+    pub flags: ConnFlags,
+    pub task: Task,
+}
+
+/// A decoded event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Signal(SignalGenerated),
+    SignalDelivered(SignalDelivered),
+    ProcessExit(ProcessExit),
+    TcpState(TcpStateChange),
+    TcpReset(TcpReset),
+}
+
+impl Event {
+    /// Boot-time nanoseconds of the event.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Signal(e) => e.ts_ns,
+            Event::SignalDelivered(e) => e.ts_ns,
+            Event::ProcessExit(e) => e.ts_ns,
+            Event::TcpState(e) => e.ts_ns,
+            Event::TcpReset(e) => e.ts_ns,
+        }
+    }
+
+    /// The cgroup the event is attributed to (0 when none).
+    pub fn cgroup_id(&self) -> u64 {
+        match self {
+            Event::Signal(e) => e.target_cgroup_id,
+            Event::SignalDelivered(e) => e.cgroup_id,
+            Event::ProcessExit(e) => e.cgroup_id,
+            Event::TcpState(e) => e.cgroup_id,
+            Event::TcpReset(e) => e.cgroup_id,
+        }
+    }
+}
+
+/// Formats Unix-epoch nanoseconds as RFC 3339 UTC with microseconds
+/// (`2026-11-21T04:53:11.123456Z`).
+pub fn rfc3339(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let micros = (unix_ns % 1_000_000_000) / 1_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3_600,
+        (rem % 3_600) / 60,
+        rem % 60
+    )
+}
+
+/// Decodes ring buffer records; knows the kernel's names for reset reasons.
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    reset_reasons: HashMap<u32, String>,
+}
+
+impl Decoder {
+    /// `reset_reasons`: the values of the kernel's `enum sk_rst_reason` (from BTF), names as
+    /// the kernel spells them (`SK_RST_REASON_NO_SOCKET`).
+    pub fn new(reset_reasons: impl IntoIterator<Item = (String, i64)>) -> Self {
+        let reset_reasons = reset_reasons
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let value = u32::try_from(value).ok()?;
+                let short = name
+                    .strip_prefix("SK_RST_REASON_")
+                    .unwrap_or(&name)
+                    .to_ascii_lowercase();
+                Some((value, short))
+            })
+            .collect();
+        Decoder { reset_reasons }
+    }
+
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let h: EventHeader = read(bytes, "event header")?;
+        match h.kind {
+            kind::SIGNAL_GENERATE => {
+                let e: SignalEvent = read(bytes, "signal event")?;
+                Ok(Event::Signal(SignalGenerated {
+                    ts_ns: h.ts_ns,
+                    signal: e.sig,
+                    signal_name: signal_name(e.sig),
+                    code: e.code,
+                    group: e.group != 0,
+                    result: SignalResult::from_raw(e.result),
+                    sender: Task::current(&h),
+                    sender_cgroup_id: e.sender_cgroup_id,
+                    target: Task {
+                        pid: e.target_pid,
+                        tgid: e.target_tgid,
+                        comm: comm(&e.target_comm),
+                    },
+                    target_cgroup_id: h.cgroup_id,
+                    target_netns: e.target_netns,
+                    watch_opened: h.flags & flags::WATCH_OPENED != 0,
+                }))
+            }
+            kind::SIGNAL_DELIVER => {
+                let e: SignalDeliverEvent = read(bytes, "signal delivery event")?;
+                Ok(Event::SignalDelivered(SignalDelivered {
+                    ts_ns: h.ts_ns,
+                    task: Task::current(&h),
+                    cgroup_id: h.cgroup_id,
+                    signal: e.sig,
+                    signal_name: signal_name(e.sig),
+                    disposition: match e.sa_handler {
+                        0 => Disposition::Default,
+                        1 => Disposition::Ignored,
+                        _ => Disposition::Handler,
+                    },
+                }))
+            }
+            kind::PROCESS_EXIT => {
+                let e: ExitEvent = read(bytes, "exit event")?;
+                Ok(Event::ProcessExit(ProcessExit {
+                    ts_ns: h.ts_ns,
+                    task: Task::current(&h),
+                    cgroup_id: h.cgroup_id,
+                    exit: ExitStatus::from_raw(e.exit_code),
+                    raw_exit_code: e.exit_code,
+                }))
+            }
+            kind::TCP_STATE => {
+                let e: TcpStateEvent = read(bytes, "TCP state event")?;
+                Ok(Event::TcpState(TcpStateChange {
+                    ts_ns: h.ts_ns,
+                    cgroup_id: h.cgroup_id,
+                    conn_id: e.conn_id,
+                    sk: e.skaddr,
+                    addrs: Addrs::from_raw(&e.tuple),
+                    old_state: tcp_state_name(e.old_state),
+                    new_state: tcp_state_name(e.new_state),
+                    established_ns: e.established_ns,
+                    netns: e.netns,
+                    flags: ConnFlags::from_raw(h.flags),
+                    task: Task::current(&h),
+                }))
+            }
+            kind::TCP_RESET => {
+                let e: TcpResetEvent = read(bytes, "TCP reset event")?;
+                let direction = if e.direction == RESET_RECEIVED {
+                    ResetDirection::Received
+                } else {
+                    ResetDirection::Sent
+                };
+                let reason = match direction {
+                    ResetDirection::Sent => self.reset_reasons.get(&e.reason).cloned(),
+                    ResetDirection::Received => None,
+                };
+                Ok(Event::TcpReset(TcpReset {
+                    ts_ns: h.ts_ns,
+                    cgroup_id: h.cgroup_id,
+                    conn_id: e.conn_id,
+                    direction,
+                    reason,
+                    reason_code: e.reason,
+                    no_socket: h.flags & flags::NO_SOCKET != 0,
+                    state: tcp_state_name(e.state),
+                    addrs: Addrs::from_raw(&e.tuple),
+                    netns: e.netns,
+                    flags: ConnFlags::from_raw(h.flags),
+                    task: Task::current(&h),
+                }))
+            }
+            other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a repr(C) POD type from termscope-common.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn header(kind: u32, flags: u32) -> EventHeader {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"runc");
+        EventHeader {
+            kind,
+            flags,
+            ts_ns: 42,
+            cgroup_id: 7,
+            pid: 100,
+            tgid: 99,
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_a_signal() {
+        let mut target_comm = [0u8; 16];
+        target_comm.copy_from_slice(b"nginx: master pr");
+        let e = SignalEvent {
+            header: header(kind::SIGNAL_GENERATE, flags::WATCH_OPENED),
+            sender_cgroup_id: 1,
+            target_pid: 5,
+            target_tgid: 5,
+            target_comm,
+            target_netns: 4026531840,
+            sig: 15,
+            code: 0,
+            group: 1,
+            result: 0,
+            _pad: 0,
+        };
+        let ev = Decoder::default().decode(&bytes_of(&e)).expect("decodes");
+        let Event::Signal(s) = ev else {
+            panic!("not a signal: {ev:?}")
+        };
+        assert_eq!(s.signal_name, "SIGTERM");
+        assert_eq!(s.sender.comm, "runc");
+        assert_eq!(s.target.comm, "nginx: master pr"); // full 16 bytes, no NUL
+        assert_eq!(s.target_cgroup_id, 7);
+        assert!(s.group && s.watch_opened);
+        assert_eq!(s.result, SignalResult::Delivered);
+    }
+
+    #[test]
+    fn decodes_dispositions() {
+        for (handler, want) in [
+            (0, Disposition::Default),
+            (1, Disposition::Ignored),
+            (0x5555_1234, Disposition::Handler),
+        ] {
+            let e = SignalDeliverEvent {
+                header: header(kind::SIGNAL_DELIVER, 0),
+                sig: 15,
+                code: 0,
+                sa_handler: handler,
+                sa_flags: 0,
+            };
+            match Decoder::default().decode(&bytes_of(&e)) {
+                Ok(Event::SignalDelivered(d)) => assert_eq!(d.disposition, want),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(ExitStatus::from_raw(0), ExitStatus::Exited { code: 0 });
+        assert_eq!(ExitStatus::from_raw(3 << 8), ExitStatus::Exited { code: 3 });
+        assert_eq!(
+            ExitStatus::from_raw(9),
+            ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
+        );
+        assert_eq!(
+            ExitStatus::from_raw(0x80 | 6),
+            ExitStatus::Signaled {
+                signal: 6,
+                core_dumped: true
+            }
+        );
+        assert_eq!(ExitStatus::from_raw(-1), ExitStatus::Unknown);
+    }
+
+    #[test]
+    fn decodes_tcp_v4_and_v6() {
+        let mut t = Tuple {
+            family: 2,
+            local_port: 80,
+            remote_port: 50000,
+            _pad: 0,
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+        };
+        t.local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        t.remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let e = TcpStateEvent {
+            header: header(kind::TCP_STATE, flags::INBOUND | flags::CLOSED_BY_EXIT),
+            conn_id: 9,
+            skaddr: 0xffff_8880_0000_1000,
+            established_ns: 40,
+            tuple: t,
+            netns: 1,
+            old_state: tcp_state::ESTABLISHED,
+            new_state: tcp_state::FIN_WAIT1,
+            _pad: [0; 2],
+        };
+        let Ok(Event::TcpState(s)) = Decoder::default().decode(&bytes_of(&e)) else {
+            panic!("not decoded")
+        };
+        assert_eq!(s.addrs.local.to_string(), "10.0.0.1:80");
+        assert_eq!(s.addrs.remote.to_string(), "10.0.0.2:50000");
+        assert_eq!((s.old_state, s.new_state), ("ESTABLISHED", "FIN_WAIT1"));
+        assert!(s.flags.inbound && s.flags.closed_by_exit && !s.flags.reset_sent);
+
+        let mut t6 = t;
+        t6.family = 10;
+        t6.local_addr = Ipv6Addr::LOCALHOST.octets();
+        t6.remote_addr = "fd00::2".parse::<Ipv6Addr>().expect("v6").octets();
+        let r = TcpResetEvent {
+            header: header(kind::TCP_RESET, flags::NO_SOCKET),
+            conn_id: 0,
+            skaddr: 0,
+            tuple: t6,
+            netns: 1,
+            reason: 2,
+            state: 0,
+            direction: termscope_common::RESET_SENT,
+            _pad: [0; 6],
+        };
+        let decoder = Decoder::new([
+            ("SK_RST_REASON_NOT_SPECIFIED".to_string(), 0),
+            ("SK_RST_REASON_NO_SOCKET".to_string(), 2),
+        ]);
+        let Ok(Event::TcpReset(r)) = decoder.decode(&bytes_of(&r)) else {
+            panic!("not decoded")
+        };
+        assert_eq!(r.addrs.local.to_string(), "[::1]:80");
+        assert_eq!(r.addrs.remote.to_string(), "[fd00::2]:50000");
+        assert_eq!(r.reason.as_deref(), Some("no_socket"));
+        assert!(r.no_socket);
+        assert_eq!(r.direction, ResetDirection::Sent);
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let d = Decoder::default();
+        assert!(matches!(d.decode(&[]), Err(DecodeError::Short { .. })));
+        let h = header(kind::TCP_STATE, 0);
+        assert!(matches!(
+            d.decode(&bytes_of(&h)),
+            Err(DecodeError::Short {
+                what: "TCP state event",
+                ..
+            })
+        ));
+        let h = header(99, 0);
+        assert_eq!(d.decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn formats_wall_clock_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            rfc3339(1_795_236_791_123_456_789),
+            "2026-11-21T04:53:11.123456Z"
+        );
+    }
+
+    #[test]
+    fn signal_names_round_trip() {
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(3), "SIGQUIT");
+        assert_eq!(signal_name(34), "SIGRTMIN+0");
+        assert_eq!(parse_signal("TERM"), Some(15));
+        assert_eq!(parse_signal("sigquit"), Some(3));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("NOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+    }
+}

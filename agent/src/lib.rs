@@ -1,0 +1,11 @@
+//! termscope: which connections were cut while a container or pod shut down, and why.
+//!
+//! The flow is visible in the module layout:
+//! [`probes`] (load the kernel programs) -> [`decode`] (ring buffer records to events)
+//! -> [`attribute`] (cgroup -> container -> pod) -> terminations -> outputs.
+//! [`doctor`] tells what this node supports.
+
+pub mod attribute;
+pub mod decode;
+pub mod doctor;
+pub mod probes;

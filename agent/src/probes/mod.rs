@@ -1,0 +1,738 @@
+//! Loading and attaching the kernel programs, and talking to their maps.
+//!
+//! Every probe is attached on its own: one that cannot be attached on this kernel is turned
+//! off with its reason (see [`ProbeStatus`]) and the rest keep running. Offsets come from the
+//! running kernel's BTF ([`btf`]) and tracefs ([`tracefs`]), resolved in [`offsets`].
+
+pub mod btf;
+pub mod offsets;
+pub mod tracefs;
+
+use std::os::fd::AsRawFd;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use serde::Serialize;
+use termscope_common::{
+    CgroupStats, Config, LiveConn, WatchEntry, counter, feature, names, watch_reason,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::decode::{DecodeError, Decoder, Event};
+use offsets::{ResolvedKernel, ResolvedTracepoints, Unresolved};
+
+/// The kernel programs, built by `agent/build.rs` from `agent-ebpf`.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/termscope-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("the ring buffer has already been taken")]
+    RingBufferTaken,
+    #[error("registering the ring buffer with the event loop failed: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// How a probe is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachPoint {
+    TracePoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    BtfTracePoint {
+        name: &'static str,
+    },
+}
+
+impl std::fmt::Display for AttachPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachPoint::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
+            AttachPoint::BtfTracePoint { name } => write!(f, "tp_btf/{name}"),
+        }
+    }
+}
+
+/// A probe the agent knows.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSpec {
+    /// Program name in the object.
+    pub program: &'static str,
+    pub attach: AttachPoint,
+    /// What it gives the agent, for `doctor`.
+    pub purpose: &'static str,
+    /// Tracepoint fields without which the program is useless (`category/name:field`).
+    pub required_fields: &'static [&'static str],
+    /// Feature bits it needs for its attribution; without them it runs degraded.
+    pub wanted_features: u64,
+}
+
+/// Every probe, in the order they are attached.
+pub const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        program: "signal_generate",
+        attach: AttachPoint::BtfTracePoint {
+            name: "signal_generate",
+        },
+        purpose: "stop signals: sender, target task and its cgroup, result",
+        required_fields: &[],
+        wanted_features: feature::TASK_CGROUP | feature::TASK_IDS | feature::TASK_NETNS,
+    },
+    ProbeSpec {
+        program: "signal_deliver",
+        attach: AttachPoint::TracePoint {
+            category: "signal",
+            name: "signal_deliver",
+        },
+        purpose: "what the target did with a stop signal: default action, ignored, own handler",
+        required_fields: &[
+            "signal/signal_deliver:sig",
+            "signal/signal_deliver:sa_handler",
+        ],
+        wanted_features: 0,
+    },
+    ProbeSpec {
+        program: "sched_process_exit",
+        attach: AttachPoint::TracePoint {
+            category: "sched",
+            name: "sched_process_exit",
+        },
+        purpose: "process exits with exit code or killing signal",
+        required_fields: &[],
+        wanted_features: feature::TASK_EXIT,
+    },
+    ProbeSpec {
+        program: "inet_sock_set_state",
+        attach: AttachPoint::TracePoint {
+            category: "sock",
+            name: "inet_sock_set_state",
+        },
+        purpose: "TCP state changes per socket cgroup; live connections kept in the kernel",
+        required_fields: &[
+            "sock/inet_sock_set_state:skaddr",
+            "sock/inet_sock_set_state:oldstate",
+            "sock/inet_sock_set_state:newstate",
+            "sock/inet_sock_set_state:protocol",
+            "sock/inet_sock_set_state:family",
+        ],
+        wanted_features: feature::SOCK_CGROUP | feature::TASK_EXIT,
+    },
+    ProbeSpec {
+        program: "tcp_send_reset",
+        attach: AttachPoint::TracePoint {
+            category: "tcp",
+            name: "tcp_send_reset",
+        },
+        purpose: "resets sent, with the kernel's reason, including for SYNs to closed ports",
+        required_fields: &[
+            "tcp/tcp_send_reset:skaddr",
+            "tcp/tcp_send_reset:state",
+            "tcp/tcp_send_reset:saddr",
+            "tcp/tcp_send_reset:daddr",
+        ],
+        wanted_features: feature::SOCK_CGROUP | feature::SKB_NETNS,
+    },
+    ProbeSpec {
+        program: "tcp_receive_reset",
+        attach: AttachPoint::TracePoint {
+            category: "tcp",
+            name: "tcp_receive_reset",
+        },
+        purpose: "resets received",
+        required_fields: &["tcp/tcp_receive_reset:skaddr"],
+        wanted_features: feature::SOCK_CGROUP,
+    },
+];
+
+/// Where a probe stands after loading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum ProbeState {
+    Attached,
+    /// Not attempted: something it needs is missing on this kernel.
+    Disabled(String),
+    /// Attempted and refused by the kernel.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub program: &'static str,
+    pub attach_point: String,
+    pub purpose: &'static str,
+    #[serde(flatten)]
+    pub state: ProbeState,
+    /// Attached, but with these pieces missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<String>,
+}
+
+/// What the agent asks of the kernel programs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Send every event of every cgroup to userspace (debugging and tests; costly on a busy
+    /// node).
+    pub watch_all: bool,
+    /// Signals that count as stop signals.
+    pub stop_signals: Vec<u32>,
+    /// Resets with no socket from unwatched network namespaces sent to userspace, per CPU per
+    /// second.
+    pub unowned_reset_rate: u32,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// Capacity of the kernel's live-connection map.
+    pub max_live_connections: u32,
+}
+
+/// Signals that stop services: HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH (Apache's graceful
+/// stop), PWR.
+pub const DEFAULT_STOP_SIGNALS: [u32; 9] = [1, 2, 3, 9, 10, 12, 15, 28, 30];
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            watch_all: false,
+            stop_signals: DEFAULT_STOP_SIGNALS.to_vec(),
+            unowned_reset_rate: 200,
+            ring_buffer_bytes: 1 << 22,
+            max_live_connections: 65536,
+        }
+    }
+}
+
+/// The bits of a stop-signal mask.
+pub fn signal_mask(signals: &[u32]) -> u64 {
+    signals
+        .iter()
+        .filter(|&&s| (1..64).contains(&s))
+        .fold(0, |m, &s| m | (1u64 << s))
+}
+
+/// What this kernel offers, resolved before loading.
+#[derive(Debug, Clone)]
+pub struct KernelSupport {
+    pub btf: Result<(), String>,
+    pub tracefs: Result<String, String>,
+    pub kernel: Option<ResolvedKernel>,
+    pub tracepoints: Option<ResolvedTracepoints>,
+    /// `btf_trace_<name>` typedefs present: BTF tracepoints this kernel has.
+    pub btf_tracepoints: Vec<&'static str>,
+    pub reset_reasons: Vec<(String, i64)>,
+}
+
+impl KernelSupport {
+    /// Resolves offsets from `/sys/kernel/btf/vmlinux` and tracefs (mounting it if needed).
+    pub fn probe() -> Self {
+        let btf = btf::Btf::from_file(btf::Btf::VMLINUX);
+        let tracefs = tracefs::Tracefs::find_or_mount();
+        let mut support = KernelSupport {
+            btf: btf.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+            tracefs: tracefs
+                .as_ref()
+                .map(|t| t.root().display().to_string())
+                .map_err(|e| e.to_string()),
+            kernel: None,
+            tracepoints: None,
+            btf_tracepoints: Vec::new(),
+            reset_reasons: Vec::new(),
+        };
+        if let Ok(btf) = &btf {
+            support.kernel = Some(offsets::resolve_kernel(btf));
+            support.btf_tracepoints = PROBES
+                .iter()
+                .filter_map(|p| match p.attach {
+                    AttachPoint::BtfTracePoint { name } => btf
+                        .has_typedef(&format!("btf_trace_{name}"))
+                        .then_some(name),
+                    AttachPoint::TracePoint { .. } => None,
+                })
+                .collect();
+            support.reset_reasons = btf.enum_values("sk_rst_reason").unwrap_or_default();
+        }
+        if let Ok(tracefs) = &tracefs {
+            support.tracepoints = Some(offsets::resolve_tracepoints_from(tracefs));
+        }
+        support
+    }
+
+    /// Everything that could not be resolved.
+    pub fn unresolved(&self) -> Vec<&Unresolved> {
+        let k = self.kernel.iter().flat_map(|k| k.unresolved.iter());
+        let t = self.tracepoints.iter().flat_map(|t| t.unresolved.iter());
+        k.chain(t).collect()
+    }
+
+    fn features(&self) -> u64 {
+        self.kernel.as_ref().map_or(0, |k| k.features)
+    }
+
+    fn config(&self, opts: &LoadOptions) -> Config {
+        let mut config = Config::EMPTY;
+        if let Some(k) = &self.kernel {
+            config.kernel = k.offsets;
+            config.features = k.features;
+        }
+        if let Some(t) = &self.tracepoints {
+            config.tracepoints = t.offsets;
+        }
+        config.stop_signal_mask = signal_mask(&opts.stop_signals);
+        config.watch_all = u32::from(opts.watch_all);
+        config.unowned_reset_rate = opts.unowned_reset_rate;
+        config
+    }
+
+    /// Why `spec` cannot run here, if it cannot; and what it lacks if it runs degraded.
+    fn check(&self, spec: &ProbeSpec) -> (Option<String>, Vec<String>) {
+        match spec.attach {
+            AttachPoint::BtfTracePoint { name } => {
+                if let Err(e) = &self.btf {
+                    return (Some(format!("no kernel BTF: {e}")), vec![]);
+                }
+                if !self.btf_tracepoints.contains(&name) {
+                    return (Some(format!("kernel has no BTF tracepoint {name}")), vec![]);
+                }
+            }
+            AttachPoint::TracePoint { .. } => {
+                if let Err(e) = &self.tracefs {
+                    return (Some(e.clone()), vec![]);
+                }
+            }
+        }
+        let unresolved = self.unresolved();
+        let missing: Vec<_> = spec
+            .required_fields
+            .iter()
+            .filter(|f| {
+                unresolved
+                    .iter()
+                    .any(|u| u.what == **f || f.starts_with(&format!("{}:", u.what)))
+            })
+            .map(|f| (*f).to_string())
+            .collect();
+        if !missing.is_empty() {
+            return (
+                Some(format!("tracepoint fields missing: {}", missing.join(", "))),
+                vec![],
+            );
+        }
+        let lacking = spec.wanted_features & !self.features();
+        let degraded = FEATURE_NAMES
+            .iter()
+            .filter(|(bit, _)| lacking & bit != 0)
+            .map(|(_, name)| format!("{name} unavailable"))
+            .collect();
+        (None, degraded)
+    }
+}
+
+/// Names of the feature bits, for people.
+pub const FEATURE_NAMES: [(u64, &str); 6] = [
+    (feature::TASK_CGROUP, "task cgroup (task_struct->cgroups)"),
+    (feature::SOCK_CGROUP, "socket cgroup (sock->sk_cgrp_data)"),
+    (feature::TASK_NETNS, "task netns (task_struct->nsproxy)"),
+    (feature::SKB_NETNS, "packet netns (sk_buff->dev)"),
+    (feature::TASK_EXIT, "exit code and PF_EXITING (task_struct)"),
+    (feature::TASK_IDS, "target pid/comm (task_struct)"),
+];
+
+/// Kernels since 5.11 account BPF memory to the cgroup and ignore RLIMIT_MEMLOCK; older ones
+/// need it raised. Try, and go on when it is not allowed.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not raise RLIMIT_MEMLOCK; not needed on kernels since 5.11"
+        );
+    }
+}
+
+/// Agent-level counters kept by the kernel programs (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KernelCounters {
+    pub ringbuf_lost: u64,
+    pub resets_rate_limited: u64,
+    pub live_map_failed: u64,
+}
+
+/// The loaded, attached kernel programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub status: Vec<ProbeStatus>,
+    pub support: KernelSupport,
+    decoder: Decoder,
+}
+
+impl Probes {
+    /// Loads the programs with offsets resolved on this kernel and attaches each probe that can
+    /// run. Fails only when the object as a whole cannot be loaded (e.g. no privileges).
+    pub fn load(opts: &LoadOptions) -> Result<Self, ProbeError> {
+        let support = KernelSupport::probe();
+        Self::load_with(support, opts)
+    }
+
+    pub fn load_with(support: KernelSupport, opts: &LoadOptions) -> Result<Self, ProbeError> {
+        raise_memlock();
+        let config = support.config(opts);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG, &config, true)
+            .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
+            .map_max_entries(names::LIVE_CONNS, opts.max_live_connections)
+            .load(PROGRAMS)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+
+        let aya_btf = aya::Btf::from_sys_fs().ok();
+        let mut status = Vec::with_capacity(PROBES.len());
+        for spec in PROBES {
+            let (disabled, degraded) = support.check(spec);
+            let state = match disabled {
+                Some(reason) => ProbeState::Disabled(reason),
+                None => match attach(&mut ebpf, spec, aya_btf.as_ref()) {
+                    Ok(()) => ProbeState::Attached,
+                    Err(reason) => ProbeState::Failed(reason),
+                },
+            };
+            match &state {
+                ProbeState::Attached => tracing::debug!(probe = spec.program, "attached"),
+                ProbeState::Disabled(r) | ProbeState::Failed(r) => {
+                    tracing::warn!(probe = spec.program, reason = %r, "probe not attached")
+                }
+            }
+            status.push(ProbeStatus {
+                program: spec.program,
+                attach_point: spec.attach.to_string(),
+                purpose: spec.purpose,
+                state,
+                degraded,
+            });
+        }
+        let decoder = Decoder::new(support.reset_reasons.iter().cloned());
+        Ok(Probes {
+            ebpf,
+            status,
+            support,
+            decoder,
+        })
+    }
+
+    pub fn attached(&self) -> usize {
+        self.status
+            .iter()
+            .filter(|s| s.state == ProbeState::Attached)
+            .count()
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Takes the ring buffer; events are read from the returned stream.
+    pub fn events(&mut self) -> Result<EventStream, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or(ProbeError::RingBufferTaken)?;
+        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: names::EVENTS,
+            source,
+        })?;
+        Ok(EventStream {
+            ring,
+            decoder: self.decoder.clone(),
+        })
+    }
+
+    fn watched(&mut self) -> Result<BpfHashMap<&mut MapData, u64, WatchEntry>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(names::WATCHED)
+            .ok_or(ProbeError::MissingMap(names::WATCHED))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: names::WATCHED,
+            source,
+        })
+    }
+
+    /// Sends this cgroup's per-connection events to userspace from now on.
+    pub fn watch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        let entry = WatchEntry {
+            since_ns: boot_ns(),
+            reason: watch_reason::USERSPACE,
+            _pad: 0,
+        };
+        self.watched()?
+            .insert(cgroup_id, entry, 0)
+            .map_err(|source| ProbeError::Map {
+                name: names::WATCHED,
+                source,
+            })
+    }
+
+    /// Stops sending this cgroup's events (a missing entry is not an error).
+    pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        match self.watched()?.remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::Map {
+                name: names::WATCHED,
+                source,
+            }),
+        }
+    }
+
+    /// Whether the kernel watches this cgroup (userspace or a stop signal put it there).
+    pub fn is_watched(&mut self, cgroup_id: u64) -> Result<bool, ProbeError> {
+        Ok(self.watched()?.get(&cgroup_id, 0).is_ok())
+    }
+
+    /// The connections the kernel knows to be open (socket address, connection).
+    pub fn live_connections(&self) -> Result<Vec<(u64, LiveConn)>, ProbeError> {
+        let map = self
+            .ebpf
+            .map(names::LIVE_CONNS)
+            .ok_or(ProbeError::MissingMap(names::LIVE_CONNS))?;
+        let map: BpfHashMap<&MapData, u64, LiveConn> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: names::LIVE_CONNS,
+                source,
+            })?;
+        // Entries can vanish while we iterate; skip those.
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Per-cgroup counters summed over CPUs (all zero when the kernel has none for it).
+    pub fn cgroup_stats(&self, cgroup_id: u64) -> Result<CgroupStats, ProbeError> {
+        let map = self
+            .ebpf
+            .map(names::CGROUP_STATS)
+            .ok_or(ProbeError::MissingMap(names::CGROUP_STATS))?;
+        let map: PerCpuHashMap<&MapData, u64, CgroupStats> =
+            PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: names::CGROUP_STATS,
+                source,
+            })?;
+        let Ok(per_cpu) = map.get(&cgroup_id, 0) else {
+            return Ok(CgroupStats::default());
+        };
+        Ok(per_cpu.iter().fold(CgroupStats::default(), |mut a, s| {
+            a.opened_inbound += s.opened_inbound;
+            a.opened_outbound += s.opened_outbound;
+            a.closed += s.closed;
+            a.resets_sent += s.resets_sent;
+            a.resets_received += s.resets_received;
+            a.closed_by_exit += s.closed_by_exit;
+            a
+        }))
+    }
+
+    /// The kernel programs' own counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let map = self
+            .ebpf
+            .map(names::COUNTERS)
+            .ok_or(ProbeError::MissingMap(names::COUNTERS))?;
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: names::COUNTERS,
+                source,
+            })?;
+        let sum = |i: u32| map.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        Ok(KernelCounters {
+            ringbuf_lost: sum(counter::RINGBUF_LOST),
+            resets_rate_limited: sum(counter::RESETS_RATE_LIMITED),
+            live_map_failed: sum(counter::LIVE_MAP_FAILED),
+        })
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| format!("program {} is not in the object", spec.program))?;
+    match spec.attach {
+        AttachPoint::TracePoint { category, name } => {
+            let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            tp.load()
+                .map_err(|e| format!("load: {}", error_chain(&e)))?;
+            tp.attach(category, name)
+                .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        }
+        AttachPoint::BtfTracePoint { name } => {
+            let btf = btf.ok_or("kernel BTF could not be read by the loader")?;
+            let tp: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            tp.load(name, btf)
+                .map_err(|e| format!("load: {}", error_chain(&e)))?;
+            tp.attach()
+                .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        }
+    }
+    Ok(())
+}
+
+/// An error with its sources, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock of every event's `ts_ns`.
+pub fn boot_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+/// `CLOCK_REALTIME` now, in nanoseconds since the epoch.
+pub fn wall_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a local timespec; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Events from the ring buffer.
+pub struct EventStream {
+    ring: RingBuf<MapData>,
+    decoder: Decoder,
+}
+
+impl EventStream {
+    /// Takes every event waiting now, without blocking.
+    pub fn drain(&mut self) -> Vec<Result<Event, DecodeError>> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.push(self.decoder.decode(&item));
+        }
+        out
+    }
+
+    /// Waits (blocking the thread) up to `timeout` for the ring buffer to have data, then
+    /// drains it. For tools and tests without an async runtime.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Vec<Result<Event, DecodeError>> {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        self.drain()
+    }
+
+    /// An async stream for the tokio event loop.
+    pub fn into_async(self) -> Result<AsyncEventStream, ProbeError> {
+        let decoder = self.decoder;
+        // SAFETY: the ring buffer owns its fd, and it stays open and the same for as long as
+        // the AsyncFd owns the RingBuf.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
+        Ok(AsyncEventStream { fd, decoder })
+    }
+}
+
+/// Events from the ring buffer, for the tokio event loop.
+pub struct AsyncEventStream {
+    fd: AsyncFd<RingBuf<MapData>>,
+    decoder: Decoder,
+}
+
+impl AsyncEventStream {
+    /// Waits for events and returns all that are ready.
+    pub async fn next_batch(&mut self) -> Result<Vec<Result<Event, DecodeError>>, ProbeError> {
+        loop {
+            let mut guard = self.fd.readable_mut().await.map_err(ProbeError::Poll)?;
+            let ring = guard.get_inner_mut();
+            let mut out = Vec::new();
+            while let Some(item) = ring.next() {
+                out.push(self.decoder.decode(&item));
+            }
+            guard.clear_ready();
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_masks() {
+        assert_eq!(signal_mask(&[15]), 1 << 15);
+        assert_eq!(signal_mask(&[0, 64, 99]), 0);
+        assert_eq!(signal_mask(&[1, 9]), (1 << 1) | (1 << 9));
+    }
+
+    #[test]
+    fn probes_without_their_fields_are_disabled_with_the_reason() {
+        let support = KernelSupport {
+            btf: Ok(()),
+            tracefs: Ok("/sys/kernel/tracing".into()),
+            kernel: None,
+            tracepoints: Some(offsets::resolve_tracepoints(|c, n| {
+                Err(format!("{c}/{n} does not exist"))
+            })),
+            btf_tracepoints: vec![],
+            reset_reasons: vec![],
+        };
+        let by_name = |name: &str| {
+            PROBES
+                .iter()
+                .find(|p| p.program == name)
+                .map(|p| support.check(p))
+                .expect("probe exists")
+        };
+        let (disabled, _) = by_name("inet_sock_set_state");
+        assert!(
+            disabled
+                .as_deref()
+                .is_some_and(|r| r.contains("sock/inet_sock_set_state:skaddr")),
+            "{disabled:?}"
+        );
+        let (disabled, _) = by_name("signal_generate");
+        assert_eq!(
+            disabled.as_deref(),
+            Some("kernel has no BTF tracepoint signal_generate")
+        );
+        // sched_process_exit needs no field: it runs, degraded without task offsets.
+        let (disabled, degraded) = by_name("sched_process_exit");
+        assert_eq!(disabled, None);
+        assert_eq!(
+            degraded,
+            vec!["exit code and PF_EXITING (task_struct) unavailable"]
+        );
+    }
+}
