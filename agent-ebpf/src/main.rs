@@ -50,6 +50,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "LIVE_CONNS")]
 static LIVE_CONNS: LruHashMap<u64, LiveConn> = LruHashMap::with_max_entries(65536, 0);
 
+/// Connections that just reached CLOSE. The kernel sets CLOSE *before* sending the reset of an
+/// abortive close (unread data, SO_LINGER 0), so the reset finds its connection here.
+#[map(name = "RECENTLY_CLOSED")]
+static RECENTLY_CLOSED: LruHashMap<u64, LiveConn> = LruHashMap::with_max_entries(8192, 0);
+
 /// Cgroups whose events go to userspace.
 #[map(name = "WATCHED")]
 static WATCHED: LruHashMap<u64, WatchEntry> = LruHashMap::with_max_entries(4096, 0);
@@ -527,6 +532,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         ev_flags |= live.flags;
         if new == tcp_state::CLOSE {
             with_stats(live.cgroup_id, |s| s.closed += 1);
+            let _ = RECENTLY_CLOSED.insert(sk, *live, 0);
             let _ = LIVE_CONNS.remove(sk);
         }
     } else if !matches!(
@@ -624,7 +630,11 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let mut conn_id = 0;
     let (cgroup_id, netns) = if full_sock {
         let cgroup_id = owner_cgroup(sk, &mut ev_flags);
-        if let Some(live) = LIVE_CONNS.get_ptr_mut(sk) {
+        let live = match LIVE_CONNS.get_ptr_mut(sk) {
+            Some(live) => Some(live),
+            None => RECENTLY_CLOSED.get_ptr_mut(sk),
+        };
+        if let Some(live) = live {
             // SAFETY: see inet_sock_set_state.
             let live = unsafe { &mut *live };
             live.flags |= flags::RESET_SENT;

@@ -1,1 +1,347 @@
+//! Harness for termscope's kernel tests: real probes on the running kernel, real processes in
+//! fresh cgroup v2 children ("containers") and network namespaces.
+//!
+//! Kernel tests need root. Where they cannot run they skip, saying why — except when
+//! `TERMSCOPE_REQUIRE_KERNEL_TESTS=1` or `CI=true`, where a skip is a failure.
 
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use termscope::{
+    attribute::cgroupfs,
+    decode::Event,
+    probes::{EventStream, LoadOptions, Probes},
+};
+
+/// Whether a skipped kernel test must fail instead.
+fn skips_are_failures() -> bool {
+    std::env::var("TERMSCOPE_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// `None` when kernel tests can run here; otherwise the reason (and a panic when skipping is
+/// not allowed).
+pub fn cannot_run() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("kernel tests need root (run `sudo -E cargo xtask test`)".to_string())
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("this kernel has no BTF at /sys/kernel/btf/vmlinux".to_string())
+    } else if cgroupfs::Mount::detect().is_err() {
+        Some("no cgroup v2 mount".to_string())
+    } else {
+        None
+    };
+    if let Some(r) = &reason {
+        assert!(
+            !skips_are_failures(),
+            "kernel test cannot run: {r} (TERMSCOPE_REQUIRE_KERNEL_TESTS=1 or CI=true)"
+        );
+        eprintln!("SKIPPED: {r}");
+    }
+    reason
+}
+
+/// Skips the calling test (returns from it) when kernel tests cannot run here.
+#[macro_export]
+macro_rules! kernel_test {
+    () => {
+        if $crate::cannot_run().is_some() {
+            return Ok(());
+        }
+    };
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name for this test's cgroup / netns.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "ts-{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh cgroup v2 child: a stand-in for a container. Killed and removed on drop.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+    pub path: String,
+    pub id: u64,
+}
+
+impl TestCgroup {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let mount = cgroupfs::Mount::detect()?;
+        let name = unique(prefix);
+        let dir = mount.path.join(&name);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let id = cgroupfs::cgroup_id(&dir)?;
+        Ok(TestCgroup {
+            dir,
+            path: format!("/{name}"),
+            id,
+        })
+    }
+
+    pub fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.dir.display());
+    }
+}
+
+/// A network namespace with loopback up. Deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique(prefix);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = NetNs { name };
+        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]))?;
+        Ok(ns)
+    }
+
+    pub fn file(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// The namespace's inode number: what the kernel programs report as `netns`.
+    pub fn inode(&self) -> Result<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(self.file())?.ino();
+        Ok(u32::try_from(ino)?)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it creates live there
+    /// (and in the test process's own cgroup, i.e. outside the "container").
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let file = File::open(self.file())?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on a valid netns fd affects only this thread.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(anyhow::anyhow!(
+                        "setns: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs a command to completion, failing with its stderr.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A process started inside a test cgroup (and netns), with its stdout lines readable.
+pub struct Proc {
+    pub child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Proc {
+    /// Starts `cmd` as a member of `cgroup` and, when given, inside `netns`. The child moves
+    /// itself between fork and exec, so its very first instruction already runs there.
+    pub fn spawn(cmd: &mut Command, cgroup: &TestCgroup, netns: Option<&NetNs>) -> Result<Self> {
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.procs())?;
+        let ns = netns.map(|n| File::open(n.file())).transpose()?;
+        let procs_fd = procs.as_raw_fd();
+        let ns_fd = ns.as_ref().map(|f| f.as_raw_fd());
+        // SAFETY: the closure only makes async-signal-safe syscalls (write, setns) on fds that
+        // stay open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Writing "0" moves the writing process itself.
+                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = ns_fd
+                    && libc::setns(fd, libc::CLONE_NEWNET) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        drop((procs, ns));
+        let stdout = child.stdout.take().context("no stdout")?;
+        Ok(Proc {
+            child,
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads stdout lines until one starts with `prefix`; returns it.
+    pub fn expect_line(&mut self, prefix: &str) -> Result<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("process {} ended before printing {prefix:?}", self.pid());
+            }
+            if line.starts_with(prefix) {
+                return Ok(line.trim_end().to_string());
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        let pid = i32::try_from(self.pid())?;
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            bail!("kill {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A python3 program run with `-u` (unbuffered) and `-c`.
+pub fn python(code: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", code]);
+    cmd
+}
+
+/// The test helper scripts' directory.
+pub fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+/// The real probes, loaded for one test, with the events they have seen so far.
+pub struct Kernel {
+    pub probes: Probes,
+    stream: EventStream,
+    pub seen: Vec<Event>,
+}
+
+impl Kernel {
+    pub fn load() -> Result<Self> {
+        Self::load_with(&LoadOptions::default())
+    }
+
+    pub fn load_with(opts: &LoadOptions) -> Result<Self> {
+        let mut probes = Probes::load(opts)?;
+        let not_attached: Vec<_> = probes
+            .status
+            .iter()
+            .filter(|s| s.state != termscope::probes::ProbeState::Attached)
+            .map(|s| format!("{}: {:?}", s.program, s.state))
+            .collect();
+        if !not_attached.is_empty() {
+            bail!("probes not attached: {not_attached:?}");
+        }
+        let stream = probes.events()?;
+        Ok(Kernel {
+            probes,
+            stream,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Collects events until `done(seen)` holds, or fails after `timeout` listing what was
+    /// seen. (A deadline for events to arrive, not a performance assertion.)
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for e in self.stream.wait(Duration::from_millis(50)) {
+                self.seen.push(e?);
+            }
+            if done(&self.seen) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let mut dump = String::new();
+                for e in &self.seen {
+                    dump.push_str(&serde_json::to_string(e)?);
+                    dump.push('\n');
+                }
+                bail!("timed out waiting for {what}; events seen:\n{dump}");
+            }
+        }
+    }
+
+    /// Collects whatever arrives within `period` (to check that something did *not* happen).
+    pub fn settle(&mut self, period: Duration) -> Result<()> {
+        let deadline = Instant::now() + period;
+        while Instant::now() < deadline {
+            for e in self.stream.wait(Duration::from_millis(50)) {
+                self.seen.push(e?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The events attributed to `cgroup_id`.
+    pub fn of(&self, cgroup_id: u64) -> Vec<&Event> {
+        self.seen
+            .iter()
+            .filter(|e| e.cgroup_id() == cgroup_id)
+            .collect()
+    }
+}
