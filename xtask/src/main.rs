@@ -1,1 +1,171 @@
-fn main() {}
+//! `cargo xtask`: sets up, builds, runs and tests termscope. `cargo xtask --help` explains.
+
+mod setup;
+mod tasks;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sets up, builds, runs and tests termscope (run from anywhere in the workspace).
+///
+/// termscope's kernel programs are built with the nightly toolchain (with rust-src) and
+/// bpf-linker 0.13, which is built against LLVM 22. `cargo xtask setup` checks for all of that
+/// and installs what is missing; `build`, `run`, `test` and `bench` run it first.
+///
+/// Start with `cargo xtask build`, then `cargo xtask run -- doctor` to see what this machine
+/// supports. `cargo xtask test` runs everything CI runs.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check for, and install when missing, what building termscope needs.
+    ///
+    /// Each step says what it checks and what it does; when everything is present it only
+    /// checks. Steps: LLVM 22 (Debian package llvm-22-dev, installed with apt-get as root),
+    /// bpf-linker 0.13 (cargo install), the nightly toolchain (must already be installed),
+    /// rust-src for nightly (rustup component add), tracefs mounted at /sys/kernel/tracing
+    /// (mounted as root).
+    Setup {
+        /// Also install the Debian packages the kernel tests use (iproute2, curl, python3).
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Run setup, then build the agent (`cargo build -p termscope`) and print its path.
+    Build {
+        /// Build with optimizations (target/release instead of target/debug).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup, build the agent and run it as root (through `sudo -E` when needed)
+    ///
+    /// Arguments after `--` go to the agent; without any it runs `termscope agent`, which
+    /// prints events as JSON lines until Ctrl-C. Examples:
+    ///   cargo xtask run                      # termscope agent
+    ///   cargo xtask run -- doctor            # what this machine supports
+    ///   cargo xtask run -- agent --watch-all
+    ///
+    /// The agent's exit code is xtask's exit code.
+    #[command(verbatim_doc_comment)]
+    Run {
+        /// Build and run with optimizations.
+        #[arg(long)]
+        release: bool,
+        /// Run as the current user even when it is not root (e.g. for `doctor`, or a binary
+        /// given CAP_BPF and CAP_PERFMON with setcap).
+        #[arg(long)]
+        no_sudo: bool,
+        /// Arguments for the agent (default: `agent`).
+        #[arg(last = true, value_name = "AGENT_ARGS")]
+        args: Vec<String>,
+    },
+    /// Run everything CI runs: setup (with test packages), fmt, clippy, and all tests
+    ///
+    /// Steps, stopping at the first failure:
+    ///   1. cargo xtask setup --test-deps
+    ///   2. cargo fmt --all -- --check
+    ///   3. cargo clippy --workspace --exclude termscope-ebpf --all-targets -- -D warnings
+    ///   4. cargo test --workspace --exclude termscope-ebpf [ARGS]
+    ///
+    /// The kernel tests need root; as another user they skip (run `sudo -E cargo xtask test`).
+    /// As root or with CI=true, TERMSCOPE_REQUIRE_KERNEL_TESTS=1 is set so a skipped kernel test
+    /// fails instead. Arguments after `--` go to `cargo test`. Examples:
+    ///   cargo xtask test
+    ///   cargo xtask test --skip-lint -- decode     # only tests whose name contains `decode`
+    ///   cargo xtask test -- -- --nocapture         # options for the test binaries
+    #[command(verbatim_doc_comment)]
+    Test {
+        /// Skip the fmt and clippy steps.
+        #[arg(long)]
+        skip_lint: bool,
+        /// Arguments for `cargo test` (a test name filter, `-- --nocapture`, ...).
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+        args: Vec<String>,
+    },
+    /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
+    ///
+    /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
+    Bench {
+        /// Arguments for `cargo bench`.
+        #[arg(last = true, value_name = "CARGO_BENCH_ARGS")]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain without a backtrace: these errors are for people, not for debugging xtask.
+            eprintln!("\nxtask: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    let ctx = util::Ctx::detect()?;
+    match command {
+        Command::Setup { test_deps } => setup::run(&ctx, test_deps),
+        Command::Build { release } => tasks::build(&ctx, release).map(|_| ()),
+        Command::Run {
+            release,
+            no_sudo,
+            args,
+        } => tasks::run_agent(&ctx, release, no_sudo, args),
+        Command::Test { skip_lint, args } => tasks::test(&ctx, skip_lint, &args),
+        Command::Bench { args } => tasks::bench(&ctx, &args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_args_after_double_dash_reach_cargo_test() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["xtask", "test", "--skip-lint", "--", "-p", "x", "--"])?;
+        match cli.command {
+            Command::Test { skip_lint, args } => {
+                assert!(skip_lint);
+                assert_eq!(args, ["-p", "x", "--"]);
+            }
+            other => anyhow::bail!("parsed as {other:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn run_args_are_the_agents() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["xtask", "run", "--release", "--", "doctor", "--json"])?;
+        match cli.command {
+            Command::Run {
+                release,
+                no_sudo,
+                args,
+            } => {
+                assert!(release);
+                assert!(!no_sudo);
+                assert_eq!(args, ["doctor", "--json"]);
+            }
+            other => anyhow::bail!("parsed as {other:?}"),
+        }
+        Ok(())
+    }
+}
