@@ -377,30 +377,7 @@ impl Event {
     }
 }
 
-/// Formats Unix-epoch nanoseconds as RFC 3339 UTC with microseconds
-/// (`2026-11-21T04:53:11.123456Z`).
-pub fn rfc3339(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let micros = (unix_ns % 1_000_000_000) / 1_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3_600,
-        (rem % 3_600) / 60,
-        rem % 60
-    )
-}
+pub use crate::clock::WallClock;
 
 /// Decodes ring buffer records; knows the kernel's names for reset reasons.
 #[derive(Debug, Clone, Default)]
@@ -690,19 +667,6 @@ mod tests {
         ));
         let h = header(99, 0);
         assert_eq!(d.decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
-    }
-
-    #[test]
-    fn formats_wall_clock_times() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            rfc3339(951_782_400_000_000_000),
-            "2000-02-29T00:00:00.000000Z"
-        );
-        assert_eq!(
-            rfc3339(1_795_236_791_123_456_789),
-            "2026-11-21T04:53:11.123456Z"
-        );
     }
 
     #[test]

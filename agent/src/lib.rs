@@ -6,6 +6,8 @@
 //! [`doctor`] tells what this node supports.
 
 pub mod attribute;
+pub mod clock;
 pub mod decode;
 pub mod doctor;
 pub mod probes;
+pub mod terminations;

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use termscope::{
     attribute::{Resolver, cgroupfs},
+    clock::WallClock,
     decode::{Event, parse_signal},
     doctor,
     probes::{self, LoadOptions, Probes},
@@ -213,30 +214,10 @@ fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
-/// Converts the kernel's boot-time stamps to wall-clock time.
-struct WallClock {
-    offset_ns: i128,
-}
-
-impl WallClock {
-    fn now() -> Self {
-        WallClock {
-            offset_ns: i128::from(probes::wall_ns()) - i128::from(probes::boot_ns()),
-        }
-    }
-
-    fn wall_ns(&self, boot_ns: u64) -> u64 {
-        u64::try_from(i128::from(boot_ns) + self.offset_ns).unwrap_or(0)
-    }
-}
-
 fn print_event(event: &Event, clock: &WallClock, resolver: &mut Resolver) -> Result<()> {
     let mut value = serde_json::to_value(event)?;
     if let serde_json::Value::Object(map) = &mut value {
-        map.insert(
-            "time".into(),
-            termscope::decode::rfc3339(clock.wall_ns(event.ts_ns())).into(),
-        );
+        map.insert("time".into(), clock.rfc3339(event.ts_ns()).into());
         if let Some(identity) = resolver.resolve(event.cgroup_id()) {
             map.insert("cgroup".into(), serde_json::to_value(identity)?);
         }

@@ -597,27 +597,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock of every event's `ts_ns`.
-pub fn boot_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME)
-}
-
-/// `CLOCK_REALTIME` now, in nanoseconds since the epoch.
-pub fn wall_ns() -> u64 {
-    clock_ns(libc::CLOCK_REALTIME)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a local timespec; these clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
+pub use crate::clock::{boot_ns, wall_ns};
 
 /// Events from the ring buffer.
 pub struct EventStream {

@@ -1,0 +1,958 @@
+//! The termination engine: kernel events in, one [`TerminationReport`] per stopped container
+//! out. Pure logic — no I/O, no clock reads — so every rule is unit-tested without root.
+//!
+//! A termination opens at the first stop signal sent to a container from outside it, and
+//! closes when its last process has exited (plus a short linger for the kernel's last closes
+//! and for refusals of traffic that still arrives), or when its processes survive the stop
+//! signal for too long. Signals a container sends to itself, and the kernel's SIGKILL spread
+//! when a PID-namespace init dies, are recorded but open nothing.
+
+pub mod report;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use report::{
+    Connection, Counts, Direction, Exit, Outcome, Proc, SCHEMA, Step, StopSignal, Subject,
+    TerminationReport, Verdict,
+};
+
+use crate::{
+    attribute::cgroup_path::Identity,
+    decode::{
+        Disposition, Event, ExitStatus, ResetDirection, SignalResult, WallClock, signal_name,
+    },
+};
+
+const SIGKILL: u32 = 9;
+/// The root cgroup: not a container.
+const ROOT_CGROUP: u64 = 1;
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// After the last process exited, keep collecting this long (the kernel's final closes,
+    /// refusals of traffic that still arrives).
+    pub linger: Duration,
+    /// With processes still alive this long after the last stop signal, report them as
+    /// having survived it.
+    pub survive_after: Duration,
+    /// Connections listed per report (all are counted).
+    pub max_connections: usize,
+    /// This node's name, for the reports.
+    pub node: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            linger: Duration::from_secs(3),
+            survive_after: Duration::from_secs(120),
+            max_connections: 256,
+            node: String::new(),
+        }
+    }
+}
+
+/// What the engine asks of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A termination opened: list the container's open connections from the kernel's
+    /// live-connection map and give them to [`Engine::on_snapshot`].
+    Snapshot(u64),
+    /// Tell [`Engine::on_population`] whether the cgroup still has processes.
+    CheckPopulated(u64),
+    /// The termination is reported: the kernel may stop watching the cgroup.
+    Unwatch(u64),
+}
+
+/// A connection the kernel listed as open when the termination began.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenConnection {
+    pub conn_id: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub inbound: bool,
+    pub established_ns: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    local: SocketAddr,
+    remote: SocketAddr,
+    inbound: Option<bool>,
+    established_ns: u64,
+    closed_ns: Option<u64>,
+    closed_by_exit: bool,
+    closed_by: Option<Proc>,
+    reset_sent: bool,
+    reset_received: bool,
+    reset_reason: Option<String>,
+}
+
+impl Conn {
+    fn verdict(&self) -> Verdict {
+        if self.closed_by_exit {
+            Verdict::ClosedByExit
+        } else if self.reset_sent {
+            Verdict::ResetByApp
+        } else if self.reset_received {
+            Verdict::ResetByPeer
+        } else if self.closed_ns.is_some() {
+            Verdict::Completed
+        } else {
+            Verdict::Open
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Signal {
+    ts: u64,
+    signal: u32,
+    sender: Proc,
+    sender_cgroup: Option<String>,
+    target: Proc,
+    result: SignalResult,
+    internal: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Refusal {
+    ts: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+struct Termination {
+    cgroup_id: u64,
+    identity: Option<Identity>,
+    netns: u32,
+    opened_ns: u64,
+    signals: Vec<Signal>,
+    deliveries: Vec<(u64, Proc, u32, Disposition)>,
+    exits: Vec<(u64, Proc, ExitStatus)>,
+    listeners_closed: Vec<(u64, SocketAddr)>,
+    listen_addrs: Vec<SocketAddr>,
+    conns: HashMap<u64, Conn>,
+    refusals: Vec<Refusal>,
+    emptied_ns: Option<u64>,
+}
+
+impl Termination {
+    fn last_signal_ns(&self) -> u64 {
+        self.signals
+            .iter()
+            .filter(|s| !s.internal)
+            .map(|s| s.ts)
+            .max()
+            .unwrap_or(self.opened_ns)
+    }
+
+    fn learn_listen_addr(&mut self, addr: SocketAddr) {
+        if !self.listen_addrs.contains(&addr) {
+            self.listen_addrs.push(addr);
+        }
+    }
+
+    /// Whether a segment to `local` would have reached one of this container's listeners.
+    fn listened_on(&self, local: SocketAddr) -> bool {
+        self.listen_addrs.iter().any(|l| {
+            l.port() == local.port()
+                && (l.ip() == local.ip()
+                    || l.ip().is_unspecified()
+                    || mapped_eq(l.ip(), local.ip()))
+        })
+    }
+}
+
+/// `::ffff:a.b.c.d` and `a.b.c.d` are the same address to a dual-stack listener.
+fn mapped_eq(a: IpAddr, b: IpAddr) -> bool {
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    };
+    v4(a).is_some() && v4(a) == v4(b)
+}
+
+/// The engine. Feed it events with [`Engine::on_event`], answer its [`Action`]s, call
+/// [`Engine::tick`] about once a second for finished reports.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    clock: WallClock,
+    open: HashMap<u64, Termination>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, clock: WallClock) -> Self {
+        Engine {
+            cfg,
+            clock,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Terminations in progress.
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether cgroup `id` has a termination in progress.
+    pub fn is_open(&self, cgroup_id: u64) -> bool {
+        self.open.contains_key(&cgroup_id)
+    }
+
+    /// Takes one event. `identity` resolves cgroup ids (the target's, the sender's).
+    pub fn on_event(
+        &mut self,
+        event: &Event,
+        identity: &mut dyn FnMut(u64) -> Option<Identity>,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            Event::Signal(s) => {
+                let cg = s.target_cgroup_id;
+                if cg == 0 || cg == ROOT_CGROUP {
+                    return actions;
+                }
+                let internal = s.sender_cgroup_id == cg;
+                let signal = Signal {
+                    ts: s.ts_ns,
+                    signal: s.signal,
+                    sender: proc_of(s.sender.tgid, &s.sender.comm),
+                    sender_cgroup: identity(s.sender_cgroup_id).map(|i| i.cgroup_path),
+                    target: proc_of(s.target.tgid, &s.target.comm),
+                    result: s.result,
+                    internal,
+                };
+                if let Some(t) = self.open.get_mut(&cg) {
+                    t.signals.push(signal);
+                } else if !internal {
+                    self.open.insert(
+                        cg,
+                        Termination {
+                            cgroup_id: cg,
+                            identity: identity(cg),
+                            netns: s.target_netns,
+                            opened_ns: s.ts_ns,
+                            signals: vec![signal],
+                            deliveries: Vec::new(),
+                            exits: Vec::new(),
+                            listeners_closed: Vec::new(),
+                            listen_addrs: Vec::new(),
+                            conns: HashMap::new(),
+                            refusals: Vec::new(),
+                            emptied_ns: None,
+                        },
+                    );
+                    actions.push(Action::Snapshot(cg));
+                }
+            }
+            Event::SignalDelivered(d) => {
+                if let Some(t) = self.open.get_mut(&d.cgroup_id) {
+                    t.deliveries.push((
+                        d.ts_ns,
+                        proc_of(d.task.tgid, &d.task.comm),
+                        d.signal,
+                        d.disposition,
+                    ));
+                }
+            }
+            Event::ProcessExit(x) => {
+                if let Some(t) = self.open.get_mut(&x.cgroup_id) {
+                    t.exits
+                        .push((x.ts_ns, proc_of(x.task.tgid, &x.task.comm), x.exit));
+                    actions.push(Action::CheckPopulated(x.cgroup_id));
+                }
+            }
+            Event::TcpState(c) => {
+                let Some(t) = self.open.get_mut(&c.cgroup_id) else {
+                    return actions;
+                };
+                if c.old_state == "LISTEN" && c.new_state == "CLOSE" {
+                    t.listeners_closed.push((c.ts_ns, c.addrs.local));
+                    t.learn_listen_addr(c.addrs.local);
+                    return actions;
+                }
+                if c.new_state == "LISTEN" {
+                    t.learn_listen_addr(c.addrs.local);
+                    return actions;
+                }
+                if c.conn_id == 0 {
+                    return actions; // before the handshake completed
+                }
+                if c.flags.inbound {
+                    t.learn_listen_addr(c.addrs.local);
+                }
+                let conn = t.conns.entry(c.conn_id).or_insert_with(|| Conn {
+                    local: c.addrs.local,
+                    remote: c.addrs.remote,
+                    inbound: Some(c.flags.inbound).filter(|_| !c.flags.untracked),
+                    established_ns: c.established_ns,
+                    closed_ns: None,
+                    closed_by_exit: false,
+                    closed_by: None,
+                    reset_sent: false,
+                    reset_received: false,
+                    reset_reason: None,
+                });
+                if c.flags.closed_by_exit && !conn.closed_by_exit {
+                    conn.closed_by_exit = true;
+                    if c.flags.in_owner_task {
+                        conn.closed_by = Some(proc_of(c.task.tgid, &c.task.comm));
+                    }
+                }
+                conn.reset_sent |= c.flags.reset_sent;
+                conn.reset_received |= c.flags.reset_received;
+                if c.new_state == "CLOSE" {
+                    conn.closed_ns = Some(c.ts_ns);
+                }
+            }
+            Event::TcpReset(r) => {
+                if r.no_socket {
+                    // Traffic for a listener that is gone: attribute it to the terminating
+                    // container that listened there, in the same network namespace.
+                    let ts = r.ts_ns;
+                    if let Some(t) = self
+                        .open
+                        .values_mut()
+                        .find(|t| t.netns == r.netns && t.listened_on(r.addrs.local))
+                    {
+                        t.refusals.push(Refusal {
+                            ts,
+                            local: r.addrs.local,
+                            remote: r.addrs.remote,
+                        });
+                    }
+                    return actions;
+                }
+                let Some(t) = self.open.get_mut(&r.cgroup_id) else {
+                    return actions;
+                };
+                if r.conn_id == 0 {
+                    return actions;
+                }
+                let conn = t.conns.entry(r.conn_id).or_insert_with(|| Conn {
+                    local: r.addrs.local,
+                    remote: r.addrs.remote,
+                    inbound: Some(r.flags.inbound),
+                    established_ns: 0,
+                    closed_ns: None,
+                    closed_by_exit: false,
+                    closed_by: None,
+                    reset_sent: false,
+                    reset_received: false,
+                    reset_reason: None,
+                });
+                match r.direction {
+                    ResetDirection::Sent => {
+                        conn.reset_sent = true;
+                        conn.reset_reason = r.reason.clone();
+                    }
+                    ResetDirection::Received => conn.reset_received = true,
+                }
+                if r.flags.closed_by_exit {
+                    conn.closed_by_exit = true;
+                    if conn.closed_by.is_none() && r.flags.in_owner_task {
+                        conn.closed_by = Some(proc_of(r.task.tgid, &r.task.comm));
+                    }
+                }
+            }
+        }
+        actions
+    }
+
+    /// The connections the kernel listed as open when the termination of `cgroup_id` began.
+    pub fn on_snapshot(&mut self, cgroup_id: u64, conns: &[OpenConnection]) {
+        let Some(t) = self.open.get_mut(&cgroup_id) else {
+            return;
+        };
+        for c in conns {
+            if c.inbound {
+                t.learn_listen_addr(c.local);
+            }
+            t.conns.entry(c.conn_id).or_insert(Conn {
+                local: c.local,
+                remote: c.remote,
+                inbound: Some(c.inbound),
+                established_ns: c.established_ns,
+                closed_ns: None,
+                closed_by_exit: false,
+                closed_by: None,
+                reset_sent: false,
+                reset_received: false,
+                reset_reason: None,
+            });
+        }
+    }
+
+    /// Whether `cgroup_id` still has processes, as of `now_ns` (boot ns).
+    pub fn on_population(&mut self, cgroup_id: u64, populated: bool, now_ns: u64) {
+        let Some(t) = self.open.get_mut(&cgroup_id) else {
+            return;
+        };
+        if populated {
+            t.emptied_ns = None;
+        } else if t.emptied_ns.is_none() {
+            let last_exit = t.exits.iter().map(|(ts, _, _)| *ts).max();
+            t.emptied_ns = Some(last_exit.unwrap_or(now_ns).min(now_ns));
+        }
+    }
+
+    /// Finishes the terminations that are done as of `now_ns` (boot ns). Returns their reports
+    /// and what to ask of the kernel.
+    pub fn tick(&mut self, now_ns: u64) -> (Vec<TerminationReport>, Vec<Action>) {
+        let linger = self.cfg.linger.as_nanos() as u64;
+        let survive = self.cfg.survive_after.as_nanos() as u64;
+        let mut done = Vec::new();
+        let mut actions = Vec::new();
+        for (cg, t) in &self.open {
+            match t.emptied_ns {
+                Some(emptied) if now_ns >= emptied.saturating_add(linger) => done.push(*cg),
+                Some(_) => {}
+                None if now_ns >= t.last_signal_ns().saturating_add(survive) => done.push(*cg),
+                None => actions.push(Action::CheckPopulated(*cg)),
+            }
+        }
+        let mut reports = Vec::new();
+        for cg in done {
+            if let Some(t) = self.open.remove(&cg) {
+                reports.push(self.report(&t, now_ns));
+                actions.push(Action::Unwatch(cg));
+            }
+        }
+        (reports, actions)
+    }
+
+    /// Reports every termination in progress now (the agent is stopping).
+    pub fn flush(&mut self, now_ns: u64) -> Vec<TerminationReport> {
+        let open: Vec<_> = self.open.drain().map(|(_, t)| t).collect();
+        open.iter().map(|t| self.report(t, now_ns)).collect()
+    }
+
+    fn report(&self, t: &Termination, now_ns: u64) -> TerminationReport {
+        let at = |ns: u64| self.clock.rfc3339(ns);
+        let rel = |ns: u64| (ns as f64 - t.opened_ns as f64) / 1e6;
+        let first = t.signals.first();
+        let main = first.map_or_else(|| proc_of(0, ""), |s| s.target.clone());
+
+        // Connections and their verdicts.
+        let mut counts = Counts::default();
+        let mut connections = Vec::new();
+        let mut conns: Vec<_> = t
+            .conns
+            .values()
+            .filter(|c| c.closed_ns.is_none_or(|closed| closed >= t.opened_ns))
+            .collect();
+        conns.sort_by_key(|c| (c.established_ns, c.local, c.remote));
+        let mut late_delays = Vec::new();
+        for c in &conns {
+            let verdict = c.verdict();
+            counts.add(verdict);
+            let late = c.inbound == Some(true) && c.established_ns > t.opened_ns;
+            if late {
+                counts.accepted_late += 1;
+                late_delays.push(rel(c.established_ns));
+            }
+            connections.push(Connection {
+                local: c.local,
+                remote: c.remote,
+                direction: match c.inbound {
+                    Some(true) => Direction::Inbound,
+                    Some(false) => Direction::Outbound,
+                    None => Direction::Unknown,
+                },
+                verdict,
+                accepted_late: late,
+                delay_ms: late.then(|| rel(c.established_ns)),
+                established_at: (c.established_ns > 0).then(|| at(c.established_ns)),
+                closed_at: c.closed_ns.map(at),
+                reset_reason: c.reset_reason.clone(),
+                closed_by: c.closed_by.clone(),
+            });
+        }
+        for r in &t.refusals {
+            counts.add(Verdict::Refused);
+            connections.push(Connection {
+                local: r.local,
+                remote: r.remote,
+                direction: Direction::Inbound,
+                verdict: Verdict::Refused,
+                accepted_late: false,
+                delay_ms: Some(rel(r.ts)),
+                established_at: None,
+                closed_at: Some(at(r.ts)),
+                reset_reason: Some("no_socket".into()),
+                closed_by: None,
+            });
+        }
+        let total = connections.len();
+        // Keep the cut ones first when trimming: they are what the report is for.
+        connections.sort_by_key(|c| (!c.verdict.is_cut(), c.verdict == Verdict::Completed));
+        connections.truncate(self.cfg.max_connections);
+        let omitted = (total - connections.len()) as u32;
+
+        // Outcome.
+        let outside: Vec<&Signal> = t.signals.iter().filter(|s| !s.internal).collect();
+        let killed_by_sigkill = t.exits.iter().any(|(_, _, e)| {
+            matches!(
+                e,
+                ExitStatus::Signaled {
+                    signal: SIGKILL,
+                    ..
+                }
+            )
+        });
+        let sigkill_sent = outside.iter().any(|s| s.signal == SIGKILL);
+        let killed = sigkill_sent && killed_by_sigkill;
+        let stop_sigs: Vec<u32> = outside
+            .iter()
+            .map(|s| s.signal)
+            .filter(|&s| s != SIGKILL)
+            .collect();
+        let no_handler_exit = t.exits.iter().find(|(_, _, e)| {
+            matches!(e, ExitStatus::Signaled { signal, .. } if stop_sigs.contains(signal))
+        });
+        let ignored = outside
+            .iter()
+            .any(|s| s.signal != SIGKILL && s.result == SignalResult::Ignored)
+            || t.deliveries
+                .iter()
+                .any(|(_, _, _, d)| *d == Disposition::Ignored);
+        let survived = t.emptied_ns.is_none();
+        let late = counts.accepted_late > 0 || counts.refused > 0;
+        let outcome = if survived && !ignored {
+            Outcome::Survived
+        } else if killed {
+            Outcome::Killed
+        } else if no_handler_exit.is_some() {
+            Outcome::NoHandler
+        } else if ignored {
+            Outcome::Ignored
+        } else if counts.cut > 0 {
+            Outcome::Cut
+        } else {
+            Outcome::Graceful
+        };
+        let mut flags = Vec::new();
+        for (on, name) in [
+            (counts.cut > 0, "cut"),
+            (killed, "killed"),
+            (no_handler_exit.is_some(), "no_handler"),
+            (ignored, "ignored"),
+            (survived, "survived"),
+            (late, "late_traffic"),
+            (counts.reset_by_peer > 0, "reset_by_peer"),
+        ] {
+            if on {
+                flags.push(name.to_string());
+            }
+        }
+
+        let end_ns = t.emptied_ns.unwrap_or(now_ns);
+        let shutdown_ms = rel(end_ns).max(0.0);
+
+        // Timeline.
+        let mut steps: Vec<(u64, &str, String)> = Vec::new();
+        for s in &t.signals {
+            let what = if s.signal == SIGKILL && !s.internal {
+                "sigkill"
+            } else {
+                "stop_signal"
+            };
+            steps.push((
+                s.ts,
+                what,
+                format!(
+                    "{} from {} (pid {}){} to {} (pid {}): {}",
+                    signal_name(s.signal),
+                    s.sender.comm,
+                    s.sender.pid,
+                    if s.internal {
+                        ", inside the container"
+                    } else {
+                        ""
+                    },
+                    s.target.comm,
+                    s.target.pid,
+                    result_str(s.result)
+                ),
+            ));
+        }
+        for (ts, p, sig, disp) in &t.deliveries {
+            let (what, how) = match disp {
+                Disposition::Handler => ("handler", "its own handler took"),
+                Disposition::Default => ("default_action", "the default action took"),
+                Disposition::Ignored => ("ignored", "ignored"),
+            };
+            steps.push((
+                *ts,
+                what,
+                format!("{} (pid {}): {how} {}", p.comm, p.pid, signal_name(*sig)),
+            ));
+        }
+        for (ts, addr) in &t.listeners_closed {
+            steps.push((
+                *ts,
+                "listener_closed",
+                format!("stopped listening on {addr}"),
+            ));
+        }
+        for c in &conns {
+            if c.inbound == Some(true) && c.established_ns > t.opened_ns {
+                steps.push((
+                    c.established_ns,
+                    "accepted_late",
+                    format!("accepted {} -> {} after the stop signal", c.remote, c.local),
+                ));
+            }
+            if c.verdict().is_cut()
+                && let Some(closed) = c.closed_ns
+            {
+                steps.push((
+                    closed,
+                    "connection_cut",
+                    format!("{} <-> {}: {}", c.local, c.remote, c.verdict().as_str()),
+                ));
+            }
+        }
+        if let Some(last) = conns.iter().filter_map(|c| c.closed_ns).max() {
+            steps.push((last, "last_connection_closed", String::new()));
+        }
+        for r in &t.refusals {
+            steps.push((
+                r.ts,
+                "refused",
+                format!(
+                    "{} -> {} refused: nothing listened any more",
+                    r.remote, r.local
+                ),
+            ));
+        }
+        for (ts, p, e) in &t.exits {
+            steps.push((
+                *ts,
+                "exit",
+                format!("{} (pid {}) {}", p.comm, p.pid, exit_str(e)),
+            ));
+        }
+        if let Some(emptied) = t.emptied_ns {
+            steps.push((emptied, "empty", "no process left".into()));
+        }
+        steps.sort_by_key(|(ts, what, _)| (*ts, *what == "empty"));
+        let timeline = steps
+            .into_iter()
+            .map(|(ts, what, detail)| Step {
+                t_ms: round3(rel(ts)),
+                at: at(ts),
+                what: what.to_string(),
+                detail,
+            })
+            .collect();
+
+        let summary = summarize(SummaryInput {
+            t,
+            main: &main,
+            outcome,
+            counts: &counts,
+            shutdown_ms,
+            no_handler_signal: no_handler_exit.and_then(|(_, _, e)| match e {
+                ExitStatus::Signaled { signal, .. } => Some(*signal),
+                _ => None,
+            }),
+            late_delays: &late_delays,
+            refusal_delays: &t.refusals.iter().map(|r| rel(r.ts)).collect::<Vec<_>>(),
+        });
+
+        TerminationReport {
+            schema: SCHEMA.to_string(),
+            id: format!("{:x}-{:x}", t.cgroup_id, t.opened_ns),
+            node: self.cfg.node.clone(),
+            subject: subject(t, main),
+            outcome,
+            flags,
+            summary,
+            started_at: at(t.opened_ns),
+            ended_at: at(end_ns),
+            shutdown_ms: round3(shutdown_ms),
+            stop_signals: t
+                .signals
+                .iter()
+                .map(|s| StopSignal {
+                    at: at(s.ts),
+                    t_ms: round3(rel(s.ts)),
+                    signal: signal_name(s.signal),
+                    sender: s.sender.clone(),
+                    sender_cgroup: s.sender_cgroup.clone(),
+                    target: s.target.clone(),
+                    result: result_str(s.result).to_string(),
+                    internal: s.internal,
+                })
+                .collect(),
+            timeline,
+            counts,
+            connections,
+            connections_omitted: omitted,
+            exits: t
+                .exits
+                .iter()
+                .map(|(ts, p, e)| Exit {
+                    at: at(*ts),
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    how: match e {
+                        ExitStatus::Exited { .. } => "exited",
+                        ExitStatus::Signaled { .. } => "signaled",
+                        ExitStatus::Unknown => "unknown",
+                    }
+                    .into(),
+                    code: match e {
+                        ExitStatus::Exited { code } => Some(*code),
+                        _ => None,
+                    },
+                    signal: match e {
+                        ExitStatus::Signaled { signal, .. } => Some(signal_name(*signal)),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn proc_of(pid: u32, comm: &str) -> Proc {
+    Proc {
+        pid,
+        comm: comm.to_string(),
+    }
+}
+
+fn result_str(r: SignalResult) -> &'static str {
+    match r {
+        SignalResult::Delivered => "delivered",
+        SignalResult::Ignored => "ignored",
+        SignalResult::AlreadyPending => "already_pending",
+        SignalResult::Lost => "lost",
+        SignalResult::LostInfo => "lost_info",
+        SignalResult::Unknown => "unknown",
+    }
+}
+
+fn exit_str(e: &ExitStatus) -> String {
+    match e {
+        ExitStatus::Exited { code } => format!("exited with code {code}"),
+        ExitStatus::Signaled {
+            signal,
+            core_dumped,
+        } => format!(
+            "killed by {}{}",
+            signal_name(*signal),
+            if *core_dumped { " (core dumped)" } else { "" }
+        ),
+        ExitStatus::Unknown => "exited".into(),
+    }
+}
+
+/// Metric labels and names for the subject.
+fn subject(t: &Termination, main: Proc) -> Subject {
+    let (cgroup_path, label, runtime, container_id, pod_uid, unit) = match &t.identity {
+        Some(i) => (
+            i.cgroup_path.clone(),
+            i.label(),
+            serde_json::to_value(i.runtime)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            i.container_id.clone(),
+            i.pod_uid.clone(),
+            i.unit.clone(),
+        ),
+        None => (
+            String::new(),
+            format!("cgroup {}", t.cgroup_id),
+            "unknown".into(),
+            None,
+            None,
+            None,
+        ),
+    };
+    // Standalone, the workload is the service (unit), the pod, or the runtime; the container
+    // label is the short container id. The Kubernetes integration refines these.
+    let workload = unit
+        .clone()
+        .or_else(|| pod_uid.as_ref().map(|p| format!("pod-{p}")))
+        .or_else(|| container_id.as_ref().map(|_| runtime.clone()))
+        .unwrap_or_else(|| cgroup_path.clone());
+    let container = container_id
+        .as_deref()
+        .map(|id| id.chars().take(12).collect())
+        .unwrap_or_default();
+    Subject {
+        cgroup_id: t.cgroup_id,
+        cgroup_path,
+        label,
+        runtime,
+        container_id,
+        pod_uid,
+        unit,
+        namespace: String::new(),
+        workload,
+        container,
+        main,
+    }
+}
+
+struct SummaryInput<'a> {
+    t: &'a Termination,
+    main: &'a Proc,
+    outcome: Outcome,
+    counts: &'a Counts,
+    shutdown_ms: f64,
+    no_handler_signal: Option<u32>,
+    late_delays: &'a [f64],
+    refusal_delays: &'a [f64],
+}
+
+fn secs(ms: f64) -> String {
+    format!("{:.1} s", ms / 1000.0)
+}
+
+/// Sentences a person can act on, from what was measured.
+fn summarize(i: SummaryInput<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let first = i.t.signals.iter().find(|s| !s.internal);
+    let sig = first.map_or_else(|| "the stop signal".into(), |s| signal_name(s.signal));
+    let who = format!("{} (pid {})", i.main.comm, i.main.pid);
+    let c = i.counts;
+    let cut_detail = || {
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (c.reset_by_app, "reset by the app"),
+            (
+                c.closed_by_exit,
+                "closed by the kernel when the process died",
+            ),
+            (c.refused, "refused after the listener closed"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        parts.join(", ")
+    };
+    match i.outcome {
+        Outcome::Graceful => out.push(format!(
+            "{who} took {sig} and exited after {}; {} connection(s) completed, nothing was cut.",
+            secs(i.shutdown_ms),
+            c.completed
+        )),
+        Outcome::Cut => out.push(format!(
+            "{who} took {sig} and exited after {}, but {} connection(s) were cut: {}.",
+            secs(i.shutdown_ms),
+            c.cut,
+            cut_detail()
+        )),
+        Outcome::NoHandler => out.push(format!(
+            "{who} has no handler for {}: its default action killed the process at once; {} \
+             connection(s) were cut ({}). Handle {} in the app, or send a signal it handles.",
+            signal_name(i.no_handler_signal.unwrap_or(15)),
+            c.cut,
+            if c.cut > 0 {
+                cut_detail()
+            } else {
+                "none open".into()
+            },
+            signal_name(i.no_handler_signal.unwrap_or(15)),
+        )),
+        Outcome::Killed => {
+            let kill =
+                i.t.signals
+                    .iter()
+                    .find(|s| !s.internal && s.signal == SIGKILL);
+            let grace = match (first, kill) {
+                (Some(f), Some(k)) if f.signal != SIGKILL => {
+                    format!(" {} after {sig}", secs((k.ts - f.ts) as f64 / 1e6))
+                }
+                _ => String::new(),
+            };
+            let from = kill.map_or_else(String::new, |k| format!(" from {}", k.sender.comm));
+            out.push(format!(
+                "{who} was killed by SIGKILL{from}{grace}: it did not finish within the grace \
+                 period; {} connection(s) were cut ({}). Lengthen the grace period or make the \
+                 shutdown faster.",
+                c.cut,
+                if c.cut > 0 {
+                    cut_detail()
+                } else {
+                    "none open".into()
+                },
+            ));
+        }
+        Outcome::Ignored => out.push(format!(
+            "{who} ignores {sig} (SIG_IGN): the stop signal did nothing. Send a signal the \
+             app handles, or stop ignoring it."
+        )),
+        Outcome::Survived => out.push(format!(
+            "{who} took {sig} but its processes did not exit within {}: it may reload instead \
+             of stopping (uWSGI does on SIGTERM without --die-on-term); {} connection(s) were \
+             cut{}.",
+            secs(i.shutdown_ms),
+            c.cut,
+            if c.cut > 0 {
+                format!(" ({})", cut_detail())
+            } else {
+                String::new()
+            },
+        )),
+    }
+    let comm = i.main.comm.as_str();
+    if comm.starts_with("nginx") && sig == "SIGTERM" && c.cut > 0 {
+        out.push(
+            "nginx treats SIGTERM as a fast shutdown and drops open connections: stop it with \
+             SIGQUIT (STOPSIGNAL SIGQUIT, or `nginx -s quit` in a preStop hook) to drain them."
+                .into(),
+        );
+    }
+    if comm.starts_with("uwsgi") && sig == "SIGTERM" && i.outcome == Outcome::Survived {
+        out.push(
+            "uWSGI reloads on SIGTERM: run it with --die-on-term, or stop it with SIGINT / \
+             SIGQUIT."
+                .into(),
+        );
+    }
+    if let Some(max) = i.refusal_delays.iter().cloned().reduce(f64::max) {
+        out.push(format!(
+            "{} connection attempt(s) were refused after the listener closed, up to {} after \
+             the stop signal: traffic still arrived (endpoint propagation delay). Keep serving \
+             for longer after the stop signal (a preStop delay) before closing the listener.",
+            c.refused,
+            secs(max)
+        ));
+    }
+    if let Some(max) = i.late_delays.iter().cloned().reduce(f64::max) {
+        out.push(format!(
+            "{} new connection(s) were accepted up to {} after the stop signal.",
+            c.accepted_late,
+            secs(max)
+        ));
+    }
+    if c.reset_by_peer > 0 {
+        out.push(format!(
+            "{} connection(s) were reset by the peer during the shutdown.",
+            c.reset_by_peer
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! The termination report: one record per stopped container, versioned and documented in
+//! `docs/report.md`. Plain data; the engine in [`super`] fills it.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the report schema. Bump on any incompatible change.
+pub const SCHEMA: &str = "termscope/termination/v1";
+
+/// How a termination ended, most telling first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exited on its own after the stop signal, nothing cut.
+    Graceful,
+    /// Exited after the stop signal, but connections were cut.
+    Cut,
+    /// SIGKILL ended it: the grace period ran out (or it was killed outright).
+    Killed,
+    /// The stop signal's default action killed it at once: the app has no handler.
+    NoHandler,
+    /// The stop signal was ignored (`SIG_IGN`) and nothing else ended it.
+    Ignored,
+    /// The processes did not exit (e.g. uWSGI reloads on SIGTERM instead of exiting).
+    Survived,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Graceful,
+        Outcome::Cut,
+        Outcome::Killed,
+        Outcome::NoHandler,
+        Outcome::Ignored,
+        Outcome::Survived,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Graceful => "graceful",
+            Outcome::Cut => "cut",
+            Outcome::Killed => "killed",
+            Outcome::NoHandler => "no_handler",
+            Outcome::Ignored => "ignored",
+            Outcome::Survived => "survived",
+        }
+    }
+}
+
+/// What happened to one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Closed by an orderly FIN exchange, no reset either way.
+    Completed,
+    /// The container sent a reset while alive (close with unread data, `SO_LINGER 0`).
+    ResetByApp,
+    /// The kernel closed it because the owning process died (RST or FIN).
+    ClosedByExit,
+    /// A reset came from the peer.
+    ResetByPeer,
+    /// A SYN to the container's address and port after its listener closed, answered by RST.
+    Refused,
+    /// Still open when the report was made (the processes survived).
+    Open,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 6] = [
+        Verdict::Completed,
+        Verdict::ResetByApp,
+        Verdict::ClosedByExit,
+        Verdict::ResetByPeer,
+        Verdict::Refused,
+        Verdict::Open,
+    ];
+
+    /// Whether this verdict means the container cut the connection.
+    pub fn is_cut(self) -> bool {
+        matches!(
+            self,
+            Verdict::ResetByApp | Verdict::ClosedByExit | Verdict::Refused
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Completed => "completed",
+            Verdict::ResetByApp => "reset_by_app",
+            Verdict::ClosedByExit => "closed_by_exit",
+            Verdict::ResetByPeer => "reset_by_peer",
+            Verdict::Refused => "refused",
+            Verdict::Open => "open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    Unknown,
+}
+
+/// A process as the report names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proc {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// One connection of the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub direction: Direction,
+    pub verdict: Verdict,
+    /// Established after the termination began: new traffic that still reached the
+    /// container (a risk, not a cut by itself).
+    pub accepted_late: bool,
+    /// For late connections and refusals: how long after the first stop signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
+    /// The kernel's reason for a reset it sent (`tcp_abort_on_close`, `no_socket`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_reason: Option<String>,
+    /// The process whose exit closed it (`closed_by_exit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<Proc>,
+}
+
+/// One stop signal sent to the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopSignal {
+    pub at: String,
+    pub t_ms: f64,
+    pub signal: String,
+    pub sender: Proc,
+    /// The sender's cgroup path, when known (`/system.slice/containerd.service`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_cgroup: Option<String>,
+    pub target: Proc,
+    /// `delivered`, `ignored`, `already_pending`, ...
+    pub result: String,
+    /// From inside the container (not a trigger).
+    pub internal: bool,
+}
+
+/// A timeline entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Milliseconds since the first stop signal (negative: before it).
+    pub t_ms: f64,
+    pub at: String,
+    /// `stop_signal`, `handler`, `default_action`, `ignored`, `listener_closed`,
+    /// `accepted_late`, `refused`, `connection_cut`, `last_connection_closed`, `sigkill`,
+    /// `exit`, `empty`.
+    pub what: String,
+    pub detail: String,
+}
+
+/// Counts per verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub completed: u32,
+    pub reset_by_app: u32,
+    pub closed_by_exit: u32,
+    pub reset_by_peer: u32,
+    pub refused: u32,
+    pub open: u32,
+    pub accepted_late: u32,
+    /// `reset_by_app + closed_by_exit + refused`.
+    pub cut: u32,
+}
+
+impl Counts {
+    pub fn add(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Completed => self.completed += 1,
+            Verdict::ResetByApp => self.reset_by_app += 1,
+            Verdict::ClosedByExit => self.closed_by_exit += 1,
+            Verdict::ResetByPeer => self.reset_by_peer += 1,
+            Verdict::Refused => self.refused += 1,
+            Verdict::Open => self.open += 1,
+        }
+        if verdict.is_cut() {
+            self.cut += 1;
+        }
+    }
+
+    pub fn get(&self, verdict: Verdict) -> u32 {
+        match verdict {
+            Verdict::Completed => self.completed,
+            Verdict::ResetByApp => self.reset_by_app,
+            Verdict::ClosedByExit => self.closed_by_exit,
+            Verdict::ResetByPeer => self.reset_by_peer,
+            Verdict::Refused => self.refused,
+            Verdict::Open => self.open,
+        }
+    }
+}
+
+/// Who was stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    pub cgroup_id: u64,
+    pub cgroup_path: String,
+    /// A short human label (`containerd:3f2a9c1b2d4e`, `nginx.service`, a path).
+    pub label: String,
+    pub runtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Metric labels: namespace (Kubernetes, else empty), workload, container.
+    pub namespace: String,
+    pub workload: String,
+    pub container: String,
+    /// The main process (target of the first stop signal).
+    pub main: Proc,
+}
+
+/// One termination of one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TerminationReport {
+    pub schema: String,
+    pub id: String,
+    pub node: String,
+    pub subject: Subject,
+    pub outcome: Outcome,
+    /// Every condition that holds: `cut`, `killed`, `no_handler`, `ignored`, `survived`,
+    /// `late_traffic`, `reset_by_peer`.
+    pub flags: Vec<String>,
+    /// Sentences a person can act on.
+    pub summary: Vec<String>,
+    pub started_at: String,
+    pub ended_at: String,
+    /// First stop signal to the last process's exit (or to the report, if it survived).
+    pub shutdown_ms: f64,
+    pub stop_signals: Vec<StopSignal>,
+    pub timeline: Vec<Step>,
+    pub counts: Counts,
+    /// Bounded; `connections_omitted` says how many were left out.
+    pub connections: Vec<Connection>,
+    pub connections_omitted: u32,
+    pub exits: Vec<Exit>,
+}
+
+/// A process that exited during the termination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub at: String,
+    pub pid: u32,
+    pub comm: String,
+    /// `exited` or `signaled`.
+    pub how: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}

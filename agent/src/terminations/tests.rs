@@ -1,0 +1,603 @@
+//! The engine's rules, event by event, without a kernel.
+
+use std::{net::SocketAddr, time::Duration};
+
+use super::*;
+use crate::{
+    attribute::cgroup_path::classify,
+    decode::{
+        Addrs, ConnFlags, ProcessExit, SignalDelivered, SignalGenerated, Task, TcpReset,
+        TcpStateChange,
+    },
+};
+
+const CG: u64 = 4242;
+const RUNTIME_CG: u64 = 77;
+const NETNS: u32 = 4026532000;
+const MS: u64 = 1_000_000;
+const T0: u64 = 1_000_000 * MS;
+
+fn task(pid: u32, comm: &str) -> Task {
+    Task {
+        pid,
+        tgid: pid,
+        comm: comm.into(),
+    }
+}
+
+fn signal(ts: u64, sig: u32, from_cg: u64, result: SignalResult) -> Event {
+    Event::Signal(SignalGenerated {
+        ts_ns: ts,
+        signal: sig,
+        signal_name: signal_name(sig),
+        code: 0,
+        group: true,
+        result,
+        sender: task(900, "runc"),
+        sender_cgroup_id: from_cg,
+        target: task(10, "app"),
+        target_cgroup_id: CG,
+        target_netns: NETNS,
+        watch_opened: from_cg != CG,
+    })
+}
+
+fn delivered(ts: u64, sig: u32, disposition: Disposition) -> Event {
+    Event::SignalDelivered(SignalDelivered {
+        ts_ns: ts,
+        task: task(10, "app"),
+        cgroup_id: CG,
+        signal: sig,
+        signal_name: signal_name(sig),
+        disposition,
+    })
+}
+
+fn exit(ts: u64, pid: u32, exit: ExitStatus) -> Event {
+    Event::ProcessExit(ProcessExit {
+        ts_ns: ts,
+        task: task(pid, "app"),
+        cgroup_id: CG,
+        exit,
+        raw_exit_code: 0,
+    })
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+fn state(
+    ts: u64,
+    conn_id: u64,
+    remote: &str,
+    old: &'static str,
+    new: &'static str,
+) -> TcpStateChange {
+    TcpStateChange {
+        ts_ns: ts,
+        cgroup_id: CG,
+        conn_id,
+        sk: 0xffff_0000 + conn_id,
+        addrs: Addrs {
+            local: addr("10.0.0.5:8080"),
+            remote: addr(remote),
+        },
+        old_state: old,
+        new_state: new,
+        established_ns: T0 - 50 * MS,
+        netns: NETNS,
+        flags: ConnFlags {
+            inbound: true,
+            ..ConnFlags::default()
+        },
+        task: task(0, "swapper/0"),
+    }
+}
+
+fn open_conn(conn_id: u64, remote: &str) -> OpenConnection {
+    OpenConnection {
+        conn_id,
+        local: addr("10.0.0.5:8080"),
+        remote: addr(remote),
+        inbound: true,
+        established_ns: T0 - 100 * MS,
+    }
+}
+
+struct Run {
+    engine: Engine,
+}
+
+impl Run {
+    fn new() -> Self {
+        Run {
+            engine: Engine::new(
+                EngineConfig {
+                    linger: Duration::from_millis(500),
+                    survive_after: Duration::from_secs(30),
+                    max_connections: 100,
+                    node: "node-1".into(),
+                },
+                WallClock::with_offset(1_795_236_791_000_000_000),
+            ),
+        }
+    }
+
+    fn feed(&mut self, e: Event) -> Vec<Action> {
+        self.engine.on_event(&e, &mut |id| match id {
+            CG => Some(classify("/system.slice/app.service")),
+            RUNTIME_CG => Some(classify("/system.slice/containerd.service")),
+            _ => None,
+        })
+    }
+
+    fn finish(&mut self, emptied_at: u64) -> TerminationReport {
+        self.engine.on_population(CG, false, emptied_at);
+        let (mut reports, actions) = self.engine.tick(emptied_at + 600 * MS);
+        assert_eq!(actions, vec![Action::Unwatch(CG)]);
+        assert_eq!(reports.len(), 1);
+        reports.remove(0)
+    }
+}
+
+#[test]
+fn graceful_stop_with_a_handler() {
+    let mut r = Run::new();
+    assert_eq!(
+        r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered)),
+        vec![Action::Snapshot(CG)]
+    );
+    r.engine.on_snapshot(CG, &[open_conn(1, "10.0.0.9:40000")]);
+    r.feed(delivered(T0 + MS, 15, Disposition::Handler));
+    r.feed(Event::TcpState(state(
+        T0 + 200 * MS,
+        1,
+        "10.0.0.9:40000",
+        "ESTABLISHED",
+        "FIN_WAIT1",
+    )));
+    r.feed(Event::TcpState(state(
+        T0 + 201 * MS,
+        1,
+        "10.0.0.9:40000",
+        "FIN_WAIT2",
+        "CLOSE",
+    )));
+    assert_eq!(
+        r.feed(exit(T0 + 300 * MS, 10, ExitStatus::Exited { code: 0 })),
+        vec![Action::CheckPopulated(CG)]
+    );
+    // Still populated: nothing yet.
+    r.engine.on_population(CG, true, T0 + 301 * MS);
+    assert!(r.engine.tick(T0 + 5_000 * MS).0.is_empty());
+    let rep = r.finish(T0 + 302 * MS);
+
+    assert_eq!(rep.outcome, Outcome::Graceful);
+    assert!(rep.flags.is_empty(), "{:?}", rep.flags);
+    assert_eq!(rep.counts.completed, 1);
+    assert_eq!(rep.counts.cut, 0);
+    assert_eq!(rep.shutdown_ms, 300.0);
+    assert_eq!(rep.subject.unit.as_deref(), Some("app.service"));
+    assert_eq!(rep.subject.workload, "app.service");
+    assert_eq!(rep.subject.main.pid, 10);
+    assert_eq!(rep.stop_signals.len(), 1);
+    assert_eq!(
+        rep.stop_signals[0].sender_cgroup.as_deref(),
+        Some("/system.slice/containerd.service")
+    );
+    assert_eq!(rep.connections[0].verdict, Verdict::Completed);
+    assert!(!rep.connections[0].accepted_late);
+    assert!(
+        rep.summary[0].contains("nothing was cut"),
+        "{:?}",
+        rep.summary
+    );
+    let whats: Vec<_> = rep.timeline.iter().map(|s| s.what.as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            "stop_signal",
+            "handler",
+            "last_connection_closed",
+            "exit",
+            "empty"
+        ]
+    );
+    assert_eq!(rep.started_at, "2026-11-21T05:09:51.000000Z"); // offset + T0 (1000 s)
+    assert_eq!(rep.schema, report::SCHEMA);
+}
+
+#[test]
+fn no_handler_kills_at_once_and_the_kernel_closes_connections() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(
+        CG,
+        &[
+            open_conn(1, "10.0.0.9:40000"),
+            open_conn(2, "10.0.0.9:40001"),
+        ],
+    );
+    r.feed(delivered(T0 + MS, 9, Disposition::Default));
+    r.feed(exit(
+        T0 + 2 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: 15,
+            core_dumped: false,
+        },
+    ));
+    for id in [1, 2] {
+        let mut s = state(
+            T0 + 3 * MS,
+            id,
+            &format!("10.0.0.9:4000{}", id - 1),
+            "ESTABLISHED",
+            "FIN_WAIT1",
+        );
+        s.flags.closed_by_exit = true;
+        s.flags.in_owner_task = true;
+        s.task = task(10, "app");
+        r.feed(Event::TcpState(s));
+    }
+    let rep = r.finish(T0 + 2 * MS);
+    assert_eq!(rep.outcome, Outcome::NoHandler);
+    assert_eq!(rep.flags, ["cut", "no_handler"]);
+    assert_eq!(rep.counts.closed_by_exit, 2);
+    assert_eq!(rep.counts.cut, 2);
+    assert_eq!(
+        rep.connections[0].closed_by,
+        Some(Proc {
+            pid: 10,
+            comm: "app".into()
+        })
+    );
+    assert!(
+        rep.summary[0].contains("no handler for SIGTERM"),
+        "{:?}",
+        rep.summary
+    );
+}
+
+#[test]
+fn sigkill_after_the_grace_period() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(CG, &[open_conn(1, "10.0.0.9:40000")]);
+    r.feed(delivered(T0 + MS, 15, Disposition::Handler));
+    r.feed(signal(
+        T0 + 10_000 * MS,
+        9,
+        RUNTIME_CG,
+        SignalResult::Delivered,
+    ));
+    r.feed(exit(
+        T0 + 10_001 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    ));
+    let mut s = state(
+        T0 + 10_001 * MS,
+        1,
+        "10.0.0.9:40000",
+        "ESTABLISHED",
+        "CLOSE",
+    );
+    s.flags.closed_by_exit = true;
+    r.feed(Event::TcpState(s));
+    let rep = r.finish(T0 + 10_001 * MS);
+    assert_eq!(rep.outcome, Outcome::Killed);
+    assert_eq!(rep.flags, ["cut", "killed"]);
+    assert!(
+        rep.summary[0].contains("10.0 s after SIGTERM"),
+        "{:?}",
+        rep.summary
+    );
+    assert!(
+        rep.timeline
+            .iter()
+            .any(|s| s.what == "sigkill" && s.t_ms == 10_000.0)
+    );
+}
+
+#[test]
+fn an_ignored_stop_signal() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Ignored));
+    // Nothing exits: at the survive timeout it is reported as ignored.
+    let (reports, _) = r.engine.tick(T0 + 31_000 * MS);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome, Outcome::Ignored);
+    assert_eq!(reports[0].flags, ["ignored", "survived"]);
+
+    // Ignored, then SIGKILL: killed, and the flag tells why.
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Ignored));
+    r.feed(signal(
+        T0 + 5_000 * MS,
+        9,
+        RUNTIME_CG,
+        SignalResult::Delivered,
+    ));
+    r.feed(exit(
+        T0 + 5_001 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    ));
+    let rep = r.finish(T0 + 5_001 * MS);
+    assert_eq!(rep.outcome, Outcome::Killed);
+    assert_eq!(rep.flags, ["killed", "ignored"]);
+}
+
+#[test]
+fn processes_that_survive_the_stop_signal() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(CG, &[open_conn(1, "10.0.0.9:40000")]);
+    // A worker dies with its connection (a reload), the master lives on.
+    r.feed(exit(
+        T0 + 10 * MS,
+        11,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    ));
+    let mut s = state(T0 + 10 * MS, 1, "10.0.0.9:40000", "ESTABLISHED", "CLOSE");
+    s.flags.closed_by_exit = true;
+    r.feed(Event::TcpState(s));
+    r.engine.on_population(CG, true, T0 + 11 * MS);
+    let (reports, actions) = r.engine.tick(T0 + 29_000 * MS);
+    assert!(reports.is_empty());
+    assert_eq!(actions, vec![Action::CheckPopulated(CG)]);
+    let (reports, actions) = r.engine.tick(T0 + 30_000 * MS);
+    assert_eq!(actions, vec![Action::Unwatch(CG)]);
+    let rep = &reports[0];
+    assert_eq!(rep.outcome, Outcome::Survived);
+    assert_eq!(rep.flags, ["cut", "survived"]);
+    assert_eq!(rep.counts.closed_by_exit, 1);
+}
+
+#[test]
+fn signals_from_inside_open_nothing() {
+    let mut r = Run::new();
+    assert!(
+        r.feed(signal(T0, 15, CG, SignalResult::Delivered))
+            .is_empty()
+    );
+    assert_eq!(r.engine.open_count(), 0);
+    // The root cgroup is not a container.
+    let mut e = signal(T0, 15, RUNTIME_CG, SignalResult::Delivered);
+    if let Event::Signal(s) = &mut e {
+        s.target_cgroup_id = 1;
+    }
+    assert!(r.feed(e).is_empty());
+    // ...but inside an open termination they are part of the timeline.
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.feed(signal(T0 + MS, 9, CG, SignalResult::Delivered));
+    r.feed(exit(T0 + 2 * MS, 10, ExitStatus::Exited { code: 0 }));
+    let rep = r.finish(T0 + 2 * MS);
+    assert_eq!(rep.stop_signals.len(), 2);
+    assert!(rep.stop_signals[1].internal);
+    // An internal SIGKILL (e.g. a PID-namespace init's) is not an escalation.
+    assert_eq!(rep.outcome, Outcome::Graceful);
+}
+
+#[test]
+fn refused_and_late_connections_measure_the_propagation_gap() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(CG, &[]);
+    // A new connection accepted 400 ms after SIGTERM, completed.
+    let mut s = state(
+        T0 + 400 * MS,
+        5,
+        "10.0.0.9:41000",
+        "SYN_RECV",
+        "ESTABLISHED",
+    );
+    s.established_ns = T0 + 400 * MS;
+    r.feed(Event::TcpState(s.clone()));
+    s.old_state = "LAST_ACK";
+    s.new_state = "CLOSE";
+    s.ts_ns = T0 + 450 * MS;
+    r.feed(Event::TcpState(s));
+    // The listener closes; a SYN 1.2 s after SIGTERM finds no socket.
+    let mut l = state(T0 + 500 * MS, 0, "0.0.0.0:0", "LISTEN", "CLOSE");
+    l.addrs.local = addr("0.0.0.0:8080");
+    r.feed(Event::TcpState(l));
+    let refusal = |netns: u32, port: u16| {
+        Event::TcpReset(TcpReset {
+            ts_ns: T0 + 1_200 * MS,
+            cgroup_id: 0,
+            conn_id: 0,
+            direction: ResetDirection::Sent,
+            reason: Some("no_socket".into()),
+            reason_code: 1,
+            no_socket: true,
+            state: "NONE",
+            addrs: Addrs {
+                local: SocketAddr::new("10.0.0.5".parse().expect("ip"), port),
+                remote: addr("10.0.0.9:41001"),
+            },
+            netns,
+            flags: ConnFlags::default(),
+            task: task(0, "swapper/1"),
+        })
+    };
+    r.feed(refusal(NETNS, 8080));
+    r.feed(refusal(NETNS + 1, 8080)); // another namespace: not ours
+    r.feed(refusal(NETNS, 9090)); // a port we never listened on
+    r.feed(exit(T0 + 600 * MS, 10, ExitStatus::Exited { code: 0 }));
+    let rep = r.finish(T0 + 600 * MS);
+    assert_eq!(rep.counts.refused, 1);
+    assert_eq!(rep.counts.accepted_late, 1);
+    assert_eq!(rep.counts.completed, 1);
+    assert_eq!(rep.counts.cut, 1);
+    assert_eq!(rep.outcome, Outcome::Cut);
+    assert_eq!(rep.flags, ["cut", "late_traffic"]);
+    let refused = rep
+        .connections
+        .iter()
+        .find(|c| c.verdict == Verdict::Refused)
+        .expect("refused listed");
+    assert_eq!(refused.delay_ms, Some(1_200.0));
+    let late = rep
+        .connections
+        .iter()
+        .find(|c| c.accepted_late)
+        .expect("late listed");
+    assert_eq!(late.delay_ms, Some(400.0));
+    assert!(
+        rep.summary
+            .iter()
+            .any(|s| s.contains("up to 1.2 s after the stop signal")),
+        "{:?}",
+        rep.summary
+    );
+}
+
+#[test]
+fn resets_by_the_app_and_by_the_peer() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(
+        CG,
+        &[
+            open_conn(1, "10.0.0.9:40000"),
+            open_conn(2, "10.0.0.9:40001"),
+        ],
+    );
+    let rst = |conn_id, direction| {
+        Event::TcpReset(TcpReset {
+            ts_ns: T0 + 5 * MS,
+            cgroup_id: CG,
+            conn_id,
+            direction,
+            reason: (direction == ResetDirection::Sent).then(|| "tcp_abort_on_close".into()),
+            reason_code: 11,
+            no_socket: false,
+            state: "CLOSE",
+            addrs: Addrs {
+                local: addr("10.0.0.5:8080"),
+                remote: addr("10.0.0.9:40000"),
+            },
+            netns: NETNS,
+            flags: ConnFlags::default(),
+            task: task(10, "app"),
+        })
+    };
+    r.feed(rst(1, ResetDirection::Sent));
+    r.feed(rst(2, ResetDirection::Received));
+    r.feed(exit(T0 + 6 * MS, 10, ExitStatus::Exited { code: 0 }));
+    let rep = r.finish(T0 + 6 * MS);
+    assert_eq!(rep.counts.reset_by_app, 1);
+    assert_eq!(rep.counts.reset_by_peer, 1);
+    assert_eq!(rep.counts.cut, 1);
+    assert_eq!(rep.outcome, Outcome::Cut);
+    assert_eq!(rep.flags, ["cut", "reset_by_peer"]);
+    let app = rep
+        .connections
+        .iter()
+        .find(|c| c.verdict == Verdict::ResetByApp)
+        .expect("listed");
+    assert_eq!(app.reset_reason.as_deref(), Some("tcp_abort_on_close"));
+}
+
+#[test]
+fn reports_are_bounded_and_cut_connections_are_kept() {
+    let mut r = Run::new();
+    r.engine = Engine::new(
+        EngineConfig {
+            max_connections: 3,
+            ..EngineConfig::default()
+        },
+        WallClock::with_offset(0),
+    );
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    let conns: Vec<_> = (1..=10)
+        .map(|i| open_conn(i, &format!("10.0.0.9:{}", 40000 + i)))
+        .collect();
+    r.engine.on_snapshot(CG, &conns);
+    for i in 1..=9 {
+        r.feed(Event::TcpState(state(
+            T0 + MS,
+            i,
+            &format!("10.0.0.9:{}", 40000 + i),
+            "LAST_ACK",
+            "CLOSE",
+        )));
+    }
+    let mut cut = state(T0 + MS, 10, "10.0.0.9:40010", "ESTABLISHED", "CLOSE");
+    cut.flags.closed_by_exit = true;
+    r.feed(Event::TcpState(cut));
+    r.feed(exit(T0 + 2 * MS, 10, ExitStatus::Exited { code: 0 }));
+    r.engine.on_population(CG, false, T0 + 2 * MS);
+    let (reports, _) = r.engine.tick(T0 + 10_000 * MS);
+    let rep = &reports[0];
+    assert_eq!(rep.connections.len(), 3);
+    assert_eq!(rep.connections_omitted, 7);
+    assert_eq!(rep.counts.completed, 9);
+    assert_eq!(rep.connections[0].verdict, Verdict::ClosedByExit);
+}
+
+#[test]
+fn nginx_fast_shutdown_advice() {
+    let mut r = Run::new();
+    let mut e = signal(T0, 15, RUNTIME_CG, SignalResult::Delivered);
+    if let Event::Signal(s) = &mut e {
+        s.target.comm = "nginx".into();
+    }
+    r.feed(e);
+    r.engine.on_snapshot(CG, &[open_conn(1, "10.0.0.9:40000")]);
+    let mut s = state(T0 + MS, 1, "10.0.0.9:40000", "ESTABLISHED", "FIN_WAIT1");
+    s.flags.closed_by_exit = true;
+    r.feed(Event::TcpState(s));
+    r.feed(exit(T0 + 2 * MS, 10, ExitStatus::Exited { code: 0 }));
+    let rep = r.finish(T0 + 2 * MS);
+    assert_eq!(rep.outcome, Outcome::Cut);
+    assert!(
+        rep.summary.iter().any(|s| s.contains("SIGQUIT")),
+        "{:?}",
+        rep.summary
+    );
+}
+
+#[test]
+fn reports_serialize_to_the_documented_shape() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.feed(exit(T0 + MS, 10, ExitStatus::Exited { code: 0 }));
+    let rep = r.finish(T0 + MS);
+    let v = serde_json::to_value(&rep).expect("serializes");
+    for key in [
+        "schema",
+        "id",
+        "node",
+        "subject",
+        "outcome",
+        "flags",
+        "summary",
+        "started_at",
+        "ended_at",
+        "shutdown_ms",
+        "stop_signals",
+        "timeline",
+        "counts",
+        "connections",
+        "connections_omitted",
+        "exits",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["outcome"], "graceful");
+    let back: TerminationReport = serde_json::from_value(v).expect("round trip");
+    assert_eq!(back, rep);
+}
