@@ -220,7 +220,7 @@ pub struct Addrs {
 }
 
 impl Addrs {
-    fn from_raw(t: &Tuple) -> Self {
+    pub fn from_raw(t: &Tuple) -> Self {
         let ip = |raw: &[u8; 16]| -> IpAddr {
             if t.family == 10 {
                 IpAddr::V6(Ipv6Addr::from(*raw))

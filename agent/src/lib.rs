@@ -9,5 +9,6 @@ pub mod attribute;
 pub mod clock;
 pub mod decode;
 pub mod doctor;
+pub mod pipeline;
 pub mod probes;
 pub mod terminations;

@@ -345,3 +345,77 @@ impl Kernel {
             .collect()
     }
 }
+
+/// The real agent pipeline (probes, attribution, termination engine) running in the test
+/// process: what `termscope agent` runs, without the async runtime and outputs.
+pub struct Agent {
+    pub pipeline: termscope::pipeline::Pipeline,
+    stream: EventStream,
+    /// Every event seen, for diagnostics when a test fails.
+    pub seen: Vec<Event>,
+    pub reports: Vec<termscope::terminations::report::TerminationReport>,
+}
+
+impl Agent {
+    /// Starts the pipeline with a short linger (the report follows the last exit quickly) and
+    /// the given survive timeout.
+    pub fn start(survive_after: Duration) -> Result<Self> {
+        let mut probes = Probes::load(&LoadOptions::default())?;
+        let stream = probes.events()?;
+        let cfg = termscope::terminations::EngineConfig {
+            linger: Duration::from_millis(800),
+            survive_after,
+            max_connections: 1000,
+            node: "test-node".into(),
+        };
+        let pipeline =
+            termscope::pipeline::Pipeline::new(probes, cfg, cgroupfs::Mount::detect().ok());
+        Ok(Agent {
+            pipeline,
+            stream,
+            seen: Vec::new(),
+            reports: Vec::new(),
+        })
+    }
+
+    /// Runs the pipeline for up to `period`, or until a report for `cgroup_id` is out.
+    pub fn pump(&mut self, period: Duration, cgroup_id: Option<u64>) -> Result<()> {
+        let deadline = Instant::now() + period;
+        let mut last_tick = Instant::now();
+        while Instant::now() < deadline {
+            for e in self.stream.wait(Duration::from_millis(50)) {
+                let e = e?;
+                self.pipeline.handle(&e)?;
+                self.seen.push(e);
+            }
+            if last_tick.elapsed() >= Duration::from_millis(100) {
+                last_tick = Instant::now();
+                self.reports.extend(self.pipeline.tick()?);
+                if let Some(cg) = cgroup_id
+                    && self.reports.iter().any(|r| r.subject.cgroup_id == cg)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the report of `cgroup_id`.
+    pub fn report_for(
+        &mut self,
+        cgroup_id: u64,
+        timeout: Duration,
+    ) -> Result<termscope::terminations::report::TerminationReport> {
+        self.pump(timeout, Some(cgroup_id))?;
+        if let Some(r) = self.reports.iter().find(|r| r.subject.cgroup_id == cgroup_id) {
+            return Ok(r.clone());
+        }
+        let mut dump = String::new();
+        for e in self.seen.iter().filter(|e| e.cgroup_id() == cgroup_id || e.cgroup_id() == 0) {
+            dump.push_str(&serde_json::to_string(e)?);
+            dump.push('\n');
+        }
+        bail!("no report for cgroup {cgroup_id} within {timeout:?}; its events:\n{dump}")
+    }
+}

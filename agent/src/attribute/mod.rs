@@ -87,6 +87,18 @@ impl Resolver {
         }
     }
 
+    /// Whether cgroup `id` still has processes: `populated` in its `cgroup.events`. A cgroup
+    /// whose directory is gone has none. `None` when the cgroup was never known.
+    pub fn populated(&mut self, id: u64) -> Option<bool> {
+        let path = self.resolve(id)?.cgroup_path.clone();
+        let dir = self.mount.as_ref()?.dir(&path);
+        match std::fs::read_to_string(dir.join("cgroup.events")) {
+            Ok(events) => Some(populated_from_events(&events)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+            Err(_) => None,
+        }
+    }
+
     /// The cgroup id of a path under the mount (`/a/b`), or of an absolute directory.
     pub fn id_of(&self, path: &str) -> Result<u64, cgroupfs::CgroupfsError> {
         let dir = match &self.mount {
@@ -94,5 +106,53 @@ impl Resolver {
             _ => path.into(),
         };
         cgroupfs::cgroup_id(&dir)
+    }
+}
+
+/// Reads `populated` from the text of a `cgroup.events` file.
+fn populated_from_events(text: &str) -> bool {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("populated "))
+        .any(|v| v.trim() != "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_populated() {
+        assert!(populated_from_events("populated 1\nfrozen 0\n"));
+        assert!(!populated_from_events("populated 0\nfrozen 0\n"));
+        assert!(!populated_from_events(""));
+    }
+
+    /// A real cgroup: empty, then with a process, then without.
+    #[test]
+    fn populated_follows_the_processes() -> Result<(), Box<dyn std::error::Error>> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to create a cgroup");
+            return Ok(());
+        }
+        let Ok(mount) = cgroupfs::Mount::detect() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return Ok(());
+        };
+        let name = format!("ts-unit-populated-{}", std::process::id());
+        let dir = mount.path.join(&name);
+        std::fs::create_dir(&dir)?;
+        let id = cgroupfs::cgroup_id(&dir)?;
+        let mut resolver = Resolver::new(Some(mount));
+        assert_eq!(resolver.populated(id), Some(false));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string())?;
+        assert_eq!(resolver.populated(id), Some(true));
+        child.kill()?;
+        child.wait()?;
+        std::fs::remove_dir(&dir)?;
+        assert_eq!(resolver.populated(id), Some(false), "a removed cgroup is empty");
+        assert_eq!(resolver.populated(999_999_999), None);
+        Ok(())
     }
 }
