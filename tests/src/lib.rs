@@ -408,11 +408,19 @@ impl Agent {
         timeout: Duration,
     ) -> Result<termscope::terminations::report::TerminationReport> {
         self.pump(timeout, Some(cgroup_id))?;
-        if let Some(r) = self.reports.iter().find(|r| r.subject.cgroup_id == cgroup_id) {
+        if let Some(r) = self
+            .reports
+            .iter()
+            .find(|r| r.subject.cgroup_id == cgroup_id)
+        {
             return Ok(r.clone());
         }
         let mut dump = String::new();
-        for e in self.seen.iter().filter(|e| e.cgroup_id() == cgroup_id || e.cgroup_id() == 0) {
+        for e in self
+            .seen
+            .iter()
+            .filter(|e| e.cgroup_id() == cgroup_id || e.cgroup_id() == 0)
+        {
             dump.push_str(&serde_json::to_string(e)?);
             dump.push('\n');
         }

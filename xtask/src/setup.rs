@@ -36,6 +36,30 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
         name: "python3",
         why: "small servers and clients for the tests",
     },
+    TestPackage {
+        name: "nginx",
+        why: "the nginx scenarios (SIGTERM fast shutdown vs SIGQUIT graceful)",
+    },
+    TestPackage {
+        name: "gunicorn",
+        why: "the gunicorn scenarios (graceful_timeout, SIGKILL escalation)",
+    },
+    TestPackage {
+        name: "uwsgi",
+        why: "the uWSGI scenarios (SIGTERM reload, SIGINT, --die-on-term)",
+    },
+    TestPackage {
+        name: "uwsgi-plugin-python3",
+        why: "uWSGI's Python plugin",
+    },
+    TestPackage {
+        name: "supervisor",
+        why: "the supervisord scenario (stopsignal, stopwaitsecs)",
+    },
+    TestPackage {
+        name: "prometheus",
+        why: "promtool, to check /metrics",
+    },
 ];
 
 /// Runs every setup step in order; stops at the first that cannot be satisfied.
@@ -85,13 +109,26 @@ impl Apt {
             .context(hint)?;
             self.updated = true;
         }
-        ctx.run(
-            ctx.command("apt-get")
-                .args(["install", "-y"])
-                .args(packages)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context(hint)
+        // Servers among the packages (nginx, prometheus) must not start as services on
+        // install: a policy-rc.d that says "no" keeps invoke-rc.d from starting them.
+        let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+        let ours = !policy.exists() && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok();
+        if ours {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755));
+        }
+        let result = ctx
+            .run(
+                ctx.command("apt-get")
+                    .args(["install", "-y", "--no-install-recommends"])
+                    .args(packages)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )
+            .context(hint);
+        if ours {
+            let _ = std::fs::remove_file(policy);
+        }
+        result
     }
 }
 

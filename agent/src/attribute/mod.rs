@@ -151,7 +151,11 @@ mod tests {
         child.kill()?;
         child.wait()?;
         std::fs::remove_dir(&dir)?;
-        assert_eq!(resolver.populated(id), Some(false), "a removed cgroup is empty");
+        assert_eq!(
+            resolver.populated(id),
+            Some(false),
+            "a removed cgroup is empty"
+        );
         assert_eq!(resolver.populated(999_999_999), None);
         Ok(())
     }
