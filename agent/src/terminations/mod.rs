@@ -254,7 +254,13 @@ impl Engine {
                 }
             }
             Event::SignalDelivered(d) => {
-                if let Some(t) = self.open.get_mut(&d.cgroup_id) {
+                // Every thread of a process reports the same delivery; keep the first.
+                if let Some(t) = self.open.get_mut(&d.cgroup_id)
+                    && !t
+                        .deliveries
+                        .iter()
+                        .any(|(_, p, sig, _)| p.pid == d.task.tgid && *sig == d.signal)
+                {
                     t.deliveries.push((
                         d.ts_ns,
                         proc_of(d.task.tgid, &d.task.comm),
@@ -585,16 +591,24 @@ impl Engine {
             ));
         }
         for (ts, p, sig, disp) in &t.deliveries {
-            let (what, how) = match disp {
-                Disposition::Handler => ("handler", "its own handler took"),
-                Disposition::Default => ("default_action", "the default action took"),
-                Disposition::Ignored => ("ignored", "ignored"),
+            let detail = match disp {
+                Disposition::Handler => format!("its own handler took {}", signal_name(*sig)),
+                // A fatal default action shows up as SIGKILL's delivery: the kernel turns it
+                // into a group exit.
+                Disposition::Default if *sig == SIGKILL => {
+                    "a fatal signal: the kernel ends the whole process".into()
+                }
+                Disposition::Default => {
+                    format!("the default action of {} took over", signal_name(*sig))
+                }
+                Disposition::Ignored => format!("ignored {}", signal_name(*sig)),
             };
-            steps.push((
-                *ts,
-                what,
-                format!("{} (pid {}): {how} {}", p.comm, p.pid, signal_name(*sig)),
-            ));
+            let what = match disp {
+                Disposition::Handler => "handler",
+                Disposition::Default => "default_action",
+                Disposition::Ignored => "ignored",
+            };
+            steps.push((*ts, what, format!("{} (pid {}): {detail}", p.comm, p.pid)));
         }
         for (ts, addr) in &t.listeners_closed {
             steps.push((
