@@ -450,10 +450,62 @@ fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
     cgroup_id
 }
 
+/// The connection's addresses from the tracepoint record.
+#[inline(always)]
+fn state_tuple(ctx: &TracePointContext) -> Tuple {
+    let tp = |off| field::<u16>(ctx, off);
+    let family = tp(cfg!(tracepoints.state_family)).unwrap_or(0);
+    Tuple {
+        family,
+        local_port: tp(cfg!(tracepoints.state_sport)).unwrap_or(0),
+        remote_port: tp(cfg!(tracepoints.state_dport)).unwrap_or(0),
+        _pad: 0,
+        local_addr: addr_field(
+            ctx,
+            family,
+            cfg!(tracepoints.state_saddr),
+            cfg!(tracepoints.state_saddr_v6),
+        ),
+        remote_addr: addr_field(
+            ctx,
+            family,
+            cfg!(tracepoints.state_daddr),
+            cfg!(tracepoints.state_daddr_v6),
+        ),
+    }
+}
+
+#[inline(always)]
+fn emit_state(
+    ev_flags: u32,
+    cgroup_id: u64,
+    conn: (u64, u64),
+    sk: u64,
+    tuple: Tuple,
+    netns: u32,
+    states: (u8, u8),
+) {
+    let event = TcpStateEvent {
+        header: header(kind::TCP_STATE, ev_flags, cgroup_id),
+        conn_id: conn.0,
+        skaddr: sk,
+        established_ns: conn.1,
+        tuple,
+        netns,
+        old_state: states.0,
+        new_state: states.1,
+        _pad: [0; 2],
+    };
+    emit(&event);
+}
+
+/// The hot path. Most state changes belong to a connection already in `LIVE_CONNS`: they
+/// read four fields of the record and one map entry, and reach userspace only when the
+/// connection's cgroup is watched. Addresses and the socket's cgroup are read once, when the
+/// connection is established.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let tp = |off| field::<u16>(&ctx, off);
-    if tp(cfg!(tracepoints.state_protocol)) != Some(IPPROTO_TCP) {
+    if field::<u16>(&ctx, cfg!(tracepoints.state_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }
     let Some(sk) = field::<u64>(&ctx, cfg!(tracepoints.state_skaddr)) else {
@@ -461,45 +513,25 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     };
     let old = field::<i32>(&ctx, cfg!(tracepoints.state_oldstate)).unwrap_or(0) as u8;
     let new = field::<i32>(&ctx, cfg!(tracepoints.state_newstate)).unwrap_or(0) as u8;
-    let family = tp(cfg!(tracepoints.state_family)).unwrap_or(0);
 
-    let mut ev_flags = 0u32;
-    let cgroup_id = owner_cgroup(sk, &mut ev_flags);
-    let tuple = Tuple {
-        family,
-        local_port: tp(cfg!(tracepoints.state_sport)).unwrap_or(0),
-        remote_port: tp(cfg!(tracepoints.state_dport)).unwrap_or(0),
-        _pad: 0,
-        local_addr: addr_field(
-            &ctx,
-            family,
-            cfg!(tracepoints.state_saddr),
-            cfg!(tracepoints.state_saddr_v6),
-        ),
-        remote_addr: addr_field(
-            &ctx,
-            family,
-            cfg!(tracepoints.state_daddr),
-            cfg!(tracepoints.state_daddr_v6),
-        ),
-    };
-
-    let mut conn_id = 0;
-    let mut established_ns = 0;
     if new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV) {
         // A new connection: remember it in the kernel, whether or not anyone watches.
+        let mut ev_flags = 0u32;
+        let cgroup_id = owner_cgroup(sk, &mut ev_flags);
         let inbound = old == tcp_state::SYN_RECV;
         if inbound {
             ev_flags |= flags::INBOUND;
         }
-        conn_id = next_conn_id();
-        established_ns = now();
+        let tuple = state_tuple(&ctx);
+        let netns = sock_netns(sk);
+        let conn_id = next_conn_id();
+        let established_ns = now();
         let live = LiveConn {
             conn_id,
             cgroup_id,
             established_ns,
             tuple,
-            netns: sock_netns(sk),
+            netns,
             flags: ev_flags & (flags::INBOUND | flags::CGROUP_FROM_CURRENT),
         };
         if LIVE_CONNS.insert(sk, live, 0).is_err() {
@@ -512,7 +544,21 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 s.opened_outbound += 1
             }
         });
-    } else if let Some(live) = LIVE_CONNS.get_ptr_mut(sk) {
+        if is_watched(cgroup_id) {
+            emit_state(
+                ev_flags,
+                cgroup_id,
+                (conn_id, established_ns),
+                sk,
+                tuple,
+                netns,
+                (old, new),
+            );
+        }
+        return 0;
+    }
+
+    if let Some(live) = LIVE_CONNS.get_ptr_mut(sk) {
         // SAFETY: the entry is only written by these programs; a racing LRU eviction at worst
         // makes us update a recycled slot's flags.
         let live = unsafe { &mut *live };
@@ -527,38 +573,60 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             live.flags |= flags::CLOSED_BY_EXIT;
             with_stats(live.cgroup_id, |s| s.closed_by_exit += 1);
         }
-        conn_id = live.conn_id;
-        established_ns = live.established_ns;
-        ev_flags |= live.flags;
+        let snapshot = *live;
         if new == tcp_state::CLOSE {
-            with_stats(live.cgroup_id, |s| s.closed += 1);
-            let _ = RECENTLY_CLOSED.insert(sk, *live, 0);
+            with_stats(snapshot.cgroup_id, |s| s.closed += 1);
+            // Straight from ESTABLISHED / CLOSE_WAIT to CLOSE is an abort: the kernel sends
+            // the reset right after this change.
+            if matches!(old, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT) {
+                let _ = RECENTLY_CLOSED.insert(sk, snapshot, 0);
+            }
             let _ = LIVE_CONNS.remove(sk);
         }
-    } else if !matches!(
-        new,
-        tcp_state::LISTEN | tcp_state::SYN_SENT | tcp_state::SYN_RECV
-    ) && old != tcp_state::LISTEN
-        && old != tcp_state::SYN_SENT
-    {
-        ev_flags |= flags::UNTRACKED;
+        if is_watched(snapshot.cgroup_id) {
+            let mut ev_flags = snapshot.flags;
+            // SAFETY: helper without preconditions.
+            if unsafe { bpf_get_current_cgroup_id() } == snapshot.cgroup_id {
+                ev_flags |= flags::IN_OWNER_TASK;
+            }
+            emit_state(
+                ev_flags,
+                snapshot.cgroup_id,
+                (snapshot.conn_id, snapshot.established_ns),
+                sk,
+                snapshot.tuple,
+                snapshot.netns,
+                (old, new),
+            );
+        }
+        return 0;
     }
 
+    // No connection: a handshake in progress (or failed), a listener, or a connection older
+    // than the agent. Handshakes carry nothing to attribute yet; skip them unless everything
+    // is watched.
+    let handshake = matches!(new, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
+        || matches!(old, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
+    if handshake && cfg!(watch_all) == 0 {
+        return 0;
+    }
+    let mut ev_flags = 0u32;
+    let cgroup_id = owner_cgroup(sk, &mut ev_flags);
     if !is_watched(cgroup_id) {
         return 0;
     }
-    let event = TcpStateEvent {
-        header: header(kind::TCP_STATE, ev_flags, cgroup_id),
-        conn_id,
-        skaddr: sk,
-        established_ns,
-        tuple,
-        netns: sock_netns(sk),
-        old_state: old,
-        new_state: new,
-        _pad: [0; 2],
-    };
-    emit(&event);
+    if !handshake && new != tcp_state::LISTEN && old != tcp_state::LISTEN {
+        ev_flags |= flags::UNTRACKED;
+    }
+    emit_state(
+        ev_flags,
+        cgroup_id,
+        (0, 0),
+        sk,
+        state_tuple(&ctx),
+        sock_netns(sk),
+        (old, new),
+    );
     0
 }
 

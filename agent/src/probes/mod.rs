@@ -364,6 +364,21 @@ fn raise_memlock() {
     }
 }
 
+/// How often a program ran and for how long in total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time: std::time::Duration,
+}
+
+/// Asks the kernel to account run counts and run time of BPF programs for as long as the
+/// returned fd is open (`BPF_ENABLE_STATS`; costs a little on every program run).
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, std::io::Error> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Agent-level counters kept by the kernel programs (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct KernelCounters {
@@ -539,6 +554,22 @@ impl Probes {
             a.closed_by_exit += s.closed_by_exit;
             a
         }))
+    }
+
+    /// Run count and accumulated run time of each attached program. The kernel only keeps
+    /// these while run-time statistics are enabled (see [`enable_run_time_stats`]).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramStats {
+                    program: name.to_string(),
+                    run_count: info.run_count(),
+                    run_time: info.run_time(),
+                })
+            })
+            .collect()
     }
 
     /// The kernel programs' own counters, summed over CPUs.
