@@ -307,7 +307,8 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     };
 
     let mut ev_flags = 0;
-    if target_cgroup != 0
+    // The root cgroup (id 1) holds no container: never watch all of it.
+    if target_cgroup > 1
         && target_cgroup != sender_cgroup
         && (0..=SIGNAL_RESULT_MAX).contains(&result)
     {

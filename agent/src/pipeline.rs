@@ -96,6 +96,7 @@ impl Pipeline {
                     self.probes.unwatch(cg)?;
                     self.resolver.forget(cg);
                 }
+                Action::UnwatchNetns(netns) => self.probes.unwatch_netns(netns)?,
             }
         }
         Ok(())

@@ -511,6 +511,27 @@ impl Probes {
         }
     }
 
+    /// Stops sending this network namespace's socket-less resets unconditionally (they are
+    /// rate-limited again).
+    pub fn unwatch_netns(&mut self, netns: u32) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(names::WATCHED_NETNS)
+            .ok_or(ProbeError::MissingMap(names::WATCHED_NETNS))?;
+        let mut map: BpfHashMap<&mut MapData, u32, u64> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: names::WATCHED_NETNS,
+                source,
+            })?;
+        match map.remove(&netns) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::Map {
+                name: names::WATCHED_NETNS,
+                source,
+            }),
+        }
+    }
+
     /// Whether the kernel watches this cgroup (userspace or a stop signal put it there).
     pub fn is_watched(&mut self, cgroup_id: u64) -> Result<bool, ProbeError> {
         Ok(self.watched()?.get(&cgroup_id, 0).is_ok())

@@ -65,9 +65,16 @@ pub enum Action {
     Snapshot(u64),
     /// Tell [`Engine::on_population`] whether the cgroup still has processes.
     CheckPopulated(u64),
-    /// The termination is reported: the kernel may stop watching the cgroup.
+    /// The termination is reported (or none opened): the kernel may stop watching the cgroup.
     Unwatch(u64),
+    /// No termination in progress uses this network namespace any more: the kernel may stop
+    /// sending its socket-less resets unconditionally.
+    UnwatchNetns(u32),
 }
+
+/// Signals that services also use to reload or rotate logs. A termination opened by these
+/// alone whose processes neither exit nor lose connections is not reported: it was a reload.
+const SOFT_SIGNALS: [u32; 4] = [1, 10, 12, 28]; // HUP, USR1, USR2, WINCH
 
 /// A connection the kernel listed as open when the termination began.
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +160,20 @@ impl Termination {
             .unwrap_or(self.opened_ns)
     }
 
+    /// Opened only by reload-style signals (HUP, USR1, USR2, WINCH), and nothing exited or
+    /// was cut: the service reloaded, it did not stop.
+    fn was_only_a_reload(&self) -> bool {
+        self.emptied_ns.is_none()
+            && self.exits.is_empty()
+            && self
+                .signals
+                .iter()
+                .filter(|s| !s.internal)
+                .all(|s| SOFT_SIGNALS.contains(&s.signal))
+            && !self.conns.values().any(|c| c.verdict().is_cut())
+            && self.refusals.is_empty()
+    }
+
     fn learn_listen_addr(&mut self, addr: SocketAddr) {
         if !self.listen_addrs.contains(&addr) {
             self.listen_addrs.push(addr);
@@ -218,6 +239,9 @@ impl Engine {
             Event::Signal(s) => {
                 let cg = s.target_cgroup_id;
                 if cg == 0 || cg == ROOT_CGROUP {
+                    if s.watch_opened && cg != 0 {
+                        actions.push(Action::Unwatch(cg));
+                    }
                     return actions;
                 }
                 let internal = s.sender_cgroup_id == cg;
@@ -428,8 +452,15 @@ impl Engine {
         let mut reports = Vec::new();
         for cg in done {
             if let Some(t) = self.open.remove(&cg) {
-                reports.push(self.report(&t, now_ns));
+                if t.was_only_a_reload() {
+                    tracing::debug!(cgroup = cg, "not a termination: a reload signal");
+                } else {
+                    reports.push(self.report(&t, now_ns));
+                }
                 actions.push(Action::Unwatch(cg));
+                if t.netns != 0 && !self.open.values().any(|o| o.netns == t.netns) {
+                    actions.push(Action::UnwatchNetns(t.netns));
+                }
             }
         }
         (reports, actions)

@@ -135,7 +135,10 @@ impl Run {
     fn finish(&mut self, emptied_at: u64) -> TerminationReport {
         self.engine.on_population(CG, false, emptied_at);
         let (mut reports, actions) = self.engine.tick(emptied_at + 600 * MS);
-        assert_eq!(actions, vec![Action::Unwatch(CG)]);
+        assert_eq!(
+            actions,
+            vec![Action::Unwatch(CG), Action::UnwatchNetns(NETNS)]
+        );
         assert_eq!(reports.len(), 1);
         reports.remove(0)
     }
@@ -358,7 +361,10 @@ fn processes_that_survive_the_stop_signal() {
     assert!(reports.is_empty());
     assert_eq!(actions, vec![Action::CheckPopulated(CG)]);
     let (reports, actions) = r.engine.tick(T0 + 30_000 * MS);
-    assert_eq!(actions, vec![Action::Unwatch(CG)]);
+    assert_eq!(
+        actions,
+        vec![Action::Unwatch(CG), Action::UnwatchNetns(NETNS)]
+    );
     let rep = &reports[0];
     assert_eq!(rep.outcome, Outcome::Survived);
     assert_eq!(rep.flags, ["cut", "survived"]);
@@ -373,12 +379,6 @@ fn signals_from_inside_open_nothing() {
             .is_empty()
     );
     assert_eq!(r.engine.open_count(), 0);
-    // The root cgroup is not a container.
-    let mut e = signal(T0, 15, RUNTIME_CG, SignalResult::Delivered);
-    if let Event::Signal(s) = &mut e {
-        s.target_cgroup_id = 1;
-    }
-    assert!(r.feed(e).is_empty());
     // ...but inside an open termination they are part of the timeline.
     r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
     r.feed(signal(T0 + MS, 9, CG, SignalResult::Delivered));
@@ -600,4 +600,33 @@ fn reports_serialize_to_the_documented_shape() {
     assert_eq!(v["outcome"], "graceful");
     let back: TerminationReport = serde_json::from_value(v).expect("round trip");
     assert_eq!(back, rep);
+}
+
+#[test]
+fn a_reload_signal_that_changes_nothing_is_not_a_termination() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 1, RUNTIME_CG, SignalResult::Delivered)); // SIGHUP
+    r.feed(delivered(T0 + MS, 1, Disposition::Handler));
+    let (reports, actions) = r.engine.tick(T0 + 31_000 * MS);
+    assert!(reports.is_empty(), "{reports:?}");
+    assert_eq!(
+        actions,
+        vec![Action::Unwatch(CG), Action::UnwatchNetns(NETNS)]
+    );
+    // SIGTERM that changes nothing is reported: the processes survived it.
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    let (reports, _) = r.engine.tick(T0 + 31_000 * MS);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome, Outcome::Survived);
+}
+
+#[test]
+fn the_root_cgroup_is_unwatched_again() {
+    let mut r = Run::new();
+    let mut e = signal(T0, 15, RUNTIME_CG, SignalResult::Delivered);
+    if let Event::Signal(s) = &mut e {
+        s.target_cgroup_id = 1;
+    }
+    assert_eq!(r.feed(e), vec![Action::Unwatch(1)]);
 }
