@@ -2,13 +2,14 @@
 //!
 //! The flow is visible in the module layout:
 //! [`probes`] (load the kernel programs) -> [`decode`] (ring buffer records to events)
-//! -> [`attribute`] (cgroup -> container -> pod) -> terminations -> outputs.
+//! -> [`attribute`] (cgroup -> container -> pod) -> [`terminations`] -> [`outputs`].
 //! [`doctor`] tells what this node supports.
 
 pub mod attribute;
 pub mod clock;
 pub mod decode;
 pub mod doctor;
+pub mod outputs;
 pub mod pipeline;
 pub mod probes;
 pub mod terminations;

@@ -46,10 +46,11 @@ enum Command {
     /// Run setup, build the agent and run it as root (through `sudo -E` when needed)
     ///
     /// Arguments after `--` go to the agent; without any it runs `termscope agent`, which
-    /// prints events as JSON lines until Ctrl-C. Examples:
+    /// prints a termination report (JSON) per stopped container and serves /metrics and
+    /// /v1/terminations on 127.0.0.1:9469 until Ctrl-C. Examples:
     ///   cargo xtask run                      # termscope agent
     ///   cargo xtask run -- doctor            # what this machine supports
-    ///   cargo xtask run -- agent --watch-all
+    ///   cargo xtask run -- agent --print-events   # also every kernel event
     ///
     /// The agent's exit code is xtask's exit code.
     #[command(verbatim_doc_comment)]

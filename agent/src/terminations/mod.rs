@@ -297,6 +297,10 @@ impl Engine {
                 if let Some(t) = self.open.get_mut(&x.cgroup_id) {
                     t.exits
                         .push((x.ts_ns, proc_of(x.task.tgid, &x.task.comm), x.exit));
+                    // An exit read after the emptiness check still belongs before "empty".
+                    if let Some(emptied) = &mut t.emptied_ns {
+                        *emptied = (*emptied).max(x.ts_ns);
+                    }
                     actions.push(Action::CheckPopulated(x.cgroup_id));
                 }
             }

@@ -268,3 +268,111 @@ pub struct Exit {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
 }
+
+/// What a process did with a stop signal, as far as the report tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalDisposition {
+    /// Its own handler took the signal.
+    Handler,
+    /// The default action took over (for a stop signal: the process was killed).
+    Default,
+    /// `SIG_IGN`, or the kernel dropped the signal as ignored.
+    Ignored,
+    /// Not seen (no delivery recorded, e.g. the signal was still pending or blocked).
+    Unknown,
+}
+
+impl SignalDisposition {
+    pub const ALL: [SignalDisposition; 4] = [
+        SignalDisposition::Handler,
+        SignalDisposition::Default,
+        SignalDisposition::Ignored,
+        SignalDisposition::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalDisposition::Handler => "handler",
+            SignalDisposition::Default => "default",
+            SignalDisposition::Ignored => "ignored",
+            SignalDisposition::Unknown => "unknown",
+        }
+    }
+}
+
+impl TerminationReport {
+    /// Whether the report carries `flag` (`cut`, `killed`, ...).
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    /// The stop signals sent from outside the container (the triggers), in order.
+    pub fn external_signals(&self) -> impl Iterator<Item = &StopSignal> {
+        self.stop_signals.iter().filter(|s| !s.internal)
+    }
+
+    /// SIGKILL ended it after a different first stop signal: the grace period ran out.
+    pub fn sigkill_escalation(&self) -> bool {
+        self.has_flag("killed")
+            && self
+                .external_signals()
+                .next()
+                .is_some_and(|s| s.signal != "SIGKILL")
+    }
+
+    /// What the target process did with stop signal `s`, read from the timeline's
+    /// `handler` / `default_action` / `ignored` steps for that process. A fatal default
+    /// action shows up as the delivery of SIGKILL: it is counted for the signal it followed.
+    pub fn disposition_of(&self, s: &StopSignal) -> SignalDisposition {
+        let marker = format!("(pid {}): ", s.target.pid);
+        fn of_target<'a>(step: &'a Step, marker: &str) -> Option<&'a str> {
+            step.detail
+                .find(marker)
+                .map(|i| &step.detail[i + marker.len()..])
+        }
+        let sig = s.signal.as_str();
+        for step in &self.timeline {
+            let Some(rest) = of_target(step, &marker) else {
+                continue;
+            };
+            let named = match step.what.as_str() {
+                "handler" => rest == format!("its own handler took {sig}"),
+                "ignored" => rest == format!("ignored {sig}"),
+                "default_action" => rest == format!("the default action of {sig} took over"),
+                _ => false,
+            };
+            if named {
+                return match step.what.as_str() {
+                    "handler" => SignalDisposition::Handler,
+                    "ignored" => SignalDisposition::Ignored,
+                    _ => SignalDisposition::Default,
+                };
+            }
+        }
+        // A fatal default action between this signal and the next one to the same process.
+        let next = self
+            .external_signals()
+            .filter(|o| o.target.pid == s.target.pid && o.t_ms > s.t_ms)
+            .map(|o| o.t_ms)
+            .fold(f64::INFINITY, f64::min);
+        let fatal = self.timeline.iter().any(|step| {
+            step.what == "default_action"
+                && step.t_ms >= s.t_ms
+                && step.t_ms < next
+                && of_target(step, &marker).is_some_and(|rest| rest.starts_with("a fatal signal"))
+        });
+        if fatal {
+            SignalDisposition::Default
+        } else if s.result == "ignored" {
+            SignalDisposition::Ignored
+        } else {
+            SignalDisposition::Unknown
+        }
+    }
+
+    /// When the termination began, in Unix-epoch nanoseconds.
+    pub fn started_unix_ns(&self) -> Option<u64> {
+        crate::clock::parse_rfc3339(&self.started_at)
+    }
+}

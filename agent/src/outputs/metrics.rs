@@ -1,0 +1,567 @@
+//! Prometheus metrics: what the terminations did (counted from each report) and how the agent
+//! itself is doing. Every metric is documented in `docs/metrics.md`.
+//!
+//! Per-termination metrics are labelled by workload (`namespace`, `workload`, `container`
+//! from the report's subject); [`MetricsConfig::pod_labels`] adds `pod`, which multiplies
+//! the series by the number of pods and is therefore opt-in.
+
+use std::sync::Mutex;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    core::{Collector, GenericCounter, GenericGauge},
+};
+
+use crate::{
+    probes::KernelCounters,
+    terminations::report::{TerminationReport, Verdict},
+};
+
+/// Buckets of `termscope_shutdown_duration_seconds`: 10 ms to 5 min.
+pub const SHUTDOWN_BUCKETS: [f64; 16] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0,
+];
+
+/// The verdicts counted by `termscope_connections_cut_total`, by their `reason` label.
+pub const CUT_REASONS: [Verdict; 3] =
+    [Verdict::ResetByApp, Verdict::ClosedByExit, Verdict::Refused];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric {name}: {source}")]
+    Register {
+        name: String,
+        #[source]
+        source: prometheus::Error,
+    },
+    #[error("encoding the metrics: {0}")]
+    Encode(#[source] prometheus::Error),
+}
+
+/// What the metrics are labelled with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Add a `pod` label (the pod UID, empty outside Kubernetes) to the per-termination
+    /// metrics. One series per pod: use it only where pods are few or short-lived series are
+    /// fine.
+    pub pod_labels: bool,
+}
+
+/// The agent's health, as [`Metrics::set_health`] takes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The kernel programs' counters; `None` when they could not be read this time.
+    pub kernel: Option<KernelCounters>,
+    pub probes_attached: usize,
+    pub probes_total: usize,
+    /// Entries in the kernel's live-connection map; `None`: not counted this time (counting
+    /// is O(n), so the agent does it at most every 15 s).
+    pub tracked_connections: Option<usize>,
+    pub terminations_in_progress: usize,
+}
+
+/// The metrics, in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    pod_labels: bool,
+    terminations: IntCounterVec,
+    connections_cut: IntCounterVec,
+    reset_by_peer: IntCounterVec,
+    accepted_after_stop: IntCounterVec,
+    shutdown_duration: HistogramVec,
+    stop_signals: IntCounterVec,
+    sigkill_escalations: IntCounterVec,
+    events_processed: IntCounter,
+    events_undecodable: IntCounter,
+    events_lost: IntCounter,
+    resets_rate_limited: IntCounter,
+    live_map_failures: IntCounter,
+    probes_attached: IntGauge,
+    probes_total: IntGauge,
+    tracked_connections: IntGauge,
+    terminations_in_progress: IntGauge,
+    /// The kernel counters as last seen: the counters above grow by the difference.
+    last_kernel: Mutex<KernelCounters>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("pod_labels", &self.pod_labels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(cfg: MetricsConfig) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let subject: &[&str] = if cfg.pod_labels {
+            &["namespace", "workload", "pod", "container"]
+        } else {
+            &["namespace", "workload", "container"]
+        };
+        let with = |extra: &[&'static str]| -> Vec<&str> {
+            subject
+                .iter()
+                .copied()
+                .chain(extra.iter().copied())
+                .collect()
+        };
+        let r = Reg(&registry);
+        Ok(Metrics {
+            pod_labels: cfg.pod_labels,
+            terminations: r.counter_vec(
+                "termscope_terminations_total",
+                "Container terminations reported, by outcome (graceful, cut, killed, \
+                 no_handler, ignored, survived).",
+                &with(&["outcome"]),
+            )?,
+            connections_cut: r.counter_vec(
+                "termscope_connections_cut_total",
+                "Connections the terminating container cut, by reason: reset_by_app (the app \
+                 reset it), closed_by_exit (the kernel closed it when the process died), \
+                 refused (a connection attempt after the listener closed).",
+                &with(&["reason"]),
+            )?,
+            reset_by_peer: r.counter_vec(
+                "termscope_connections_reset_by_peer_total",
+                "Connections of a terminating container reset by the peer.",
+                &with(&[]),
+            )?,
+            accepted_after_stop: r.counter_vec(
+                "termscope_connections_accepted_after_stop_total",
+                "Connections a container accepted after its first stop signal.",
+                &with(&[]),
+            )?,
+            shutdown_duration: r.histogram_vec(
+                "termscope_shutdown_duration_seconds",
+                "From the first stop signal to the exit of the container's last process \
+                 (terminations whose processes survived are not observed).",
+                &with(&[]),
+            )?,
+            stop_signals: r.counter_vec(
+                "termscope_stop_signals_total",
+                "Stop signals sent to containers from outside, by signal and by what the \
+                 target process did with it (handler, default, ignored, unknown).",
+                &with(&["signal", "disposition"]),
+            )?,
+            sigkill_escalations: r.counter_vec(
+                "termscope_sigkill_escalations_total",
+                "Terminations ended by SIGKILL after a different stop signal: the grace \
+                 period ran out.",
+                &with(&[]),
+            )?,
+            events_processed: r.counter(
+                "termscope_events_processed_total",
+                "Kernel events the agent processed.",
+            )?,
+            events_undecodable: r.counter(
+                "termscope_events_undecodable_total",
+                "Kernel events the agent could not decode.",
+            )?,
+            events_lost: r.counter(
+                "termscope_events_lost_total",
+                "Kernel events lost because the ring buffer was full (the kernel's own count).",
+            )?,
+            resets_rate_limited: r.counter(
+                "termscope_resets_rate_limited_total",
+                "Resets for which no socket exists, in namespaces not being watched, that the \
+                 kernel did not send to the agent because of --unowned-reset-rate.",
+            )?,
+            live_map_failures: r.counter(
+                "termscope_live_map_failures_total",
+                "Connections the kernel could not track because its live-connection map was \
+                 full.",
+            )?,
+            probes_attached: r.gauge(
+                "termscope_probes_attached",
+                "Kernel probes attached (see `termscope doctor` for the others).",
+            )?,
+            probes_total: r.gauge("termscope_probes_known", "Kernel probes the agent has.")?,
+            tracked_connections: r.gauge(
+                "termscope_tracked_connections",
+                "TCP connections in the kernel's live-connection map (counted every 15 s).",
+            )?,
+            terminations_in_progress: r.gauge(
+                "termscope_terminations_in_progress",
+                "Terminations begun and not yet reported.",
+            )?,
+            last_kernel: Mutex::new(KernelCounters::default()),
+            registry,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Counts one finished termination.
+    pub fn observe(&self, report: &TerminationReport) {
+        self.terminations
+            .with_label_values(&self.labels(report, &[report.outcome.as_str()]))
+            .inc();
+        for verdict in CUT_REASONS {
+            let n = report.counts.get(verdict);
+            if n > 0 {
+                self.connections_cut
+                    .with_label_values(&self.labels(report, &[verdict.as_str()]))
+                    .inc_by(u64::from(n));
+            }
+        }
+        if report.counts.reset_by_peer > 0 {
+            self.reset_by_peer
+                .with_label_values(&self.labels(report, &[]))
+                .inc_by(u64::from(report.counts.reset_by_peer));
+        }
+        if report.counts.accepted_late > 0 {
+            self.accepted_after_stop
+                .with_label_values(&self.labels(report, &[]))
+                .inc_by(u64::from(report.counts.accepted_late));
+        }
+        if !report.has_flag("survived") {
+            self.shutdown_duration
+                .with_label_values(&self.labels(report, &[]))
+                .observe(report.shutdown_ms / 1000.0);
+        }
+        for signal in report.external_signals() {
+            let disposition = report.disposition_of(signal);
+            self.stop_signals
+                .with_label_values(
+                    &self.labels(report, &[signal.signal.as_str(), disposition.as_str()]),
+                )
+                .inc();
+        }
+        if report.sigkill_escalation() {
+            self.sigkill_escalations
+                .with_label_values(&self.labels(report, &[]))
+                .inc();
+        }
+    }
+
+    /// The per-termination label values, in the order the metrics were built with.
+    fn labels<'a>(&self, report: &'a TerminationReport, extra: &[&'a str]) -> Vec<&'a str> {
+        let s = &report.subject;
+        let mut v = vec![s.namespace.as_str(), s.workload.as_str()];
+        if self.pod_labels {
+            v.push(s.pod_uid.as_deref().unwrap_or(""));
+        }
+        v.push(s.container.as_str());
+        v.extend_from_slice(extra);
+        v
+    }
+
+    /// Kernel events handled (`processed`) and not decodable (`undecodable`) since the last
+    /// call.
+    pub fn add_events(&self, processed: u64, undecodable: u64) {
+        self.events_processed.inc_by(processed);
+        self.events_undecodable.inc_by(undecodable);
+    }
+
+    /// Updates the agent-health metrics.
+    pub fn set_health(&self, h: &Health) {
+        if let Some(now) = h.kernel {
+            let mut last = self
+                .last_kernel
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            advance(&self.events_lost, &mut last.ringbuf_lost, now.ringbuf_lost);
+            advance(
+                &self.resets_rate_limited,
+                &mut last.resets_rate_limited,
+                now.resets_rate_limited,
+            );
+            advance(
+                &self.live_map_failures,
+                &mut last.live_map_failed,
+                now.live_map_failed,
+            );
+        }
+        self.probes_attached.set(gauge_value(h.probes_attached));
+        self.probes_total.set(gauge_value(h.probes_total));
+        if let Some(n) = h.tracked_connections {
+            self.tracked_connections.set(gauge_value(n));
+        }
+        self.terminations_in_progress
+            .set(gauge_value(h.terminations_in_progress));
+    }
+
+    /// The metrics in Prometheus' text exposition format (version 0.0.4).
+    pub fn render(&self) -> Result<String, MetricsError> {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .map_err(MetricsError::Encode)
+    }
+}
+
+/// Grows `counter` by what the kernel's counter grew since it was last seen. The kernel's
+/// counters start at zero with the programs and only grow; should one go backwards (the
+/// programs were reloaded), what it counted since is added.
+fn advance(counter: &IntCounter, last: &mut u64, now: u64) {
+    counter.inc_by(now.checked_sub(*last).unwrap_or(now));
+    *last = now;
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Creates and registers metrics.
+struct Reg<'a>(&'a Registry);
+
+impl Reg<'_> {
+    fn register<C: Collector + Clone + 'static>(
+        &self,
+        name: &str,
+        made: prometheus::Result<C>,
+    ) -> Result<C, MetricsError> {
+        let register = |m: C| self.0.register(Box::new(m.clone())).map(|()| m);
+        made.and_then(register)
+            .map_err(|source| MetricsError::Register {
+                name: name.to_string(),
+                source,
+            })
+    }
+
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricsError> {
+        self.register(name, IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<HistogramVec, MetricsError> {
+        let opts = HistogramOpts::new(name, help).buckets(SHUTDOWN_BUCKETS.to_vec());
+        self.register(name, HistogramVec::new(opts, labels))
+    }
+
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+        self.register(name, GenericCounter::new(name, help))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+        self.register(name, GenericGauge::new(name, help))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outputs::fixtures;
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    fn has(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing line\n  {line}\nin\n{text}"
+        );
+    }
+
+    #[test]
+    fn reports_are_counted_by_workload() {
+        let m = Metrics::new(MetricsConfig::default()).expect("metrics");
+        m.observe(&fixtures::no_handler());
+        m.observe(&fixtures::no_handler());
+        m.observe(&fixtures::killed());
+        m.observe(&fixtures::graceful());
+        let text = m.render().expect("renders");
+        // Label pairs come sorted by name (`le` last).
+        let pod = format!("pod-{}", fixtures::POD_UID);
+        let c = r#"container="3f2a9c1b2d4e""#;
+        let w = format!(r#"workload="{pod}""#);
+        let svc = r#"workload="app.service""#;
+        let ns = r#"namespace="""#;
+        for line in [
+            format!(r#"termscope_terminations_total{{{c},{ns},outcome="no_handler",{w}}} 2"#),
+            format!(r#"termscope_terminations_total{{{c},{ns},outcome="graceful",{w}}} 1"#),
+            format!(
+                r#"termscope_terminations_total{{container="",{ns},outcome="killed",{svc}}} 1"#
+            ),
+            format!(r#"termscope_connections_cut_total{{{c},{ns},reason="closed_by_exit",{w}}} 4"#),
+            format!(
+                r#"termscope_connections_cut_total{{container="",{ns},reason="closed_by_exit",{svc}}} 2"#
+            ),
+            format!(
+                r#"termscope_connections_cut_total{{container="",{ns},reason="refused",{svc}}} 1"#
+            ),
+            format!(r#"termscope_connections_reset_by_peer_total{{container="",{ns},{svc}}} 1"#),
+            format!(
+                r#"termscope_connections_accepted_after_stop_total{{container="",{ns},{svc}}} 1"#
+            ),
+            format!(
+                r#"termscope_stop_signals_total{{{c},disposition="default",{ns},signal="SIGTERM",{w}}} 2"#
+            ),
+            format!(
+                r#"termscope_stop_signals_total{{{c},disposition="handler",{ns},signal="SIGTERM",{w}}} 1"#
+            ),
+            format!(
+                r#"termscope_stop_signals_total{{container="",disposition="handler",{ns},signal="SIGTERM",{svc}}} 1"#
+            ),
+            format!(
+                r#"termscope_stop_signals_total{{container="",disposition="default",{ns},signal="SIGKILL",{svc}}} 1"#
+            ),
+            format!(r#"termscope_sigkill_escalations_total{{container="",{ns},{svc}}} 1"#),
+            // 2 ms, 2 ms, 250 ms.
+            format!(r#"termscope_shutdown_duration_seconds_count{{{c},{ns},{w}}} 3"#),
+            format!(r#"termscope_shutdown_duration_seconds_bucket{{{c},{ns},{w},le="0.01"}} 2"#),
+            format!(r#"termscope_shutdown_duration_seconds_bucket{{{c},{ns},{w},le="0.1"}} 2"#),
+            format!(r#"termscope_shutdown_duration_seconds_bucket{{{c},{ns},{w},le="0.25"}} 3"#),
+            format!(
+                r#"termscope_shutdown_duration_seconds_bucket{{container="",{ns},{svc},le="10"}} 0"#
+            ),
+            format!(
+                r#"termscope_shutdown_duration_seconds_bucket{{container="",{ns},{svc},le="15"}} 1"#
+            ),
+            format!(r#"termscope_shutdown_duration_seconds_sum{{container="",{ns},{svc}}} 10.002"#),
+        ] {
+            has(&text, &line);
+        }
+        // Nothing counted that did not happen.
+        assert!(!text.contains("reason=\"reset_by_app\""), "{text}");
+        assert!(
+            !text.contains(&format!("termscope_sigkill_escalations_total{{{c}")),
+            "{text}"
+        );
+        assert!(!text.contains("pod=\""), "{text}");
+    }
+
+    #[test]
+    fn pod_labels_are_opt_in() {
+        let m = Metrics::new(MetricsConfig { pod_labels: true }).expect("metrics");
+        m.observe(&fixtures::no_handler());
+        m.observe(&fixtures::killed());
+        let text = m.render().expect("renders");
+        let pod = fixtures::POD_UID;
+        has(
+            &text,
+            &format!(
+                "termscope_terminations_total{{container=\"3f2a9c1b2d4e\",namespace=\"\",\
+                 outcome=\"no_handler\",pod=\"{pod}\",workload=\"pod-{pod}\"}} 1"
+            ),
+        );
+        // No pod: the label is there, empty.
+        has(
+            &text,
+            "termscope_terminations_total{container=\"\",namespace=\"\",outcome=\"killed\",\
+             pod=\"\",workload=\"app.service\"} 1",
+        );
+    }
+
+    #[test]
+    fn health_counters_grow_by_the_kernel_s_deltas() {
+        let m = Metrics::new(MetricsConfig::default()).expect("metrics");
+        let health = |lost, limited, tracked| Health {
+            kernel: Some(KernelCounters {
+                ringbuf_lost: lost,
+                resets_rate_limited: limited,
+                live_map_failed: 0,
+            }),
+            probes_attached: 5,
+            probes_total: 6,
+            tracked_connections: tracked,
+            terminations_in_progress: 2,
+        };
+        m.set_health(&health(3, 10, Some(42)));
+        m.set_health(&health(7, 10, None));
+        m.add_events(100, 1);
+        m.add_events(20, 0);
+        let text = m.render().expect("renders");
+        for line in [
+            "termscope_events_lost_total 7",
+            "termscope_resets_rate_limited_total 10",
+            "termscope_live_map_failures_total 0",
+            "termscope_events_processed_total 120",
+            "termscope_events_undecodable_total 1",
+            "termscope_probes_attached 5",
+            "termscope_probes_known 6",
+            "termscope_tracked_connections 42",
+            "termscope_terminations_in_progress 2",
+        ] {
+            has(&text, line);
+        }
+        // Unreadable kernel counters leave the totals alone.
+        m.set_health(&Health {
+            kernel: None,
+            ..health(0, 0, None)
+        });
+        let text = m.render().expect("renders");
+        has(&text, "termscope_events_lost_total 7");
+        assert_eq!(lines(&text).len(), 9, "{text}");
+    }
+
+    #[test]
+    fn exposition_passes_promtool() {
+        let promtool = std::path::Path::new("/usr/bin/promtool");
+        let promtool = if promtool.exists() {
+            promtool.to_path_buf()
+        } else if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("promtool"))
+                .find(|p| p.exists())
+        }) {
+            p
+        } else {
+            let required = std::env::var("CI").is_ok_and(|v| v == "true")
+                || std::env::var("TERMSCOPE_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "promtool is not installed (Debian: apt-get install prometheus)"
+            );
+            eprintln!("skipped: promtool is not installed (Debian: apt-get install prometheus)");
+            return;
+        };
+        for cfg in [MetricsConfig::default(), MetricsConfig { pod_labels: true }] {
+            let m = Metrics::new(cfg).expect("metrics");
+            m.observe(&fixtures::no_handler());
+            m.observe(&fixtures::killed());
+            m.observe(&fixtures::graceful());
+            m.set_health(&Health {
+                kernel: Some(KernelCounters::default()),
+                probes_attached: 6,
+                probes_total: 6,
+                tracked_connections: Some(3),
+                terminations_in_progress: 0,
+            });
+            m.add_events(10, 0);
+            let text = m.render().expect("renders");
+            let out = run_with_stdin(&promtool, &["check", "metrics"], &text);
+            assert!(
+                out.status.success(),
+                "promtool check metrics failed:\n{}{}\n--- exposition:\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    fn run_with_stdin(
+        program: &std::path::Path,
+        args: &[&str],
+        input: &str,
+    ) -> std::process::Output {
+        use std::{io::Write, process::Stdio};
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("writes to promtool");
+        child.wait_with_output().expect("promtool runs")
+    }
+}
