@@ -1,5 +1,6 @@
 //! `cargo xtask`: sets up, builds, runs and tests termscope. `cargo xtask --help` explains.
 
+mod demo;
 mod setup;
 mod tasks;
 mod util;
@@ -92,6 +93,14 @@ enum Command {
     /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
     ///
     /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
+    /// See the point in a minute (as root): a real nginx in its own cgroup and network
+    /// namespace, clients downloading from it, nginx stopped with SIGTERM (what `docker stop`
+    /// and Kubernetes send) — and termscope's report of which connections that cut, and why.
+    Demo {
+        /// The signal that stops nginx: TERM (fast shutdown) or QUIT (graceful).
+        #[arg(long, default_value = "TERM")]
+        signal: String,
+    },
     Bench {
         /// Arguments for `cargo bench`.
         #[arg(last = true, value_name = "CARGO_BENCH_ARGS")]
@@ -126,6 +135,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => tasks::run_agent(&ctx, release, no_sudo, args),
         Command::Test { skip_lint, args } => tasks::test(&ctx, skip_lint, &args),
         Command::Bench { args } => tasks::bench(&ctx, &args),
+        Command::Demo { signal } => demo::demo(&ctx, &signal),
     }
 }
 

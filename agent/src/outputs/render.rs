@@ -249,7 +249,7 @@ mod tests {
   - 1 connection attempt(s) were refused after the listener closed, up to 2.0 s after the stop
     signal: traffic still arrived (endpoint propagation delay). Keep serving for longer after the
     stop signal (a preStop delay) before closing the listener.
-  - 1 new connection(s) were accepted up to 0.3 s after the stop signal.
+  - 1 new connection(s) were accepted up to 300.0 ms after the stop signal.
   - 1 connection(s) were reset by the peer during the shutdown.
 
   timeline

@@ -871,8 +871,13 @@ struct SummaryInput<'a> {
     refusal_delays: &'a [f64],
 }
 
+/// A duration for people: milliseconds below a second, seconds above.
 fn secs(ms: f64) -> String {
-    format!("{:.1} s", ms / 1000.0)
+    if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
 }
 
 /// Sentences a person can act on, from what was measured.
