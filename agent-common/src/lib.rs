@@ -25,7 +25,13 @@ pub mod kind {
     pub const TCP_STATE: u32 = 4;
     /// [`crate::TcpResetEvent`]: a TCP reset was sent or received.
     pub const TCP_RESET: u32 = 5;
+    /// [`crate::ExecEvent`]: a task in a watched cgroup executed a program
+    /// (`sched:sched_process_exec`), e.g. an exec preStop hook.
+    pub const PROCESS_EXEC: u32 = 6;
 }
+
+/// Bytes of an executed program's path kept in [`ExecEvent`].
+pub const FILENAME_LEN: usize = 64;
 
 /// Bits of [`Config::features`]: what userspace could resolve on this kernel. A program that
 /// needs a feature whose bit is clear does without it (and userspace reports it in `doctor`).
@@ -147,6 +153,15 @@ pub struct ExitEvent {
     pub _pad: u32,
 }
 
+/// `sched:sched_process_exec`: `current` (header, with its new comm) executed `filename`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// NUL-terminated, truncated to [`FILENAME_LEN`] bytes.
+    pub filename: [u8; FILENAME_LEN],
+}
+
 /// The addresses of a TCP connection, local side first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -266,6 +281,8 @@ pub struct TracepointOffsets {
     pub deliver_sa_flags: u32,
     // sched:sched_process_exit
     pub exit_group_dead: u32,
+    // sched:sched_process_exec (`__data_loc char[] filename`)
+    pub exec_filename: u32,
     // sock:inet_sock_set_state
     pub state_skaddr: u32,
     pub state_oldstate: u32,
@@ -294,6 +311,7 @@ pub struct TracepointOffsets {
     pub recv_reset_daddr: u32,
     pub recv_reset_saddr_v6: u32,
     pub recv_reset_daddr_v6: u32,
+    pub _pad: u32,
 }
 
 impl TracepointOffsets {
@@ -304,6 +322,7 @@ impl TracepointOffsets {
         deliver_sa_handler: OFFSET_MISSING,
         deliver_sa_flags: OFFSET_MISSING,
         exit_group_dead: OFFSET_MISSING,
+        exec_filename: OFFSET_MISSING,
         state_skaddr: OFFSET_MISSING,
         state_oldstate: OFFSET_MISSING,
         state_newstate: OFFSET_MISSING,
@@ -329,6 +348,7 @@ impl TracepointOffsets {
         recv_reset_daddr: OFFSET_MISSING,
         recv_reset_saddr_v6: OFFSET_MISSING,
         recv_reset_daddr_v6: OFFSET_MISSING,
+        _pad: 0,
     };
 }
 
@@ -459,6 +479,7 @@ mod pod {
     unsafe impl aya::Pod for SignalEvent {}
     unsafe impl aya::Pod for SignalDeliverEvent {}
     unsafe impl aya::Pod for ExitEvent {}
+    unsafe impl aya::Pod for ExecEvent {}
     unsafe impl aya::Pod for Tuple {}
     unsafe impl aya::Pod for TcpStateEvent {}
     unsafe impl aya::Pod for TcpResetEvent {}
@@ -500,7 +521,11 @@ mod tests {
             size_of::<EventHeader>() + 16 + size_of::<Tuple>() + 16
         );
         assert_eq!(size_of::<LiveConn>(), 24 + size_of::<Tuple>() + 8);
-        assert_eq!(size_of::<TracepointOffsets>(), 30 * 4);
+        assert_eq!(size_of::<TracepointOffsets>(), 32 * 4);
+        assert_eq!(
+            size_of::<ExecEvent>(),
+            size_of::<EventHeader>() + FILENAME_LEN
+        );
         assert_eq!(size_of::<KernelOffsets>(), 18 * 4);
         assert_eq!(
             size_of::<Config>(),
@@ -511,6 +536,7 @@ mod tests {
             size_of::<SignalEvent>(),
             size_of::<SignalDeliverEvent>(),
             size_of::<ExitEvent>(),
+            size_of::<ExecEvent>(),
             size_of::<TcpStateEvent>(),
             size_of::<TcpResetEvent>(),
             size_of::<LiveConn>(),

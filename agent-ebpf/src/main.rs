@@ -16,20 +16,21 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::EbpfContext;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use termscope_common::{
-    CgroupStats, Config, EventHeader, ExitEvent, LiveConn, OFFSET_MISSING, RESET_RECEIVED,
-    RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent, TcpResetEvent, TcpStateEvent, Tuple,
-    WatchEntry, counter, feature, flags, kind, tcp_state, watch_reason,
+    CgroupStats, Config, EventHeader, ExecEvent, ExitEvent, FILENAME_LEN, LiveConn, OFFSET_MISSING,
+    RESET_RECEIVED, RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent, TcpResetEvent,
+    TcpStateEvent, Tuple, WatchEntry, counter, feature, flags, kind, tcp_state, watch_reason,
 };
 
 /// Written by userspace at load time (`EbpfLoader::override_global`).
@@ -412,6 +413,28 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         exit_code,
         _pad: 0,
     };
+    emit(&event);
+    0
+}
+
+/// A program executed in a watched cgroup: how exec preStop hooks show up.
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !is_watched(cgroup_id) {
+        return 0;
+    }
+    let mut event = ExecEvent {
+        header: header(kind::PROCESS_EXEC, 0, cgroup_id),
+        filename: [0; FILENAME_LEN],
+    };
+    // `__data_loc`: the low 16 bits are the string's offset in the record.
+    if let Some(loc) = field::<u32>(&ctx, cfg!(tracepoints.exec_filename)) {
+        let src = ctx.as_ptr() as u64 + (loc & 0xffff) as u64;
+        // SAFETY: the helper bounds the copy by the buffer and checks the address.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, &mut event.filename) };
+    }
     emit(&event);
     0
 }

@@ -10,8 +10,8 @@ use std::{
 
 use serde::Serialize;
 use termscope_common::{
-    EventHeader, ExitEvent, RESET_RECEIVED, SignalDeliverEvent, SignalEvent, TcpResetEvent,
-    TcpStateEvent, Tuple, flags, kind, tcp_state,
+    EventHeader, ExecEvent, ExitEvent, RESET_RECEIVED, SignalDeliverEvent, SignalEvent,
+    TcpResetEvent, TcpStateEvent, Tuple, flags, kind, tcp_state,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -299,6 +299,16 @@ pub struct ProcessExit {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessExec {
+    pub ts_ns: u64,
+    /// The task, with the comm of the program it now runs.
+    pub task: Task,
+    pub cgroup_id: u64,
+    /// The executed file (truncated to 63 bytes).
+    pub filename: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TcpStateChange {
     pub ts_ns: u64,
     pub cgroup_id: u64,
@@ -349,6 +359,7 @@ pub enum Event {
     Signal(SignalGenerated),
     SignalDelivered(SignalDelivered),
     ProcessExit(ProcessExit),
+    ProcessExec(ProcessExec),
     TcpState(TcpStateChange),
     TcpReset(TcpReset),
 }
@@ -360,6 +371,7 @@ impl Event {
             Event::Signal(e) => e.ts_ns,
             Event::SignalDelivered(e) => e.ts_ns,
             Event::ProcessExit(e) => e.ts_ns,
+            Event::ProcessExec(e) => e.ts_ns,
             Event::TcpState(e) => e.ts_ns,
             Event::TcpReset(e) => e.ts_ns,
         }
@@ -371,6 +383,7 @@ impl Event {
             Event::Signal(e) => e.target_cgroup_id,
             Event::SignalDelivered(e) => e.cgroup_id,
             Event::ProcessExit(e) => e.cgroup_id,
+            Event::ProcessExec(e) => e.cgroup_id,
             Event::TcpState(e) => e.cgroup_id,
             Event::TcpReset(e) => e.cgroup_id,
         }
@@ -450,6 +463,20 @@ impl Decoder {
                     cgroup_id: h.cgroup_id,
                     exit: ExitStatus::from_raw(e.exit_code),
                     raw_exit_code: e.exit_code,
+                }))
+            }
+            kind::PROCESS_EXEC => {
+                let e: ExecEvent = read(bytes, "exec event")?;
+                let end = e
+                    .filename
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(e.filename.len());
+                Ok(Event::ProcessExec(ProcessExec {
+                    ts_ns: h.ts_ns,
+                    task: Task::current(&h),
+                    cgroup_id: h.cgroup_id,
+                    filename: String::from_utf8_lossy(&e.filename[..end]).into_owned(),
                 }))
             }
             kind::TCP_STATE => {
@@ -667,6 +694,23 @@ mod tests {
         ));
         let h = header(99, 0);
         assert_eq!(d.decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn decodes_an_exec() {
+        let mut filename = [0u8; termscope_common::FILENAME_LEN];
+        filename[..15].copy_from_slice(b"/usr/sbin/nginx");
+        let e = ExecEvent {
+            header: header(kind::PROCESS_EXEC, 0),
+            filename,
+        };
+        match Decoder::default().decode(&bytes_of(&e)) {
+            Ok(Event::ProcessExec(x)) => {
+                assert_eq!(x.filename, "/usr/sbin/nginx");
+                assert_eq!(x.cgroup_id, 7);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -254,3 +254,34 @@ fn unwatched_cgroups_stay_quiet() -> Result<()> {
     assert!(k.of(cg.id).is_empty(), "{:?}", k.of(cg.id));
     Ok(())
 }
+
+/// Programs started in a watched cgroup are reported (how exec preStop hooks show up).
+#[test]
+fn execs_in_a_watched_cgroup() -> Result<()> {
+    kernel_test!();
+    let mut k = Kernel::load()?;
+    let cg = TestCgroup::new("exec")?;
+    k.probes.watch(cg.id)?;
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args(["-c", "echo ready; exec /bin/true"]);
+    let mut p = Proc::spawn(&mut cmd, &cg, None)?;
+    p.expect_line("ready")?;
+    p.child.wait()?;
+    let pid = p.pid();
+    k.wait_for("the exec of /bin/true", WAIT, |seen| {
+        seen.iter().any(|e| {
+            matches!(e, Event::ProcessExec(x) if x.task.tgid == pid && x.filename == "/bin/true")
+        })
+    })?;
+    let x = k
+        .seen
+        .iter()
+        .find_map(|e| match e {
+            Event::ProcessExec(x) if x.filename == "/bin/true" => Some(x),
+            _ => None,
+        })
+        .context("no exec")?;
+    assert_eq!(x.cgroup_id, cg.id);
+    assert_eq!(x.task.comm, "true");
+    Ok(())
+}

@@ -115,6 +115,16 @@ pub const PROBES: &[ProbeSpec] = &[
         wanted_features: feature::TASK_EXIT,
     },
     ProbeSpec {
+        program: "sched_process_exec",
+        attach: AttachPoint::TracePoint {
+            category: "sched",
+            name: "sched_process_exec",
+        },
+        purpose: "programs started in a watched container (exec preStop hooks)",
+        required_fields: &[],
+        wanted_features: 0,
+    },
+    ProbeSpec {
         program: "inet_sock_set_state",
         attach: AttachPoint::TracePoint {
             category: "sock",

@@ -200,6 +200,15 @@ pub fn resolve_tracepoints(
         let _ = tracepoint;
     }
     {
+        let (tracepoint, format) = reader("sched", "sched_process_exec", &mut un);
+        let mut r = FormatReader {
+            tracepoint,
+            format,
+            unresolved: &mut un,
+        };
+        o.exec_filename = r.field(("filename", 4));
+    }
+    {
         let (tracepoint, format) = reader("sock", "inet_sock_set_state", &mut un);
         let mut r = FormatReader {
             tracepoint,

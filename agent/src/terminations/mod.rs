@@ -143,6 +143,7 @@ struct Termination {
     signals: Vec<Signal>,
     deliveries: Vec<(u64, Proc, u32, Disposition)>,
     exits: Vec<(u64, Proc, ExitStatus)>,
+    execs: Vec<(u64, Proc, String)>,
     listeners_closed: Vec<(u64, SocketAddr)>,
     listen_addrs: Vec<SocketAddr>,
     conns: HashMap<u64, Conn>,
@@ -267,6 +268,7 @@ impl Engine {
                             signals: vec![signal],
                             deliveries: Vec::new(),
                             exits: Vec::new(),
+                            execs: Vec::new(),
                             listeners_closed: Vec::new(),
                             listen_addrs: Vec::new(),
                             conns: HashMap::new(),
@@ -302,6 +304,15 @@ impl Engine {
                         *emptied = (*emptied).max(x.ts_ns);
                     }
                     actions.push(Action::CheckPopulated(x.cgroup_id));
+                }
+            }
+            Event::ProcessExec(x) => {
+                if let Some(t) = self.open.get_mut(&x.cgroup_id) {
+                    t.execs.push((
+                        x.ts_ns,
+                        proc_of(x.task.tgid, &x.task.comm),
+                        x.filename.clone(),
+                    ));
                 }
             }
             Event::TcpState(c) => {
@@ -688,6 +699,13 @@ impl Engine {
                 *ts,
                 "exit",
                 format!("{} (pid {}) {}", p.comm, p.pid, exit_str(e)),
+            ));
+        }
+        for (ts, p, filename) in &t.execs {
+            steps.push((
+                *ts,
+                "exec",
+                format!("{} (pid {}) started {filename}", p.comm, p.pid),
             ));
         }
         if let Some(emptied) = t.emptied_ns {
