@@ -9,6 +9,7 @@ pub mod attribute;
 pub mod clock;
 pub mod decode;
 pub mod doctor;
+pub mod kube;
 pub mod outputs;
 pub mod pipeline;
 pub mod probes;
