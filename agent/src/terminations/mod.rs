@@ -7,6 +7,7 @@
 //! signal for too long. Signals a container sends to itself, and the kernel's SIGKILL spread
 //! when a PID-namespace init dies, are recorded but open nothing.
 
+pub mod kube;
 pub mod report;
 
 use std::{
@@ -137,6 +138,7 @@ struct Refusal {
 #[derive(Debug, Clone)]
 struct Termination {
     cgroup_id: u64,
+    opened_by: &'static str,
     identity: Option<Identity>,
     netns: u32,
     opened_ns: u64,
@@ -256,12 +258,16 @@ impl Engine {
                     internal,
                 };
                 if let Some(t) = self.open.get_mut(&cg) {
+                    if t.netns == 0 {
+                        t.netns = s.target_netns;
+                    }
                     t.signals.push(signal);
                 } else if !internal {
                     self.open.insert(
                         cg,
                         Termination {
                             cgroup_id: cg,
+                            opened_by: "stop_signal",
                             identity: identity(cg),
                             netns: s.target_netns,
                             opened_ns: s.ts_ns,
@@ -412,6 +418,40 @@ impl Engine {
         actions
     }
 
+    /// Opens a termination before any stop signal: the container's pod is being deleted.
+    /// PreStop hooks, traffic that still arrives and the time until the stop signal are then
+    /// part of it. Nothing happens when one is already open.
+    pub fn open_for_deletion(
+        &mut self,
+        cgroup_id: u64,
+        identity: Option<Identity>,
+        ts_ns: u64,
+    ) -> Vec<Action> {
+        if cgroup_id <= ROOT_CGROUP || self.open.contains_key(&cgroup_id) {
+            return Vec::new();
+        }
+        self.open.insert(
+            cgroup_id,
+            Termination {
+                cgroup_id,
+                opened_by: "pod_deletion",
+                identity,
+                netns: 0,
+                opened_ns: ts_ns,
+                signals: Vec::new(),
+                deliveries: Vec::new(),
+                exits: Vec::new(),
+                execs: Vec::new(),
+                listeners_closed: Vec::new(),
+                listen_addrs: Vec::new(),
+                conns: HashMap::new(),
+                refusals: Vec::new(),
+                emptied_ns: None,
+            },
+        );
+        vec![Action::Snapshot(cgroup_id)]
+    }
+
     /// The connections the kernel listed as open when the termination of `cgroup_id` began.
     pub fn on_snapshot(&mut self, cgroup_id: u64, conns: &[OpenConnection]) {
         let Some(t) = self.open.get_mut(&cgroup_id) else {
@@ -489,8 +529,16 @@ impl Engine {
 
     fn report(&self, t: &Termination, now_ns: u64) -> TerminationReport {
         let at = |ns: u64| self.clock.rfc3339(ns);
+        // Timeline times count from the opening (a stop signal, or a pod's deletion); delays
+        // and the shutdown's duration count from the first stop signal from outside.
         let rel = |ns: u64| (ns as f64 - t.opened_ns as f64) / 1e6;
-        let first = t.signals.first();
+        let stop_ns = t
+            .signals
+            .iter()
+            .find(|s| !s.internal)
+            .map_or(t.opened_ns, |s| s.ts);
+        let since_stop = |ns: u64| (ns as f64 - stop_ns as f64) / 1e6;
+        let first = t.signals.iter().find(|s| !s.internal);
         let main = first.map_or_else(|| proc_of(0, ""), |s| s.target.clone());
 
         // Connections and their verdicts.
@@ -506,10 +554,10 @@ impl Engine {
         for c in &conns {
             let verdict = c.verdict();
             counts.add(verdict);
-            let late = c.inbound == Some(true) && c.established_ns > t.opened_ns;
+            let late = c.inbound == Some(true) && c.established_ns > stop_ns;
             if late {
                 counts.accepted_late += 1;
-                late_delays.push(rel(c.established_ns));
+                late_delays.push(since_stop(c.established_ns));
             }
             connections.push(Connection {
                 local: c.local,
@@ -521,7 +569,7 @@ impl Engine {
                 },
                 verdict,
                 accepted_late: late,
-                delay_ms: late.then(|| rel(c.established_ns)),
+                delay_ms: late.then(|| round3(since_stop(c.established_ns))),
                 established_at: (c.established_ns > 0).then(|| at(c.established_ns)),
                 closed_at: c.closed_ns.map(at),
                 reset_reason: c.reset_reason.clone(),
@@ -536,7 +584,7 @@ impl Engine {
                 direction: Direction::Inbound,
                 verdict: Verdict::Refused,
                 accepted_late: false,
-                delay_ms: Some(rel(r.ts)),
+                delay_ms: Some(round3(since_stop(r.ts))),
                 established_at: None,
                 closed_at: Some(at(r.ts)),
                 reset_reason: Some("no_socket".into()),
@@ -607,7 +655,7 @@ impl Engine {
         }
 
         let end_ns = t.emptied_ns.unwrap_or(now_ns);
-        let shutdown_ms = rel(end_ns).max(0.0);
+        let shutdown_ms = since_stop(end_ns).max(0.0);
 
         // Timeline.
         let mut steps: Vec<(u64, &str, String)> = Vec::new();
@@ -664,7 +712,7 @@ impl Engine {
             ));
         }
         for c in &conns {
-            if c.inbound == Some(true) && c.established_ns > t.opened_ns {
+            if c.inbound == Some(true) && c.established_ns > stop_ns {
                 steps.push((
                     c.established_ns,
                     "accepted_late",
@@ -733,12 +781,19 @@ impl Engine {
                 _ => None,
             }),
             late_delays: &late_delays,
-            refusal_delays: &t.refusals.iter().map(|r| rel(r.ts)).collect::<Vec<_>>(),
+            refusal_delays: &t
+                .refusals
+                .iter()
+                .map(|r| since_stop(r.ts))
+                .collect::<Vec<_>>(),
         });
 
         TerminationReport {
             schema: SCHEMA.to_string(),
             id: format!("{:x}-{:x}", t.cgroup_id, t.opened_ns),
+            opened_by: t.opened_by.to_string(),
+            stop_signal_at: first.map(|s| at(s.ts)),
+            kubernetes: None,
             node: self.cfg.node.clone(),
             subject: subject(t, main),
             outcome,
@@ -874,6 +929,8 @@ fn subject(t: &Termination, main: Proc) -> Subject {
         namespace: String::new(),
         workload,
         container,
+        workload_kind: None,
+        pod: None,
         main,
     }
 }

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+fn default_opened_by() -> String {
+    "stop_signal".into()
+}
+
 /// Version of the report schema. Bump on any incompatible change.
 pub const SCHEMA: &str = "termscope/termination/v1";
 
@@ -225,6 +229,11 @@ pub struct Subject {
     pub namespace: String,
     pub workload: String,
     pub container: String,
+    /// Kubernetes: the workload's kind (Deployment, StatefulSet, ...) and the pod's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The main process (target of the first stop signal).
     pub main: Proc,
 }
@@ -234,6 +243,16 @@ pub struct Subject {
 pub struct TerminationReport {
     pub schema: String,
     pub id: String,
+    /// `stop_signal` (the first stop signal from outside) or `pod_deletion` (Kubernetes: the
+    /// pod's deletion was observed before any stop signal).
+    #[serde(default = "default_opened_by")]
+    pub opened_by: String,
+    /// The first stop signal from outside, if one came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal_at: Option<String>,
+    /// What Kubernetes says about the container's pod, when the agent watches the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Box<crate::terminations::kube::KubeFacts>>,
     pub node: String,
     pub subject: Subject,
     pub outcome: Outcome,
