@@ -9,7 +9,7 @@ use super::report::{Connection, Counts, Outcome, Step, TerminationReport, Verdic
 use crate::{
     clock::parse_rfc3339,
     kube::{
-        pod::{ContainerInfo, PodInfo, PreStop},
+        pod::{ContainerInfo, PreStop},
         state::PodView,
     },
 };

@@ -5,6 +5,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::*;
+use crate::kube::pod::PodInfo;
 use crate::{
     attribute::cgroup_path::classify,
     clock::WallClock,
