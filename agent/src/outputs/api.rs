@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, "text/plain; version=0.0.4");
         assert!(
-            body.contains("termscope_sigkill_escalations_total{container=\"\",namespace=\"\",workload=\"app.service\"} 1"),
+            body.contains("termscope_sigkill_escalations_total{container=\"\",namespace=\"\",workload=\"app.service\",workload_kind=\"\"} 1"),
             "{body}"
         );
     }

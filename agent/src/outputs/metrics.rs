@@ -23,6 +23,14 @@ pub const SHUTDOWN_BUCKETS: [f64; 16] = [
 ];
 
 /// The verdicts counted by `termscope_connections_cut_total`, by their `reason` label.
+/// Buckets for delays after a stop signal (late traffic, preStop), in seconds.
+pub const DELAY_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0,
+];
+
+/// Buckets for the share of the grace period used.
+pub const RATIO_BUCKETS: [f64; 10] = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0];
+
 pub const CUT_REASONS: [Verdict; 3] =
     [Verdict::ResetByApp, Verdict::ClosedByExit, Verdict::Refused];
 
@@ -71,6 +79,10 @@ pub struct Metrics {
     shutdown_duration: HistogramVec,
     stop_signals: IntCounterVec,
     sigkill_escalations: IntCounterVec,
+    late_connections: IntCounterVec,
+    late_traffic_delay: HistogramVec,
+    grace_used: HistogramVec,
+    prestop_duration: HistogramVec,
     events_processed: IntCounter,
     events_undecodable: IntCounter,
     events_lost: IntCounter,
@@ -96,9 +108,9 @@ impl Metrics {
     pub fn new(cfg: MetricsConfig) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let subject: &[&str] = if cfg.pod_labels {
-            &["namespace", "workload", "pod", "container"]
+            &["namespace", "workload", "workload_kind", "pod", "container"]
         } else {
-            &["namespace", "workload", "container"]
+            &["namespace", "workload", "workload_kind", "container"]
         };
         let with = |extra: &[&'static str]| -> Vec<&str> {
             subject
@@ -150,6 +162,34 @@ impl Metrics {
                 "Terminations ended by SIGKILL after a different stop signal: the grace \
                  period ran out.",
                 &with(&[]),
+            )?,
+            late_connections: r.counter_vec(
+                "termscope_late_connections_total",
+                "Inbound connections that still arrived after a container's first stop signal: \
+                 accepted (the listener was still open) or refused (it was not).",
+                &with(&["kind"]),
+            )?,
+            late_traffic_delay: r.histogram_vec_with(
+                "termscope_late_traffic_delay_seconds",
+                "Per termination with late traffic: from the first stop signal to the last new \
+                 inbound connection (accepted or refused). Its distribution is the node's real \
+                 endpoint propagation delay.",
+                &with(&[]),
+                DELAY_BUCKETS.to_vec(),
+            )?,
+            grace_used: r.histogram_vec_with(
+                "termscope_grace_period_used_ratio",
+                "Kubernetes: shutdown duration over the pod's termination grace period (1 = \
+                 the grace period ran out).",
+                &with(&[]),
+                RATIO_BUCKETS.to_vec(),
+            )?,
+            prestop_duration: r.histogram_vec_with(
+                "termscope_prestop_duration_seconds",
+                "Kubernetes: from the pod's deletion to the container's first stop signal, the \
+                 time kubelet spent on the preStop hook.",
+                &with(&[]),
+                DELAY_BUCKETS.to_vec(),
             )?,
             events_processed: r.counter(
                 "termscope_events_processed_total",
@@ -236,14 +276,51 @@ impl Metrics {
                 .with_label_values(&self.labels(report, &[]))
                 .inc();
         }
+        for (kind, n) in [
+            ("accepted", report.counts.accepted_late),
+            ("refused", report.counts.refused),
+        ] {
+            if n > 0 {
+                self.late_connections
+                    .with_label_values(&self.labels(report, &[kind]))
+                    .inc_by(u64::from(n));
+            }
+        }
+        let last_late = report
+            .connections
+            .iter()
+            .filter(|c| c.accepted_late || c.verdict == Verdict::Refused)
+            .filter_map(|c| c.delay_ms)
+            .reduce(f64::max);
+        if let Some(ms) = last_late {
+            self.late_traffic_delay
+                .with_label_values(&self.labels(report, &[]))
+                .observe(ms / 1000.0);
+        }
+        if let Some(k) = report.kubernetes.as_deref() {
+            if let Some(ratio) = k.grace_used_ratio {
+                self.grace_used
+                    .with_label_values(&self.labels(report, &[]))
+                    .observe(ratio);
+            }
+            if let Some(ms) = k.deletion_to_stop_signal_ms {
+                self.prestop_duration
+                    .with_label_values(&self.labels(report, &[]))
+                    .observe(ms / 1000.0);
+            }
+        }
     }
 
     /// The per-termination label values, in the order the metrics were built with.
     fn labels<'a>(&self, report: &'a TerminationReport, extra: &[&'a str]) -> Vec<&'a str> {
         let s = &report.subject;
-        let mut v = vec![s.namespace.as_str(), s.workload.as_str()];
+        let mut v = vec![
+            s.namespace.as_str(),
+            s.workload.as_str(),
+            s.workload_kind.as_deref().unwrap_or(""),
+        ];
         if self.pod_labels {
-            v.push(s.pod_uid.as_deref().unwrap_or(""));
+            v.push(s.pod.as_deref().or(s.pod_uid.as_deref()).unwrap_or(""));
         }
         v.push(s.container.as_str());
         v.extend_from_slice(extra);
@@ -337,7 +414,17 @@ impl Reg<'_> {
         help: &str,
         labels: &[&str],
     ) -> Result<HistogramVec, MetricsError> {
-        let opts = HistogramOpts::new(name, help).buckets(SHUTDOWN_BUCKETS.to_vec());
+        self.histogram_vec_with(name, help, labels, SHUTDOWN_BUCKETS.to_vec())
+    }
+
+    fn histogram_vec_with(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> Result<HistogramVec, MetricsError> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
         self.register(name, HistogramVec::new(opts, labels))
     }
 
@@ -377,8 +464,8 @@ mod tests {
         // Label pairs come sorted by name (`le` last).
         let pod = format!("pod-{}", fixtures::POD_UID);
         let c = r#"container="3f2a9c1b2d4e""#;
-        let w = format!(r#"workload="{pod}""#);
-        let svc = r#"workload="app.service""#;
+        let w = format!(r#"workload="{pod}",workload_kind="""#);
+        let svc = r#"workload="app.service",workload_kind="""#;
         let ns = r#"namespace="""#;
         for line in [
             format!(r#"termscope_terminations_total{{{c},{ns},outcome="no_handler",{w}}} 2"#),
@@ -410,6 +497,13 @@ mod tests {
                 r#"termscope_stop_signals_total{{container="",disposition="default",{ns},signal="SIGKILL",{svc}}} 1"#
             ),
             format!(r#"termscope_sigkill_escalations_total{{container="",{ns},{svc}}} 1"#),
+            format!(
+                r#"termscope_late_connections_total{{container="",kind="accepted",{ns},{svc}}} 1"#
+            ),
+            format!(
+                r#"termscope_late_connections_total{{container="",kind="refused",{ns},{svc}}} 1"#
+            ),
+            format!(r#"termscope_late_traffic_delay_seconds_count{{container="",{ns},{svc}}} 1"#),
             // 2 ms, 2 ms, 250 ms.
             format!(r#"termscope_shutdown_duration_seconds_count{{{c},{ns},{w}}} 3"#),
             format!(r#"termscope_shutdown_duration_seconds_bucket{{{c},{ns},{w},le="0.01"}} 2"#),
@@ -445,14 +539,15 @@ mod tests {
             &text,
             &format!(
                 "termscope_terminations_total{{container=\"3f2a9c1b2d4e\",namespace=\"\",\
-                 outcome=\"no_handler\",pod=\"{pod}\",workload=\"pod-{pod}\"}} 1"
+                 outcome=\"no_handler\",pod=\"{pod}\",workload=\"pod-{pod}\",\
+                 workload_kind=\"\"}} 1"
             ),
         );
         // No pod: the label is there, empty.
         has(
             &text,
             "termscope_terminations_total{container=\"\",namespace=\"\",outcome=\"killed\",\
-             pod=\"\",workload=\"app.service\"} 1",
+             pod=\"\",workload=\"app.service\",workload_kind=\"\"} 1",
         );
     }
 
