@@ -15,6 +15,7 @@ use termscope::{
     clock::{self, WallClock},
     decode::{Event, parse_signal},
     doctor,
+    kube::{events::ShutdownEvents, state::KubeStateConfig, state::KubeUpdate},
     outputs::{
         api::{self, ApiState, Status},
         client::{self, AgentClient},
@@ -25,7 +26,7 @@ use termscope::{
     },
     pipeline::Pipeline,
     probes::{self, LoadOptions, Probes},
-    terminations::{EngineConfig, report::TerminationReport},
+    terminations::{EngineConfig, kube::PodTerminationReport, report::TerminationReport},
 };
 
 /// termscope: which connections were cut while a container or pod shut down, and why.
@@ -121,8 +122,25 @@ struct AgentArgs {
     #[arg(long, value_name = "NAME", env = "TERMSCOPE_NODE_NAME")]
     node_name: Option<String>,
 
-    /// Address of the HTTP API: /metrics, /healthz, /readyz, /v1/terminations (the DaemonSet
-    /// uses 0.0.0.0:9469).
+    /// Kubernetes: a kubeconfig to reach the API server from outside a cluster. In a pod the
+    /// agent uses its service account; with neither (and no $KUBECONFIG) it runs standalone.
+    #[arg(long, value_name = "PATH", env = "TERMSCOPE_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes: at most one Event per workload per this many seconds when a pod's shutdown
+    /// cut connections.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "TERMSCOPE_EVENT_INTERVAL_SECS",
+        default_value_t = 300
+    )]
+    event_interval_secs: u64,
+    /// Kubernetes: post no Events.
+    #[arg(long, env = "TERMSCOPE_NO_EVENTS")]
+    no_events: bool,
+
+    /// Address of the HTTP API: /metrics, /healthz, /readyz, /v1/terminations,
+    /// /v1/pod-terminations (the DaemonSet uses 0.0.0.0:9469).
     #[arg(long, value_name = "ADDR", env = "TERMSCOPE_LISTEN", default_value = api::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Recent reports kept in memory for the API.
@@ -296,10 +314,57 @@ fn node_name(flag: Option<String>) -> String {
 struct Outputs {
     metrics: Arc<Metrics>,
     store: Arc<RwLock<Store>>,
+    pods: Arc<RwLock<api::PodStore>>,
     log: ReportLog,
 }
 
+/// The next update from the Kubernetes watchers; never, in standalone mode.
+async fn next_kube_update(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<KubeUpdate>>,
+) -> Option<KubeUpdate> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The message of the Event posted on the workload when a pod's shutdown cut connections.
+fn pod_event_message(pod: &PodTerminationReport) -> String {
+    let mut m = format!(
+        "termscope: pod {} shut down ({}) and cut {} connection(s) ({} closed by exit, {} reset \
+         by the app, {} refused).",
+        pod.pod,
+        pod.outcome.as_str(),
+        pod.counts.cut,
+        pod.counts.closed_by_exit,
+        pod.counts.reset_by_app,
+        pod.counts.refused
+    );
+    if let Some(first) = pod.summary.first() {
+        m.push(' ');
+        m.push_str(first);
+    }
+    m.chars().take(1000).collect()
+}
+
 impl Outputs {
+    fn emit_pod(&mut self, pod: PodTerminationReport) {
+        tracing::info!(
+            id = %pod.id,
+            pod = %format!("{}/{}", pod.namespace, pod.pod),
+            outcome = pod.outcome.as_str(),
+            cut = pod.counts.cut,
+            "pod termination reported"
+        );
+        if let Err(e) = self.log.write_pod(&pod) {
+            tracing::warn!(error = %e, id = %pod.id, "the pod report was not written (it is still served by the API)");
+        }
+        self.pods
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pod);
+    }
+
     fn emit(&mut self, reports: Vec<TerminationReport>) {
         for report in reports {
             tracing::info!(
@@ -359,6 +424,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         .context("setting up the metrics")?,
     );
     let store = Arc::new(RwLock::new(Store::new(args.store_size)));
+    let pods = Arc::new(RwLock::new(api::PodStore::new(args.store_size)));
     let status = Arc::new(Status::default());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -370,6 +436,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
             metrics: metrics.clone(),
             store: store.clone(),
             status: status.clone(),
+            pods: pods.clone(),
         },
         async {
             let _ = api_stopped.await;
@@ -403,14 +470,46 @@ async fn agent(args: AgentArgs) -> Result<()> {
         pipeline.probes_mut().watch(id)?;
         tracing::info!(cgroup = %path, id, "watching");
     }
-    tracing::info!(
-        "standalone mode (no Kubernetes): watching every cgroup that receives a stop signal \
-         from outside"
-    );
+    let kube_client = termscope::kube::watch::client_from_env(
+        args.kubeconfig.as_deref().map(std::path::Path::as_os_str),
+    )
+    .await
+    .context("connecting to the Kubernetes API")?;
+    let (mut kube_updates, kube_events) = match kube_client {
+        Some(client) => {
+            let node = termscope::kube::watch::node_name(args.node_name.as_deref()).context(
+                "Kubernetes mode needs this node's name: set NODE_NAME (the DaemonSet does, \
+                 from the downward API) or --node-name",
+            )?;
+            pipeline.enable_kube(KubeStateConfig::default());
+            let (rx, _task) = termscope::kube::watch::spawn(client.clone(), node.clone(), 4096);
+            tracing::info!(
+                %node,
+                "Kubernetes mode: watching this node's pods and the endpoint slices; a pod's \
+                 deletion opens the terminations of its containers"
+            );
+            let events = (!args.no_events).then(|| {
+                Arc::new(ShutdownEvents::new(
+                    client,
+                    node,
+                    Duration::from_secs(args.event_interval_secs),
+                ))
+            });
+            (Some(rx), events)
+        }
+        None => {
+            tracing::info!(
+                "standalone mode (no Kubernetes API configured): watching every cgroup that \
+                 receives a stop signal from outside"
+            );
+            (None, None)
+        }
+    };
 
     let mut outputs = Outputs {
         metrics: metrics.clone(),
         store,
+        pods,
         log: ReportLog::new(LogConfig {
             path: (!args.no_log_file).then(|| args.log_file.clone()),
             max_bytes: args.log_max_bytes,
@@ -429,6 +528,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
     let mut health = tokio::time::interval(Duration::from_secs(5));
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_count: Option<Instant> = None;
+    let mut last_expire = Instant::now();
     let mut lost_reported = 0;
     let clock = WallClock::now();
     let mut failure = None;
@@ -464,10 +564,38 @@ async fn agent(args: AgentArgs) -> Result<()> {
                 }
                 metrics.add_events(processed, undecodable);
             }
+            Some(update) = next_kube_update(&mut kube_updates) => {
+                if let Err(e) = pipeline.apply_kube(update) {
+                    tracing::warn!(error = %e, "acting on a Kubernetes update");
+                }
+            }
             _ = tick.tick() => {
                 match pipeline.tick() {
                     Ok(reports) => outputs.emit(reports),
                     Err(e) => tracing::warn!(error = %e, "finishing terminations"),
+                }
+                for pod in pipeline.take_pod_reports() {
+                    if pod.counts.cut > 0
+                        && let Some(events) = &kube_events
+                        && let Some(info) = pipeline.pod_info(&pod.pod_uid)
+                    {
+                        let events = events.clone();
+                        let message = pod_event_message(&pod);
+                        tokio::spawn(async move {
+                            let now = termscope::kube::UnixNanos(clock::wall_ns());
+                            if let Err(e) = events
+                                .post(&info, &message, termscope::kube::events::REASON_CONNECTIONS_CUT, now)
+                                .await
+                            {
+                                tracing::warn!(error = %e, pod = %info.name, "posting the Kubernetes Event");
+                            }
+                        });
+                    }
+                    outputs.emit_pod(pod);
+                }
+                if last_expire.elapsed() >= Duration::from_secs(60) {
+                    last_expire = Instant::now();
+                    pipeline.expire_kube();
                 }
             }
             _ = health.tick() => {
@@ -559,7 +687,9 @@ fn print_event(event: &Event, clock: &WallClock, resolver: &mut Resolver) -> Res
 fn report(args: ReportArgs) -> Result<std::process::ExitCode> {
     let mut filter = args.filter.filter()?;
     filter.id = args.id.clone();
-    // Oldest first, so the newest ends up at the bottom of the terminal.
+    // Pod reports (Kubernetes, from the log file) first, then container reports; oldest
+    // first, so the newest ends up at the bottom of the terminal.
+    let mut pods: Vec<PodTerminationReport> = Vec::new();
     let mut reports = match &args.agent {
         Some(url) => {
             let client = AgentClient::new(url)?;
@@ -584,6 +714,19 @@ fn report(args: ReportArgs) -> Result<std::process::ExitCode> {
                     path.display()
                 );
             }
+            pods = contents
+                .pods
+                .into_iter()
+                .filter(|p| {
+                    let has = |v: &str, want: &Option<String>| {
+                        want.as_deref()
+                            .is_none_or(|w| v.to_lowercase().contains(&w.to_lowercase()))
+                    };
+                    has(&p.pod, &args.filter.pod)
+                        && has(&p.workload, &args.filter.workload)
+                        && args.id.as_deref().is_none_or(|id| p.id == id)
+                })
+                .collect();
             contents
                 .reports
                 .into_iter()
@@ -591,6 +734,13 @@ fn report(args: ReportArgs) -> Result<std::process::ExitCode> {
                 .collect()
         }
     };
+    for p in &pods {
+        if args.json {
+            println!("{}", serde_json::to_string(p)?);
+        } else {
+            println!("{}", render::pod_report(p));
+        }
+    }
     if let Some(limit) = args.limit {
         let excess = reports.len().saturating_sub(limit);
         reports.drain(..excess);
@@ -599,7 +749,7 @@ fn report(args: ReportArgs) -> Result<std::process::ExitCode> {
         for r in &reports {
             println!("{}", serde_json::to_string(r)?);
         }
-    } else if reports.is_empty() {
+    } else if reports.is_empty() && pods.is_empty() {
         eprintln!("termscope: no termination report matches");
     } else {
         print!("{}", render::reports(&reports));
@@ -608,11 +758,13 @@ fn report(args: ReportArgs) -> Result<std::process::ExitCode> {
             reports.len()
         );
     }
-    Ok(if args.id.is_some() && reports.is_empty() {
-        std::process::ExitCode::FAILURE
-    } else {
-        std::process::ExitCode::SUCCESS
-    })
+    Ok(
+        if args.id.is_some() && reports.is_empty() && pods.is_empty() {
+            std::process::ExitCode::FAILURE
+        } else {
+            std::process::ExitCode::SUCCESS
+        },
+    )
 }
 
 /// How many reports each poll asks for: more new ones than this within a second are noticed.

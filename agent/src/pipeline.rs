@@ -3,31 +3,214 @@
 //! cgroup empty, stop watching) are answered here against the kernel maps and cgroupfs.
 //! `termscope agent` drives it from tokio; the scenario tests drive it directly.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+
 use termscope_common::{LiveConn, flags};
 
 use crate::{
     attribute::{Resolver, cgroupfs},
     clock::{self, WallClock},
     decode::{Addrs, Event},
+    kube::{
+        UnixNanos,
+        state::{KubeState, KubeStateConfig, KubeUpdate},
+    },
     probes::{ProbeError, Probes},
-    terminations::{Action, Engine, EngineConfig, OpenConnection, report::TerminationReport},
+    terminations::{
+        Action, Engine, EngineConfig, OpenConnection,
+        kube::{PodTerminationReport, enrich, p99, roll_up},
+        report::TerminationReport,
+    },
 };
+
+/// Drain times kept per workload for the p99 in the advice.
+const DRAIN_HISTORY: usize = 100;
+/// A pod's roll-up waits at most this long after its deletion deadline for container reports.
+const ROLLUP_GRACE_NS: u64 = 60_000_000_000;
+
+/// The Kubernetes side of the pipeline: the API's view of this node's pods, the pods being
+/// deleted, and the container reports waiting to be rolled up into pod reports.
+struct KubeSide {
+    state: KubeState,
+    /// Pods whose deletion has been acted on (their containers' terminations opened).
+    deleting: HashSet<String>,
+    /// Container reports per pod uid, waiting for the pod's roll-up.
+    pending: HashMap<String, Vec<TerminationReport>>,
+    /// Recent drain times (ms) per `namespace/workload`.
+    drains: HashMap<String, VecDeque<f64>>,
+    pod_reports: Vec<PodTerminationReport>,
+}
 
 pub struct Pipeline {
     probes: Probes,
     engine: Engine,
     resolver: Resolver,
     clock: WallClock,
+    node: String,
+    kube: Option<KubeSide>,
 }
 
 impl Pipeline {
     pub fn new(probes: Probes, cfg: EngineConfig, mount: Option<cgroupfs::Mount>) -> Self {
         let clock = WallClock::now();
+        let node = cfg.node.clone();
         Pipeline {
             probes,
             engine: Engine::new(cfg, clock),
             resolver: Resolver::new(mount),
             clock,
+            node,
+            kube: None,
+        }
+    }
+
+    /// Joins terminations with what the Kubernetes API says about this node's pods (fed
+    /// through [`Pipeline::apply_kube`]).
+    pub fn enable_kube(&mut self, cfg: KubeStateConfig) {
+        self.kube = Some(KubeSide {
+            state: KubeState::new(cfg),
+            deleting: HashSet::new(),
+            pending: HashMap::new(),
+            drains: HashMap::new(),
+            pod_reports: Vec::new(),
+        });
+    }
+
+    /// Takes an update from the API watchers. A pod whose deletion shows up for the first
+    /// time opens the terminations of its containers right away, and the kernel starts
+    /// watching them: the preStop hook, the traffic that still arrives and the time until the
+    /// stop signal become part of the reports.
+    pub fn apply_kube(&mut self, update: KubeUpdate) -> Result<(), ProbeError> {
+        let Some(kube) = &mut self.kube else {
+            return Ok(());
+        };
+        kube.state.apply(update);
+        let mut to_open = Vec::new();
+        for pod in kube.state.live_pods() {
+            if pod.deletion.is_some() && !kube.deleting.contains(&pod.uid) {
+                to_open.push((
+                    pod.uid.clone(),
+                    pod.containers
+                        .iter()
+                        .filter_map(|c| c.container_id.clone())
+                        .collect::<Vec<_>>(),
+                ));
+            }
+        }
+        for (uid, _) in &to_open {
+            kube.deleting.insert(uid.clone());
+            kube.pending.entry(uid.clone()).or_default();
+        }
+        let now = clock::boot_ns();
+        let mut actions = Vec::new();
+        for id in to_open.into_iter().flat_map(|(_, ids)| ids) {
+            let Some(cg) = self.resolver.cgroup_of_container(&id) else {
+                tracing::debug!(container = %id, "no cgroup for a deleted pod's container");
+                continue;
+            };
+            self.probes.watch(cg)?;
+            let identity = self.resolver.resolve(cg).cloned();
+            actions.extend(self.engine.open_for_deletion(cg, identity, now));
+        }
+        self.act(actions)
+    }
+
+    /// What the API says about a pod (live or recently deleted).
+    pub fn pod_info(&self, uid: &str) -> Option<crate::kube::pod::PodInfo> {
+        self.kube.as_ref()?.state.pod_by_uid(uid).cloned()
+    }
+
+    /// Pod reports finished since the last call.
+    pub fn take_pod_reports(&mut self) -> Vec<PodTerminationReport> {
+        self.kube
+            .as_mut()
+            .map(|k| std::mem::take(&mut k.pod_reports))
+            .unwrap_or_default()
+    }
+
+    /// Joins a finished container report with its pod, and files it for the pod's roll-up.
+    fn join_kube(&mut self, report: &mut TerminationReport) {
+        let Some(kube) = &mut self.kube else {
+            return;
+        };
+        let found = report
+            .subject
+            .container_id
+            .as_deref()
+            .and_then(|id| kube.state.pod_by_container_id(id))
+            .map(|(p, c)| (p.uid.clone(), Some(c.name.clone())))
+            .or_else(|| {
+                report
+                    .subject
+                    .pod_uid
+                    .as_ref()
+                    .filter(|uid| kube.state.pod_by_uid(uid).is_some())
+                    .map(|uid| (uid.clone(), None))
+            });
+        let Some((uid, container)) = found else {
+            return;
+        };
+        let Some(view) = kube.state.pod_view(&uid) else {
+            return;
+        };
+        let key = format!("{}/{}", view.info.namespace, view.info.workload);
+        let history = kube.drains.entry(key).or_default();
+        let p99_drain = p99(history.make_contiguous());
+        let container_info = container.as_deref().and_then(|n| view.info.container(n));
+        enrich(report, &view, container_info, p99_drain);
+        if !report.has_flag("survived") {
+            if history.len() == DRAIN_HISTORY {
+                history.pop_front();
+            }
+            history.push_back(report.shutdown_ms);
+        }
+        kube.pending.entry(uid).or_default().push(report.clone());
+    }
+
+    /// Rolls up the pods that are done: deleted, with no container termination still open
+    /// (or long past their deadline).
+    fn roll_up_pods(&mut self) {
+        let Some(kube) = &mut self.kube else {
+            return;
+        };
+        let now = UnixNanos(clock::wall_ns());
+        let mut done = Vec::new();
+        for (uid, reports) in &kube.pending {
+            let Some(view) = kube.state.pod_view(uid) else {
+                done.push(uid.clone());
+                continue;
+            };
+            let still_open = view.info.containers.iter().any(|c| {
+                c.container_id
+                    .as_deref()
+                    .and_then(|id| self.resolver.cgroup_of_known_container(id))
+                    .is_some_and(|cg| self.engine.is_open(cg))
+            });
+            let deleted = view.deleted_at.is_some();
+            let overdue = view
+                .info
+                .deletion
+                .is_some_and(|d| now.0 > d.deadline.0.saturating_add(ROLLUP_GRACE_NS));
+            if (!reports.is_empty() || deleted) && ((deleted && !still_open) || overdue) {
+                done.push(uid.clone());
+            }
+        }
+        for uid in done {
+            let reports = kube.pending.remove(&uid).unwrap_or_default();
+            kube.deleting.remove(&uid);
+            if reports.is_empty() {
+                continue;
+            }
+            if let Some(view) = kube.state.pod_view(&uid) {
+                kube.pod_reports.push(roll_up(&self.node, &view, reports));
+            }
+        }
+    }
+
+    /// Forgets deleted pods after their time in the cache.
+    pub fn expire_kube(&mut self) {
+        if let Some(kube) = &mut self.kube {
+            kube.state.expire(UnixNanos(clock::wall_ns()));
         }
     }
 
@@ -61,10 +244,15 @@ impl Pipeline {
         self.act(actions)
     }
 
-    /// Finishes what is done; call about once a second.
+    /// Finishes what is done; call about once a second. Container reports come back here;
+    /// pod reports (Kubernetes) from [`Pipeline::take_pod_reports`].
     pub fn tick(&mut self) -> Result<Vec<TerminationReport>, ProbeError> {
-        let (reports, actions) = self.engine.tick(clock::boot_ns());
+        let (mut reports, actions) = self.engine.tick(clock::boot_ns());
         self.act(actions)?;
+        for report in &mut reports {
+            self.join_kube(report);
+        }
+        self.roll_up_pods();
         Ok(reports)
     }
 

@@ -41,6 +41,26 @@ impl Resolver {
         self.known.get(&id)
     }
 
+    /// The cgroup id of the container with this runtime id, if it is (or was) on this node.
+    /// Re-indexes the hierarchy on a miss (rate-limited like [`Resolver::resolve`]).
+    pub fn cgroup_of_container(&mut self, container_id: &str) -> Option<u64> {
+        if let Some(id) = self.cgroup_of_known_container(container_id) {
+            return Some(id);
+        }
+        if self.may_rescan() {
+            self.rescan();
+        }
+        self.cgroup_of_known_container(container_id)
+    }
+
+    /// Like [`Resolver::cgroup_of_container`], without re-indexing.
+    pub fn cgroup_of_known_container(&self, container_id: &str) -> Option<u64> {
+        self.known
+            .iter()
+            .find(|(_, i)| i.container_id.as_deref() == Some(container_id))
+            .map(|(id, _)| *id)
+    }
+
     /// Records a cgroup directory's identity now (e.g. right when watching starts, before the
     /// cgroup can be removed).
     pub fn remember(&mut self, id: u64, cgroup_path: &str) -> &Identity {

@@ -24,6 +24,7 @@ use crate::{
         metrics::Metrics,
         store::{self, Filter, Store},
     },
+    terminations::kube::PodTerminationReport,
     terminations::report::TerminationReport,
 };
 
@@ -99,6 +100,63 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub store: Arc<RwLock<Store>>,
     pub status: Arc<Status>,
+    /// Recent pod reports (Kubernetes), newest first.
+    pub pods: Arc<RwLock<PodStore>>,
+}
+
+/// A bounded list of recent pod reports, newest first.
+#[derive(Debug)]
+pub struct PodStore {
+    reports: std::collections::VecDeque<Arc<PodTerminationReport>>,
+    capacity: usize,
+}
+
+impl PodStore {
+    pub fn new(capacity: usize) -> Self {
+        PodStore {
+            reports: std::collections::VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn push(&mut self, report: PodTerminationReport) {
+        if self.reports.len() == self.capacity {
+            self.reports.pop_back();
+        }
+        self.reports.push_front(Arc::new(report));
+    }
+
+    /// Newest first, filtered by namespace / pod / workload substrings.
+    pub fn query(&self, f: &PodFilter) -> Vec<Arc<PodTerminationReport>> {
+        let has = |value: &str, want: &Option<String>| {
+            want.as_deref()
+                .is_none_or(|w| value.to_lowercase().contains(&w.to_lowercase()))
+        };
+        self.reports
+            .iter()
+            .filter(|r| {
+                has(&r.namespace, &f.namespace)
+                    && has(&r.pod, &f.pod)
+                    && has(&r.workload, &f.workload)
+            })
+            .take(f.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<PodTerminationReport>> {
+        self.reports.iter().find(|r| r.id == id).cloned()
+    }
+}
+
+/// Query parameters of `/v1/pod-terminations`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodFilter {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub workload: Option<String>,
+    pub limit: Option<usize>,
 }
 
 /// The API's routes.
@@ -110,6 +168,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/terminations", get(terminations))
         .route("/v1/terminations/{id}", get(termination))
+        .route("/v1/pod-terminations", get(pod_terminations))
+        .route("/v1/pod-terminations/{id}", get(pod_termination))
         .fallback(not_found)
         .with_state(state)
 }
@@ -254,10 +314,43 @@ async fn termination(State(s): State<ApiState>, Path(id): Path<String>) -> Respo
     }
 }
 
+async fn pod_terminations(
+    State(s): State<ApiState>,
+    query: Result<Query<PodFilter>, QueryRejection>,
+) -> Response {
+    let filter = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let found = s
+        .pods
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .query(&filter);
+    let refs: Vec<&PodTerminationReport> = found.iter().map(AsRef::as_ref).collect();
+    Json(refs).into_response()
+}
+
+async fn pod_termination(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let found = s
+        .pods
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id);
+    match found {
+        Some(r) => Json(r.as_ref()).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no pod termination report with id {id:?}"),
+        ),
+    }
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint: see /metrics, /healthz, /readyz, /v1/terminations",
+        "no such endpoint: see /metrics, /healthz, /readyz, /v1/terminations, \
+         /v1/pod-terminations",
     )
 }
 
@@ -280,7 +373,20 @@ mod tests {
             metrics: Arc::new(metrics),
             store: Arc::new(RwLock::new(store)),
             status: Arc::new(Status::default()),
+            pods: Arc::new(RwLock::new(PodStore::new(10))),
         }
+    }
+
+    #[tokio::test]
+    async fn pod_terminations_are_served() {
+        let s = state();
+        let (status, _, body) = get(&s, "/v1/pod-terminations").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "[]");
+        let (status, _, _) = get(&s, "/v1/pod-terminations/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _) = get(&s, "/v1/pod-terminations?bogus=1").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     async fn get(state: &ApiState, uri: &str) -> (StatusCode, String, String) {

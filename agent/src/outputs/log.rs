@@ -9,7 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::terminations::report::TerminationReport;
+use crate::terminations::{
+    kube::{POD_SCHEMA, PodTerminationReport},
+    report::TerminationReport,
+};
 
 /// Where the agent writes reports by default, and where `termscope report` reads them.
 pub const DEFAULT_PATH: &str = "/var/log/termscope/terminations.jsonl";
@@ -98,8 +101,17 @@ impl ReportLog {
     /// Writes one report to stdout and to the file. Both are attempted; the first error is
     /// returned (the caller logs it and goes on: the report is still in the store).
     pub fn write(&mut self, report: &TerminationReport) -> Result<(), LogError> {
-        let mut line = serde_json::to_string(report).map_err(|source| LogError::Serialize {
-            id: report.id.clone(),
+        self.write_record(&report.id, report)
+    }
+
+    /// Writes one pod report (Kubernetes) the same way, to the same log.
+    pub fn write_pod(&mut self, report: &PodTerminationReport) -> Result<(), LogError> {
+        self.write_record(&report.id, report)
+    }
+
+    fn write_record(&mut self, id: &str, record: &impl serde::Serialize) -> Result<(), LogError> {
+        let mut line = serde_json::to_string(record).map_err(|source| LogError::Serialize {
+            id: id.to_string(),
             source,
         })?;
         line.push('\n');
@@ -217,6 +229,8 @@ impl std::fmt::Display for Skipped {
 pub struct LogContents {
     /// Oldest first.
     pub reports: Vec<TerminationReport>,
+    /// Pod reports (Kubernetes), oldest first.
+    pub pods: Vec<PodTerminationReport>,
     pub skipped: Vec<Skipped>,
 }
 
@@ -267,6 +281,14 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
         for (i, line) in BufReader::new(f).lines().enumerate() {
             let line = line.map_err(read_err)?;
             if line.trim().is_empty() {
+                continue;
+            }
+            // A pod report (Kubernetes); if it does not parse as one (the schema string was
+            // in some value), it is tried as a container report below.
+            if line.contains(POD_SCHEMA)
+                && let Ok(r) = serde_json::from_str::<PodTerminationReport>(&line)
+            {
+                out.pods.push(r);
                 continue;
             }
             match serde_json::from_str::<TerminationReport>(&line) {

@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use crate::terminations::report::{Connection, Direction, TerminationReport, Verdict};
+use crate::terminations::{
+    kube::PodTerminationReport,
+    report::{Connection, Direction, TerminationReport, Verdict},
+};
 
 /// Summary sentences are wrapped at this width.
 const WIDTH: usize = 100;
@@ -21,6 +24,103 @@ pub fn report(r: &TerminationReport) -> String {
 /// Several reports, separated by blank lines.
 pub fn reports<'a>(rs: impl IntoIterator<Item = &'a TerminationReport>) -> String {
     rs.into_iter().map(report).collect::<Vec<_>>().join("\n")
+}
+
+/// A pod's termination (Kubernetes): header, Kubernetes facts, summary, the pod's timeline,
+/// then each container's report.
+pub fn pod_report(p: &PodTerminationReport) -> String {
+    let mut out = String::new();
+    let _ = write_pod_report(&mut out, p);
+    out
+}
+
+fn write_pod_report(out: &mut String, p: &PodTerminationReport) -> std::fmt::Result {
+    let k = &p.kubernetes;
+    let start = p.timeline.first().map_or("-", |s| s.at.as_str());
+    write!(
+        out,
+        "{start}  pod {}/{}  {}",
+        p.namespace,
+        p.pod,
+        p.outcome.as_str()
+    )?;
+    if !p.flags.is_empty() {
+        write!(out, "  [{}]", p.flags.join(", "))?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "  {} {}, grace period {} s, node {}, id {}",
+        p.workload_kind,
+        p.workload,
+        k.grace_period_seconds,
+        if p.node.is_empty() { "-" } else { &p.node },
+        p.id
+    )?;
+    let mut facts = Vec::new();
+    if let Some(ms) = k.deletion_to_stop_signal_ms {
+        facts.push(format!("deletion to stop signal {}", duration(ms)));
+    }
+    if let Some(r) = k.grace_used_ratio {
+        facts.push(format!("{:.0}% of the grace period used", r * 100.0));
+    }
+    let late = k.late_after_stop_signal;
+    if late.accepted + late.refused > 0 {
+        facts.push(format!(
+            "after the stop signal: {} accepted, {} refused, the last {}",
+            late.accepted,
+            late.refused,
+            late.max_delay_ms.map_or_else(|| "-".into(), duration)
+        ));
+    }
+    if let Some(e) = k.late_after_endpoints
+        && e.accepted + e.refused > 0
+    {
+        facts.push(format!(
+            "after the endpoints turned: {} accepted, {} refused, the last {}",
+            e.accepted,
+            e.refused,
+            e.max_delay_ms.map_or_else(|| "-".into(), duration)
+        ));
+    }
+    if !facts.is_empty() {
+        writeln!(out, "  {}", facts.join("; "))?;
+    }
+    if !p.summary.is_empty() {
+        writeln!(out)?;
+        for sentence in &p.summary {
+            out.push_str(&wrap(sentence, "  - ", "    ", WIDTH));
+        }
+    }
+    if !p.timeline.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "  pod timeline")?;
+        let rows: Vec<Vec<String>> = p
+            .timeline
+            .iter()
+            .map(|step| {
+                vec![
+                    format!("{:.1}", step.t_ms),
+                    step.what.clone(),
+                    step.detail.clone(),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &["t_ms", "what", "detail"],
+            &[true, false, false],
+            &rows,
+        )?;
+    }
+    for c in &p.containers {
+        writeln!(out)?;
+        writeln!(out, "  container {}:", c.subject.container)?;
+        for line in report(c).lines() {
+            writeln!(out, "    {line}")?;
+        }
+    }
+    Ok(())
 }
 
 fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {

@@ -283,6 +283,10 @@ fn containers_roll_up_into_the_pod() {
     );
     assert!(p.summary.iter().any(|s| s.starts_with("[app] ")));
     assert_eq!(p.kubernetes.container, None);
+    let text = crate::outputs::render::pod_report(&p);
+    assert!(text.contains("pod shop/web-7d4b9c-x2x9z  killed"), "{text}");
+    assert!(text.contains("Deployment web, grace period 30 s"), "{text}");
+    assert!(text.contains("  container sidecar:"), "{text}");
     let json = serde_json::to_string(&p).expect("serializes");
     let back: PodTerminationReport = serde_json::from_str(&json).expect("parses");
     assert_eq!(back, p);
