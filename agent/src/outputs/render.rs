@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::terminations::{
     kube::PodTerminationReport,
-    report::{Connection, Direction, TerminationReport, Verdict},
+    report::{Connection, Direction, Step, TerminationReport, Verdict},
 };
 
 /// Summary sentences are wrapped at this width.
@@ -95,23 +95,7 @@ fn write_pod_report(out: &mut String, p: &PodTerminationReport) -> std::fmt::Res
     if !p.timeline.is_empty() {
         writeln!(out)?;
         writeln!(out, "  pod timeline")?;
-        let rows: Vec<Vec<String>> = p
-            .timeline
-            .iter()
-            .map(|step| {
-                vec![
-                    format!("{:.1}", step.t_ms),
-                    step.what.clone(),
-                    step.detail.clone(),
-                ]
-            })
-            .collect();
-        table(
-            out,
-            &["t_ms", "what", "detail"],
-            &[true, false, false],
-            &rows,
-        )?;
+        timeline(out, &p.timeline)?;
     }
     for c in &p.containers {
         writeln!(out)?;
@@ -121,6 +105,26 @@ fn write_pod_report(out: &mut String, p: &PodTerminationReport) -> std::fmt::Res
         }
     }
     Ok(())
+}
+
+/// A timeline as a table: t_ms, what, detail.
+fn timeline(out: &mut String, steps: &[Step]) -> std::fmt::Result {
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|step| {
+            vec![
+                format!("{:.1}", step.t_ms),
+                step.what.clone(),
+                step.detail.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["t_ms", "what", "detail"],
+        &[true, false, false],
+        &rows,
+    )
 }
 
 fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
@@ -177,23 +181,7 @@ fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
     if !r.timeline.is_empty() {
         writeln!(out)?;
         writeln!(out, "  timeline")?;
-        let rows: Vec<Vec<String>> = r
-            .timeline
-            .iter()
-            .map(|step| {
-                vec![
-                    format!("{:.1}", step.t_ms),
-                    step.what.clone(),
-                    step.detail.clone(),
-                ]
-            })
-            .collect();
-        table(
-            out,
-            &["t_ms", "what", "detail"],
-            &[true, false, false],
-            &rows,
-        )?;
+        timeline(out, &r.timeline)?;
     }
 
     writeln!(out)?;

@@ -154,6 +154,31 @@ struct Termination {
 }
 
 impl Termination {
+    fn new(
+        cgroup_id: u64,
+        opened_by: &'static str,
+        identity: Option<Identity>,
+        netns: u32,
+        opened_ns: u64,
+    ) -> Self {
+        Termination {
+            cgroup_id,
+            opened_by,
+            identity,
+            netns,
+            opened_ns,
+            signals: Vec::new(),
+            deliveries: Vec::new(),
+            exits: Vec::new(),
+            execs: Vec::new(),
+            listeners_closed: Vec::new(),
+            listen_addrs: Vec::new(),
+            conns: HashMap::new(),
+            refusals: Vec::new(),
+            emptied_ns: None,
+        }
+    }
+
     fn last_signal_ns(&self) -> u64 {
         self.signals
             .iter()
@@ -263,25 +288,10 @@ impl Engine {
                     }
                     t.signals.push(signal);
                 } else if !internal {
-                    self.open.insert(
-                        cg,
-                        Termination {
-                            cgroup_id: cg,
-                            opened_by: "stop_signal",
-                            identity: identity(cg),
-                            netns: s.target_netns,
-                            opened_ns: s.ts_ns,
-                            signals: vec![signal],
-                            deliveries: Vec::new(),
-                            exits: Vec::new(),
-                            execs: Vec::new(),
-                            listeners_closed: Vec::new(),
-                            listen_addrs: Vec::new(),
-                            conns: HashMap::new(),
-                            refusals: Vec::new(),
-                            emptied_ns: None,
-                        },
-                    );
+                    let mut t =
+                        Termination::new(cg, "stop_signal", identity(cg), s.target_netns, s.ts_ns);
+                    t.signals.push(signal);
+                    self.open.insert(cg, t);
                     actions.push(Action::Snapshot(cg));
                 }
             }
@@ -432,22 +442,7 @@ impl Engine {
         }
         self.open.insert(
             cgroup_id,
-            Termination {
-                cgroup_id,
-                opened_by: "pod_deletion",
-                identity,
-                netns: 0,
-                opened_ns: ts_ns,
-                signals: Vec::new(),
-                deliveries: Vec::new(),
-                exits: Vec::new(),
-                execs: Vec::new(),
-                listeners_closed: Vec::new(),
-                listen_addrs: Vec::new(),
-                conns: HashMap::new(),
-                refusals: Vec::new(),
-                emptied_ns: None,
-            },
+            Termination::new(cgroup_id, "pod_deletion", identity, 0, ts_ns),
         );
         vec![Action::Snapshot(cgroup_id)]
     }
