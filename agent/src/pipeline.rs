@@ -38,6 +38,8 @@ struct KubeSide {
     pending: HashMap<String, Vec<TerminationReport>>,
     /// Recent drain times (ms) per `namespace/workload`.
     drains: HashMap<String, VecDeque<f64>>,
+    /// Pods already rolled up: a late container report does not make a second pod report.
+    rolled_up: HashSet<String>,
     pod_reports: Vec<PodTerminationReport>,
 }
 
@@ -72,6 +74,7 @@ impl Pipeline {
             deleting: HashSet::new(),
             pending: HashMap::new(),
             drains: HashMap::new(),
+            rolled_up: HashSet::new(),
             pod_reports: Vec::new(),
         });
     }
@@ -87,7 +90,10 @@ impl Pipeline {
         kube.state.apply(update);
         let mut to_open = Vec::new();
         for pod in kube.state.live_pods() {
-            if pod.deletion.is_some() && !kube.deleting.contains(&pod.uid) {
+            if pod.deletion.is_some()
+                && !kube.deleting.contains(&pod.uid)
+                && !kube.rolled_up.contains(&pod.uid)
+            {
                 to_open.push((
                     pod.uid.clone(),
                     pod.containers
@@ -129,10 +135,19 @@ impl Pipeline {
     }
 
     /// Joins a finished container report with its pod, and files it for the pod's roll-up.
-    fn join_kube(&mut self, report: &mut TerminationReport) {
+    /// `false`: the report is not a container's: it is the pod sandbox's (the pause
+    /// container, which the runtime kills when the pod goes), and is dropped.
+    fn join_kube(&mut self, report: &mut TerminationReport) -> bool {
         let Some(kube) = &mut self.kube else {
-            return;
+            return true;
         };
+        if let (Some(cid), Some(uid)) = (&report.subject.container_id, &report.subject.pod_uid)
+            && kube.state.pod_by_uid(uid).is_some()
+            && kube.state.pod_by_container_id(cid).is_none()
+        {
+            tracing::debug!(pod = %uid, container = %cid, "the pod sandbox stopped (not reported)");
+            return false;
+        }
         let found = report
             .subject
             .container_id
@@ -148,10 +163,10 @@ impl Pipeline {
                     .map(|uid| (uid.clone(), None))
             });
         let Some((uid, container)) = found else {
-            return;
+            return true;
         };
         let Some(view) = kube.state.pod_view(&uid) else {
-            return;
+            return true;
         };
         let key = format!("{}/{}", view.info.namespace, view.info.workload);
         let history = kube.drains.entry(key).or_default();
@@ -164,7 +179,10 @@ impl Pipeline {
             }
             history.push_back(report.shutdown_ms);
         }
-        kube.pending.entry(uid).or_default().push(report.clone());
+        if !kube.rolled_up.contains(&uid) {
+            kube.pending.entry(uid).or_default().push(report.clone());
+        }
+        true
     }
 
     /// Rolls up the pods that are done: deleted, with no container termination still open
@@ -198,6 +216,7 @@ impl Pipeline {
         for uid in done {
             let reports = kube.pending.remove(&uid).unwrap_or_default();
             kube.deleting.remove(&uid);
+            kube.rolled_up.insert(uid.clone());
             if reports.is_empty() {
                 continue;
             }
@@ -211,6 +230,8 @@ impl Pipeline {
     pub fn expire_kube(&mut self) {
         if let Some(kube) = &mut self.kube {
             kube.state.expire(UnixNanos(clock::wall_ns()));
+            let state = &kube.state;
+            kube.rolled_up.retain(|uid| state.pod_by_uid(uid).is_some());
         }
     }
 
@@ -249,9 +270,13 @@ impl Pipeline {
     pub fn tick(&mut self) -> Result<Vec<TerminationReport>, ProbeError> {
         let (mut reports, actions) = self.engine.tick(clock::boot_ns());
         self.act(actions)?;
-        for report in &mut reports {
-            self.join_kube(report);
+        let mut kept = Vec::with_capacity(reports.len());
+        for mut report in reports.drain(..) {
+            if self.join_kube(&mut report) {
+                kept.push(report);
+            }
         }
+        reports = kept;
         self.roll_up_pods();
         Ok(reports)
     }

@@ -14,6 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod load;
+
+// Kubernetes test infrastructure: a real containerd driven over CRI like kubelet does, local
+// images, and an API server stand-in.
+pub mod apiserver;
+pub mod containerd;
+pub mod cri;
+pub mod images;
+pub mod kubelet;
+
 use anyhow::{Context, Result, bail};
 use termscope::{
     attribute::cgroupfs,
@@ -95,6 +105,26 @@ impl TestCgroup {
     pub fn procs(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
     }
+
+    /// The processes in the cgroup now.
+    pub fn pids(&self) -> Result<Vec<u32>> {
+        let text = std::fs::read_to_string(self.procs())?;
+        text.lines()
+            .map(|l| l.trim().parse::<u32>().context("cgroup.procs line"))
+            .collect()
+    }
+
+    /// Sends `sig` to every process in the cgroup, from the test process (outside the
+    /// container): what a runtime does when it kills a container.
+    pub fn signal_all(&self, sig: i32) -> Result<usize> {
+        let pids = self.pids()?;
+        for pid in &pids {
+            // SAFETY: kill has no memory-safety preconditions.
+            // A process that exited meanwhile (ESRCH) is fine.
+            unsafe { libc::kill(i32::try_from(*pid)?, sig) };
+        }
+        Ok(pids.len())
+    }
 }
 
 impl Drop for TestCgroup {
@@ -156,11 +186,94 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Runs `f` on a new thread that has entered this namespace and stays there (sockets
+    /// created on it live in the namespace); returns its handle.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<T>>> {
+        let file = File::open(self.file())?;
+        Ok(std::thread::spawn(move || {
+            // SAFETY: setns on a valid netns fd affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            drop(file);
+            f()
+        }))
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// A fresh directory under the system's temp dir, removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `contents` to `name` in the directory; returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> Result<PathBuf> {
+        let p = self.join(name);
+        std::fs::write(&p, contents).with_context(|| format!("writing {}", p.display()))?;
+        Ok(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A file the test apps append marker lines to, named by their `MARKS` environment variable:
+/// for servers that do not leave the app its stdout (uWSGI logs it to stderr).
+pub struct Marks {
+    pub path: PathBuf,
+}
+
+impl Marks {
+    pub fn new(dir: &TempDir) -> Self {
+        Marks {
+            path: dir.join("marks"),
+        }
+    }
+
+    /// Waits until `n` lines starting with `prefix` are in the file; returns them.
+    pub fn wait(&self, prefix: &str, n: usize, timeout: Duration) -> Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= n {
+                return Ok(lines);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} {prefix:?} lines of {n} within {timeout:?}", lines.len());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -176,10 +289,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// How long [`Proc::expect_line`] waits for a line.
+const LINE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A process started inside a test cgroup (and netns), with its stdout lines readable.
 pub struct Proc {
     pub child: Child,
-    stdout: BufReader<ChildStdout>,
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -217,7 +333,7 @@ impl Proc {
         let stdout = child.stdout.take().context("no stdout")?;
         Ok(Proc {
             child,
-            stdout: BufReader::new(stdout),
+            lines: read_lines(stdout),
         })
     }
 
@@ -225,18 +341,29 @@ impl Proc {
         self.child.id()
     }
 
-    /// Reads stdout lines until one starts with `prefix`; returns it.
+    /// Reads stdout lines until one starts with `prefix`; returns it. Fails when the
+    /// process closes its stdout first, or after 20 s.
     pub fn expect_line(&mut self, prefix: &str) -> Result<String> {
-        let mut line = String::new();
+        let deadline = Instant::now() + LINE_TIMEOUT;
         loop {
-            line.clear();
-            if self.stdout.read_line(&mut line)? == 0 {
-                bail!("process {} ended before printing {prefix:?}", self.pid());
-            }
-            if line.starts_with(prefix) {
-                return Ok(line.trim_end().to_string());
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("process {} ended before printing {prefix:?}", self.pid())
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "process {} printed no {prefix:?} line within {LINE_TIMEOUT:?}",
+                    self.pid()
+                ),
             }
         }
+    }
+
+    /// Whether the process has exited (and its status), without waiting.
+    pub fn try_exit(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     pub fn signal(&self, sig: i32) -> Result<()> {
@@ -247,6 +374,27 @@ impl Proc {
         }
         Ok(())
     }
+}
+
+/// Reads `stdout` line by line on a thread (so that waiting for a line can time out).
+fn read_lines(stdout: ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if tx.send(line.trim_end().to_string()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
 }
 
 impl Drop for Proc {
@@ -401,6 +549,21 @@ impl Agent {
         Ok(())
     }
 
+    /// The events seen for `cgroup_id` (and those of no cgroup), one JSON object a line: for
+    /// diagnostics.
+    pub fn events_of(&self, cgroup_id: u64) -> Result<String> {
+        let mut dump = String::new();
+        for e in self
+            .seen
+            .iter()
+            .filter(|e| e.cgroup_id() == cgroup_id || e.cgroup_id() == 0)
+        {
+            dump.push_str(&serde_json::to_string(e)?);
+            dump.push('\n');
+        }
+        Ok(dump)
+    }
+
     /// Waits for the report of `cgroup_id`.
     pub fn report_for(
         &mut self,
@@ -415,15 +578,7 @@ impl Agent {
         {
             return Ok(r.clone());
         }
-        let mut dump = String::new();
-        for e in self
-            .seen
-            .iter()
-            .filter(|e| e.cgroup_id() == cgroup_id || e.cgroup_id() == 0)
-        {
-            dump.push_str(&serde_json::to_string(e)?);
-            dump.push('\n');
-        }
+        let dump = self.events_of(cgroup_id)?;
         bail!("no report for cgroup {cgroup_id} within {timeout:?}; its events:\n{dump}")
     }
 }

@@ -60,6 +60,18 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
         name: "prometheus",
         why: "promtool, to check /metrics",
     },
+    TestPackage {
+        name: "containerd",
+        why: "the Kubernetes tests' container runtime, driven over CRI as kubelet does (and ctr)",
+    },
+    TestPackage {
+        name: "runc",
+        why: "the OCI runtime containerd runs the Kubernetes tests' containers with",
+    },
+    TestPackage {
+        name: "containernetworking-plugins",
+        why: "CNI bridge, host-local and loopback plugins for the Kubernetes tests' pods",
+    },
 ];
 
 /// Runs every setup step in order; stops at the first that cannot be satisfied.
