@@ -121,11 +121,33 @@ impl Conn {
 struct Signal {
     ts: u64,
     signal: u32,
+    /// `si_code`: 0 from kill(2), -6 from tkill/tgkill, 0x80 from the kernel.
+    code: i32,
     sender: Proc,
     sender_cgroup: Option<String>,
     target: Proc,
     result: SignalResult,
     internal: bool,
+}
+
+impl Signal {
+    /// A SIGKILL a process inside the container sent on purpose (kill(2), tkill): a
+    /// supervisor's escalation (supervisord's `stopwaitsecs`, gunicorn's `graceful_timeout`),
+    /// not the kernel's SIGKILL to the rest of a PID namespace whose init died (`si_code`
+    /// SI_KERNEL).
+    fn is_inside_escalation(&self) -> bool {
+        self.internal && self.signal == SIGKILL && matches!(self.code, 0 | -6)
+    }
+
+    /// The escalation's grace: from the same sender's earlier stop signal to the same target.
+    fn grace_from<'a>(&self, all: &'a [Signal]) -> Option<&'a Signal> {
+        all.iter().find(|e| {
+            e.ts <= self.ts
+                && e.signal != SIGKILL
+                && e.sender.pid == self.sender.pid
+                && e.target.pid == self.target.pid
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +298,7 @@ impl Engine {
                 let signal = Signal {
                     ts: s.ts_ns,
                     signal: s.signal,
+                    code: s.code,
                     sender: proc_of(s.sender.tgid, &s.sender.comm),
                     sender_cgroup: identity(s.sender_cgroup_id).map(|i| i.cgroup_path),
                     target: proc_of(s.target.tgid, &s.target.comm),
@@ -604,7 +627,22 @@ impl Engine {
             )
         });
         let sigkill_sent = outside.iter().any(|s| s.signal == SIGKILL);
-        let killed = sigkill_sent && killed_by_sigkill;
+        // A supervisor inside the container that SIGKILLed its child after its own grace
+        // period is an escalation too, when that child died of it.
+        let inside_escalation = t.signals.iter().find(|s| {
+            s.is_inside_escalation()
+                && t.exits.iter().any(|(_, p, e)| {
+                    p.pid == s.target.pid
+                        && matches!(
+                            e,
+                            ExitStatus::Signaled {
+                                signal: SIGKILL,
+                                ..
+                            }
+                        )
+                })
+        });
+        let killed = (sigkill_sent && killed_by_sigkill) || inside_escalation.is_some();
         let stop_sigs: Vec<u32> = outside
             .iter()
             .map(|s| s.signal)
@@ -655,7 +693,7 @@ impl Engine {
         // Timeline.
         let mut steps: Vec<(u64, &str, String)> = Vec::new();
         for s in &t.signals {
-            let what = if s.signal == SIGKILL && !s.internal {
+            let what = if s.signal == SIGKILL && (!s.internal || s.is_inside_escalation()) {
                 "sigkill"
             } else {
                 "stop_signal"
@@ -998,17 +1036,38 @@ fn summarize(i: SummaryInput<'_>) -> Vec<String> {
             signal_name(i.no_handler_signal.unwrap_or(15)),
         )),
         Outcome::Killed => {
-            let kill =
+            let outside_kill =
                 i.t.signals
                     .iter()
                     .find(|s| !s.internal && s.signal == SIGKILL);
-            let grace = match (first, kill) {
-                (Some(f), Some(k)) if f.signal != SIGKILL => {
-                    format!(" {} after {sig}", secs((k.ts - f.ts) as f64 / 1e6))
-                }
-                _ => String::new(),
+            let (from, grace) = match outside_kill {
+                Some(k) => (
+                    format!(" from {}", k.sender.comm),
+                    match first {
+                        Some(f) if f.signal != SIGKILL => {
+                            format!(" {} after {sig}", secs((k.ts - f.ts) as f64 / 1e6))
+                        }
+                        _ => String::new(),
+                    },
+                ),
+                // A supervisor inside the container escalated.
+                None => match i.t.signals.iter().find(|s| s.is_inside_escalation()) {
+                    Some(k) => (
+                        format!(
+                            " from {} (pid {}) inside the container, to {} (pid {})",
+                            k.sender.comm, k.sender.pid, k.target.comm, k.target.pid
+                        ),
+                        k.grace_from(&i.t.signals).map_or_else(String::new, |e| {
+                            format!(
+                                " {} after its {}",
+                                secs((k.ts - e.ts) as f64 / 1e6),
+                                signal_name(e.signal)
+                            )
+                        }),
+                    ),
+                    None => (String::new(), String::new()),
+                },
             };
-            let from = kill.map_or_else(String::new, |k| format!(" from {}", k.sender.comm));
             out.push(format!(
                 "{who} was killed by SIGKILL{from}{grace}: it did not finish within the grace \
                  period; {} connection(s) were cut ({}). Lengthen the grace period or make the \

@@ -333,11 +333,7 @@ impl TerminationReport {
 
     /// SIGKILL ended it after a different first stop signal: the grace period ran out.
     pub fn sigkill_escalation(&self) -> bool {
-        self.has_flag("killed")
-            && self
-                .external_signals()
-                .next()
-                .is_some_and(|s| s.signal != "SIGKILL")
+        self.has_flag("killed") && self.stop_signals.iter().any(|s| s.signal != "SIGKILL")
     }
 
     /// What the target process did with stop signal `s`, read from the timeline's

@@ -630,3 +630,63 @@ fn the_root_cgroup_is_unwatched_again() {
     }
     assert_eq!(r.feed(e), vec![Action::Unwatch(1)]);
 }
+
+/// A supervisor inside the container (supervisord's stopwaitsecs, gunicorn's
+/// graceful_timeout) SIGKILLs its child: an escalation, reported as killed. The kernel's
+/// SIGKILL to a PID namespace whose init died (SI_KERNEL) is not one.
+#[test]
+fn a_supervisor_inside_escalating_to_sigkill() {
+    let inside = |ts: u64, sig: u32, code: i32| {
+        Event::Signal(SignalGenerated {
+            ts_ns: ts,
+            signal: sig,
+            signal_name: signal_name(sig),
+            code,
+            group: true,
+            result: SignalResult::Delivered,
+            sender: task(10, "supervisord"),
+            sender_cgroup_id: CG,
+            target: task(11, "python3"),
+            target_cgroup_id: CG,
+            target_netns: NETNS,
+            watch_opened: false,
+        })
+    };
+    let killed_child = |ts| {
+        Event::ProcessExit(ProcessExit {
+            ts_ns: ts,
+            task: task(11, "python3"),
+            cgroup_id: CG,
+            exit: ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+            raw_exit_code: 9,
+        })
+    };
+    for (code, escalation) in [(0, true), (-6, true), (0x80, false)] {
+        let mut r = Run::new();
+        r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+        r.feed(inside(T0 + MS, 15, 0));
+        r.feed(inside(T0 + 2_001 * MS, 9, code));
+        r.feed(killed_child(T0 + 2_002 * MS));
+        r.feed(exit(T0 + 2_010 * MS, 10, ExitStatus::Exited { code: 0 }));
+        let rep = r.finish(T0 + 2_010 * MS);
+        if escalation {
+            assert_eq!(rep.outcome, Outcome::Killed, "code {code}");
+            assert!(rep.sigkill_escalation());
+            assert!(
+                rep.summary[0].contains(
+                    "from supervisord (pid 10) inside the container, to python3 (pid 11) \
+                     2.0 s after its SIGTERM"
+                ),
+                "{:?}",
+                rep.summary
+            );
+            assert!(rep.timeline.iter().any(|s| s.what == "sigkill"));
+        } else {
+            assert_eq!(rep.outcome, Outcome::Graceful, "code {code}");
+            assert!(!rep.sigkill_escalation());
+        }
+    }
+}

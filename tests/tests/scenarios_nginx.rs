@@ -1,0 +1,162 @@
+//! nginx stopped with SIGTERM (fast shutdown: open connections are dropped) and with SIGQUIT
+//! (graceful: in-flight responses finish, idle keep-alive connections are closed by nginx
+//! itself). Seeds 000/001: `STOPSIGNAL SIGQUIT`, or `nginx -s quit` in a preStop hook.
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use anyhow::Result;
+use termscope::terminations::report::{Outcome, Verdict};
+use termscope_tests::{
+    Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
+    load::{Kind, Load, Truth, check_verdicts, show},
+};
+
+/// Idle keep-alive connections and slow responses in flight at the stop signal.
+const IDLE: usize = 3;
+const IN_FLIGHT: usize = 2;
+/// The slow file: 384 KiB sent at 128 KiB/s, i.e. about 2 s per response.
+const SLOW_BYTES: usize = 384 * 1024;
+
+/// A generated nginx configuration and document root in a temp dir.
+fn nginx_config(dir: &TempDir) -> Result<std::path::PathBuf> {
+    let d = dir.path.display();
+    std::fs::create_dir_all(dir.join("www/slow"))?;
+    dir.write("www/index.html", "ok\n")?;
+    dir.write("www/slow/big.bin", vec![b'x'; SLOW_BYTES])?;
+    dir.write(
+        "nginx.conf",
+        format!(
+            r#"daemon off;
+master_process on;
+worker_processes 2;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log notice;
+events {{
+    worker_connections 64;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    default_type application/octet-stream;
+    keepalive_timeout 60s;
+    server {{
+        listen 127.0.0.1:8080;
+        root {d}/www;
+        location /slow/ {{
+            limit_rate 128k;
+        }}
+    }}
+}}
+"#
+        ),
+    )
+}
+
+fn scenario(signal: i32) -> Result<()> {
+    let mut agent = Agent::start(Duration::from_secs(20))?;
+    let cg = TestCgroup::new("nginx")?;
+    let ns = NetNs::new("nginx")?;
+    let dir = TempDir::new("nginx")?;
+    let conf = nginx_config(&dir)?;
+    let mut cmd = Command::new("/usr/sbin/nginx");
+    cmd.arg("-p")
+        .arg(&dir.path)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf);
+    let nginx = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
+    let addr: SocketAddr = "127.0.0.1:8080".parse()?;
+    let mut load = Load::new(&ns, addr);
+    load.wait_ready("/index.html", Duration::from_secs(10))?;
+
+    for _ in 0..IDLE {
+        load.idle("/index.html")?;
+    }
+    for _ in 0..IN_FLIGHT {
+        load.in_flight("/slow/big.bin", true)?;
+    }
+    // The responses are streaming: stop nginx (its master process).
+    agent.pump(Duration::from_millis(300), None)?;
+    nginx.signal(signal)?;
+    let report = agent.report_for(cg.id, Duration::from_secs(15))?;
+    let seen = load.finish()?;
+    show(&report, &seen)?;
+    println!(
+        "nginx error log:\n{}",
+        std::fs::read_to_string(dir.join("error.log"))?
+    );
+
+    assert_eq!(report.subject.main.pid, nginx.pid());
+    assert_eq!(report.subject.main.comm, "nginx");
+    if signal == libc::SIGTERM {
+        // Fast shutdown: the workers exit at once and the kernel closes what they held.
+        for s in &seen {
+            match s.kind {
+                Kind::Idle => assert_eq!(s.truth, Truth::EofIdle, "{s:?}"),
+                _ => assert!(
+                    matches!(s.truth, Truth::EofMidResponse | Truth::Reset),
+                    "{s:?}"
+                ),
+            }
+        }
+        check_verdicts(&report, &seen, |_| Some(Verdict::ClosedByExit))?;
+        assert_eq!(report.outcome, Outcome::Cut);
+        assert!(
+            report.flags.contains(&"cut".to_string()),
+            "{:?}",
+            report.flags
+        );
+        assert_eq!(report.counts.closed_by_exit as usize, IDLE + IN_FLIGHT);
+        assert!(
+            report.summary.iter().any(|s| s.contains("SIGQUIT")),
+            "no SIGQUIT advice: {:?}",
+            report.summary
+        );
+    } else {
+        // Graceful: the responses finish, nginx closes the idle connections itself.
+        for s in &seen {
+            match s.kind {
+                Kind::Idle => assert_eq!(s.truth, Truth::EofIdle, "{s:?}"),
+                _ => assert_eq!(s.truth, Truth::Completed, "{s:?}"),
+            }
+        }
+        check_verdicts(&report, &seen, |_| Some(Verdict::Completed))?;
+        assert_eq!(report.outcome, Outcome::Graceful);
+        assert_eq!(report.counts.cut, 0);
+        assert_eq!(report.counts.completed as usize, IDLE + IN_FLIGHT);
+        assert!(report.flags.is_empty(), "{:?}", report.flags);
+        assert!(!report.summary.iter().any(|s| s.contains("fast shutdown")));
+    }
+    // The master tells its workers over its channel (a socketpair), not with kill(2): the
+    // one stop signal is the test's, and the master and both workers exit on their own.
+    assert_eq!(report.stop_signals.len(), 1, "{:?}", report.stop_signals);
+    assert_eq!(report.exits.len(), 3, "{:?}", report.exits);
+    assert!(
+        report
+            .exits
+            .iter()
+            .all(|e| e.how == "exited" && e.code == Some(0)),
+        "{:?}",
+        report.exits
+    );
+    assert!(report.timeline.iter().any(|s| s.what == "listener_closed"));
+    Ok(())
+}
+
+#[test]
+fn nginx_sigterm_is_a_fast_shutdown_that_cuts() -> Result<()> {
+    kernel_test!();
+    scenario(libc::SIGTERM)
+}
+
+#[test]
+fn nginx_sigquit_drains_gracefully() -> Result<()> {
+    kernel_test!();
+    scenario(libc::SIGQUIT)
+}
