@@ -290,6 +290,11 @@ impl Pipeline {
         for action in actions {
             match action {
                 Action::Snapshot(cg) => {
+                    // The termination just opened: the cgroup exists now, and may be younger
+                    // than the resolver's last index.
+                    if let Some(identity) = self.resolver.resolve_now(cg).cloned() {
+                        self.engine.set_identity(cg, identity);
+                    }
                     let open: Vec<OpenConnection> = self
                         .probes
                         .live_connections()?

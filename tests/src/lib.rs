@@ -582,3 +582,6 @@ impl Agent {
         bail!("no report for cgroup {cgroup_id} within {timeout:?}; its events:\n{dump}")
     }
 }
+
+// The real agent binary against the Kubernetes stand-ins (tests/tests/k8s_scenarios.rs).
+pub mod k8s_agent;

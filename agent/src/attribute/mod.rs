@@ -42,12 +42,13 @@ impl Resolver {
     }
 
     /// The cgroup id of the container with this runtime id, if it is (or was) on this node.
-    /// Re-indexes the hierarchy on a miss (rate-limited like [`Resolver::resolve`]).
+    /// Re-indexes the hierarchy on a miss (a pod's deletion: rare, and the container may be
+    /// younger than the last index).
     pub fn cgroup_of_container(&mut self, container_id: &str) -> Option<u64> {
         if let Some(id) = self.cgroup_of_known_container(container_id) {
             return Some(id);
         }
-        if self.may_rescan() {
+        if self.mount.is_some() {
             self.rescan();
         }
         self.cgroup_of_known_container(container_id)
@@ -59,6 +60,16 @@ impl Resolver {
             .iter()
             .find(|(_, i)| i.container_id.as_deref() == Some(container_id))
             .map(|(id, _)| *id)
+    }
+
+    /// Like [`Resolver::resolve`], but re-indexes on a miss even within the rate limit: for the
+    /// moments that matter (a termination opens, a pod is deleted), when the cgroup still
+    /// exists and may be younger than the last index.
+    pub fn resolve_now(&mut self, id: u64) -> Option<&Identity> {
+        if id != 0 && !self.known.contains_key(&id) && self.mount.is_some() {
+            self.rescan();
+        }
+        self.known.get(&id)
     }
 
     /// Records a cgroup directory's identity now (e.g. right when watching starts, before the

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::report::{Connection, Counts, Outcome, Step, TerminationReport, Verdict};
+use super::report::{Connection, Counts, Direction, Outcome, Step, TerminationReport, Verdict};
 use crate::{
     clock::parse_rfc3339,
     kube::{
@@ -98,8 +98,8 @@ pub struct KubeFacts {
     pub endpoints_removed_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pre_stop: Option<PreStopHook>,
-    /// From the deletion (requested, else observed) to the first stop signal: kubelet runs
-    /// the preStop hook in between.
+    /// From the deletion (as observed by this agent, else as requested) to the first stop
+    /// signal: kubelet runs the preStop hook in between.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deletion_to_stop_signal_ms: Option<f64>,
     /// Shutdown duration (first stop signal to last exit) over the grace period.
@@ -137,7 +137,10 @@ fn late_since(connections: &[Connection], since_ns: u64) -> LateTraffic {
     for c in connections {
         match c.verdict {
             Verdict::Refused => note(c.closed_at.as_ref(), true),
-            _ if c.accepted_late => note(c.established_at.as_ref(), false),
+            // Every inbound connection established after the moment, whether before or after
+            // the stop signal (during a preStop sleep, traffic after the endpoints turned is
+            // accepted before the stop signal).
+            _ if c.direction == Direction::Inbound => note(c.established_at.as_ref(), false),
             _ => {}
         }
     }
@@ -168,7 +171,9 @@ pub fn enrich(
     let requested = pod.deletion.and_then(|d| d.requested_at).map(|t| t.0);
     let observed = view.deletion_observed_at.map(|t| t.0);
     let stop_ns = report.stop_signal_at.as_deref().and_then(parse_rfc3339);
-    let deletion_ns = requested.or(observed);
+    // The deletion as this agent observed it: `deletionTimestamp` (and so the request time
+    // derived from it) has whole-second precision; the watch is near-real-time.
+    let deletion_ns = observed.or(requested);
     let endpoints_ns =
         view.endpoints
             .and_then(|e| match (e.not_ready_since, e.terminating_since) {

@@ -470,6 +470,15 @@ impl Engine {
         vec![Action::Snapshot(cgroup_id)]
     }
 
+    /// Gives an open termination the identity of its cgroup when it opened without one.
+    pub fn set_identity(&mut self, cgroup_id: u64, identity: Identity) {
+        if let Some(t) = self.open.get_mut(&cgroup_id)
+            && t.identity.is_none()
+        {
+            t.identity = Some(identity);
+        }
+    }
+
     /// The connections the kernel listed as open when the termination of `cgroup_id` began.
     pub fn on_snapshot(&mut self, cgroup_id: u64, conns: &[OpenConnection]) {
         let Some(t) = self.open.get_mut(&cgroup_id) else {
