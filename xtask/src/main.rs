@@ -1,6 +1,7 @@
 //! `cargo xtask`: sets up, builds, runs and tests termscope. `cargo xtask --help` explains.
 
 mod demo;
+mod deploy;
 mod setup;
 mod tasks;
 mod util;
@@ -106,6 +107,16 @@ enum Command {
         #[arg(last = true, value_name = "CARGO_BENCH_ARGS")]
         args: Vec<String>,
     },
+    /// Write deploy/prometheus-rule.yaml (the Prometheus Operator's PrometheusRule) from
+    /// deploy/alerts/rules.yaml, the one source of termscope's alerts.
+    ///
+    /// The rules file's `groups` become the PrometheusRule's `spec.groups`, verbatim and
+    /// indented. A test (`cargo xtask test`) fails while the committed file differs.
+    GenAlerts {
+        /// Only check that deploy/prometheus-rule.yaml is up to date; fail if not.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,6 +147,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test { skip_lint, args } => tasks::test(&ctx, skip_lint, &args),
         Command::Bench { args } => tasks::bench(&ctx, &args),
         Command::Demo { signal } => demo::demo(&ctx, &signal),
+        Command::GenAlerts { check } => deploy::gen_alerts(&ctx, check),
     }
 }
 

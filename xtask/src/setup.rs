@@ -74,6 +74,13 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
     },
 ];
 
+/// The PyPI package the deploy tests validate the manifests with, against the Kubernetes
+/// schemas it ships (`setup --test-deps` installs it with pip when missing).
+pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The Debian package with kubectl, when no kubectl is installed (the deploy tests render
+/// deploy/ with `kubectl kustomize`).
+pub const KUBECTL_PACKAGE: &str = "kubernetes-client";
+
 /// Runs every setup step in order; stops at the first that cannot be satisfied.
 pub fn run(ctx: &Ctx, test_deps: bool) -> Result<()> {
     println!(
@@ -93,6 +100,7 @@ pub fn run(ctx: &Ctx, test_deps: bool) -> Result<()> {
     tracefs(ctx)?;
     if test_deps {
         test_packages(ctx, &mut apt)?;
+        deploy_test_tools(ctx, &mut apt)?;
     }
     println!("==> setup: done");
     Ok(())
@@ -429,6 +437,101 @@ fn test_packages(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
     }
     apt.install(ctx, &missing)?;
     println!("[setup] test packages: installed {}", missing.join(", "));
+    Ok(())
+}
+
+/// What the deploy tests (tests/tests/deploy.rs) run besides the Debian packages: `kubectl
+/// kustomize` (any kubectl; Debian's kubernetes-client when there is none) and
+/// kubernetes-validate from PyPI, run as `python3 -m kubernetes_validate` (installed with
+/// `python3 -m pip` only when that does not answer `--version`).
+fn deploy_test_tools(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
+    let what = format!("kubectl ({KUBECTL_PACKAGE} if missing; renders deploy/ with kustomize)");
+    let check = "`kubectl kustomize --help` runs";
+    let kustomize = |ctx: &Ctx| -> Result<bool> {
+        Ok(ctx
+            .probe(ctx.command("kubectl").args(["kustomize", "--help"]))?
+            .is_some_and(|o| o.status.success()))
+    };
+    if kustomize(ctx)? {
+        report(&what, check, "ok");
+    } else if !ctx.is_root {
+        report(&what, check, "missing");
+        bail!(
+            "the deploy tests need kubectl (kustomize). Run:\n    {}\nthen try again.",
+            sudo_apt_install(&[KUBECTL_PACKAGE])
+        );
+    } else {
+        report(&what, check, "missing; installing it with apt-get");
+        apt.install(ctx, &[KUBECTL_PACKAGE])?;
+        if !kustomize(ctx)? {
+            bail!("apt-get installed {KUBECTL_PACKAGE} but `kubectl kustomize` still fails");
+        }
+        report(&what, check, "installed");
+    }
+
+    let what =
+        format!("{KUBERNETES_VALIDATE} (PyPI; validates deploy/ against Kubernetes' schemas)");
+    let check = "`python3 -m kubernetes_validate --version` runs";
+    let version = |ctx: &Ctx| -> Result<Option<String>> {
+        Ok(ctx
+            .probe(
+                ctx.command("python3")
+                    .args(["-m", "kubernetes_validate", "--version"]),
+            )?
+            .filter(|o| o.status.success())
+            .map(|o| output_text(&o).trim().to_string()))
+    };
+    if let Some(v) = version(ctx)? {
+        report(&what, check, &format!("ok ({v})"));
+        return Ok(());
+    }
+    report(&what, check, "missing; installing it with pip");
+    let pip = |extra: &[&str]| -> Result<Option<Output>> {
+        let mut cmd = ctx.command("python3");
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--root-user-action=ignore",
+        ])
+        .args(extra)
+        .arg(KUBERNETES_VALIDATE);
+        println!("==> {}", ctx.describe(&cmd));
+        ctx.probe(&mut cmd)
+    };
+    let out = pip(&[])?.context(
+        "python3 is not installed: the deploy tests run kubernetes-validate with python3 \
+         (Debian package python3)",
+    )?;
+    print!("{}", output_text(&out));
+    let out = if !out.status.success()
+        && output_text(&out).contains("externally-managed-environment")
+    {
+        // Debian's own python3 refuses pip installs (PEP 668); this is a test tool.
+        println!(
+            "[setup] this python3 is externally managed: installing with --break-system-packages"
+        );
+        let again = pip(&["--break-system-packages"])?.context("python3 disappeared")?;
+        print!("{}", output_text(&again));
+        again
+    } else {
+        out
+    };
+    if !out.status.success() {
+        bail!(
+            "`python3 -m pip install {KUBERNETES_VALIDATE}` failed ({}); is pip installed \
+             (Debian package python3-pip)?",
+            out.status
+        );
+    }
+    match version(ctx)? {
+        Some(v) => report(&what, check, &format!("installed ({v})")),
+        None => bail!(
+            "pip installed {KUBERNETES_VALIDATE} but `python3 -m kubernetes_validate` does not run"
+        ),
+    }
     Ok(())
 }
 

@@ -114,6 +114,11 @@ pub fn test(ctx: &Ctx, skip_lint: bool, args: &[String]) -> Result<()> {
             ]))
         })?;
     }
+    // The Prometheus test (tests/tests/prometheus.rs) runs the real agent binary, which
+    // `cargo test` does not build (the tests crate uses the termscope library).
+    steps.step("cargo build -p termscope", || {
+        ctx.run(&mut ctx.cargo(&["build", "-p", "termscope"]))
+    })?;
     steps.step("cargo test", || {
         let mut cmd = ctx.cargo(&["test", "--workspace", "--exclude", "termscope-ebpf"]);
         cmd.args(args).env("RUST_BACKTRACE", "1");

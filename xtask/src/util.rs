@@ -54,10 +54,18 @@ impl Ctx {
         cmd
     }
 
-    /// `cargo <args>` run in the workspace root.
+    /// `cargo <args>` run in the workspace root, without the variables `cargo run` gave
+    /// xtask itself (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...): build scripts that watch them
+    /// (ring's) would otherwise rerun, and their crates rebuild, whenever the same crates are
+    /// built from elsewhere (a shell, a test's own `cargo build`).
     pub fn cargo(&self, args: &[&str]) -> Command {
         let mut cmd = self.command(&self.cargo);
         cmd.args(args);
+        for (key, _) in std::env::vars_os() {
+            if is_from_cargo_run(&key.to_string_lossy()) {
+                cmd.env_remove(&key);
+            }
+        }
         cmd
     }
 
@@ -126,6 +134,19 @@ impl Ctx {
         words.extend(cmd.get_args().map(|a| shell_quote(&a.to_string_lossy())));
         words.join(" ")
     }
+}
+
+/// Whether `key` is one of the variables cargo sets for the program it runs (`cargo run`).
+pub fn is_from_cargo_run(key: &str) -> bool {
+    ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_"]
+        .iter()
+        .any(|p| key.starts_with(p))
+        || [
+            "CARGO_CRATE_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ]
+        .contains(&key)
 }
 
 /// The directory `cargo install` puts binaries in: `$CARGO_HOME/bin`, else `$HOME/.cargo/bin`.
@@ -198,6 +219,21 @@ pub fn shell_quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_of_cargo_run_are_recognised() {
+        for key in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+        ] {
+            assert!(is_from_cargo_run(key), "{key}");
+        }
+        for key in ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO", "PATH"] {
+            assert!(!is_from_cargo_run(key), "{key}");
+        }
+    }
 
     #[test]
     fn cargo_bin_dir_prefers_cargo_home() {
