@@ -102,6 +102,26 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(
+        local: SocketAddr,
+        remote: SocketAddr,
+        inbound: Option<bool>,
+        established_ns: u64,
+    ) -> Self {
+        Conn {
+            local,
+            remote,
+            inbound,
+            established_ns,
+            closed_ns: None,
+            closed_by_exit: false,
+            closed_by: None,
+            reset_sent: false,
+            reset_received: false,
+            reset_reason: None,
+        }
+    }
+
     fn verdict(&self) -> Verdict {
         if self.closed_by_exit {
             Verdict::ClosedByExit
@@ -373,17 +393,13 @@ impl Engine {
                 if c.flags.inbound {
                     t.learn_listen_addr(c.addrs.local);
                 }
-                let conn = t.conns.entry(c.conn_id).or_insert_with(|| Conn {
-                    local: c.addrs.local,
-                    remote: c.addrs.remote,
-                    inbound: Some(c.flags.inbound).filter(|_| !c.flags.untracked),
-                    established_ns: c.established_ns,
-                    closed_ns: None,
-                    closed_by_exit: false,
-                    closed_by: None,
-                    reset_sent: false,
-                    reset_received: false,
-                    reset_reason: None,
+                let conn = t.conns.entry(c.conn_id).or_insert_with(|| {
+                    Conn::new(
+                        c.addrs.local,
+                        c.addrs.remote,
+                        Some(c.flags.inbound).filter(|_| !c.flags.untracked),
+                        c.established_ns,
+                    )
                 });
                 if c.flags.closed_by_exit && !conn.closed_by_exit {
                     conn.closed_by_exit = true;
@@ -421,17 +437,8 @@ impl Engine {
                 if r.conn_id == 0 {
                     return actions;
                 }
-                let conn = t.conns.entry(r.conn_id).or_insert_with(|| Conn {
-                    local: r.addrs.local,
-                    remote: r.addrs.remote,
-                    inbound: Some(r.flags.inbound),
-                    established_ns: 0,
-                    closed_ns: None,
-                    closed_by_exit: false,
-                    closed_by: None,
-                    reset_sent: false,
-                    reset_received: false,
-                    reset_reason: None,
+                let conn = t.conns.entry(r.conn_id).or_insert_with(|| {
+                    Conn::new(r.addrs.local, r.addrs.remote, Some(r.flags.inbound), 0)
                 });
                 match r.direction {
                     ResetDirection::Sent => {
@@ -488,18 +495,9 @@ impl Engine {
             if c.inbound {
                 t.learn_listen_addr(c.local);
             }
-            t.conns.entry(c.conn_id).or_insert(Conn {
-                local: c.local,
-                remote: c.remote,
-                inbound: Some(c.inbound),
-                established_ns: c.established_ns,
-                closed_ns: None,
-                closed_by_exit: false,
-                closed_by: None,
-                reset_sent: false,
-                reset_received: false,
-                reset_reason: None,
-            });
+            t.conns
+                .entry(c.conn_id)
+                .or_insert_with(|| Conn::new(c.local, c.remote, Some(c.inbound), c.established_ns));
         }
     }
 
