@@ -83,6 +83,11 @@ fn effective_caps() -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// Whether this process may load tracing programs (see [`caps_allow_tracing`]).
+pub fn has_tracing_privileges() -> bool {
+    effective_caps().is_some_and(caps_allow_tracing)
+}
+
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;

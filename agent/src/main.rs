@@ -298,10 +298,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
     }
 }
 
-/// The node name: the flag, `$NODE_NAME`, or the host name.
+/// `--node-name`, else `NODE_NAME` (as Kubernetes mode reads them), else the host name.
 fn node_name(flag: Option<String>) -> String {
-    flag.filter(|n| !n.is_empty())
-        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+    termscope::kube::watch::node_name(flag.as_deref())
+        .ok()
         .or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
@@ -409,7 +409,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         node: node_name(args.node_name.clone()),
     };
 
-    if !doctor::caps_allow_tracing(effective_caps()) {
+    if !doctor::has_tracing_privileges() {
         bail!(
             "loading eBPF programs needs root, or CAP_BPF + CAP_PERFMON; run it with sudo \
              (`cargo xtask run` does that for you)"
@@ -658,17 +658,6 @@ async fn agent(args: AgentArgs) -> Result<()> {
         Some(e) => Err(e).context("reading events from the ring buffer"),
         None => Ok(()),
     }
-}
-
-fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        })
-        .unwrap_or(0)
 }
 
 fn print_event(event: &Event, clock: &WallClock, resolver: &mut Resolver) -> Result<()> {
