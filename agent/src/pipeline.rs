@@ -87,29 +87,33 @@ impl Pipeline {
         let Some(kube) = &mut self.kube else {
             return Ok(());
         };
+        // Only an applied pod can carry a deletion not seen before: look at that one, not at
+        // every pod of the node on every update (EndpointSlice updates come often).
+        let candidate = match &update {
+            KubeUpdate::PodApplied { pod, .. } if pod.deletion.is_some() => Some(pod.uid.clone()),
+            _ => None,
+        };
         kube.state.apply(update);
-        let mut to_open = Vec::new();
-        for pod in kube.state.live_pods() {
-            if pod.deletion.is_some()
-                && !kube.deleting.contains(&pod.uid)
-                && !kube.rolled_up.contains(&pod.uid)
-            {
-                to_open.push((
-                    pod.uid.clone(),
-                    pod.containers
-                        .iter()
-                        .filter_map(|c| c.container_id.clone())
-                        .collect::<Vec<_>>(),
-                ));
-            }
-        }
-        for (uid, _) in &to_open {
-            kube.deleting.insert(uid.clone());
-            kube.pending.entry(uid.clone()).or_default();
-        }
+        let Some(uid) =
+            candidate.filter(|uid| !kube.deleting.contains(uid) && !kube.rolled_up.contains(uid))
+        else {
+            return Ok(());
+        };
+        let container_ids: Vec<String> = kube
+            .state
+            .pod_by_uid(&uid)
+            .map(|pod| {
+                pod.containers
+                    .iter()
+                    .filter_map(|c| c.container_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        kube.deleting.insert(uid.clone());
+        kube.pending.entry(uid).or_default();
         let now = clock::boot_ns();
         let mut actions = Vec::new();
-        for id in to_open.into_iter().flat_map(|(_, ids)| ids) {
+        for id in container_ids {
             let Some(cg) = self.resolver.cgroup_of_container(&id) else {
                 tracing::debug!(container = %id, "no cgroup for a deleted pod's container");
                 continue;
