@@ -699,6 +699,37 @@ fn unowned_reset_allowed(netns: u32) -> bool {
     }
 }
 
+/// Marks a reset (`flag`) on the connection of `sk` and returns its cgroup: the one the
+/// connection was charged to when known (no socket reads), else the socket's own. Fills in the
+/// connection's id and flags for the event.
+#[inline(always)]
+fn mark_reset(
+    sk: u64,
+    flag: u32,
+    also_recently_closed: bool,
+    conn_id: &mut u64,
+    ev_flags: &mut u32,
+) -> u64 {
+    let live = match LIVE_CONNS.get_ptr_mut(sk) {
+        Some(live) => Some(live),
+        None if also_recently_closed => RECENTLY_CLOSED.get_ptr_mut(sk),
+        None => None,
+    };
+    let Some(live) = live else {
+        return owner_cgroup(sk, ev_flags);
+    };
+    // SAFETY: see inet_sock_set_state.
+    let live = unsafe { &mut *live };
+    live.flags |= flag;
+    *conn_id = live.conn_id;
+    *ev_flags |= live.flags;
+    // SAFETY: helper without preconditions.
+    if unsafe { bpf_get_current_cgroup_id() } == live.cgroup_id {
+        *ev_flags |= flags::IN_OWNER_TASK;
+    }
+    live.cgroup_id
+}
+
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let sk = field::<u64>(&ctx, cfg!(tracepoints.send_reset_skaddr)).unwrap_or(0);
@@ -721,18 +752,8 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let mut ev_flags = 0u32;
     let mut conn_id = 0;
     let (cgroup_id, netns) = if full_sock {
-        let cgroup_id = owner_cgroup(sk, &mut ev_flags);
-        let live = match LIVE_CONNS.get_ptr_mut(sk) {
-            Some(live) => Some(live),
-            None => RECENTLY_CLOSED.get_ptr_mut(sk),
-        };
-        if let Some(live) = live {
-            // SAFETY: see inet_sock_set_state.
-            let live = unsafe { &mut *live };
-            live.flags |= flags::RESET_SENT;
-            conn_id = live.conn_id;
-            ev_flags |= live.flags;
-        }
+        // The kernel sets CLOSE before the reset of an abortive close: look there too.
+        let cgroup_id = mark_reset(sk, flags::RESET_SENT, true, &mut conn_id, &mut ev_flags);
         with_stats(cgroup_id, |s| s.resets_sent += 1);
         if !is_watched(cgroup_id) {
             return 0;
@@ -772,15 +793,14 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let mut ev_flags = 0u32;
-    let cgroup_id = owner_cgroup(sk, &mut ev_flags);
     let mut conn_id = 0;
-    if let Some(live) = LIVE_CONNS.get_ptr_mut(sk) {
-        // SAFETY: see inet_sock_set_state.
-        let live = unsafe { &mut *live };
-        live.flags |= flags::RESET_RECEIVED;
-        conn_id = live.conn_id;
-        ev_flags |= live.flags;
-    }
+    let cgroup_id = mark_reset(
+        sk,
+        flags::RESET_RECEIVED,
+        false,
+        &mut conn_id,
+        &mut ev_flags,
+    );
     with_stats(cgroup_id, |s| s.resets_received += 1);
     if !is_watched(cgroup_id) {
         return 0;
