@@ -48,6 +48,9 @@ pub mod feature {
     pub const TASK_EXIT: u64 = 1 << 4;
     /// `task_struct -> pid, tgid, comm` of a non-current task.
     pub const TASK_IDS: u64 = 1 << 5;
+    /// `tcp_sock -> rcv_nxt, copied_seq, snd_wl1, write_seq, snd_una`: what was in flight on
+    /// a connection when it was closed ([`crate::SockActivity`]).
+    pub const SOCK_ACTIVITY: u64 = 1 << 6;
 }
 
 /// Bits of [`EventHeader::flags`].
@@ -194,6 +197,60 @@ pub struct TcpStateEvent {
     pub old_state: u8,
     pub new_state: u8,
     pub _pad: [u8; 2],
+    /// Read from the socket at the close transitions (ESTABLISHED / CLOSE_WAIT to FIN_WAIT1,
+    /// LAST_ACK or CLOSE); zero (`valid == 0`) at other changes or without
+    /// [`feature::SOCK_ACTIVITY`].
+    pub activity: SockActivity,
+}
+
+/// Sequence numbers of a TCP socket at the moment it was closed (`struct tcp_sock`), from
+/// which userspace tells a connection with something in flight from an idle one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockActivity {
+    /// 1 when the fields below were read, 0 otherwise.
+    pub valid: u32,
+    /// Next sequence number expected from the peer.
+    pub rcv_nxt: u32,
+    /// Up to where the application has read.
+    pub copied_seq: u32,
+    /// Sequence number of the peer's segment that last acknowledged new data of ours (or
+    /// updated the window): peer data beyond it came after the peer's last acknowledgement.
+    pub snd_wl1: u32,
+    /// End of the data the application has written.
+    pub write_seq: u32,
+    /// First byte of ours the peer has not acknowledged.
+    pub snd_una: u32,
+    /// Microseconds since the socket last sent or received a segment (`tcp_mstamp`), at
+    /// most `u32::MAX`.
+    pub quiet_us: u32,
+    pub _pad: u32,
+}
+
+/// Offsets of the `tcp_sock` members read into [`SockActivity`], resolved from BTF as their
+/// own group: when one is missing only the idle / in-flight distinction is off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivityOffsets {
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    pub snd_wl1: u32,
+    pub write_seq: u32,
+    pub snd_una: u32,
+    /// `tcp_sock.tcp_mstamp`: `tcp_clock_us()` of the socket's most recent segment.
+    pub tcp_mstamp: u32,
+}
+
+impl ActivityOffsets {
+    /// Every member missing.
+    pub const MISSING: Self = Self {
+        rcv_nxt: OFFSET_MISSING,
+        copied_seq: OFFSET_MISSING,
+        snd_wl1: OFFSET_MISSING,
+        write_seq: OFFSET_MISSING,
+        snd_una: OFFSET_MISSING,
+        tcp_mstamp: OFFSET_MISSING,
+    };
 }
 
 /// A TCP reset sent (`tcp:tcp_send_reset`) or received (`tcp:tcp_receive_reset`).
@@ -421,6 +478,7 @@ pub struct Config {
     pub unowned_reset_rate: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
+    pub activity: ActivityOffsets,
 }
 
 impl Config {
@@ -432,6 +490,7 @@ impl Config {
         unowned_reset_rate: 0,
         kernel: KernelOffsets::MISSING,
         tracepoints: TracepointOffsets::MISSING,
+        activity: ActivityOffsets::MISSING,
     };
 }
 
@@ -490,6 +549,8 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for RateWindow {}
+    unsafe impl aya::Pod for SockActivity {}
+    unsafe impl aya::Pod for ActivityOffsets {}
 }
 
 #[cfg(test)]
@@ -514,8 +575,10 @@ mod tests {
         assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>() + 8);
         assert_eq!(
             size_of::<TcpStateEvent>(),
-            size_of::<EventHeader>() + 24 + size_of::<Tuple>() + 8
+            size_of::<EventHeader>() + 24 + size_of::<Tuple>() + 8 + size_of::<SockActivity>()
         );
+        assert_eq!(size_of::<SockActivity>(), 8 * 4);
+        assert_eq!(size_of::<ActivityOffsets>(), 6 * 4);
         assert_eq!(
             size_of::<TcpResetEvent>(),
             size_of::<EventHeader>() + 16 + size_of::<Tuple>() + 16
@@ -529,7 +592,9 @@ mod tests {
         assert_eq!(size_of::<KernelOffsets>(), 18 * 4);
         assert_eq!(
             size_of::<Config>(),
-            24 + size_of::<KernelOffsets>() + size_of::<TracepointOffsets>()
+            24 + size_of::<KernelOffsets>()
+                + size_of::<TracepointOffsets>()
+                + size_of::<ActivityOffsets>()
         );
         for size in [
             size_of::<EventHeader>(),

@@ -29,8 +29,9 @@ use aya_ebpf::{
 };
 use termscope_common::{
     CgroupStats, Config, EventHeader, ExecEvent, ExitEvent, FILENAME_LEN, LiveConn, OFFSET_MISSING,
-    RESET_RECEIVED, RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent, TcpResetEvent,
-    TcpStateEvent, Tuple, WatchEntry, counter, feature, flags, kind, tcp_state, watch_reason,
+    RESET_RECEIVED, RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent, SockActivity,
+    TcpResetEvent, TcpStateEvent, Tuple, WatchEntry, counter, feature, flags, kind, tcp_state,
+    watch_reason,
 };
 
 /// Written by userspace at load time (`EbpfLoader::override_global`).
@@ -499,7 +500,69 @@ fn state_tuple(ctx: &TracePointContext) -> Tuple {
     }
 }
 
+/// What was in flight on `sk` as it is being closed: its `tcp_sock` sequence numbers (offsets
+/// in `CONFIG.activity`, resolved from BTF). Called at the close transitions only;
+/// `valid == 0` when the feature is off or a read failed. Userspace decides from these whether
+/// the peer lost something (unread data, a request not answered) or the connection was idle.
 #[inline(always)]
+fn sock_activity(sk: u64) -> SockActivity {
+    if !has(feature::SOCK_ACTIVITY) {
+        return SockActivity::default();
+    }
+    let read = |off: u32| read_at::<u32>(sk, off);
+    // `tcp_mstamp` is `tcp_clock_us()`, i.e. CLOCK_MONOTONIC in microseconds.
+    let mstamp = read_at::<u64>(sk, cfg!(activity.tcp_mstamp));
+    // SAFETY: helper without preconditions.
+    let now_us = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } / 1000;
+    match (
+        read(cfg!(activity.rcv_nxt)),
+        read(cfg!(activity.copied_seq)),
+        read(cfg!(activity.snd_wl1)),
+        read(cfg!(activity.write_seq)),
+        read(cfg!(activity.snd_una)),
+        mstamp,
+    ) {
+        (
+            Some(rcv_nxt),
+            Some(copied_seq),
+            Some(snd_wl1),
+            Some(write_seq),
+            Some(snd_una),
+            Some(mstamp),
+        ) => {
+            let quiet = now_us.saturating_sub(mstamp);
+            SockActivity {
+                valid: 1,
+                rcv_nxt,
+                copied_seq,
+                snd_wl1,
+                write_seq,
+                snd_una,
+                quiet_us: if quiet > u32::MAX as u64 {
+                    u32::MAX
+                } else {
+                    quiet as u32
+                },
+                _pad: 0,
+            }
+        }
+        _ => SockActivity::default(),
+    }
+}
+
+/// The close transitions: the container (or the kernel for its exiting process) closing a
+/// connection that was open (ESTABLISHED) or that the peer had closed first (CLOSE_WAIT).
+#[inline(always)]
+fn is_close(old: u8, new: u8) -> bool {
+    matches!(old, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
+        && matches!(
+            new,
+            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
+        )
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn emit_state(
     ev_flags: u32,
     cgroup_id: u64,
@@ -508,6 +571,7 @@ fn emit_state(
     tuple: Tuple,
     netns: u32,
     states: (u8, u8),
+    activity: SockActivity,
 ) {
     let event = TcpStateEvent {
         header: header(kind::TCP_STATE, ev_flags, cgroup_id),
@@ -519,6 +583,7 @@ fn emit_state(
         old_state: states.0,
         new_state: states.1,
         _pad: [0; 2],
+        activity,
     };
     emit(&event);
 }
@@ -577,6 +642,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 tuple,
                 netns,
                 (old, new),
+                SockActivity::default(),
             );
         }
         return 0;
@@ -613,6 +679,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             if unsafe { bpf_get_current_cgroup_id() } == snapshot.cgroup_id {
                 ev_flags |= flags::IN_OWNER_TASK;
             }
+            let activity = if is_close(old, new) {
+                sock_activity(sk)
+            } else {
+                SockActivity::default()
+            };
             emit_state(
                 ev_flags,
                 snapshot.cgroup_id,
@@ -621,6 +692,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 snapshot.tuple,
                 snapshot.netns,
                 (old, new),
+                activity,
             );
         }
         return 0;
@@ -642,6 +714,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if !handshake && new != tcp_state::LISTEN && old != tcp_state::LISTEN {
         ev_flags |= flags::UNTRACKED;
     }
+    let activity = if is_close(old, new) {
+        sock_activity(sk)
+    } else {
+        SockActivity::default()
+    };
     emit_state(
         ev_flags,
         cgroup_id,
@@ -650,6 +727,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         state_tuple(&ctx),
         sock_netns(sk),
         (old, new),
+        activity,
     );
     0
 }

@@ -65,6 +65,7 @@ fn decode_bench() {
         old_state: tcp_state::ESTABLISHED,
         new_state: tcp_state::FIN_WAIT1,
         _pad: [0; 2],
+        activity: Default::default(),
     };
     // SAFETY: a repr(C) POD type viewed as bytes.
     let bytes = unsafe {

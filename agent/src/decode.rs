@@ -308,6 +308,32 @@ pub struct ProcessExec {
     pub filename: String,
 }
 
+/// A socket's sequence numbers as it was closed ([`termscope_common::SockActivity`]): the
+/// engine's `terminations::activity` decides from them what was in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CloseActivity {
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    pub snd_wl1: u32,
+    pub write_seq: u32,
+    pub snd_una: u32,
+    /// Microseconds since the socket's last segment either way.
+    pub quiet_us: u32,
+}
+
+impl CloseActivity {
+    fn from_raw(a: &termscope_common::SockActivity) -> Option<Self> {
+        (a.valid != 0).then_some(CloseActivity {
+            rcv_nxt: a.rcv_nxt,
+            copied_seq: a.copied_seq,
+            snd_wl1: a.snd_wl1,
+            write_seq: a.write_seq,
+            snd_una: a.snd_una,
+            quiet_us: a.quiet_us,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TcpStateChange {
     pub ts_ns: u64,
@@ -322,6 +348,9 @@ pub struct TcpStateChange {
     pub flags: ConnFlags,
     /// `current` when the change happened (unrelated to the socket in softirq context).
     pub task: Task,
+    /// At a close transition, when the kernel could read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<CloseActivity>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -493,6 +522,7 @@ impl Decoder {
                     netns: e.netns,
                     flags: ConnFlags::from_raw(h.flags),
                     task: Task::current(&h),
+                    activity: CloseActivity::from_raw(&e.activity),
                 }))
             }
             kind::TCP_RESET => {
@@ -642,10 +672,22 @@ mod tests {
             old_state: tcp_state::ESTABLISHED,
             new_state: tcp_state::FIN_WAIT1,
             _pad: [0; 2],
+            activity: termscope_common::SockActivity {
+                valid: 1,
+                rcv_nxt: 100,
+                copied_seq: 90,
+                snd_wl1: 80,
+                write_seq: 7,
+                snd_una: 7,
+                quiet_us: 3,
+                _pad: 0,
+            },
         };
         let Ok(Event::TcpState(s)) = Decoder::default().decode(&bytes_of(&e)) else {
             panic!("not decoded")
         };
+        let a = s.activity.expect("activity");
+        assert_eq!((a.rcv_nxt, a.copied_seq, a.snd_wl1), (100, 90, 80));
         assert_eq!(s.addrs.local.to_string(), "10.0.0.1:80");
         assert_eq!(s.addrs.remote.to_string(), "10.0.0.2:50000");
         assert_eq!((s.old_state, s.new_state), ("ESTABLISHED", "FIN_WAIT1"));

@@ -14,6 +14,16 @@ use crate::{
     terminations::{Engine, EngineConfig, OpenConnection, report::TerminationReport},
 };
 
+/// A socket at its close with a request read and not answered: in flight.
+const IN_FLIGHT: crate::decode::CloseActivity = crate::decode::CloseActivity {
+    rcv_nxt: 1180,
+    copied_seq: 1180,
+    snd_wl1: 1100,
+    write_seq: 9,
+    snd_una: 9,
+    quiet_us: 5_000_000,
+};
+
 pub const POD_UID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
 pub const CONTAINER_ID: &str = "3f2a9c1b2d4e5f60718293a4b5c6d7e8f9011223344556677889aabbccddeeff";
 const POD_CG: u64 = 4242;
@@ -135,6 +145,7 @@ impl Run {
                 ..ConnFlags::default()
             },
             task: task(10, self.comm),
+            activity: Some(IN_FLIGHT),
         }));
     }
 
@@ -206,6 +217,7 @@ pub fn killed() -> TerminationReport {
             ..ConnFlags::default()
         },
         task: task(0, "swapper/0"),
+        activity: Some(IN_FLIGHT),
     }));
     // The peer resets connection 2.
     r.feed(Event::TcpReset(TcpReset {

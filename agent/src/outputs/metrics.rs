@@ -74,6 +74,8 @@ pub struct Metrics {
     pod_labels: bool,
     terminations: IntCounterVec,
     connections_cut: IntCounterVec,
+    outbound_cut: IntCounterVec,
+    idle_closed: IntCounterVec,
     reset_by_peer: IntCounterVec,
     accepted_after_stop: IntCounterVec,
     shutdown_duration: HistogramVec,
@@ -134,6 +136,20 @@ impl Metrics {
                  reset it), closed_by_exit (the kernel closed it when the process died), \
                  refused (a connection attempt after the listener closed).",
                 &with(&["reason"]),
+            )?,
+            outbound_cut: r.counter_vec(
+                "termscope_outbound_connections_cut_total",
+                "The terminating container's own outbound connections (upstreams, connection \
+                 pools) it cut, by reason (reset_by_app, closed_by_exit). Counted apart from \
+                 termscope_connections_cut_total, which follows the connections it served.",
+                &with(&["reason"]),
+            )?,
+            idle_closed: r.counter_vec(
+                "termscope_idle_connections_closed_total",
+                "Idle keep-alive connections the terminating container closed between \
+                 requests (verdict closed_idle): nothing lost, but the peer must reconnect, and \
+                 a request sent at that moment fails. By direction (inbound, outbound).",
+                &with(&["direction"]),
             )?,
             reset_by_peer: r.counter_vec(
                 "termscope_connections_reset_by_peer_total",
@@ -245,6 +261,24 @@ impl Metrics {
             if n > 0 {
                 self.connections_cut
                     .with_label_values(&self.labels(report, &[verdict.as_str()]))
+                    .inc_by(u64::from(n));
+            }
+        }
+        for verdict in CUT_REASONS {
+            let n = report.outbound_counts.get(verdict);
+            if n > 0 {
+                self.outbound_cut
+                    .with_label_values(&self.labels(report, &[verdict.as_str()]))
+                    .inc_by(u64::from(n));
+            }
+        }
+        for (direction, n) in [
+            ("inbound", report.counts.closed_idle),
+            ("outbound", report.outbound_counts.closed_idle),
+        ] {
+            if n > 0 {
+                self.idle_closed
+                    .with_label_values(&self.labels(report, &[direction]))
                     .inc_by(u64::from(n));
             }
         }
@@ -451,6 +485,35 @@ mod tests {
             text.lines().any(|l| l == line),
             "missing line\n  {line}\nin\n{text}"
         );
+    }
+
+    #[test]
+    fn outbound_cuts_and_idle_closes_have_their_own_series() {
+        let m = Metrics::new(MetricsConfig::default()).expect("metrics");
+        let mut r = fixtures::graceful();
+        r.outbound_counts.reset_by_app = 3;
+        r.outbound_counts.cut = 3;
+        r.counts.closed_idle = 2;
+        m.observe(&r);
+        let text = m.render().expect("renders");
+        let pod = format!("pod-{}", fixtures::POD_UID);
+        let c = r#"container="3f2a9c1b2d4e""#;
+        let w = format!(r#"workload="{pod}",workload_kind="""#);
+        let ns = r#"namespace="""#;
+        has(
+            &text,
+            &format!(
+                r#"termscope_outbound_connections_cut_total{{{c},{ns},reason="reset_by_app",{w}}} 3"#
+            ),
+        );
+        has(
+            &text,
+            &format!(
+                r#"termscope_idle_connections_closed_total{{{c},direction="inbound",{ns},{w}}} 2"#
+            ),
+        );
+        // The counter of the connections it served saw none of it.
+        assert!(!text.contains("termscope_connections_cut_total{"), "{text}");
     }
 
     #[test]

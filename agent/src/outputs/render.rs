@@ -218,7 +218,30 @@ fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
         c.reset_by_peer,
         c.open,
         c.accepted_late
-    )
+    )?;
+    if c.closed_idle + c.peer_closed_first > 0 {
+        writeln!(
+            out,
+            "  not cut: {} idle closed between requests, {} closed after the client's goodbye",
+            c.closed_idle, c.peer_closed_first
+        )?;
+    }
+    let o = &r.outbound_counts;
+    if o != &Default::default() {
+        writeln!(
+            out,
+            "  outbound (its own upstreams): {} cut ({} reset by app, {} closed by exit), {} \
+             idle closed, {} completed, {} reset by peer, {} open",
+            o.cut,
+            o.reset_by_app,
+            o.closed_by_exit,
+            o.closed_idle,
+            o.completed,
+            o.reset_by_peer,
+            o.open
+        )?;
+    }
+    Ok(())
 }
 
 fn connection_row(c: &Connection) -> Vec<String> {

@@ -138,7 +138,7 @@ pub const PROBES: &[ProbeSpec] = &[
             "sock/inet_sock_set_state:protocol",
             "sock/inet_sock_set_state:family",
         ],
-        wanted_features: feature::SOCK_CGROUP | feature::TASK_EXIT,
+        wanted_features: feature::SOCK_CGROUP | feature::TASK_EXIT | feature::SOCK_ACTIVITY,
     },
     ProbeSpec {
         program: "tcp_send_reset",
@@ -293,6 +293,7 @@ impl KernelSupport {
         let mut config = Config::EMPTY;
         if let Some(k) = &self.kernel {
             config.kernel = k.offsets;
+            config.activity = k.activity;
             config.features = k.features;
         }
         if let Some(t) = &self.tracepoints {
@@ -349,13 +350,17 @@ impl KernelSupport {
 }
 
 /// Names of the feature bits, for people.
-pub const FEATURE_NAMES: [(u64, &str); 6] = [
+pub const FEATURE_NAMES: [(u64, &str); 7] = [
     (feature::TASK_CGROUP, "task cgroup (task_struct->cgroups)"),
     (feature::SOCK_CGROUP, "socket cgroup (sock->sk_cgrp_data)"),
     (feature::TASK_NETNS, "task netns (task_struct->nsproxy)"),
     (feature::SKB_NETNS, "packet netns (sk_buff->dev)"),
     (feature::TASK_EXIT, "exit code and PF_EXITING (task_struct)"),
     (feature::TASK_IDS, "target pid/comm (task_struct)"),
+    (
+        feature::SOCK_ACTIVITY,
+        "idle / in flight at a close (tcp_sock sequence numbers)",
+    ),
 ];
 
 /// Kernels since 5.11 account BPF memory to the cgroup and ignore RLIMIT_MEMLOCK; older ones

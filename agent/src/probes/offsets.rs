@@ -2,7 +2,9 @@
 //! BTF and tracepoint fields from tracefs. What cannot be resolved is recorded with the reason
 //! and turns the features that need it off; nothing here fails the agent as a whole.
 
-use termscope_common::{KernelOffsets, OFFSET_MISSING, TracepointOffsets, feature};
+use termscope_common::{
+    ActivityOffsets, KernelOffsets, OFFSET_MISSING, TracepointOffsets, feature,
+};
 
 use super::{
     btf::Btf,
@@ -55,6 +57,8 @@ fn member(btf: &Btf, spec: &MemberSpec, unresolved: &mut Vec<Unresolved>) -> u32
 #[derive(Debug, Clone)]
 pub struct ResolvedKernel {
     pub offsets: KernelOffsets,
+    /// The `tcp_sock` sequence numbers read at a close ([`feature::SOCK_ACTIVITY`]).
+    pub activity: ActivityOffsets,
     pub features: u64,
     pub unresolved: Vec<Unresolved>,
 }
@@ -103,10 +107,40 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     if all(&[o.task_pid, o.task_tgid, o.task_comm]) {
         features |= feature::TASK_IDS;
     }
+    let activity = resolve_activity(btf, &mut un);
+    if all(&[
+        activity.rcv_nxt,
+        activity.copied_seq,
+        activity.snd_wl1,
+        activity.write_seq,
+        activity.snd_una,
+        activity.tcp_mstamp,
+    ]) {
+        features |= feature::SOCK_ACTIVITY;
+    }
     ResolvedKernel {
         offsets: o,
+        activity,
         features,
         unresolved: un,
+    }
+}
+
+/// The `tcp_sock` members read at a close, their own group: without one of them only the
+/// idle / in-flight distinction of closed connections is off (see `docs/report.md`).
+///
+/// - `rcv_nxt - copied_seq`: bytes the peer sent that the application never read;
+/// - `rcv_nxt - snd_wl1`: bytes the peer sent after its last acknowledgement of our data (a
+///   request that came after our last answer was acknowledged);
+/// - `write_seq - snd_una`: bytes we wrote that the peer has not acknowledged yet.
+pub fn resolve_activity(btf: &Btf, un: &mut Vec<Unresolved>) -> ActivityOffsets {
+    ActivityOffsets {
+        rcv_nxt: member(btf, &m("tcp_sock", "rcv_nxt", 4), un),
+        copied_seq: member(btf, &m("tcp_sock", "copied_seq", 4), un),
+        snd_wl1: member(btf, &m("tcp_sock", "snd_wl1", 4), un),
+        write_seq: member(btf, &m("tcp_sock", "write_seq", 4), un),
+        snd_una: member(btf, &m("tcp_sock", "snd_una", 4), un),
+        tcp_mstamp: member(btf, &m("tcp_sock", "tcp_mstamp", 8), un),
     }
 }
 
@@ -340,8 +374,22 @@ mod tests {
             | feature::TASK_NETNS
             | feature::SKB_NETNS
             | feature::TASK_EXIT
-            | feature::TASK_IDS;
+            | feature::TASK_IDS
+            | feature::SOCK_ACTIVITY;
         assert_eq!(r.features, all);
+        // The sequence numbers lie within tcp_sock, past the inet_connection_sock it embeds.
+        let icsk = btf.struct_size("inet_connection_sock")?;
+        let tp = btf.struct_size("tcp_sock")?;
+        for off in [
+            r.activity.rcv_nxt,
+            r.activity.copied_seq,
+            r.activity.snd_wl1,
+            r.activity.write_seq,
+            r.activity.snd_una,
+            r.activity.tcp_mstamp,
+        ] {
+            assert!(off >= icsk && off < tp, "{off} not in {icsk}..{tp}");
+        }
         // sock_common is the first member of sock, and skc_net lies within it.
         assert!(r.offsets.sock_net < btf.struct_size("sock_common")?);
         Ok(())

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Version of the pod report schema.
-pub const POD_SCHEMA: &str = "termscope/pod-termination/v1";
+pub const POD_SCHEMA: &str = "termscope/pod-termination/v2";
 
 /// Inbound traffic that still arrived, measured from one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -256,12 +256,28 @@ pub fn advice(report: &TerminationReport, k: &KubeFacts, p99_drain_ms: Option<f6
             ));
         }
     }
-    if report.outcome == Outcome::Killed {
+    // The stop signal never reached the app: the engine's advice (exec, an init that
+    // forwards signals) holds, and the grace period is not the problem.
+    let never_reached = report
+        .external_signals()
+        .find(|s| s.signal != "SIGKILL")
+        .is_some_and(|s| report.disposition_of(s) == super::report::SignalDisposition::Ignored);
+    if report.outcome == Outcome::Killed && k.grace_period_seconds <= 0 {
+        out.push(
+            "The pod was force-deleted (grace period 0): SIGKILL came without a chance to \
+             drain. A longer grace period would not help; delete without --force \
+             --grace-period=0."
+                .into(),
+        );
+    } else if report.outcome == Outcome::Killed && !never_reached {
         let mut s = format!(
             "The grace period ({} s) ran out and SIGKILL ended the container.",
             k.grace_period_seconds
         );
-        if let Some(p99) = p99_drain_ms {
+        // The drain time is advice only when it is above the grace period it would replace.
+        if let Some(p99) = p99_drain_ms
+            && p99 > k.grace_period_seconds as f64 * 1000.0
+        {
             s.push_str(&format!(
                 " The workload's p99 drain time is {:.1} s: give it \
                  terminationGracePeriodSeconds above that.",
@@ -309,7 +325,11 @@ pub struct PodTerminationReport {
     pub outcome: Outcome,
     pub flags: Vec<String>,
     pub summary: Vec<String>,
+    /// The connections the pod's containers served.
     pub counts: Counts,
+    /// Their own outbound connections.
+    #[serde(default)]
+    pub outbound_counts: Counts,
     /// The pod's Kubernetes facts (container-independent ones).
     pub kubernetes: KubeFacts,
     /// Deletion requested -> observed -> endpoints -> stop signals -> exits, per container.
@@ -332,6 +352,7 @@ pub fn roll_up(
     let mut flags: Vec<String> = Vec::new();
     let mut summary = Vec::new();
     let mut counts = Counts::default();
+    let mut outbound_counts = Counts::default();
     for c in &containers {
         for f in &c.flags {
             if !flags.contains(f) {
@@ -346,14 +367,8 @@ pub fn roll_up(
                 format!("[{name}] {s}")
             });
         }
-        counts.completed += c.counts.completed;
-        counts.reset_by_app += c.counts.reset_by_app;
-        counts.closed_by_exit += c.counts.closed_by_exit;
-        counts.reset_by_peer += c.counts.reset_by_peer;
-        counts.refused += c.counts.refused;
-        counts.open += c.counts.open;
-        counts.accepted_late += c.counts.accepted_late;
-        counts.cut += c.counts.cut;
+        counts.merge(&c.counts);
+        outbound_counts.merge(&c.outbound_counts);
     }
     let mut kubernetes = containers
         .iter()
@@ -478,6 +493,7 @@ pub fn roll_up(
         flags,
         summary,
         counts,
+        outbound_counts,
         kubernetes,
         timeline: steps.into_iter().map(|(_, s)| s).collect(),
         containers,

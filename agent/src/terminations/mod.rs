@@ -7,8 +7,12 @@
 //! signal for too long. Signals a container sends to itself, and the kernel's SIGKILL spread
 //! when a PID-namespace init dies, are recorded but open nothing.
 
+pub mod activity;
+pub mod advice;
 pub mod kube;
+pub mod outcome;
 pub mod report;
+pub mod verdict;
 
 use std::{
     collections::HashMap,
@@ -17,9 +21,10 @@ use std::{
 };
 
 use report::{
-    Connection, Counts, Direction, Exit, Outcome, Proc, SCHEMA, Step, StopSignal, Subject,
+    Connection, Counts, Direction, Exit, Proc, SCHEMA, Step, StopSignal, Subject,
     TerminationReport, Verdict,
 };
+use verdict::{Conn, TcpState};
 
 use crate::{
     attribute::cgroup_path::Identity,
@@ -75,7 +80,7 @@ pub enum Action {
 
 /// Signals that services also use to reload or rotate logs. A termination opened by these
 /// alone whose processes neither exit nor lose connections is not reported: it was a reload.
-const SOFT_SIGNALS: [u32; 4] = [1, 10, 12, 28]; // HUP, USR1, USR2, WINCH
+const SOFT_SIGNALS: [u32; 4] = advice::RELOAD_SIGNALS;
 
 /// A connection the kernel listed as open when the termination began.
 #[derive(Debug, Clone, Copy)]
@@ -85,56 +90,6 @@ pub struct OpenConnection {
     pub remote: SocketAddr,
     pub inbound: bool,
     pub established_ns: u64,
-}
-
-#[derive(Debug, Clone)]
-struct Conn {
-    local: SocketAddr,
-    remote: SocketAddr,
-    inbound: Option<bool>,
-    established_ns: u64,
-    closed_ns: Option<u64>,
-    closed_by_exit: bool,
-    closed_by: Option<Proc>,
-    reset_sent: bool,
-    reset_received: bool,
-    reset_reason: Option<String>,
-}
-
-impl Conn {
-    fn new(
-        local: SocketAddr,
-        remote: SocketAddr,
-        inbound: Option<bool>,
-        established_ns: u64,
-    ) -> Self {
-        Conn {
-            local,
-            remote,
-            inbound,
-            established_ns,
-            closed_ns: None,
-            closed_by_exit: false,
-            closed_by: None,
-            reset_sent: false,
-            reset_received: false,
-            reset_reason: None,
-        }
-    }
-
-    fn verdict(&self) -> Verdict {
-        if self.closed_by_exit {
-            Verdict::ClosedByExit
-        } else if self.reset_sent {
-            Verdict::ResetByApp
-        } else if self.reset_received {
-            Verdict::ResetByPeer
-        } else if self.closed_ns.is_some() {
-            Verdict::Completed
-        } else {
-            Verdict::Open
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +202,16 @@ impl Termination {
     fn learn_listen_addr(&mut self, addr: SocketAddr) {
         if !self.listen_addrs.contains(&addr) {
             self.listen_addrs.push(addr);
+        }
+    }
+
+    /// Whether `c` is a connection the container served (a client of its): accepted, or of
+    /// unknown direction (older than the agent) on one of its listening addresses or with no
+    /// listener known. Its own outbound connections (upstreams, pools) are told apart.
+    fn serves(&self, c: &Conn) -> bool {
+        match c.inbound {
+            Some(inbound) => inbound,
+            None => self.listen_addrs.is_empty() || self.listened_on(c.local),
         }
     }
 
@@ -378,12 +343,13 @@ impl Engine {
                 let Some(t) = self.open.get_mut(&c.cgroup_id) else {
                     return actions;
                 };
-                if c.old_state == "LISTEN" && c.new_state == "CLOSE" {
+                let (old, new) = (TcpState::parse(c.old_state), TcpState::parse(c.new_state));
+                if old == TcpState::Listen && new == TcpState::Close {
                     t.listeners_closed.push((c.ts_ns, c.addrs.local));
                     t.learn_listen_addr(c.addrs.local);
                     return actions;
                 }
-                if c.new_state == "LISTEN" {
+                if new == TcpState::Listen {
                     t.learn_listen_addr(c.addrs.local);
                     return actions;
                 }
@@ -401,6 +367,9 @@ impl Engine {
                         c.established_ns,
                     )
                 });
+                if TcpState::is_close(old, new) {
+                    conn.on_close(old, c.activity.as_ref());
+                }
                 if c.flags.closed_by_exit && !conn.closed_by_exit {
                     conn.closed_by_exit = true;
                     if c.flags.in_owner_task {
@@ -409,7 +378,7 @@ impl Engine {
                 }
                 conn.reset_sent |= c.flags.reset_sent;
                 conn.reset_received |= c.flags.reset_received;
-                if c.new_state == "CLOSE" {
+                if new == TcpState::Close {
                     conn.closed_ns = Some(c.ts_ns);
                 }
             }
@@ -566,8 +535,9 @@ impl Engine {
         let first = t.signals.iter().find(|s| !s.internal);
         let main = first.map_or_else(|| proc_of(0, ""), |s| s.target.clone());
 
-        // Connections and their verdicts.
-        let mut counts = Counts::default();
+        // Connections and their verdicts, counted on the side they belong to.
+        let mut served = Counts::default();
+        let mut outbound = Counts::default();
         let mut connections = Vec::new();
         let mut conns: Vec<_> = t
             .conns
@@ -576,22 +546,30 @@ impl Engine {
             .collect();
         conns.sort_by_key(|c| (c.established_ns, c.local, c.remote));
         let mut late_delays = Vec::new();
+        let mut activity_missing = false;
         for c in &conns {
             let verdict = c.verdict();
-            counts.add(verdict);
+            let direction = match c.inbound {
+                Some(true) => Direction::Inbound,
+                Some(false) => Direction::Outbound,
+                None => Direction::Unknown,
+            };
+            let side = if t.serves(c) {
+                &mut served
+            } else {
+                &mut outbound
+            };
+            side.add(verdict);
+            activity_missing |= c.activity_missing() && verdict.is_cut();
             let late = c.inbound == Some(true) && c.established_ns > stop_ns;
             if late {
-                counts.accepted_late += 1;
+                served.accepted_late += 1;
                 late_delays.push(since_stop(c.established_ns));
             }
             connections.push(Connection {
                 local: c.local,
                 remote: c.remote,
-                direction: match c.inbound {
-                    Some(true) => Direction::Inbound,
-                    Some(false) => Direction::Outbound,
-                    None => Direction::Unknown,
-                },
+                direction,
                 verdict,
                 accepted_late: late,
                 delay_ms: late.then(|| round3(since_stop(c.established_ns))),
@@ -599,10 +577,11 @@ impl Engine {
                 closed_at: c.closed_ns.map(at),
                 reset_reason: c.reset_reason.clone(),
                 closed_by: c.closed_by.clone(),
+                in_flight: c.in_flight,
             });
         }
         for r in &t.refusals {
-            counts.add(Verdict::Refused);
+            served.add(Verdict::Refused);
             connections.push(Connection {
                 local: r.local,
                 remote: r.remote,
@@ -614,6 +593,7 @@ impl Engine {
                 closed_at: Some(at(r.ts)),
                 reset_reason: Some("no_socket".into()),
                 closed_by: None,
+                in_flight: None,
             });
         }
         let total = connections.len();
@@ -624,37 +604,34 @@ impl Engine {
 
         // Outcome.
         let outside: Vec<&Signal> = t.signals.iter().filter(|s| !s.internal).collect();
-        let killed_by_sigkill = t.exits.iter().any(|(_, _, e)| {
-            matches!(
-                e,
-                ExitStatus::Signaled {
-                    signal: SIGKILL,
-                    ..
-                }
-            )
-        });
-        let sigkill_sent = outside.iter().any(|s| s.signal == SIGKILL);
+        let died_of_sigkill = |pid: Option<u32>| {
+            t.exits.iter().any(|(_, p, e)| {
+                pid.is_none_or(|pid| p.pid == pid)
+                    && matches!(
+                        e,
+                        ExitStatus::Signaled {
+                            signal: SIGKILL,
+                            ..
+                        }
+                    )
+            })
+        };
+        let outside_kill = outside.iter().find(|s| s.signal == SIGKILL).copied();
         // A supervisor inside the container that SIGKILLed its child after its own grace
         // period is an escalation too, when that child died of it.
-        let inside_escalation = t.signals.iter().find(|s| {
-            s.is_inside_escalation()
-                && t.exits.iter().any(|(_, p, e)| {
-                    p.pid == s.target.pid
-                        && matches!(
-                            e,
-                            ExitStatus::Signaled {
-                                signal: SIGKILL,
-                                ..
-                            }
-                        )
-                })
-        });
-        let killed = (sigkill_sent && killed_by_sigkill) || inside_escalation.is_some();
+        let inside_escalation = t
+            .signals
+            .iter()
+            .find(|s| s.is_inside_escalation() && died_of_sigkill(Some(s.target.pid)));
+        let killed =
+            (outside_kill.is_some() && died_of_sigkill(None)) || inside_escalation.is_some();
         let stop_sigs: Vec<u32> = outside
             .iter()
             .map(|s| s.signal)
             .filter(|&s| s != SIGKILL)
             .collect();
+        // The process that died of a stop signal's default action: the one to name (a
+        // worker, not the master or init that forwarded the signal to it).
         let no_handler_exit = t.exits.iter().find(|(_, _, e)| {
             matches!(e, ExitStatus::Signaled { signal, .. } if stop_sigs.contains(signal))
         });
@@ -664,40 +641,146 @@ impl Engine {
             || t.deliveries
                 .iter()
                 .any(|(_, _, _, d)| *d == Disposition::Ignored);
-        let survived = t.emptied_ns.is_none();
-        let late = counts.accepted_late > 0 || counts.refused > 0;
-        let outcome = if survived && !ignored {
-            Outcome::Survived
-        } else if killed {
-            Outcome::Killed
-        } else if no_handler_exit.is_some() {
-            Outcome::NoHandler
-        } else if ignored {
-            Outcome::Ignored
-        } else if counts.cut > 0 {
-            Outcome::Cut
-        } else {
-            Outcome::Graceful
+        let facts = outcome::Facts {
+            survived: t.emptied_ns.is_none(),
+            killed,
+            no_handler: no_handler_exit.is_some(),
+            ignored,
+            served,
+            outbound,
+            activity_missing,
         };
-        let mut flags = Vec::new();
-        for (on, name) in [
-            (counts.cut > 0, "cut"),
-            (killed, "killed"),
-            (no_handler_exit.is_some(), "no_handler"),
-            (ignored, "ignored"),
-            (survived, "survived"),
-            (late, "late_traffic"),
-            (counts.reset_by_peer > 0, "reset_by_peer"),
-        ] {
-            if on {
-                flags.push(name.to_string());
-            }
-        }
+        let outcome = facts.outcome();
+        let flags = facts.flags();
 
         let end_ns = t.emptied_ns.unwrap_or(now_ns);
         let shutdown_ms = since_stop(end_ns).max(0.0);
 
-        // Timeline.
+        let timeline = self.timeline(t, &conns, stop_ns, rel);
+
+        // The stop signal the advice is about: the first from outside other than SIGKILL.
+        let stop = outside.iter().find(|s| s.signal != SIGKILL).copied();
+        let signal_ignored = stop.is_some_and(|s| {
+            s.result == SignalResult::Ignored
+                || t.deliveries.iter().any(|(_, p, sig, d)| {
+                    p.pid == s.target.pid && *sig == s.signal && *d == Disposition::Ignored
+                })
+        });
+        let signal_handled = stop.is_some_and(|s| {
+            t.deliveries.iter().any(|(_, p, sig, d)| {
+                p.pid == s.target.pid && *sig == s.signal && *d == Disposition::Handler
+            })
+        });
+        let kill = match (outside_kill, inside_escalation) {
+            (Some(k), _) => advice::KillSource::Outside {
+                sender: k.sender.comm.clone(),
+                after_ms: stop
+                    .filter(|f| f.ts <= k.ts)
+                    .map(|f| (k.ts - f.ts) as f64 / 1e6),
+            },
+            (None, Some(k)) => {
+                let earlier = k.grace_from(&t.signals);
+                advice::KillSource::Inside {
+                    sender: k.sender.clone(),
+                    target: k.target.clone(),
+                    after: earlier.map(|e| ((k.ts - e.ts) as f64 / 1e6, e.signal)),
+                    handled: earlier.is_some_and(|e| {
+                        t.deliveries.iter().any(|(_, p, sig, d)| {
+                            p.pid == k.target.pid && *sig == e.signal && *d == Disposition::Handler
+                        })
+                    }),
+                }
+            }
+            (None, None) => advice::KillSource::Unknown,
+        };
+        let no_handler = no_handler_exit.and_then(|(_, p, e)| match e {
+            ExitStatus::Signaled { signal, .. } => Some((p, *signal)),
+            _ => None,
+        });
+        let summary = advice::summarize(&advice::Input {
+            outcome,
+            main: &main,
+            signal: stop.or(first).map(|s| s.signal),
+            signal_ignored,
+            signal_handled,
+            no_handler,
+            kill,
+            served: &served,
+            outbound: &outbound,
+            shutdown_ms,
+            latest_late_ms: late_delays.iter().copied().reduce(f64::max),
+            latest_refusal_ms: t.refusals.iter().map(|r| since_stop(r.ts)).reduce(f64::max),
+            activity_missing,
+        });
+
+        TerminationReport {
+            schema: SCHEMA.to_string(),
+            id: format!("{:x}-{:x}", t.cgroup_id, t.opened_ns),
+            opened_by: t.opened_by.to_string(),
+            stop_signal_at: first.map(|s| at(s.ts)),
+            kubernetes: None,
+            node: self.cfg.node.clone(),
+            subject: subject(t, main),
+            outcome,
+            flags,
+            summary,
+            started_at: at(t.opened_ns),
+            ended_at: at(end_ns),
+            shutdown_ms: round3(shutdown_ms),
+            stop_signals: t
+                .signals
+                .iter()
+                .map(|s| StopSignal {
+                    at: at(s.ts),
+                    t_ms: round3(rel(s.ts)),
+                    signal: signal_name(s.signal),
+                    sender: s.sender.clone(),
+                    sender_cgroup: s.sender_cgroup.clone(),
+                    target: s.target.clone(),
+                    result: result_str(s.result).to_string(),
+                    internal: s.internal,
+                })
+                .collect(),
+            timeline,
+            counts: served,
+            outbound_counts: outbound,
+            connections,
+            connections_omitted: omitted,
+            exits: t
+                .exits
+                .iter()
+                .map(|(ts, p, e)| Exit {
+                    at: at(*ts),
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    how: match e {
+                        ExitStatus::Exited { .. } => "exited",
+                        ExitStatus::Signaled { .. } => "signaled",
+                        ExitStatus::Unknown => "unknown",
+                    }
+                    .into(),
+                    code: match e {
+                        ExitStatus::Exited { code } => Some(*code),
+                        _ => None,
+                    },
+                    signal: match e {
+                        ExitStatus::Signaled { signal, .. } => Some(signal_name(*signal)),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// The timeline: every step in time order.
+    fn timeline(
+        &self,
+        t: &Termination,
+        conns: &[&Conn],
+        stop_ns: u64,
+        rel: impl Fn(u64) -> f64,
+    ) -> Vec<Step> {
+        let at = |ns: u64| self.clock.rfc3339(ns);
         let mut steps: Vec<(u64, &str, String)> = Vec::new();
         for s in &t.signals {
             let what = if s.signal == SIGKILL && (!s.internal || s.is_inside_escalation()) {
@@ -751,7 +834,7 @@ impl Engine {
                 format!("stopped listening on {addr}"),
             ));
         }
-        for c in &conns {
+        for c in conns {
             if c.inbound == Some(true) && c.established_ns > stop_ns {
                 steps.push((
                     c.established_ns,
@@ -800,7 +883,7 @@ impl Engine {
             steps.push((emptied, "empty", "no process left".into()));
         }
         steps.sort_by_key(|(ts, what, _)| (*ts, *what == "empty"));
-        let timeline = steps
+        steps
             .into_iter()
             .map(|(ts, what, detail)| Step {
                 t_ms: round3(rel(ts)),
@@ -808,82 +891,7 @@ impl Engine {
                 what: what.to_string(),
                 detail,
             })
-            .collect();
-
-        let summary = summarize(SummaryInput {
-            t,
-            main: &main,
-            outcome,
-            counts: &counts,
-            shutdown_ms,
-            no_handler_signal: no_handler_exit.and_then(|(_, _, e)| match e {
-                ExitStatus::Signaled { signal, .. } => Some(*signal),
-                _ => None,
-            }),
-            late_delays: &late_delays,
-            refusal_delays: &t
-                .refusals
-                .iter()
-                .map(|r| since_stop(r.ts))
-                .collect::<Vec<_>>(),
-        });
-
-        TerminationReport {
-            schema: SCHEMA.to_string(),
-            id: format!("{:x}-{:x}", t.cgroup_id, t.opened_ns),
-            opened_by: t.opened_by.to_string(),
-            stop_signal_at: first.map(|s| at(s.ts)),
-            kubernetes: None,
-            node: self.cfg.node.clone(),
-            subject: subject(t, main),
-            outcome,
-            flags,
-            summary,
-            started_at: at(t.opened_ns),
-            ended_at: at(end_ns),
-            shutdown_ms: round3(shutdown_ms),
-            stop_signals: t
-                .signals
-                .iter()
-                .map(|s| StopSignal {
-                    at: at(s.ts),
-                    t_ms: round3(rel(s.ts)),
-                    signal: signal_name(s.signal),
-                    sender: s.sender.clone(),
-                    sender_cgroup: s.sender_cgroup.clone(),
-                    target: s.target.clone(),
-                    result: result_str(s.result).to_string(),
-                    internal: s.internal,
-                })
-                .collect(),
-            timeline,
-            counts,
-            connections,
-            connections_omitted: omitted,
-            exits: t
-                .exits
-                .iter()
-                .map(|(ts, p, e)| Exit {
-                    at: at(*ts),
-                    pid: p.pid,
-                    comm: p.comm.clone(),
-                    how: match e {
-                        ExitStatus::Exited { .. } => "exited",
-                        ExitStatus::Signaled { .. } => "signaled",
-                        ExitStatus::Unknown => "unknown",
-                    }
-                    .into(),
-                    code: match e {
-                        ExitStatus::Exited { code } => Some(*code),
-                        _ => None,
-                    },
-                    signal: match e {
-                        ExitStatus::Signaled { signal, .. } => Some(signal_name(*signal)),
-                        _ => None,
-                    },
-                })
-                .collect(),
-        }
+            .collect()
     }
 }
 
@@ -973,175 +981,6 @@ fn subject(t: &Termination, main: Proc) -> Subject {
         pod: None,
         main,
     }
-}
-
-struct SummaryInput<'a> {
-    t: &'a Termination,
-    main: &'a Proc,
-    outcome: Outcome,
-    counts: &'a Counts,
-    shutdown_ms: f64,
-    no_handler_signal: Option<u32>,
-    late_delays: &'a [f64],
-    refusal_delays: &'a [f64],
-}
-
-/// A duration for people: milliseconds below a second, seconds above.
-fn secs(ms: f64) -> String {
-    if ms < 1000.0 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{:.1} s", ms / 1000.0)
-    }
-}
-
-/// Sentences a person can act on, from what was measured.
-fn summarize(i: SummaryInput<'_>) -> Vec<String> {
-    let mut out = Vec::new();
-    let first = i.t.signals.iter().find(|s| !s.internal);
-    let sig = first.map_or_else(|| "the stop signal".into(), |s| signal_name(s.signal));
-    let who = format!("{} (pid {})", i.main.comm, i.main.pid);
-    let c = i.counts;
-    let cut_detail = || {
-        let mut parts = Vec::new();
-        for (n, what) in [
-            (c.reset_by_app, "reset by the app"),
-            (
-                c.closed_by_exit,
-                "closed by the kernel when the process died",
-            ),
-            (c.refused, "refused after the listener closed"),
-        ] {
-            if n > 0 {
-                parts.push(format!("{n} {what}"));
-            }
-        }
-        parts.join(", ")
-    };
-    match i.outcome {
-        Outcome::Graceful => out.push(format!(
-            "{who} took {sig} and exited after {}; {} connection(s) completed, nothing was cut.",
-            secs(i.shutdown_ms),
-            c.completed
-        )),
-        Outcome::Cut => out.push(format!(
-            "{who} took {sig} and exited after {}, but {} connection(s) were cut: {}.",
-            secs(i.shutdown_ms),
-            c.cut,
-            cut_detail()
-        )),
-        Outcome::NoHandler => out.push(format!(
-            "{who} has no handler for {}: its default action killed the process at once; {} \
-             connection(s) were cut ({}). Handle {} in the app, or send a signal it handles.",
-            signal_name(i.no_handler_signal.unwrap_or(15)),
-            c.cut,
-            if c.cut > 0 {
-                cut_detail()
-            } else {
-                "none open".into()
-            },
-            signal_name(i.no_handler_signal.unwrap_or(15)),
-        )),
-        Outcome::Killed => {
-            let outside_kill =
-                i.t.signals
-                    .iter()
-                    .find(|s| !s.internal && s.signal == SIGKILL);
-            let (from, grace) = match outside_kill {
-                Some(k) => (
-                    format!(" from {}", k.sender.comm),
-                    match first {
-                        Some(f) if f.signal != SIGKILL => {
-                            format!(" {} after {sig}", secs((k.ts - f.ts) as f64 / 1e6))
-                        }
-                        _ => String::new(),
-                    },
-                ),
-                // A supervisor inside the container escalated.
-                None => match i.t.signals.iter().find(|s| s.is_inside_escalation()) {
-                    Some(k) => (
-                        format!(
-                            " from {} (pid {}) inside the container, to {} (pid {})",
-                            k.sender.comm, k.sender.pid, k.target.comm, k.target.pid
-                        ),
-                        k.grace_from(&i.t.signals).map_or_else(String::new, |e| {
-                            format!(
-                                " {} after its {}",
-                                secs((k.ts - e.ts) as f64 / 1e6),
-                                signal_name(e.signal)
-                            )
-                        }),
-                    ),
-                    None => (String::new(), String::new()),
-                },
-            };
-            out.push(format!(
-                "{who} was killed by SIGKILL{from}{grace}: it did not finish within the grace \
-                 period; {} connection(s) were cut ({}). Lengthen the grace period or make the \
-                 shutdown faster.",
-                c.cut,
-                if c.cut > 0 {
-                    cut_detail()
-                } else {
-                    "none open".into()
-                },
-            ));
-        }
-        Outcome::Ignored => out.push(format!(
-            "{who} ignores {sig} (SIG_IGN): the stop signal did nothing. Send a signal the \
-             app handles, or stop ignoring it."
-        )),
-        Outcome::Survived => out.push(format!(
-            "{who} took {sig} but its processes did not exit within {}: it may reload instead \
-             of stopping (uWSGI does on SIGTERM without --die-on-term); {} connection(s) were \
-             cut{}.",
-            secs(i.shutdown_ms),
-            c.cut,
-            if c.cut > 0 {
-                format!(" ({})", cut_detail())
-            } else {
-                String::new()
-            },
-        )),
-    }
-    let comm = i.main.comm.as_str();
-    if comm.starts_with("nginx") && sig == "SIGTERM" && c.cut > 0 {
-        out.push(
-            "nginx treats SIGTERM as a fast shutdown and drops open connections: stop it with \
-             SIGQUIT (STOPSIGNAL SIGQUIT, or `nginx -s quit` in a preStop hook) to drain them."
-                .into(),
-        );
-    }
-    if comm.starts_with("uwsgi") && sig == "SIGTERM" && i.outcome == Outcome::Survived {
-        out.push(
-            "uWSGI reloads on SIGTERM: run it with --die-on-term, or stop it with SIGINT / \
-             SIGQUIT."
-                .into(),
-        );
-    }
-    if let Some(max) = i.refusal_delays.iter().cloned().reduce(f64::max) {
-        out.push(format!(
-            "{} connection attempt(s) were refused after the listener closed, up to {} after \
-             the stop signal: traffic still arrived (endpoint propagation delay). Keep serving \
-             for longer after the stop signal (a preStop delay) before closing the listener.",
-            c.refused,
-            secs(max)
-        ));
-    }
-    if let Some(max) = i.late_delays.iter().cloned().reduce(f64::max) {
-        out.push(format!(
-            "{} new connection(s) were accepted up to {} after the stop signal.",
-            c.accepted_late,
-            secs(max)
-        ));
-    }
-    if c.reset_by_peer > 0 {
-        out.push(format!(
-            "{} connection(s) were reset by the peer during the shutdown.",
-            c.reset_by_peer
-        ));
-    }
-    out
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ fn default_opened_by() -> String {
 }
 
 /// Version of the report schema. Bump on any incompatible change.
-pub const SCHEMA: &str = "termscope/termination/v1";
+pub const SCHEMA: &str = "termscope/termination/v2";
 
 /// How a termination ended, most telling first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,8 +60,15 @@ pub enum Verdict {
     Completed,
     /// The container sent a reset while alive (close with unread data, `SO_LINGER 0`).
     ResetByApp,
-    /// The kernel closed it because the owning process died (RST or FIN).
+    /// The kernel closed it because the owning process died (RST or FIN) while the peer was
+    /// waiting for something: a request unread or unanswered (or it could not be told).
     ClosedByExit,
+    /// Closed by the container (its exit, or a reset) while idle: the peer's last request was
+    /// answered. Not a cut; costs the peer a reconnect (a keep-alive risk).
+    ClosedIdle,
+    /// The peer had closed first (its FIN came before ours, the socket was in CLOSE_WAIT)
+    /// and nothing of its was left unanswered: it said goodbye, nothing was lost.
+    PeerClosedFirst,
     /// A reset came from the peer.
     ResetByPeer,
     /// A SYN to the container's address and port after its listener closed, answered by RST.
@@ -71,10 +78,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 6] = [
+    pub const ALL: [Verdict; 8] = [
         Verdict::Completed,
         Verdict::ResetByApp,
         Verdict::ClosedByExit,
+        Verdict::ClosedIdle,
+        Verdict::PeerClosedFirst,
         Verdict::ResetByPeer,
         Verdict::Refused,
         Verdict::Open,
@@ -93,6 +102,8 @@ impl Verdict {
             Verdict::Completed => "completed",
             Verdict::ResetByApp => "reset_by_app",
             Verdict::ClosedByExit => "closed_by_exit",
+            Verdict::ClosedIdle => "closed_idle",
+            Verdict::PeerClosedFirst => "peer_closed_first",
             Verdict::ResetByPeer => "reset_by_peer",
             Verdict::Refused => "refused",
             Verdict::Open => "open",
@@ -138,6 +149,10 @@ pub struct Connection {
     /// The process whose exit closed it (`closed_by_exit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<Proc>,
+    /// What was in flight when the container closed it (absent when the kernel could not
+    /// read it, or the peer closed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<crate::terminations::activity::InFlight>,
 }
 
 /// One stop signal sent to the container.
@@ -176,6 +191,10 @@ pub struct Counts {
     pub completed: u32,
     pub reset_by_app: u32,
     pub closed_by_exit: u32,
+    #[serde(default)]
+    pub closed_idle: u32,
+    #[serde(default)]
+    pub peer_closed_first: u32,
     pub reset_by_peer: u32,
     pub refused: u32,
     pub open: u32,
@@ -190,6 +209,8 @@ impl Counts {
             Verdict::Completed => self.completed += 1,
             Verdict::ResetByApp => self.reset_by_app += 1,
             Verdict::ClosedByExit => self.closed_by_exit += 1,
+            Verdict::ClosedIdle => self.closed_idle += 1,
+            Verdict::PeerClosedFirst => self.peer_closed_first += 1,
             Verdict::ResetByPeer => self.reset_by_peer += 1,
             Verdict::Refused => self.refused += 1,
             Verdict::Open => self.open += 1,
@@ -199,11 +220,27 @@ impl Counts {
         }
     }
 
+    /// Adds `other`'s counts to these (a pod's containers).
+    pub fn merge(&mut self, other: &Counts) {
+        self.completed += other.completed;
+        self.reset_by_app += other.reset_by_app;
+        self.closed_by_exit += other.closed_by_exit;
+        self.closed_idle += other.closed_idle;
+        self.peer_closed_first += other.peer_closed_first;
+        self.reset_by_peer += other.reset_by_peer;
+        self.refused += other.refused;
+        self.open += other.open;
+        self.accepted_late += other.accepted_late;
+        self.cut += other.cut;
+    }
+
     pub fn get(&self, verdict: Verdict) -> u32 {
         match verdict {
             Verdict::Completed => self.completed,
             Verdict::ResetByApp => self.reset_by_app,
             Verdict::ClosedByExit => self.closed_by_exit,
+            Verdict::ClosedIdle => self.closed_idle,
+            Verdict::PeerClosedFirst => self.peer_closed_first,
             Verdict::ResetByPeer => self.reset_by_peer,
             Verdict::Refused => self.refused,
             Verdict::Open => self.open,
@@ -267,7 +304,13 @@ pub struct TerminationReport {
     pub shutdown_ms: f64,
     pub stop_signals: Vec<StopSignal>,
     pub timeline: Vec<Step>,
+    /// The connections the container served (inbound, and those of unknown direction on one
+    /// of its listening ports or with no listener known): the outcome and the alerts follow
+    /// these.
     pub counts: Counts,
+    /// The container's own outbound connections (its upstreams, connection pools).
+    #[serde(default)]
+    pub outbound_counts: Counts,
     /// Bounded; `connections_omitted` says how many were left out.
     pub connections: Vec<Connection>,
     pub connections_omitted: u32,

@@ -10,6 +10,17 @@ use crate::{
         TcpStateChange,
     },
 };
+use report::Outcome;
+
+/// A socket at its close with a request read and not answered: in flight.
+const IN_FLIGHT: crate::decode::CloseActivity = crate::decode::CloseActivity {
+    rcv_nxt: 1180,
+    copied_seq: 1180,
+    snd_wl1: 1100,
+    write_seq: 9,
+    snd_una: 9,
+    quiet_us: 5_000_000,
+};
 
 const CG: u64 = 4242;
 const RUNTIME_CG: u64 = 77;
@@ -92,6 +103,7 @@ fn state(
             ..ConnFlags::default()
         },
         task: task(0, "swapper/0"),
+        activity: Some(IN_FLIGHT),
     }
 }
 
@@ -689,4 +701,158 @@ fn a_supervisor_inside_escalating_to_sigkill() {
             assert!(!rep.sigkill_escalation());
         }
     }
+}
+
+/// An exit that closes connections: one whose client had said goodbye (CLOSE_WAIT), one idle
+/// keep-alive, one with a request in flight, and one of the container's own upstreams.
+#[test]
+fn an_exit_cuts_only_what_its_peers_were_waiting_for() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(
+        CG,
+        &[
+            open_conn(1, "10.0.0.9:40000"),
+            open_conn(2, "10.0.0.9:40001"),
+            open_conn(3, "10.0.0.9:40002"),
+            OpenConnection {
+                conn_id: 4,
+                local: addr("10.0.0.5:51000"),
+                remote: addr("10.0.0.7:5432"),
+                inbound: false,
+                established_ns: T0 - 100 * MS,
+            },
+        ],
+    );
+    r.feed(delivered(T0 + MS, 15, Disposition::Handler));
+    r.feed(exit(T0 + 2 * MS, 10, ExitStatus::Exited { code: 0 }));
+    let idle = crate::decode::CloseActivity {
+        rcv_nxt: 1100,
+        copied_seq: 1100,
+        snd_wl1: 1100,
+        quiet_us: 3_000_000,
+        ..IN_FLIGHT
+    };
+    let goodbye = crate::decode::CloseActivity {
+        rcv_nxt: 1101,
+        ..idle
+    };
+    for (id, remote, old, activity) in [
+        (1, "10.0.0.9:40000", "CLOSE_WAIT", goodbye),
+        (2, "10.0.0.9:40001", "ESTABLISHED", idle),
+        (3, "10.0.0.9:40002", "ESTABLISHED", IN_FLIGHT),
+        (4, "10.0.0.7:5432", "ESTABLISHED", IN_FLIGHT),
+    ] {
+        let mut s = state(
+            T0 + 3 * MS,
+            id,
+            remote,
+            old,
+            if old == "CLOSE_WAIT" {
+                "LAST_ACK"
+            } else {
+                "FIN_WAIT1"
+            },
+        );
+        if id == 4 {
+            s.addrs.local = addr("10.0.0.5:51000");
+            s.flags.inbound = false;
+        }
+        s.flags.closed_by_exit = true;
+        s.activity = Some(activity);
+        r.feed(Event::TcpState(s));
+    }
+    let rep = r.finish(T0 + 2 * MS);
+    let verdict = |port: u16| {
+        rep.connections
+            .iter()
+            .find(|c| c.remote.port() == port)
+            .map(|c| c.verdict)
+    };
+    assert_eq!(verdict(40000), Some(Verdict::PeerClosedFirst));
+    assert_eq!(verdict(40001), Some(Verdict::ClosedIdle));
+    assert_eq!(verdict(40002), Some(Verdict::ClosedByExit));
+    assert_eq!(verdict(5432), Some(Verdict::ClosedByExit));
+    // One served connection cut; the upstream counted apart.
+    assert_eq!(rep.counts.cut, 1);
+    assert_eq!(rep.counts.closed_idle, 1);
+    assert_eq!(rep.counts.peer_closed_first, 1);
+    assert_eq!(rep.outbound_counts.cut, 1);
+    assert_eq!(rep.outcome, Outcome::Cut);
+    assert_eq!(rep.flags, ["cut", "outbound_cut", "closed_idle"]);
+    assert!(
+        rep.summary[0].contains("but 1 connection(s) were cut"),
+        "{:?}",
+        rep.summary
+    );
+    assert!(
+        rep.summary
+            .iter()
+            .any(|s| s.starts_with("1 outbound connection(s) of its own")),
+        "{:?}",
+        rep.summary
+    );
+    let c = rep
+        .connections
+        .iter()
+        .find(|c| c.remote.port() == 40002)
+        .and_then(|c| c.in_flight)
+        .expect("in flight recorded");
+    assert_eq!(c.after_last_ack_bytes, 80);
+    let json = serde_json::to_string(&rep).expect("serializes");
+    let back: TerminationReport = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back, rep);
+}
+
+/// A shell wrapper as PID 1 of its PID namespace: SIGTERM is ignored, SIGKILL follows.
+#[test]
+fn a_stop_signal_that_never_reached_the_app() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Ignored));
+    r.feed(signal(
+        T0 + 10_000 * MS,
+        9,
+        RUNTIME_CG,
+        SignalResult::Delivered,
+    ));
+    r.feed(exit(
+        T0 + 10_001 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    ));
+    let rep = r.finish(T0 + 10_001 * MS);
+    assert_eq!(rep.outcome, Outcome::Killed);
+    assert!(
+        rep.summary[0].contains("never got SIGTERM"),
+        "{:?}",
+        rep.summary
+    );
+    assert!(rep.summary[0].contains("`exec`"), "{:?}", rep.summary);
+    assert!(!rep.summary[0].contains("Lengthen"), "{:?}", rep.summary);
+}
+
+/// A master that forwards SIGTERM to a worker without a handler: the worker is named.
+#[test]
+fn the_worker_that_had_no_handler_is_named() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.feed(exit(
+        T0 + 2 * MS,
+        11,
+        ExitStatus::Signaled {
+            signal: 15,
+            core_dumped: false,
+        },
+    ));
+    r.feed(exit(T0 + 3 * MS, 10, ExitStatus::Exited { code: 0 }));
+    let rep = r.finish(T0 + 3 * MS);
+    assert_eq!(rep.outcome, Outcome::NoHandler);
+    assert!(
+        rep.summary[0].starts_with("app (pid 11) has no handler for SIGTERM"),
+        "{:?}",
+        rep.summary
+    );
 }

@@ -102,6 +102,7 @@ fn report(refusal_after: Option<u64>, killed: bool) -> TerminationReport {
         netns: 7,
         flags: ConnFlags::default(),
         task: task(10, "app"),
+        activity: None,
     };
     engine.on_event(&Event::TcpState(listener.clone()), &mut id);
     listener.ts_ns += 1;
@@ -249,6 +250,58 @@ fn a_grace_period_that_ran_out() {
             .iter()
             .any(|s| s.contains("The grace period (30 s) ran out")
                 && s.contains("p99 drain time is 41.0 s")),
+        "{:?}",
+        r.summary
+    );
+}
+
+#[test]
+fn a_p99_below_the_grace_period_is_not_offered() {
+    let info = pod(serde_json::json!(null));
+    let view = PodView {
+        info: &info,
+        deletion_observed_at: None,
+        deleted_at: None,
+        endpoints: None,
+    };
+    let mut r = report(None, true);
+    enrich(&mut r, &view, info.containers.first(), Some(3_000.0));
+    assert!(
+        r.summary.iter().any(|s| s.contains("ran out"))
+            && !r.summary.iter().any(|s| s.contains("p99")),
+        "{:?}",
+        r.summary
+    );
+}
+
+#[test]
+fn a_force_delete_is_not_a_grace_period_to_lengthen() {
+    let mut info = pod(serde_json::json!(null));
+    info.termination_grace_period_seconds = 0;
+    if let Some(d) = info.deletion.as_mut() {
+        d.grace_period_seconds = Some(0);
+    }
+    let view = PodView {
+        info: &info,
+        deletion_observed_at: None,
+        deleted_at: None,
+        endpoints: None,
+    };
+    let mut r = report(None, true);
+    enrich(&mut r, &view, info.containers.first(), Some(41_000.0));
+    assert_eq!(
+        r.kubernetes.as_deref().map(|k| k.grace_period_seconds),
+        Some(0)
+    );
+    assert!(
+        r.summary.iter().any(|s| s.contains("force-deleted")),
+        "{:?}",
+        r.summary
+    );
+    assert!(
+        !r.summary
+            .iter()
+            .any(|s| s.contains("ran out") || s.contains("p99")),
         "{:?}",
         r.summary
     );

@@ -1,0 +1,171 @@
+//! What was in flight on a connection at the moment the container closed it, from the socket's
+//! own sequence numbers (read by the kernel program at the close transition).
+//!
+//! The peer lost something when, at the close:
+//! - it had sent bytes the application never read (`rcv_nxt - copied_seq`, not counting the
+//!   peer's FIN), or
+//! - it had not closed its side (no FIN from it yet) and the connection was not idle:
+//!   - it had sent bytes after its last acknowledgement of our data (`rcv_nxt - snd_wl1`: a
+//!     request that arrived after our previous answer was acknowledged, not yet answered), or
+//!   - data of ours was still unacknowledged (`write_seq != snd_una`: an answer on its way,
+//!     perhaps cut short), or
+//!   - a segment went either way less than [`IDLE_AFTER_US`] before the close (an answer
+//!     still streaming between two writes).
+//!
+//! A peer whose FIN came first said goodbye: what it sent last was read, and it expects
+//! nothing more (the rare client that half-closes and still waits for an answer is the
+//! exception, stated in `docs/report.md`).
+//!
+//! Otherwise the connection was idle: the peer's last request was answered and acknowledged
+//! and the connection had been quiet for [`IDLE_AFTER_US`]; closing it costs the peer no
+//! more than a reconnect. The limit, stated in `docs/report.md`: an answer the server stopped
+//! writing half-way, then left quiet for that long, looks the same as a finished one at the
+//! TCP level.
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::CloseActivity;
+
+/// A connection quiet for this long (no segment either way) with nothing pending is idle;
+/// one with traffic more recent than that may be streaming an answer between two writes.
+pub const IDLE_AFTER_US: u32 = 2_000_000;
+
+/// The decision about one close, with the byte counts behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// Bytes of the peer's the application never read.
+    pub unread_bytes: u32,
+    /// Bytes the peer sent after its last acknowledgement of our data.
+    pub after_last_ack_bytes: u32,
+    /// Bytes we wrote that the peer had not acknowledged yet.
+    pub unacked_bytes: u32,
+    /// The peer's FIN had arrived: it closed first.
+    pub peer_closed: bool,
+    /// Microseconds since the connection's last segment either way.
+    pub quiet_us: u32,
+}
+
+impl InFlight {
+    /// Reads `a`, taken at a close; `peer_fin`: the peer's FIN had arrived (the socket was in
+    /// CLOSE_WAIT), which takes one sequence number that is not data.
+    pub fn of(a: &CloseActivity, peer_fin: bool) -> Self {
+        let fin = u32::from(peer_fin);
+        let ahead = |to: u32, from: u32| -> u32 {
+            // Sequence numbers wrap; a "negative" distance is none.
+            let d = to.wrapping_sub(from) as i32;
+            u32::try_from(d).unwrap_or(0)
+        };
+        InFlight {
+            unread_bytes: ahead(a.rcv_nxt, a.copied_seq).saturating_sub(fin),
+            after_last_ack_bytes: ahead(a.rcv_nxt, a.snd_wl1).saturating_sub(fin),
+            unacked_bytes: ahead(a.write_seq, a.snd_una),
+            peer_closed: peer_fin,
+            quiet_us: a.quiet_us,
+        }
+    }
+
+    /// Whether the peer was waiting for something the close took from it.
+    pub fn lost_something(&self) -> bool {
+        self.unread_bytes > 0
+            || (!self.peer_closed
+                && (self.after_last_ack_bytes > 0
+                    || self.unacked_bytes > 0
+                    || self.quiet_us < IDLE_AFTER_US))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quiet for 5 s.
+    fn act(rcv_nxt: u32, copied: u32, wl1: u32, write: u32, una: u32) -> CloseActivity {
+        CloseActivity {
+            rcv_nxt,
+            copied_seq: copied,
+            snd_wl1: wl1,
+            write_seq: write,
+            snd_una: una,
+            quiet_us: 5_000_000,
+        }
+    }
+
+    #[test]
+    fn an_answered_request_acknowledged_by_the_peer_is_idle() {
+        // Request 1000..1100 read; answer 5000..5400 written and acknowledged by a segment at
+        // 1100 (the peer's next sequence number).
+        let f = InFlight::of(&act(1100, 1100, 1100, 5400, 5400), false);
+        assert!(!f.lost_something(), "{f:?}");
+        assert_eq!(f.after_last_ack_bytes, 0);
+    }
+
+    #[test]
+    fn a_request_read_but_not_answered_is_in_flight() {
+        // The second request (1100..1180) came after the peer acknowledged our last answer.
+        let f = InFlight::of(&act(1180, 1180, 1100, 5400, 5400), false);
+        assert!(f.lost_something());
+        assert_eq!(f.after_last_ack_bytes, 80);
+    }
+
+    #[test]
+    fn a_request_never_read_is_in_flight() {
+        let f = InFlight::of(&act(1180, 1100, 1100, 5400, 5400), false);
+        assert_eq!(f.unread_bytes, 80);
+        assert!(f.lost_something());
+    }
+
+    #[test]
+    fn an_answer_still_on_its_way_may_be_cut_short() {
+        // Written and not acknowledged: the process may have had more to write.
+        let f = InFlight::of(&act(1180, 1180, 1100, 5900, 5400), false);
+        assert_eq!(f.unacked_bytes, 500);
+        assert!(f.lost_something());
+    }
+
+    #[test]
+    fn a_recent_segment_means_an_answer_may_still_be_streaming() {
+        // Everything acknowledged, but we sent 300 ms before the close (a rate-limited
+        // download between two writes).
+        let mut a = act(1100, 1100, 1100, 5400, 5400);
+        a.quiet_us = 300_000;
+        assert!(InFlight::of(&a, false).lost_something());
+        a.quiet_us = IDLE_AFTER_US;
+        assert!(!InFlight::of(&a, false).lost_something());
+        // After the peer's goodbye the recent FIN does not count.
+        a.quiet_us = 10;
+        a.rcv_nxt += 1;
+        assert!(!InFlight::of(&a, true).lost_something());
+    }
+
+    #[test]
+    fn a_fresh_connection_without_data_is_idle() {
+        let f = InFlight::of(&act(1, 1, 1, 1, 1), false);
+        assert!(!f.lost_something());
+    }
+
+    #[test]
+    fn the_peers_fin_is_not_data() {
+        // Goodbye read, then the peer's FIN (one sequence number) arrived and was not read.
+        let f = InFlight::of(&act(1101, 1100, 1100, 5400, 5400), true);
+        assert_eq!((f.unread_bytes, f.after_last_ack_bytes), (0, 0));
+        assert!(!f.lost_something());
+        // Its goodbye message and FIN read, nothing answered: it expects nothing more.
+        let f = InFlight::of(&act(1105, 1105, 1100, 5400, 5400), true);
+        assert_eq!(f.after_last_ack_bytes, 4);
+        assert!(!f.lost_something());
+        // A request and FIN the application never read: in flight.
+        let f = InFlight::of(&act(1181, 1100, 1100, 5400, 5400), true);
+        assert_eq!(f.unread_bytes, 80);
+        assert!(f.lost_something());
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let f = InFlight::of(&act(10, 10, u32::MAX - 9, 7, 7), false);
+        assert_eq!(f.after_last_ack_bytes, 20);
+        assert!(f.lost_something());
+        // Behind (a stale snd_wl1 after a window-only update cannot be ahead): none.
+        let f = InFlight::of(&act(10, 10, 20, 7, 7), false);
+        assert_eq!(f.after_last_ack_bytes, 0);
+    }
+}

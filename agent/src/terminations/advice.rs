@@ -1,0 +1,654 @@
+//! Sentences a person can act on, from what the engine measured: which process, what
+//! happened to its connections, and the fix that fits the cause — not the same "lengthen the
+//! grace period" for every SIGKILL.
+
+use super::report::{Counts, Outcome, Proc};
+use crate::decode::signal_name;
+
+const SIGHUP: u32 = 1;
+const SIGINT: u32 = 2;
+const SIGQUIT: u32 = 3;
+const SIGUSR1: u32 = 10;
+const SIGUSR2: u32 = 12;
+const SIGTERM: u32 = 15;
+const SIGWINCH: u32 = 28;
+
+/// Signals that services commonly take as "reload" or "rotate logs" rather than "stop".
+pub const RELOAD_SIGNALS: [u32; 4] = [SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH];
+
+/// A program whose operators stop it gracefully with particular signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GracefulStop {
+    /// As people name it.
+    pub program: &'static str,
+    /// The signals that make it drain and exit.
+    pub signals: &'static [u32],
+    /// What the other signals do to it, and how to send the right one.
+    pub note: &'static str,
+}
+
+/// The graceful stops of common servers, from their documentation, matched by the
+/// process's `comm` prefix. One table, used by every rule that names a signal.
+const GRACEFUL_STOPS: [(&str, GracefulStop); 9] = [
+    (
+        "nginx",
+        GracefulStop {
+            program: "nginx",
+            signals: &[SIGQUIT],
+            note: "nginx treats SIGTERM as a fast shutdown and drops open connections: stop it \
+                   with SIGQUIT (STOPSIGNAL SIGQUIT, or `nginx -s quit` in a preStop hook) to \
+                   drain them.",
+        },
+    ),
+    (
+        "gunicorn",
+        GracefulStop {
+            program: "gunicorn",
+            signals: &[SIGTERM],
+            note: "gunicorn drains on SIGTERM (within --graceful-timeout); SIGINT and SIGQUIT \
+                   are its quick shutdown.",
+        },
+    ),
+    (
+        "uwsgi",
+        GracefulStop {
+            program: "uWSGI",
+            signals: &[SIGINT, SIGQUIT],
+            note: "uWSGI reloads on SIGTERM: run it with --die-on-term, or stop it with SIGINT \
+                   / SIGQUIT.",
+        },
+    ),
+    (
+        "haproxy",
+        GracefulStop {
+            program: "HAProxy",
+            signals: &[SIGUSR1],
+            note: "HAProxy's soft stop is SIGUSR1 (it finishes its sessions, bounded by \
+                   hard-stop-after); SIGTERM and SIGINT stop it at once.",
+        },
+    ),
+    (
+        "httpd",
+        GracefulStop {
+            program: "Apache httpd",
+            signals: &[SIGWINCH],
+            note: "Apache httpd stops gracefully on SIGWINCH (`apachectl graceful-stop`); \
+                   SIGTERM stops it at once.",
+        },
+    ),
+    (
+        "apache2",
+        GracefulStop {
+            program: "Apache httpd",
+            signals: &[SIGWINCH],
+            note: "Apache httpd stops gracefully on SIGWINCH (`apachectl graceful-stop`); \
+                   SIGTERM stops it at once.",
+        },
+    ),
+    (
+        "php-fpm",
+        GracefulStop {
+            program: "PHP-FPM",
+            signals: &[SIGQUIT],
+            note: "PHP-FPM stops gracefully on SIGQUIT; SIGTERM and SIGINT stop it at once.",
+        },
+    ),
+    (
+        "unicorn",
+        GracefulStop {
+            program: "unicorn",
+            signals: &[SIGQUIT],
+            note: "unicorn stops gracefully on SIGQUIT; SIGTERM and SIGINT stop it at once.",
+        },
+    ),
+    (
+        "puma",
+        GracefulStop {
+            program: "Puma",
+            signals: &[SIGTERM],
+            note: "Puma drains on SIGTERM (bounded by its worker shutdown timeout).",
+        },
+    ),
+];
+
+/// The graceful stop of the program `comm` runs, when it is one the table knows.
+pub fn graceful_stop(comm: &str) -> Option<&'static GracefulStop> {
+    GRACEFUL_STOPS
+        .iter()
+        .find(|(prefix, _)| comm.starts_with(prefix))
+        .map(|(_, g)| g)
+}
+
+fn names(signals: &[u32]) -> String {
+    signals
+        .iter()
+        .map(|s| signal_name(*s))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// Who sent the SIGKILL that ended a `killed` termination, and after how long.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KillSource {
+    /// From outside the container (a runtime, kubelet): `after_ms` since the first stop signal
+    /// when that was another signal.
+    Outside {
+        sender: String,
+        after_ms: Option<f64>,
+    },
+    /// A supervisor inside the container escalated: `after` its own earlier signal, which
+    /// the target ran its own handler for (`handled`).
+    Inside {
+        sender: Proc,
+        target: Proc,
+        after: Option<(f64, u32)>,
+        handled: bool,
+    },
+    Unknown,
+}
+
+/// What the summary is made from.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    pub outcome: Outcome,
+    /// The target of the first stop signal from outside.
+    pub main: &'a Proc,
+    /// The first stop signal from outside (other than SIGKILL, when one came).
+    pub signal: Option<u32>,
+    /// That signal never reached the app: ignored (`SIG_IGN`, or PID 1 of a PID namespace
+    /// without a handler).
+    pub signal_ignored: bool,
+    /// The main process ran its own handler for that signal.
+    pub signal_handled: bool,
+    /// The process that died of a stop signal's default action, and the signal.
+    pub no_handler: Option<(&'a Proc, u32)>,
+    pub kill: KillSource,
+    pub served: &'a Counts,
+    pub outbound: &'a Counts,
+    pub shutdown_ms: f64,
+    /// Latest late acceptance and refusal, ms after the stop signal.
+    pub latest_late_ms: Option<f64>,
+    pub latest_refusal_ms: Option<f64>,
+    pub activity_missing: bool,
+}
+
+/// A duration for people: milliseconds below a second, seconds above.
+pub fn secs(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
+}
+
+fn cut_detail(c: &Counts) -> String {
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (c.reset_by_app, "reset by the app"),
+        (
+            c.closed_by_exit,
+            "closed by the kernel when the process died",
+        ),
+        (c.refused, "refused after the listener closed"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    parts.join(", ")
+}
+
+fn cut_or_none(c: &Counts) -> String {
+    if c.cut > 0 {
+        cut_detail(c)
+    } else {
+        "none open".into()
+    }
+}
+
+/// The sentences of a report, first the one that says what happened.
+pub fn summarize(i: &Input<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let sig = i
+        .signal
+        .map_or_else(|| "the stop signal".into(), signal_name);
+    let who = format!("{} (pid {})", i.main.comm, i.main.pid);
+    let c = i.served;
+    let program = graceful_stop(&i.main.comm);
+    // A reload signal used as the stop signal: handled, and the process kept running.
+    let reload = |comm: &str, s: u32| {
+        RELOAD_SIGNALS.contains(&s) && graceful_stop(comm).is_none_or(|p| !p.signals.contains(&s))
+    };
+    match i.outcome {
+        Outcome::Graceful => out.push(format!(
+            "{who} took {sig} and exited after {}; {} connection(s) completed, nothing was cut.",
+            secs(i.shutdown_ms),
+            c.completed + c.peer_closed_first
+        )),
+        Outcome::Cut => out.push(format!(
+            "{who} took {sig} and exited after {}, but {} connection(s) were cut: {}.",
+            secs(i.shutdown_ms),
+            c.cut,
+            cut_detail(c)
+        )),
+        Outcome::NoHandler => {
+            let (dead, signal) = i.no_handler.map_or((i.main, SIGTERM), |(p, s)| (p, s));
+            out.push(format!(
+                "{} (pid {}) has no handler for {}: its default action killed the process at \
+                 once; {} connection(s) were cut ({}). Handle {} in the app, or send a signal it \
+                 handles.",
+                dead.comm,
+                dead.pid,
+                signal_name(signal),
+                c.cut,
+                cut_or_none(c),
+                signal_name(signal),
+            ));
+        }
+        Outcome::Killed => {
+            let (from, grace) = match &i.kill {
+                KillSource::Outside { sender, after_ms } => (
+                    format!(" from {sender}"),
+                    after_ms.map_or_else(String::new, |ms| format!(" {} after {sig}", secs(ms))),
+                ),
+                KillSource::Inside {
+                    sender,
+                    target,
+                    after,
+                    ..
+                } => (
+                    format!(
+                        " from {} (pid {}) inside the container, to {} (pid {})",
+                        sender.comm, sender.pid, target.comm, target.pid
+                    ),
+                    after.map_or_else(String::new, |(ms, s)| {
+                        format!(" {} after its {}", secs(ms), signal_name(s))
+                    }),
+                ),
+                KillSource::Unknown => (String::new(), String::new()),
+            };
+            if i.signal_ignored {
+                out.push(format!(
+                    "{who} never got {sig}: it was ignored (SIG_IGN, or the process is PID 1 of \
+                     its PID namespace without a handler, e.g. a shell wrapper), so SIGKILL{from}\
+                     {grace} ended it; {} connection(s) were cut ({}). A longer grace period \
+                     would not help: use `exec` in the entrypoint so the app itself receives \
+                     {sig}, run an init that forwards signals (tini, dumb-init, `docker run \
+                     --init`), or handle {sig}.",
+                    c.cut,
+                    cut_or_none(c),
+                ));
+            } else if let Some((proc, s)) = match &i.kill {
+                // The signal the SIGKILL followed, to the process it killed.
+                KillSource::Inside {
+                    target,
+                    after: Some((_, s)),
+                    handled: true,
+                    ..
+                } => Some((target, *s)),
+                _ => i.signal.filter(|_| i.signal_handled).map(|s| (i.main, s)),
+            }
+            .filter(|(p, s)| reload(&p.comm, *s))
+            {
+                let stop = graceful_stop(&proc.comm)
+                    .map_or_else(|| "SIGTERM".into(), |p| names(p.signals));
+                out.push(format!(
+                    "{} (pid {}) took {} as a reload and kept running, so SIGKILL{from}{grace} \
+                     ended it; {} connection(s) were cut ({}). A longer grace period would not \
+                     help: stop it with {stop} instead of {} (the supervisor's stop signal, \
+                     e.g. supervisord `stopsignal`, or STOPSIGNAL).",
+                    proc.comm,
+                    proc.pid,
+                    signal_name(s),
+                    c.cut,
+                    cut_or_none(c),
+                    signal_name(s),
+                ));
+            } else {
+                out.push(format!(
+                    "{who} was killed by SIGKILL{from}{grace}: it did not finish within the \
+                     grace period; {} connection(s) were cut ({}). Lengthen the grace period \
+                     or make the shutdown faster.",
+                    c.cut,
+                    cut_or_none(c),
+                ));
+            }
+        }
+        Outcome::Ignored => out.push(format!(
+            "{who} ignores {sig} (SIG_IGN, or it is PID 1 of its PID namespace without a \
+             handler): the stop signal did nothing. Use `exec` in the entrypoint, an init that \
+             forwards signals, or handle {sig}."
+        )),
+        Outcome::Survived if c.open > 0 => out.push(format!(
+            "{who} took {sig} and was still serving {} open connection(s) {} later: it waits \
+             for its clients to close them (a drain without a deadline); {} connection(s) were \
+             cut{}.",
+            c.open,
+            secs(i.shutdown_ms),
+            c.cut,
+            if c.cut > 0 {
+                format!(" ({})", cut_detail(c))
+            } else {
+                String::new()
+            },
+        )),
+        Outcome::Survived => out.push(format!(
+            "{who} took {sig} but its processes did not exit within {}, with no connection \
+             open: it may reload on {sig} instead of stopping; {} connection(s) were cut{}.",
+            secs(i.shutdown_ms),
+            c.cut,
+            if c.cut > 0 {
+                format!(" ({})", cut_detail(c))
+            } else {
+                String::new()
+            },
+        )),
+    }
+    // The program's own graceful stop, when another signal was used and it hurt.
+    if let (Some(p), Some(s)) = (program, i.signal)
+        && !p.signals.contains(&s)
+        && (c.cut > 0 || matches!(i.outcome, Outcome::Survived | Outcome::Killed))
+    {
+        out.push(p.note.to_string());
+    }
+    if i.outbound.cut > 0 {
+        out.push(format!(
+            "{} outbound connection(s) of its own (upstreams, connection pools) were closed \
+             abruptly: {}. They are counted apart from the connections it served.",
+            i.outbound.cut,
+            cut_detail(i.outbound)
+        ));
+    }
+    let idle = c.closed_idle + i.outbound.closed_idle;
+    if idle > 0 {
+        out.push(format!(
+            "{idle} idle keep-alive connection(s) were closed between requests: their peers \
+             lost no response, but must reconnect (a request sent at that very moment fails)."
+        ));
+    }
+    if c.peer_closed_first > 0 {
+        out.push(format!(
+            "{} connection(s) were closed after their clients had said goodbye (their FIN came \
+             first): nothing was lost.",
+            c.peer_closed_first
+        ));
+    }
+    if let Some(max) = i.latest_refusal_ms {
+        out.push(format!(
+            "{} connection attempt(s) were refused after the listener closed, up to {} after \
+             the stop signal: traffic still arrived (endpoint propagation delay). Keep serving \
+             for longer after the stop signal (a preStop delay) before closing the listener.",
+            c.refused,
+            secs(max)
+        ));
+    }
+    if let Some(max) = i.latest_late_ms {
+        out.push(format!(
+            "{} new connection(s) were accepted up to {} after the stop signal.",
+            c.accepted_late,
+            secs(max)
+        ));
+    }
+    let by_peer = c.reset_by_peer + i.outbound.reset_by_peer;
+    if by_peer > 0 {
+        out.push(format!(
+            "{by_peer} connection(s) were reset by the peer during the shutdown."
+        ));
+    }
+    if i.activity_missing {
+        out.push(
+            "The kernel could not tell whether the closed connections were idle or in flight \
+             (tcp_sock offsets unavailable, see `termscope doctor`): they are counted as cut."
+                .into(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: u32, comm: &str) -> Proc {
+        Proc {
+            pid,
+            comm: comm.into(),
+        }
+    }
+
+    fn input<'a>(outcome: Outcome, main: &'a Proc, served: &'a Counts) -> Input<'a> {
+        static NONE: Counts = Counts {
+            completed: 0,
+            reset_by_app: 0,
+            closed_by_exit: 0,
+            closed_idle: 0,
+            peer_closed_first: 0,
+            reset_by_peer: 0,
+            refused: 0,
+            open: 0,
+            accepted_late: 0,
+            cut: 0,
+        };
+        Input {
+            outcome,
+            main,
+            signal: Some(SIGTERM),
+            signal_ignored: false,
+            signal_handled: true,
+            no_handler: None,
+            kill: KillSource::Outside {
+                sender: "runc".into(),
+                after_ms: Some(10_000.0),
+            },
+            served,
+            outbound: &NONE,
+            shutdown_ms: 10_000.0,
+            latest_late_ms: None,
+            latest_refusal_ms: None,
+            activity_missing: false,
+        }
+    }
+
+    #[test]
+    fn the_table_knows_common_servers() {
+        assert_eq!(
+            graceful_stop("nginx").map(|g| g.signals),
+            Some(&[SIGQUIT][..])
+        );
+        assert_eq!(graceful_stop("uwsgi").map(|g| g.program), Some("uWSGI"));
+        assert_eq!(
+            graceful_stop("haproxy").map(|g| g.signals),
+            Some(&[SIGUSR1][..])
+        );
+        assert!(graceful_stop("python3").is_none());
+    }
+
+    #[test]
+    fn a_grace_period_that_ran_out() {
+        let main = p(10, "app");
+        let c = Counts::default();
+        let s = summarize(&input(Outcome::Killed, &main, &c));
+        assert!(s[0].contains("10.0 s after SIGTERM"), "{s:?}");
+        assert!(s[0].contains("Lengthen the grace period"), "{s:?}");
+    }
+
+    #[test]
+    fn an_ignored_signal_is_not_a_grace_period_problem() {
+        let main = p(1, "sh");
+        let c = Counts::default();
+        let i = Input {
+            signal_ignored: true,
+            signal_handled: false,
+            ..input(Outcome::Killed, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(s[0].contains("never got SIGTERM"), "{s:?}");
+        assert!(
+            s[0].contains("`exec`") && s[0].contains("forwards signals"),
+            "{s:?}"
+        );
+        assert!(!s[0].contains("Lengthen"), "{s:?}");
+    }
+
+    #[test]
+    fn a_reload_signal_used_to_stop() {
+        let main = p(10, "python3");
+        let c = Counts::default();
+        let i = Input {
+            signal: Some(SIGHUP),
+            ..input(Outcome::Killed, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(s[0].contains("took SIGHUP as a reload"), "{s:?}");
+        assert!(
+            s[0].contains("stop it with SIGTERM instead of SIGHUP"),
+            "{s:?}"
+        );
+        // nginx's reload signal: its graceful stop is named.
+        let main = p(10, "nginx");
+        let i = Input {
+            signal: Some(SIGHUP),
+            ..input(Outcome::Killed, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(
+            s[0].contains("stop it with SIGQUIT instead of SIGHUP"),
+            "{s:?}"
+        );
+        // HAProxy's SIGUSR1 is its soft stop, not a reload: the grace period ran out.
+        let main = p(10, "haproxy");
+        let i = Input {
+            signal: Some(SIGUSR1),
+            ..input(Outcome::Killed, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(s[0].contains("Lengthen the grace period"), "{s:?}");
+    }
+
+    #[test]
+    fn a_supervisor_configured_with_a_reload_signal() {
+        let main = p(1, "supervisord");
+        let c = Counts::default();
+        let i = Input {
+            kill: KillSource::Inside {
+                sender: p(1, "supervisord"),
+                target: p(7, "gunicorn"),
+                after: Some((2_000.0, SIGHUP)),
+                handled: true,
+            },
+            ..input(Outcome::Killed, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(
+            s[0].starts_with("gunicorn (pid 7) took SIGHUP as a reload"),
+            "{s:?}"
+        );
+        assert!(
+            s[0].contains("stop it with SIGTERM instead of SIGHUP"),
+            "{s:?}"
+        );
+        assert!(s[0].contains("2.0 s after its SIGHUP"), "{s:?}");
+        // The same escalation after a stop signal: the grace period ran out.
+        let i = Input {
+            kill: KillSource::Inside {
+                sender: p(1, "supervisord"),
+                target: p(7, "gunicorn"),
+                after: Some((2_000.0, SIGTERM)),
+                handled: true,
+            },
+            ..input(Outcome::Killed, &main, &c)
+        };
+        assert!(summarize(&i)[0].contains("Lengthen the grace period"));
+    }
+
+    #[test]
+    fn the_process_without_a_handler_is_named() {
+        let main = p(10, "master");
+        let worker = p(11, "worker");
+        let c = Counts::default();
+        let i = Input {
+            no_handler: Some((&worker, SIGTERM)),
+            ..input(Outcome::NoHandler, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(
+            s[0].starts_with("worker (pid 11) has no handler for SIGTERM"),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn a_server_waiting_for_its_clients_is_not_a_reload() {
+        let main = p(10, "app");
+        let c = Counts {
+            open: 2,
+            ..Counts::default()
+        };
+        let s = summarize(&input(Outcome::Survived, &main, &c));
+        assert!(s[0].contains("still serving 2 open connection(s)"), "{s:?}");
+        assert!(!s[0].contains("reload"), "{s:?}");
+        let none = Counts::default();
+        let s = summarize(&input(Outcome::Survived, &main, &none));
+        assert!(s[0].contains("may reload"), "{s:?}");
+    }
+
+    #[test]
+    fn the_programs_graceful_signal_when_another_one_hurt() {
+        let main = p(10, "nginx: master process");
+        let c = Counts {
+            closed_by_exit: 2,
+            cut: 2,
+            ..Counts::default()
+        };
+        let s = summarize(&input(Outcome::Cut, &main, &c));
+        assert!(
+            s.iter().any(|l| l.contains("stop it with SIGQUIT")),
+            "{s:?}"
+        );
+        // The right signal: nothing more to say.
+        let i = Input {
+            signal: Some(SIGQUIT),
+            ..input(Outcome::Cut, &main, &c)
+        };
+        assert!(!summarize(&i).iter().any(|l| l.contains("fast shutdown")));
+    }
+
+    #[test]
+    fn outbound_idle_and_goodbye_sentences() {
+        let main = p(10, "haproxy");
+        let served = Counts {
+            completed: 1,
+            peer_closed_first: 2,
+            closed_idle: 1,
+            ..Counts::default()
+        };
+        let outbound = Counts {
+            reset_by_app: 3,
+            cut: 3,
+            ..Counts::default()
+        };
+        let i = Input {
+            signal: Some(SIGUSR1),
+            outbound: &outbound,
+            ..input(Outcome::Graceful, &main, &served)
+        };
+        let s = summarize(&i);
+        assert!(
+            s[0].contains("3 connection(s) completed, nothing was cut"),
+            "{s:?}"
+        );
+        assert!(
+            s.iter().any(|l| l.starts_with("3 outbound connection(s)")),
+            "{s:?}"
+        );
+        assert!(
+            s.iter().any(|l| l.starts_with("1 idle keep-alive")),
+            "{s:?}"
+        );
+        assert!(
+            s.iter()
+                .any(|l| l.starts_with("2 connection(s) were closed after")),
+            "{s:?}"
+        );
+    }
+}

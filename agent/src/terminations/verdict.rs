@@ -1,0 +1,288 @@
+//! One connection's story during a termination, and the rule that turns it into a
+//! [`Verdict`]: what its peer really lost.
+
+use std::net::SocketAddr;
+
+use super::{activity::InFlight, report::Proc, report::Verdict};
+use crate::decode::CloseActivity;
+
+/// TCP states the rules look at (`include/net/tcp_states.h`), parsed once from the decoded
+/// event's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    Other,
+}
+
+impl TcpState {
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "ESTABLISHED" => TcpState::Established,
+            "SYN_SENT" => TcpState::SynSent,
+            "SYN_RECV" => TcpState::SynRecv,
+            "FIN_WAIT1" => TcpState::FinWait1,
+            "FIN_WAIT2" => TcpState::FinWait2,
+            "TIME_WAIT" => TcpState::TimeWait,
+            "CLOSE" => TcpState::Close,
+            "CLOSE_WAIT" => TcpState::CloseWait,
+            "LAST_ACK" => TcpState::LastAck,
+            "LISTEN" => TcpState::Listen,
+            "CLOSING" => TcpState::Closing,
+            _ => TcpState::Other,
+        }
+    }
+
+    /// The container closing (or aborting) a connection that was open or that the peer had
+    /// closed first: the transitions at which the kernel reads [`CloseActivity`].
+    pub fn is_close(old: TcpState, new: TcpState) -> bool {
+        matches!(old, TcpState::Established | TcpState::CloseWait)
+            && matches!(
+                new,
+                TcpState::FinWait1 | TcpState::LastAck | TcpState::Close
+            )
+    }
+}
+
+/// What the engine knows of one connection.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub inbound: Option<bool>,
+    pub established_ns: u64,
+    pub closed_ns: Option<u64>,
+    pub closed_by_exit: bool,
+    pub closed_by: Option<Proc>,
+    pub reset_sent: bool,
+    pub reset_received: bool,
+    pub reset_reason: Option<String>,
+    /// The container's close came after the peer's FIN (from CLOSE_WAIT).
+    pub peer_closed_first: bool,
+    /// Whether the container's first close transition was seen (with or without activity).
+    pub close_seen: bool,
+    /// What was in flight at the container's close, when the kernel could read it.
+    pub in_flight: Option<InFlight>,
+}
+
+impl Conn {
+    pub fn new(
+        local: SocketAddr,
+        remote: SocketAddr,
+        inbound: Option<bool>,
+        established_ns: u64,
+    ) -> Self {
+        Conn {
+            local,
+            remote,
+            inbound,
+            established_ns,
+            closed_ns: None,
+            closed_by_exit: false,
+            closed_by: None,
+            reset_sent: false,
+            reset_received: false,
+            reset_reason: None,
+            peer_closed_first: false,
+            close_seen: false,
+            in_flight: None,
+        }
+    }
+
+    /// Records the container's close (the first one counts: a later CLOSE after FIN_WAIT is
+    /// not the moment the container let go).
+    pub fn on_close(&mut self, old: TcpState, activity: Option<&CloseActivity>) {
+        if self.close_seen {
+            return;
+        }
+        self.close_seen = true;
+        let peer_fin = old == TcpState::CloseWait;
+        self.peer_closed_first = peer_fin;
+        self.in_flight = activity.map(|a| InFlight::of(a, peer_fin));
+    }
+
+    /// Whether the peer was left waiting at the container's close: `Some(true)` it lost a
+    /// request or its answer, `Some(false)` idle, `None` unknown (the kernel could not read
+    /// the socket).
+    pub fn lost_something(&self) -> Option<bool> {
+        self.in_flight.map(|f| f.lost_something())
+    }
+
+    /// The rule, most telling first:
+    /// 1. closed by the exit of its process, or reset by the container: a cut
+    ///    (`closed_by_exit` / `reset_by_app`) unless the socket shows the peer was not
+    ///    waiting for anything — then `peer_closed_first` when its FIN came first, else
+    ///    `closed_idle`. Without the socket's activity, a close after the peer's FIN is
+    ///    `peer_closed_first` (it said goodbye) and any other stays a cut;
+    /// 2. a reset from the peer: `reset_by_peer`;
+    /// 3. closed otherwise (an orderly FIN exchange): `completed`; else `open`.
+    pub fn verdict(&self) -> Verdict {
+        let abrupt = self.closed_by_exit || (self.reset_sent && !self.reset_received);
+        if abrupt {
+            return match (self.lost_something(), self.peer_closed_first) {
+                (Some(true), _) | (None, false) => {
+                    if self.closed_by_exit {
+                        Verdict::ClosedByExit
+                    } else {
+                        Verdict::ResetByApp
+                    }
+                }
+                (Some(false), true) | (None, true) => Verdict::PeerClosedFirst,
+                (Some(false), false) => Verdict::ClosedIdle,
+            };
+        }
+        if self.reset_sent {
+            // Both sides reset: the container's reset answered the peer's, or crossed it.
+            return Verdict::ResetByApp;
+        }
+        if self.reset_received {
+            Verdict::ResetByPeer
+        } else if self.closed_ns.is_some() {
+            Verdict::Completed
+        } else {
+            Verdict::Open
+        }
+    }
+
+    /// The close was one the idle / in-flight rule needed, but the kernel could not read
+    /// the socket's activity.
+    pub fn activity_missing(&self) -> bool {
+        (self.closed_by_exit || self.reset_sent) && self.close_seen && self.in_flight.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        Conn::new(
+            "10.0.0.5:8080".parse().expect("addr"),
+            "10.0.0.9:40000".parse().expect("addr"),
+            Some(true),
+            1,
+        )
+    }
+
+    fn idle() -> CloseActivity {
+        CloseActivity {
+            rcv_nxt: 1100,
+            copied_seq: 1100,
+            snd_wl1: 1100,
+            write_seq: 9,
+            snd_una: 9,
+            quiet_us: 5_000_000,
+        }
+    }
+
+    fn busy() -> CloseActivity {
+        CloseActivity {
+            rcv_nxt: 1180,
+            ..idle()
+        }
+    }
+
+    #[test]
+    fn states_parse() {
+        assert_eq!(TcpState::parse("CLOSE_WAIT"), TcpState::CloseWait);
+        assert_eq!(TcpState::parse("NEW_SYN_RECV"), TcpState::Other);
+        assert!(TcpState::is_close(TcpState::CloseWait, TcpState::LastAck));
+        assert!(!TcpState::is_close(TcpState::FinWait1, TcpState::Close));
+    }
+
+    #[test]
+    fn an_exit_with_a_request_in_flight_is_a_cut() {
+        let mut c = conn();
+        c.closed_by_exit = true;
+        c.on_close(TcpState::Established, Some(&busy()));
+        assert_eq!(c.verdict(), Verdict::ClosedByExit);
+        assert!(c.verdict().is_cut());
+    }
+
+    #[test]
+    fn an_exit_on_an_idle_connection_is_not_a_cut() {
+        let mut c = conn();
+        c.closed_by_exit = true;
+        c.on_close(TcpState::Established, Some(&idle()));
+        assert_eq!(c.verdict(), Verdict::ClosedIdle);
+        assert!(!c.verdict().is_cut());
+    }
+
+    #[test]
+    fn an_exit_after_the_peers_goodbye_lost_nothing() {
+        let mut c = conn();
+        c.closed_by_exit = true;
+        let mut a = idle();
+        a.rcv_nxt += 1; // the FIN
+        c.on_close(TcpState::CloseWait, Some(&a));
+        assert_eq!(c.verdict(), Verdict::PeerClosedFirst);
+        // Without the socket's activity the FIN alone tells it.
+        let mut c = conn();
+        c.closed_by_exit = true;
+        c.on_close(TcpState::CloseWait, None);
+        assert_eq!(c.verdict(), Verdict::PeerClosedFirst);
+    }
+
+    #[test]
+    fn a_request_and_fin_never_read_were_cut() {
+        let mut c = conn();
+        c.closed_by_exit = true;
+        let mut a = busy();
+        a.rcv_nxt += 1;
+        a.copied_seq = 1100;
+        c.on_close(TcpState::CloseWait, Some(&a));
+        assert_eq!(c.verdict(), Verdict::ClosedByExit);
+    }
+
+    #[test]
+    fn without_activity_an_exit_stays_a_cut() {
+        let mut c = conn();
+        c.closed_by_exit = true;
+        c.on_close(TcpState::Established, None);
+        assert_eq!(c.verdict(), Verdict::ClosedByExit);
+        assert!(c.activity_missing());
+    }
+
+    #[test]
+    fn a_reset_of_an_idle_connection_is_idle_and_of_unread_data_a_cut() {
+        let mut c = conn();
+        c.reset_sent = true;
+        c.on_close(TcpState::Established, Some(&idle()));
+        assert_eq!(c.verdict(), Verdict::ClosedIdle);
+        let mut c = conn();
+        c.reset_sent = true;
+        let mut a = busy();
+        a.copied_seq = 1100; // 80 bytes unread: the kernel's reset for unread data
+        c.on_close(TcpState::Established, Some(&a));
+        assert_eq!(c.verdict(), Verdict::ResetByApp);
+    }
+
+    #[test]
+    fn only_the_first_close_counts() {
+        let mut c = conn();
+        c.closed_by_exit = true;
+        c.on_close(TcpState::Established, Some(&busy()));
+        c.on_close(TcpState::CloseWait, Some(&idle()));
+        assert_eq!(c.verdict(), Verdict::ClosedByExit);
+    }
+
+    #[test]
+    fn resets_from_the_peer_and_orderly_closes() {
+        let mut c = conn();
+        c.reset_received = true;
+        assert_eq!(c.verdict(), Verdict::ResetByPeer);
+        let mut c = conn();
+        c.closed_ns = Some(5);
+        assert_eq!(c.verdict(), Verdict::Completed);
+        assert_eq!(conn().verdict(), Verdict::Open);
+    }
+}
