@@ -198,11 +198,12 @@ fn cut_detail(c: &Counts) -> String {
     parts.join(", ")
 }
 
-fn cut_or_none(c: &Counts) -> String {
+/// "3 connection(s) were cut (2 reset by the app, ...)" or "no connection was cut".
+fn cut_clause(c: &Counts) -> String {
     if c.cut > 0 {
-        cut_detail(c)
+        format!("{} connection(s) were cut ({})", c.cut, cut_detail(c))
     } else {
-        "none open".into()
+        "no connection was cut".into()
     }
 }
 
@@ -235,13 +236,12 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
             let (dead, signal) = i.no_handler.map_or((i.main, SIGTERM), |(p, s)| (p, s));
             out.push(format!(
                 "{} (pid {}) has no handler for {}: its default action killed the process at \
-                 once; {} connection(s) were cut ({}). Handle {} in the app, or send a signal it \
+                 once; {}. Handle {} in the app, or send a signal it \
                  handles.",
                 dead.comm,
                 dead.pid,
                 signal_name(signal),
-                c.cut,
-                cut_or_none(c),
+                cut_clause(c),
                 signal_name(signal),
             ));
         }
@@ -271,12 +271,11 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
                 out.push(format!(
                     "{who} never got {sig}: it was ignored (SIG_IGN, or the process is PID 1 of \
                      its PID namespace without a handler, e.g. a shell wrapper), so SIGKILL{from}\
-                     {grace} ended it; {} connection(s) were cut ({}). A longer grace period \
+                     {grace} ended it; {}. A longer grace period \
                      would not help: use `exec` in the entrypoint so the app itself receives \
                      {sig}, run an init that forwards signals (tini, dumb-init, `docker run \
                      --init`), or handle {sig}.",
-                    c.cut,
-                    cut_or_none(c),
+                    cut_clause(c),
                 ));
             } else if let Some((proc, s)) = match &i.kill {
                 // The signal the SIGKILL followed, to the process it killed.
@@ -294,23 +293,21 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
                     .map_or_else(|| "SIGTERM".into(), |p| names(p.signals));
                 out.push(format!(
                     "{} (pid {}) took {} as a reload and kept running, so SIGKILL{from}{grace} \
-                     ended it; {} connection(s) were cut ({}). A longer grace period would not \
+                     ended it; {}. A longer grace period would not \
                      help: stop it with {stop} instead of {} (the supervisor's stop signal, \
                      e.g. supervisord `stopsignal`, or STOPSIGNAL).",
                     proc.comm,
                     proc.pid,
                     signal_name(s),
-                    c.cut,
-                    cut_or_none(c),
+                    cut_clause(c),
                     signal_name(s),
                 ));
             } else {
                 out.push(format!(
                     "{who} was killed by SIGKILL{from}{grace}: it did not finish within the \
-                     grace period; {} connection(s) were cut ({}). Lengthen the grace period \
+                     grace period; {}. Lengthen the grace period \
                      or make the shutdown faster.",
-                    c.cut,
-                    cut_or_none(c),
+                    cut_clause(c),
                 ));
             }
         }
