@@ -183,8 +183,15 @@ pub fn enrich(
     let pre_stop = container
         .and_then(|c| c.pre_stop.as_ref())
         .map(PreStopHook::from);
-    let grace_used_ratio =
-        (grace > 0 && stop_ns.is_some()).then(|| report.shutdown_ms / 1000.0 / grace as f64);
+    // Measured from the deletion (the preStop hook included), so that 1.0 means the grace
+    // period ran out; from the stop signal when the deletion was not seen.
+    let ended_ns = parse_rfc3339(&report.ended_at);
+    let grace_used_ratio = (grace > 0)
+        .then(|| match (deletion_ns, ended_ns) {
+            (Some(del), Some(end)) if end >= del => Some((end - del) as f64 / 1e9 / grace as f64),
+            _ => stop_ns.map(|_| report.shutdown_ms / 1000.0 / grace as f64),
+        })
+        .flatten();
 
     let facts = KubeFacts {
         pod: pod.name.clone(),
@@ -370,6 +377,10 @@ pub fn roll_up(
         counts.merge(&c.counts);
         outbound_counts.merge(&c.outbound_counts);
     }
+    let grace_used_ratio = containers
+        .iter()
+        .filter_map(|c| c.kubernetes.as_deref().and_then(|k| k.grace_used_ratio))
+        .reduce(f64::max);
     let mut kubernetes = containers
         .iter()
         .find_map(|c| c.kubernetes.as_deref().cloned())
@@ -395,6 +406,23 @@ pub fn roll_up(
         });
     kubernetes.container = None;
     kubernetes.pre_stop = None;
+    // The pod's own facts as last seen (after a watch resumed or re-listed), not as the first
+    // container's report had them; its grace used is the largest of its containers'.
+    kubernetes.pod = pod.name.clone();
+    kubernetes.namespace = pod.namespace.clone();
+    kubernetes.workload = pod.workload.clone();
+    kubernetes.workload_kind = pod.workload_kind.as_str().to_string();
+    kubernetes.grace_period_seconds = pod
+        .deletion
+        .and_then(|d| d.grace_period_seconds)
+        .unwrap_or(pod.termination_grace_period_seconds);
+    if let Some(d) = pod.deletion {
+        kubernetes.deadline = Some(ns_rfc3339(d.deadline.0));
+    }
+    if let Some(t) = view.deletion_observed_at {
+        kubernetes.deletion_observed_at = Some(ns_rfc3339(t.0));
+    }
+    kubernetes.grace_used_ratio = grace_used_ratio;
 
     // The pod's timeline: Kubernetes steps, then every container's, by time.
     let mut steps: Vec<(u64, Step)> = Vec::new();

@@ -196,7 +196,11 @@ fn facts_and_late_traffic_against_the_deletion_and_endpoints() {
     );
     // From the deletion as observed (10.5 s; the request time has second precision).
     assert_eq!(k.deletion_to_stop_signal_ms, Some(1500.0));
-    assert_eq!(k.grace_used_ratio, Some(0.1)); // 3 s of 30 s
+    // From the deletion as observed (10.5 s) to the last exit (15 s): 4.5 s of 30 s.
+    assert_eq!(
+        k.grace_used_ratio.map(|r| (r * 1000.0).round()),
+        Some(150.0)
+    );
     assert_eq!(k.late_after_stop_signal.refused, 1);
     assert_eq!(k.late_after_stop_signal.max_delay_ms, Some(2400.0));
     let after_endpoints = k.late_after_endpoints.expect("endpoints known");
@@ -321,8 +325,21 @@ fn containers_roll_up_into_the_pod() {
     let mut b = report(None, true);
     enrich(&mut b, &view, info.containers.first(), None);
     b.subject.container = "sidecar".into();
+    // The pod as last seen: its workload relabelled after the containers' reports.
+    let mut later = info.clone();
+    later.workload = "web-v2".into();
+    let view = PodView {
+        info: &later,
+        ..view
+    };
     let p = roll_up("node-1", &view, vec![a, b]);
     assert_eq!(p.schema, POD_SCHEMA);
+    assert_eq!(p.kubernetes.workload, "web-v2");
+    // Grace used is the largest of the containers': the killed one, 42 s - 10.5 s of 30 s.
+    assert_eq!(
+        p.kubernetes.grace_used_ratio.map(|r| (r * 1000.0).round()),
+        Some(1050.0)
+    );
     assert_eq!(p.outcome, Outcome::Killed);
     assert_eq!(p.counts.refused, 1);
     assert!(p.flags.contains(&"killed".to_string()));
@@ -339,7 +356,10 @@ fn containers_roll_up_into_the_pod() {
     assert_eq!(p.kubernetes.container, None);
     let text = crate::outputs::render::pod_report(&p);
     assert!(text.contains("pod shop/web-7d4b9c-x2x9z  killed"), "{text}");
-    assert!(text.contains("Deployment web, grace period 30 s"), "{text}");
+    assert!(
+        text.contains("Deployment web-v2, grace period 30 s"),
+        "{text}"
+    );
     assert!(text.contains("  container sidecar:"), "{text}");
     let json = serde_json::to_string(&p).expect("serializes");
     let back: PodTerminationReport = serde_json::from_str(&json).expect("parses");
