@@ -165,6 +165,11 @@ pub fn run() -> Report {
             if on { Status::Ok } else { Status::Warn },
             if on {
                 "resolved from BTF".to_string()
+            } else if bit == termscope_common::feature::SOCK_ACTIVITY {
+                "not resolved: reports cannot tell idle connections from ones in flight at a \
+                 close; every close by an exit or a reset counts as cut (flag \
+                 activity_unavailable)"
+                    .to_string()
             } else {
                 "not resolved: the probes that use it run without it".to_string()
             },

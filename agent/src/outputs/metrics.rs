@@ -195,8 +195,9 @@ impl Metrics {
             )?,
             grace_used: r.histogram_vec_with(
                 "termscope_grace_period_used_ratio",
-                "Kubernetes: shutdown duration over the pod's termination grace period (1 = \
-                 the grace period ran out).",
+                "Kubernetes: from the pod's deletion (the preStop hook included) to the \
+                 container's last exit, over the pod's termination grace period (1 = the grace \
+                 period ran out).",
                 &with(&[]),
                 RATIO_BUCKETS.to_vec(),
             )?,
