@@ -646,14 +646,14 @@ fn alert_rules_pass_promtool_and_every_alert_is_tested_and_documented() -> Resul
     let alerts = alert_rules()?;
     let names: Vec<&str> = alerts.iter().map(|a| str_at(a, "/alert")).collect();
     let want = [
-        "ConnectionsCutOnShutdown",
-        "SigkillEscalations",
-        "GracePeriodNearlyUsed",
-        "LateTrafficAfterStopSignal",
-        "NoSigtermHandler",
-        "AgentLosingEvents",
-        "AgentDown",
-        "ProbesMissing",
+        "TermscopeConnectionsCutOnShutdown",
+        "TermscopeSigkillEscalations",
+        "TermscopeGracePeriodNearlyUsed",
+        "TermscopeLateTrafficAfterStopSignal",
+        "TermscopeNoSigtermHandler",
+        "TermscopeAgentLosingEvents",
+        "TermscopeAgentDown",
+        "TermscopeProbesMissing",
     ];
     assert_eq!(names, want);
 

@@ -560,13 +560,17 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
         }))
     };
     wait_until(
-        "ConnectionsCutOnShutdown firing",
+        "TermscopeConnectionsCutOnShutdown firing",
         Duration::from_secs(15),
-        || firing("ConnectionsCutOnShutdown").ok().filter(|f| *f),
+        || {
+            firing("TermscopeConnectionsCutOnShutdown")
+                .ok()
+                .filter(|f| *f)
+        },
     )?;
     assert!(
-        firing("LateTrafficAfterStopSignal")?,
-        "LateTrafficAfterStopSignal fires too (for: 0)"
+        firing("TermscopeLateTrafficAfterStopSignal")?,
+        "TermscopeLateTrafficAfterStopSignal fires too (for: 0)"
     );
 
     // What each query must give, for this one shutdown of this one workload.
@@ -782,23 +786,25 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
         let got = prom.query(query)?;
         let mine: Vec<Sample> = got.iter().filter(|s| ours(s)).cloned().collect();
         let (scope, samples, want) = match name.as_str() {
-            "ConnectionsCutOnShutdown" => (
+            "TermscopeConnectionsCutOnShutdown" => (
                 "this workload",
                 mine,
                 Expect::Series(vec![(vec![w()], n("cut"))]),
             ),
-            "LateTrafficAfterStopSignal" => (
+            "TermscopeLateTrafficAfterStopSignal" => (
                 "this workload",
                 mine,
                 Expect::Series(vec![(vec![w()], 1.0)]),
             ),
             // nginx handled its SIGTERM, nothing was SIGKILLed; no grace period outside
             // Kubernetes.
-            "SigkillEscalations" | "NoSigtermHandler" | "GracePeriodNearlyUsed" => {
-                ("this workload", mine, Expect::Empty)
-            }
+            "TermscopeSigkillEscalations"
+            | "TermscopeNoSigtermHandler"
+            | "TermscopeGracePeriodNearlyUsed" => ("this workload", mine, Expect::Empty),
             // The agent is up, loses nothing, and has all its probes.
-            "AgentLosingEvents" | "AgentDown" | "ProbesMissing" => ("all", got, Expect::Empty),
+            "TermscopeAgentLosingEvents" | "TermscopeAgentDown" | "TermscopeProbesMissing" => {
+                ("all", got, Expect::Empty)
+            }
             other => bail!("no expectation for alert {other}"),
         };
         check(&format!("alert {name} ({scope})"), query, &samples, &want)?;
@@ -806,19 +812,21 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
     }
     ensure!(seen_alerts.len() == 8, "alerts loaded: {seen_alerts:?}");
 
-    // Stop the agent: AgentDown's expression turns true at the next scrape (the alert itself
+    // Stop the agent: TermscopeAgentDown's expression turns true at the next scrape (the alert itself
     // waits 5 minutes).
     agent.stop();
     let down = alerts
         .iter()
-        .find(|(n, _)| n == "AgentDown")
+        .find(|(n, _)| n == "TermscopeAgentDown")
         .map(|(_, q)| q.clone())
-        .context("AgentDown")?;
-    let got = wait_until("AgentDown's expression", Duration::from_secs(15), || {
-        prom.query(&down).ok().filter(|s| !s.is_empty())
-    })?;
+        .context("TermscopeAgentDown")?;
+    let got = wait_until(
+        "TermscopeAgentDown's expression",
+        Duration::from_secs(15),
+        || prom.query(&down).ok().filter(|s| !s.is_empty()),
+    )?;
     check(
-        "alert AgentDown after the agent stopped",
+        "alert TermscopeAgentDown after the agent stopped",
         &down,
         &got,
         &Expect::Series(vec![(

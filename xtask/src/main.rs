@@ -91,17 +91,20 @@ enum Command {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<String>,
     },
-    /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
-    ///
-    /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
     /// See the point in a minute (as root): a real nginx in its own cgroup and network
     /// namespace, clients downloading from it, nginx stopped with SIGTERM (what `docker stop`
     /// and Kubernetes send) — and termscope's report of which connections that cut, and why.
+    ///
+    /// Installs only what it runs (nginx, curl, iproute2) when missing, and removes its
+    /// temporary directory when done.
     Demo {
         /// The signal that stops nginx: TERM (fast shutdown) or QUIT (graceful).
         #[arg(long, default_value = "TERM")]
         signal: String,
     },
+    /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
+    ///
+    /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
     Bench {
         /// Arguments for `cargo bench`.
         #[arg(last = true, value_name = "CARGO_BENCH_ARGS")]
