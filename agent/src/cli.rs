@@ -362,8 +362,10 @@ fn say(out: &mut impl Write, text: &str) -> io::Result<()> {
 
 /// Prints a line of JSON (serde escapes control characters).
 fn json_line(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    out.write_all(b"\n")?;
+    let mut line = serde_json::to_string(value)?;
+    line.push('\n');
+    // An io::Error, so that a closed pipe is told apart.
+    out.write_all(line.as_bytes())?;
     Ok(())
 }
 

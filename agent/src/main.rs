@@ -194,6 +194,10 @@ impl Outputs {
 }
 
 async fn agent(args: AgentArgs) -> Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "termscope agent starting"
+    );
     let mut stop_signals = Vec::new();
     for s in &args.stop_signals {
         stop_signals.push(parse_signal(s).with_context(|| format!("unknown signal {s:?}"))?);

@@ -318,21 +318,21 @@ mod tests {
         store.push(fixtures::killed());
         let ids =
             |f: Filter| -> Vec<String> { store.query(&f).iter().map(|r| r.id.clone()).collect() };
-        let web_id = fixtures::no_handler().id;
         let killed_id = fixtures::killed().id;
+        let web_ids = vec![fixtures::no_handler().id];
         assert_eq!(
             ids(Filter {
                 namespace: Some("SHOP".into()),
                 ..Filter::default()
             }),
-            [web_id.clone()]
+            web_ids
         );
         assert_eq!(
             ids(Filter {
                 pod: Some("web-7d".into()),
                 ..Filter::default()
             }),
-            [web_id.clone()],
+            web_ids,
             "by name"
         );
         assert_eq!(
@@ -340,7 +340,7 @@ mod tests {
                 pod: Some("1b4e28ba".into()),
                 ..Filter::default()
             }),
-            [web_id],
+            web_ids,
             "by UID"
         );
         assert_eq!(
