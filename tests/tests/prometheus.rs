@@ -330,7 +330,9 @@ fn curl_in(ns: &NetNs, args: &[&str]) -> Command {
 /// namespace (`$namespace` = All), with `$__range` and `$__rate_interval` long enough to hold
 /// everything this Prometheus has.
 fn substitute(expr: &str, workload_regex: &str) -> String {
-    expr.replace("$namespace", ".*")
+    expr.replace("$cluster", ".*")
+        .replace("$node", ".*")
+        .replace("$namespace", ".*")
         .replace("$workload", workload_regex)
         .replace("$__range", "1h")
         .replace("$__rate_interval", "1m")
@@ -397,7 +399,8 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules}\n\
              scrape_configs:\n  - job_name: termscope\n    static_configs:\n\
-             \x20     - targets: ['{agent_addr}']\n",
+             \x20     - targets: ['{agent_addr}']\n\
+             \x20       labels: {{node: test-node}}\n",
             rules = rules.display()
         ),
     )?;
@@ -701,6 +704,26 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
             ("Terminations in progress", "A"),
             Expect::AllBetween(0.0, 1e6),
         ),
+        // The API's connections closed: whatever the test's own clients did.
+        (
+            (
+                "Agent API: connections closed, and report writes failed (per second)",
+                "A",
+            ),
+            Expect::AllBetween(0.0, 1e6),
+        ),
+        (
+            (
+                "Agent API: connections closed, and report writes failed (per second)",
+                "B",
+            ),
+            Expect::Series(
+                ["file", "stdout"]
+                    .iter()
+                    .map(|o| (vec![("output", o.to_string())], 0.0))
+                    .collect(),
+            ),
+        ),
     ]
     .into_iter()
     .collect();
@@ -756,6 +779,9 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
         match v["name"].as_str() {
             // Outside Kubernetes the namespace label is empty, i.e. absent: no values.
             Some("namespace") => ensure!(values.is_empty(), "namespaces: {values:?}"),
+            // No external `cluster` label here.
+            Some("cluster") => ensure!(values.is_empty(), "clusters: {values:?}"),
+            Some("node") => ensure!(values == BTreeSet::from(["test-node"]), "nodes: {values:?}"),
             Some("workload") => ensure!(
                 values.contains(workload.as_str()),
                 "workloads {values:?} lack {workload}"
