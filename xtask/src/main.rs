@@ -165,6 +165,24 @@ mod tests {
     }
 
     #[test]
+    fn each_command_has_its_own_help() {
+        let cli = Cli::command();
+        let about = |name: &str| -> String {
+            cli.find_subcommand(name)
+                .and_then(|c| c.get_about())
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
+        assert!(about("demo").contains("nginx"), "{}", about("demo"));
+        assert!(!about("demo").contains("bench"), "{}", about("demo"));
+        assert!(about("bench").contains("benchmarks"), "{}", about("bench"));
+        assert!(!about("bench").contains("nginx"), "{}", about("bench"));
+        for c in cli.get_subcommands() {
+            assert!(c.get_about().is_some(), "{} has no help", c.get_name());
+        }
+    }
+
+    #[test]
     fn test_args_after_double_dash_reach_cargo_test() -> anyhow::Result<()> {
         let cli = Cli::try_parse_from(["xtask", "test", "--skip-lint", "--", "-p", "x", "--"])?;
         match cli.command {

@@ -572,6 +572,18 @@ fn output_text(out: &Output) -> String {
 mod tests {
     use super::*;
 
+    /// The demo installs what it runs and nothing of the test toolchain beyond that.
+    #[test]
+    fn the_demo_installs_only_what_it_runs() {
+        let demo: Vec<&str> = DEMO_PACKAGES.iter().map(|p| p.name).collect();
+        assert_eq!(demo, ["iproute2", "curl", "nginx"]);
+        let tests: Vec<&str> = TEST_PACKAGES.iter().map(|p| p.name).collect();
+        for p in &demo {
+            assert!(tests.contains(p), "{p} is a test package too");
+        }
+        assert!(tests.len() > demo.len() + 5);
+    }
+
     #[test]
     fn bpf_linker_0_13_is_accepted() {
         assert!(bpf_linker_version_ok("bpf-linker 0.13.0\n"));
