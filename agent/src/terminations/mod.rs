@@ -604,9 +604,22 @@ impl Engine {
 
         // Outcome.
         let outside: Vec<&Signal> = t.signals.iter().filter(|s| !s.internal).collect();
+        // Programs started in the container after its pod's deletion and before the first stop
+        // signal are an exec preStop hook's, not the workload: a hook killed when the grace
+        // period ends does not make the container `killed`.
+        let first_stop_ns = outside.first().map(|s| s.ts);
+        let hook_pids: Vec<u32> = t
+            .execs
+            .iter()
+            .filter(|(ts, _, _)| {
+                t.opened_by == "pod_deletion" && first_stop_ns.is_none_or(|stop| *ts < stop)
+            })
+            .map(|(_, p, _)| p.pid)
+            .collect();
         let died_of_sigkill = |pid: Option<u32>| {
             t.exits.iter().any(|(_, p, e)| {
-                pid.is_none_or(|pid| p.pid == pid)
+                !hook_pids.contains(&p.pid)
+                    && pid.is_none_or(|pid| p.pid == pid)
                     && matches!(
                         e,
                         ExitStatus::Signaled {

@@ -856,3 +856,41 @@ fn the_worker_that_had_no_handler_is_named() {
         rep.summary
     );
 }
+
+/// A pod deleted with an exec preStop hook (`sleep 30`) longer than its grace period: the
+/// app took SIGTERM and exited in time; the hook was killed with SIGKILL at the deadline.
+#[test]
+fn an_exec_pre_stop_hook_killed_at_the_deadline_is_not_the_workload() {
+    let mut r = Run::new();
+    assert_eq!(
+        r.engine.open_for_deletion(CG, None, T0 - 30_000 * MS),
+        vec![Action::Snapshot(CG)]
+    );
+    r.feed(Event::ProcessExec(crate::decode::ProcessExec {
+        ts_ns: T0 - 29_990 * MS,
+        task: task(20, "sleep"),
+        cgroup_id: CG,
+        filename: "/bin/sleep".into(),
+    }));
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.feed(delivered(T0 + MS, 15, Disposition::Handler));
+    r.feed(exit(T0 + 500 * MS, 10, ExitStatus::Exited { code: 0 }));
+    r.feed(signal(
+        T0 + 2_000 * MS,
+        9,
+        RUNTIME_CG,
+        SignalResult::Delivered,
+    ));
+    r.feed(exit(
+        T0 + 2_001 * MS,
+        20,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    ));
+    let rep = r.finish(T0 + 2_001 * MS);
+    assert_eq!(rep.outcome, Outcome::Graceful, "{:?}", rep.summary);
+    assert_eq!(rep.subject.main.pid, 10);
+    assert!(!rep.has_flag("killed"), "{:?}", rep.flags);
+}
