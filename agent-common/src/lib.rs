@@ -50,7 +50,7 @@ pub mod feature {
     pub const TASK_IDS: u64 = 1 << 5;
     /// `tcp_sock -> rcv_nxt, copied_seq, snd_wl1, write_seq, snd_una`: what was in flight on
     /// a connection when it was closed ([`crate::SockActivity`]).
-    pub const SOCK_ACTIVITY: u64 = 1 << 6;
+    pub const SOCK_ACTIVITY: u64 = 1 << 7;
 }
 
 /// Bits of [`EventHeader::flags`].
