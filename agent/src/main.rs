@@ -467,7 +467,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
             .id_of(path)
             .with_context(|| format!("--watch-cgroup {path}"))?;
         pipeline.resolver().remember(id, path);
-        pipeline.probes_mut().watch(id)?;
+        pipeline.watch_explicit(id)?;
         tracing::info!(cgroup = %path, id, "watching");
     }
     let kube_client = termscope::kube::watch::client_from_env(
