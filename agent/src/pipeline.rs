@@ -32,6 +32,8 @@ const ROLLUP_GRACE_NS: u64 = 60_000_000_000;
 /// watch. (Control events are read as soon as they arrive; this only leaves room for a busy
 /// moment.)
 const RECONCILE_AFTER_NS: u64 = 2_000_000_000;
+/// Cgroups whose lost-event counts are remembered after their terminations.
+const MAX_UNWATCHED_COUNTS: usize = 65_536;
 
 /// The Kubernetes side of the pipeline: the API's view of this node's pods, the pods being
 /// deleted, and the container reports waiting to be rolled up into pod reports.
@@ -61,6 +63,10 @@ pub struct Pipeline {
     /// Per open termination: the kernel's counts of the cgroup's lost events and untracked
     /// connections when it opened.
     lost_at_open: HashMap<u64, (u64, u64)>,
+    /// The same counts when the cgroup was last unwatched: a cgroup only loses events while
+    /// it is watched, so a termination opened by a stop signal counts from here (or from 0)
+    /// — the kernel watched it from the signal on, before userspace heard of it.
+    lost_at_unwatch: HashMap<u64, (u64, u64)>,
 }
 
 impl Pipeline {
@@ -76,6 +82,7 @@ impl Pipeline {
             kube: None,
             explicit: HashSet::new(),
             lost_at_open: HashMap::new(),
+            lost_at_unwatch: HashMap::new(),
         }
     }
 
@@ -344,8 +351,10 @@ impl Pipeline {
                  opening its termination from the kernel's watch"
             );
             let identity = self.resolver.resolve_now(cg).cloned();
-            // Every loss of this cgroup may have been the stop signal's: count them all.
-            self.lost_at_open.insert(cg, (0, 0));
+            // Every loss of this cgroup since it was last unwatched may have been the stop
+            // signal's: count them all.
+            let base = self.lost_at_unwatch.get(&cg).copied().unwrap_or((0, 0));
+            self.lost_at_open.insert(cg, base);
             let actions = self.engine.open_from_kernel(cg, identity, entry.since_ns);
             self.act(actions)?;
         }
@@ -388,9 +397,16 @@ impl Pipeline {
             match action {
                 Action::Snapshot(cg) => {
                     if !self.lost_at_open.contains_key(&cg) {
-                        let stats = self.probes.cgroup_stats(cg)?;
-                        self.lost_at_open
-                            .insert(cg, (stats.events_lost, stats.untracked));
+                        // Watched all along (configuration, --watch-all): count from now.
+                        // Otherwise from when it was last unwatched (losses between the stop
+                        // signal and this moment are this termination's).
+                        let base = if self.explicit.contains(&cg) || self.probes.watches_all() {
+                            let stats = self.probes.cgroup_stats(cg)?;
+                            (stats.events_lost, stats.untracked)
+                        } else {
+                            self.lost_at_unwatch.get(&cg).copied().unwrap_or((0, 0))
+                        };
+                        self.lost_at_open.insert(cg, base);
                     }
                     // The termination just opened: the cgroup exists now, and may be younger
                     // than the resolver's last index.
@@ -417,6 +433,18 @@ impl Pipeline {
                 }
                 Action::Unwatch(cg) => {
                     self.lost_at_open.remove(&cg);
+                    if !self.explicit.contains(&cg) {
+                        let stats = self.probes.cgroup_stats(cg)?;
+                        if self.lost_at_unwatch.len() >= MAX_UNWATCHED_COUNTS {
+                            // Cgroup ids are never reused: forgetting old ones only makes a
+                            // later termination of the same cgroup count a little more.
+                            self.lost_at_unwatch.clear();
+                        }
+                        if stats.events_lost > 0 || stats.untracked > 0 {
+                            self.lost_at_unwatch
+                                .insert(cg, (stats.events_lost, stats.untracked));
+                        }
+                    }
                     // A configured watch outlives the termination (and a reload signal).
                     if !self.explicit.contains(&cg) {
                         self.probes.unwatch(cg)?;

@@ -422,6 +422,7 @@ pub struct Probes {
     /// learnt, or why it could not run (then connections older than the agent are learnt at
     /// their next state change, without their direction).
     pub preexisting: Result<usize, String>,
+    watch_all: bool,
     pub support: KernelSupport,
     decoder: Decoder,
 }
@@ -486,9 +487,15 @@ impl Probes {
             ebpf,
             status,
             preexisting,
+            watch_all: opts.watch_all,
             support,
             decoder,
         })
+    }
+
+    /// Whether every cgroup's events go to userspace (`--watch-all`).
+    pub fn watches_all(&self) -> bool {
+        self.watch_all
     }
 
     pub fn attached(&self) -> usize {
@@ -670,14 +677,17 @@ impl Probes {
     }
 }
 
-/// Runs the TCP socket iterator once: every connection open now goes into `LIVE_CONNS` with
-/// its cgroup and direction. Returns how many connections it learnt.
+/// Runs the TCP socket iterator: every connection open now goes into `LIVE_CONNS` with its
+/// cgroup and direction. A TCP iterator walks the network namespace it is created in, so it
+/// is run in the agent's own, and — when the agent may enter namespaces (CAP_SYS_ADMIN, e.g.
+/// standalone as root) — in every other one it can find: those of the processes it sees in
+/// `/proc`, and the named ones in `/run/netns` (where CNI plugins keep pods'). Returns how
+/// many connections the kernel knows from the walk.
 fn learn_existing_connections(
     ebpf: &mut Ebpf,
     btf: Option<&aya::Btf>,
     support: &KernelSupport,
 ) -> Result<usize, String> {
-    use std::io::Read;
     if support.features() & feature::SOCK_TUPLE == 0 {
         return Err("socket fields (sock_common) not resolved from BTF".into());
     }
@@ -692,6 +702,50 @@ fn learn_existing_connections(
             error_chain(&e)
         )
     })?;
+    walk_once(iter)?;
+    let others = other_netns();
+    if !others.is_empty() {
+        // setns changes the calling thread's namespace only: walk from a thread of our own.
+        let walked = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut walked = 0usize;
+                    for ns in &others {
+                        // SAFETY: setns with a valid namespace fd, on this thread only.
+                        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                            return Err(std::io::Error::last_os_error().to_string());
+                        }
+                        walk_once(iter)?;
+                        walked += 1;
+                    }
+                    Ok::<_, String>(walked)
+                })
+                .join()
+        });
+        match walked {
+            Ok(Ok(n)) => tracing::debug!(namespaces = n + 1, "walked the TCP sockets"),
+            Ok(Err(e)) => tracing::info!(
+                reason = %e,
+                "walked the TCP sockets of the agent's own network namespace only"
+            ),
+            Err(_) => return Err("the namespace walk panicked".into()),
+        }
+    }
+    let map = ebpf
+        .map(names::LIVE_CONNS)
+        .ok_or_else(|| format!("no map {}", names::LIVE_CONNS))?;
+    let map: BpfHashMap<&MapData, u64, LiveConn> =
+        BpfHashMap::try_from(map).map_err(|e| e.to_string())?;
+    Ok(map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, c)| c.flags & termscope_common::flags::PREEXISTING != 0)
+        .count())
+}
+
+/// One walk of the TCP sockets of the calling thread's network namespace.
+fn walk_once(iter: &mut Iter) -> Result<(), String> {
+    use std::io::Read;
     let link_id = iter
         .attach()
         .map_err(|e| format!("attach: {}", error_chain(&e)))?;
@@ -705,16 +759,40 @@ fn learn_existing_connections(
     let mut sink = Vec::new();
     file.read_to_end(&mut sink)
         .map_err(|e| format!("running the walk: {e}"))?;
-    let map = ebpf
-        .map(names::LIVE_CONNS)
-        .ok_or_else(|| format!("no map {}", names::LIVE_CONNS))?;
-    let map: BpfHashMap<&MapData, u64, LiveConn> =
-        BpfHashMap::try_from(map).map_err(|e| e.to_string())?;
-    Ok(map
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, c)| c.flags & termscope_common::flags::PREEXISTING != 0)
-        .count())
+    Ok(())
+}
+
+/// Network namespaces other than ours that we can open, one fd each (by inode).
+fn other_netns() -> Vec<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(own) = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::from([own]);
+    let mut candidates: Vec<std::path::PathBuf> = Vec::new();
+    for dir in ["/run/netns", "/var/run/netns"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            candidates.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        candidates.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .map(|e| e.path().join("ns/net")),
+        );
+    }
+    candidates
+        .into_iter()
+        .filter_map(|path| {
+            let ino = std::fs::metadata(&path).ok()?.ino();
+            if !seen.insert(ino) {
+                return None;
+            }
+            std::fs::File::open(&path).ok()
+        })
+        .collect()
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> Result<(), String> {
