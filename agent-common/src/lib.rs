@@ -510,6 +510,7 @@ pub mod names {
     pub const WATCHED_NETNS: &str = "WATCHED_NETNS";
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const WATCH_HINT: &str = "WATCH_HINT";
     /// The BPF iterator program that learns existing TCP connections at start-up.
     pub const LEARN_PROGRAM: &str = "learn_tcp_sockets";
     pub const CONFIG: &str = "CONFIG";

@@ -24,7 +24,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use termscope_common::{
@@ -85,6 +85,13 @@ static CGROUP_STATS: LruPerCpuHashMap<u64, CgroupStats> =
 /// outgoing ones.
 #[map(name = "LISTEN_PORTS")]
 static LISTEN_PORTS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Whether anything is watched, without a map walk on the hot path:
+/// `[0]` stop-signal watches the kernel made (only the kernel writes it), `[1]` watches
+/// userspace counted in `WATCHED`, `[2]` the value of `[0]` that count includes. Something
+/// may be watched when `[1] > 0` or `[0] != [2]` (a watch made since userspace counted).
+#[map(name = "WATCH_HINT")]
+static WATCH_HINT: Array<u64> = Array::with_max_entries(3, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -224,6 +231,18 @@ fn bump(index: u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// Whether any cgroup may be watched now (see `WATCH_HINT`): when none is, state changes that
+/// need no map work are not looked at further.
+#[inline(always)]
+fn anything_watched() -> bool {
+    if cfg!(watch_all) != 0 {
+        return true;
+    }
+    // SAFETY: plain loads of map values.
+    let slot = |i| WATCH_HINT.get(i).map_or(0, |v| unsafe { core::ptr::read_volatile(v) });
+    slot(1) != 0 || slot(0) != slot(2)
 }
 
 #[inline(always)]
@@ -366,6 +385,12 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
             };
             if WATCHED.insert(target_cgroup, entry, 0).is_ok() {
                 ev_flags |= flags::WATCH_OPENED;
+                if let Some(made) = WATCH_HINT.get_ptr_mut(0) {
+                    // SAFETY: a valid, aligned u64 in the map. Not atomic: two CPUs racing
+                    // here may add 1 instead of 2, but the value still changes after the
+                    // insert, which is all the hint needs.
+                    unsafe { made.write_volatile(made.read_volatile().wrapping_add(1)) };
+                }
             } else {
                 bump(counter::WATCH_MAP_FAILED);
             }
@@ -573,16 +598,27 @@ fn emit_state(
 /// connection is established (or first seen, for a connection older than the programs).
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // The states first: with nothing watched, only the changes that keep `LIVE_CONNS` right
+    // (established, closed, closed by a dying process) need more than this.
+    let old = field::<i32>(&ctx, cfg!(tracepoints.state_oldstate)).unwrap_or(0) as u8;
+    let new = field::<i32>(&ctx, cfg!(tracepoints.state_newstate)).unwrap_or(0) as u8;
+    let established =
+        new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV);
+    if !established
+        && new != tcp_state::CLOSE
+        && !anything_watched()
+        && !(closing_by_us(old, new) && current_is_exiting())
+    {
+        return 0;
+    }
     if field::<u16>(&ctx, cfg!(tracepoints.state_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }
     let Some(sk) = field::<u64>(&ctx, cfg!(tracepoints.state_skaddr)) else {
         return 0;
     };
-    let old = field::<i32>(&ctx, cfg!(tracepoints.state_oldstate)).unwrap_or(0) as u8;
-    let new = field::<i32>(&ctx, cfg!(tracepoints.state_newstate)).unwrap_or(0) as u8;
 
-    if new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV) {
+    if established {
         on_established(&ctx, sk, old, new);
         return 0;
     }
@@ -595,6 +631,19 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     };
     on_known_connection(sk, live, old, new);
     0
+}
+
+/// A close the socket's owner began (or its death did): the changes where `CLOSED_BY_EXIT` is
+/// decided.
+#[inline(always)]
+fn closing_by_us(old: u8, new: u8) -> bool {
+    matches!(
+        old,
+        tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::SYN_RECV
+    ) && matches!(
+        new,
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
+    )
 }
 
 /// A new connection: remember it in the kernel, whether or not anyone watches.
@@ -654,6 +703,10 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
     if handshake && cfg!(watch_all) == 0 {
         return None;
     }
+    // Its close, with nothing watched: no one to tell, nothing to keep.
+    if new == tcp_state::CLOSE && !anything_watched() {
+        return None;
+    }
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
     if handshake || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
@@ -708,14 +761,7 @@ fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
     // SAFETY: the entry is only written by these programs; a racing removal (the socket's
     // close on another CPU) at worst makes us update a recycled slot's flags.
     let live = unsafe { &mut *live };
-    let closing_by_us = matches!(
-        old,
-        tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::SYN_RECV
-    ) && matches!(
-        new,
-        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
-    );
-    if closing_by_us && live.flags & flags::RESET_RECEIVED == 0 && current_is_exiting() {
+    if closing_by_us(old, new) && live.flags & flags::RESET_RECEIVED == 0 && current_is_exiting() {
         live.flags |= flags::CLOSED_BY_EXIT;
         with_stats(live.cgroup_id, |s| s.closed_by_exit += 1);
     }

@@ -193,7 +193,9 @@ mod tests {
             Some(false),
             "a removed cgroup is empty"
         );
-        assert_eq!(resolver.populated(999_999_999), None);
+        // Not in the hierarchy at all: gone, hence empty.
+        assert_eq!(resolver.populated(999_999_999), Some(false));
+        assert_eq!(Resolver::new(None).populated(id), None, "no mount, no answer");
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, Iter, TracePoint},
 };
 use serde::Serialize;
@@ -423,6 +423,8 @@ pub struct Probes {
     /// their next state change, without their direction).
     pub preexisting: Result<usize, String>,
     watch_all: bool,
+    /// What userspace last wrote as the number of watched cgroups (`WATCH_HINT[1]`).
+    hint_count: u64,
     pub support: KernelSupport,
     decoder: Decoder,
 }
@@ -488,6 +490,7 @@ impl Probes {
             status,
             preexisting,
             watch_all: opts.watch_all,
+            hint_count: 0,
             support,
             decoder,
         })
@@ -528,10 +531,39 @@ impl Probes {
         })
     }
 
-    /// Every cgroup the kernel watches now, with when and why it began.
+    /// Every cgroup the kernel watches now, with when and why it began. Also tells the hot
+    /// probe how many there are (`WATCH_HINT`): with none, it skips most state changes.
     pub fn watched_cgroups(&mut self) -> Result<Vec<(u64, WatchEntry)>, ProbeError> {
+        // Read before the walk: the walk includes every watch made up to this count.
+        let made = self.hint()?.get(&0, 0).unwrap_or(0);
         // Entries can vanish while we iterate; skip those.
-        Ok(self.watched()?.iter().filter_map(Result::ok).collect())
+        let watched: Vec<_> = self.watched()?.iter().filter_map(Result::ok).collect();
+        let count = watched.len() as u64;
+        // The count first, then what it includes: in between, a new watch still shows.
+        self.set_hint(1, count)?;
+        self.set_hint(2, made)?;
+        self.hint_count = count;
+        Ok(watched)
+    }
+
+    fn hint(&mut self) -> Result<Array<&mut MapData, u64>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(names::WATCH_HINT)
+            .ok_or(ProbeError::MissingMap(names::WATCH_HINT))?;
+        Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: names::WATCH_HINT,
+            source,
+        })
+    }
+
+    fn set_hint(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
+        self.hint()?
+            .set(index, value, 0)
+            .map_err(|source| ProbeError::Map {
+                name: names::WATCH_HINT,
+                source,
+            })
     }
 
     fn watched(&mut self) -> Result<BpfHashMap<&mut MapData, u64, WatchEntry>, ProbeError> {
@@ -557,7 +589,10 @@ impl Probes {
             .map_err(|source| ProbeError::Map {
                 name: names::WATCHED,
                 source,
-            })
+            })?;
+        // The hot probe looks further only while something is watched.
+        self.hint_count += 1;
+        self.set_hint(1, self.hint_count)
     }
 
     /// Stops sending this cgroup's events (a missing entry is not an error).

@@ -360,7 +360,8 @@ mod tests {
             | feature::TASK_NETNS
             | feature::SKB_NETNS
             | feature::TASK_EXIT
-            | feature::TASK_IDS;
+            | feature::TASK_IDS
+            | feature::SOCK_TUPLE;
         assert_eq!(r.features, all);
         // sock_common is the first member of sock, and skc_net lies within it.
         assert!(r.offsets.sock_net < btf.struct_size("sock_common")?);
