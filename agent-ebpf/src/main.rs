@@ -241,7 +241,11 @@ fn anything_watched() -> bool {
         return true;
     }
     // SAFETY: plain loads of map values.
-    let slot = |i| WATCH_HINT.get(i).map_or(0, |v| unsafe { core::ptr::read_volatile(v) });
+    let slot = |i| {
+        WATCH_HINT
+            .get(i)
+            .map_or(0, |v| unsafe { core::ptr::read_volatile(v) })
+    };
     slot(1) != 0 || slot(0) != slot(2)
 }
 

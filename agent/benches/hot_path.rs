@@ -63,10 +63,7 @@ enum Mode {
 
 /// Opens and closes `conns` loopback connections (one request each) as fast as a client and
 /// a server thread can; `between` runs every 256 connections. Returns the wall time.
-fn churn(
-    conns: usize,
-    between: &mut dyn FnMut(),
-) -> Result<Duration, Box<dyn std::error::Error>> {
+fn churn(conns: usize, between: &mut dyn FnMut()) -> Result<Duration, Box<dyn std::error::Error>> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {

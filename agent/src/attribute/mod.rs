@@ -195,7 +195,11 @@ mod tests {
         );
         // Not in the hierarchy at all: gone, hence empty.
         assert_eq!(resolver.populated(999_999_999), Some(false));
-        assert_eq!(Resolver::new(None).populated(id), None, "no mount, no answer");
+        assert_eq!(
+            Resolver::new(None).populated(id),
+            None,
+            "no mount, no answer"
+        );
         Ok(())
     }
 }

@@ -814,7 +814,12 @@ fn other_netns() -> Vec<std::fs::File> {
         candidates.extend(
             entries
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
                 .map(|e| e.path().join("ns/net")),
         );
     }
