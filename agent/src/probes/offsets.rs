@@ -84,6 +84,14 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         skb_dev: member(btf, &m("sk_buff", "dev", 8), &mut un),
         net_device_net: member(btf, &m("net_device", "nd_net.net", 8), &mut un),
         siginfo_code: member(btf, &m("kernel_siginfo", "si_code", 4), &mut un),
+        skc_daddr: member(btf, &m("sock_common", "skc_daddr", 4), &mut un),
+        skc_rcv_saddr: member(btf, &m("sock_common", "skc_rcv_saddr", 4), &mut un),
+        skc_dport: member(btf, &m("sock_common", "skc_dport", 2), &mut un),
+        skc_num: member(btf, &m("sock_common", "skc_num", 2), &mut un),
+        skc_family: member(btf, &m("sock_common", "skc_family", 2), &mut un),
+        skc_state: member(btf, &m("sock_common", "skc_state", 1), &mut un),
+        skc_v6_daddr: member(btf, &m("sock_common", "skc_v6_daddr", 16), &mut un),
+        skc_v6_rcv_saddr: member(btf, &m("sock_common", "skc_v6_rcv_saddr", 16), &mut un),
         _pad: 0,
     };
     let all = |offs: &[u32]| offs.iter().all(|&x| x != OFFSET_MISSING);
@@ -117,6 +125,18 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         activity.tcp_mstamp,
     ]) {
         features |= feature::SOCK_ACTIVITY;
+    }
+    if all(&[
+        o.skc_daddr,
+        o.skc_rcv_saddr,
+        o.skc_dport,
+        o.skc_num,
+        o.skc_family,
+        o.skc_state,
+        o.skc_v6_daddr,
+        o.skc_v6_rcv_saddr,
+    ]) {
+        features |= feature::SOCK_TUPLE;
     }
     ResolvedKernel {
         offsets: o,
@@ -375,6 +395,7 @@ mod tests {
             | feature::SKB_NETNS
             | feature::TASK_EXIT
             | feature::TASK_IDS
+            | feature::SOCK_TUPLE
             | feature::SOCK_ACTIVITY;
         assert_eq!(r.features, all);
         // The sequence numbers lie within tcp_sock, past the inet_connection_sock it embeds.
