@@ -2,7 +2,7 @@
 //! BTF and tracepoint fields from tracefs. What cannot be resolved is recorded with the reason
 //! and turns the features that need it off; nothing here fails the agent as a whole.
 
-use termscope_common::{KernelOffsets, OFFSET_MISSING, TracepointOffsets, feature};
+use termscope_common::{KernelOffsets, LegacyOffsets, OFFSET_MISSING, TracepointOffsets, feature};
 
 use super::{
     btf::Btf,
@@ -55,6 +55,9 @@ fn member(btf: &Btf, spec: &MemberSpec, unresolved: &mut Vec<Unresolved>) -> u32
 #[derive(Debug, Clone)]
 pub struct ResolvedKernel {
     pub offsets: KernelOffsets,
+    /// `sk_buff` header members and the drop reason `NO_SOCKET` (the tracepoint fields of
+    /// [`LegacyOffsets`] come from [`ResolvedTracepoints::legacy`]).
+    pub legacy: LegacyOffsets,
     pub features: u64,
     pub unresolved: Vec<Unresolved>,
 }
@@ -62,6 +65,7 @@ pub struct ResolvedKernel {
 /// Resolves every struct member the programs read from `btf`.
 pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     let mut un = Vec::new();
+    let mut tagged = false;
     let o = KernelOffsets {
         task_pid: member(btf, &m("task_struct", "pid", 4), &mut un),
         task_tgid: member(btf, &m("task_struct", "tgid", 4), &mut un),
@@ -75,7 +79,7 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         kernfs_node_id: member(btf, &m("kernfs_node", "id", 8), &mut un),
         nsproxy_net_ns: member(btf, &m("nsproxy", "net_ns", 8), &mut un),
         net_ns_inum: member(btf, &m("net", "ns.inum", 4), &mut un),
-        sock_cgroup: member(btf, &m("sock", "sk_cgrp_data.cgroup", 8), &mut un),
+        sock_cgroup: sock_cgroup(btf, &mut un, &mut tagged),
         sock_net: member(btf, &m("sock", "__sk_common.skc_net.net", 8), &mut un),
         skb_dev: member(btf, &m("sk_buff", "dev", 8), &mut un),
         net_device_net: member(btf, &m("net_device", "nd_net.net", 8), &mut un),
@@ -90,6 +94,9 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     }
     if all(&[o.sock_cgroup]) && all(&cgroup_chain) {
         features |= feature::SOCK_CGROUP;
+        if tagged {
+            features |= feature::SOCK_CGROUP_TAGGED;
+        }
     }
     if all(&[o.task_nsproxy, o.nsproxy_net_ns, o.net_ns_inum]) {
         features |= feature::TASK_NETNS;
@@ -103,11 +110,51 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     if all(&[o.task_pid, o.task_tgid, o.task_comm]) {
         features |= feature::TASK_IDS;
     }
+    // Only needed where refusals are seen at skb:kfree_skb: not reported as unresolved here.
+    let mut skb_un = Vec::new();
+    let mut legacy = LegacyOffsets::MISSING;
+    legacy.skb_head = member(btf, &m("sk_buff", "head", 8), &mut skb_un);
+    legacy.skb_data = member(btf, &m("sk_buff", "data", 8), &mut skb_un);
+    legacy.skb_network_header = member(btf, &m("sk_buff", "network_header", 2), &mut skb_un);
+    legacy.skb_transport_header = member(btf, &m("sk_buff", "transport_header", 2), &mut skb_un);
+    if skb_un.is_empty() {
+        features |= feature::SKB_HEADERS;
+    }
+    legacy.drop_reason_no_socket = btf
+        .enum_values("skb_drop_reason")
+        .ok()
+        .and_then(|values| {
+            values
+                .into_iter()
+                .find(|(name, _)| name == "SKB_DROP_REASON_NO_SOCKET")
+        })
+        .and_then(|(_, value)| u32::try_from(value).ok())
+        .unwrap_or(OFFSET_MISSING);
     ResolvedKernel {
         offsets: o,
+        legacy,
         features,
         unresolved: un,
     }
+}
+
+/// `sock.sk_cgrp_data.cgroup` (5.15+), else the tagged `sock.sk_cgrp_data.val` of older
+/// kernels (`tagged` set).
+fn sock_cgroup(btf: &Btf, un: &mut Vec<Unresolved>, tagged: &mut bool) -> u32 {
+    let mut first = Vec::new();
+    let off = member(btf, &m("sock", "sk_cgrp_data.cgroup", 8), &mut first);
+    if off != OFFSET_MISSING {
+        return off;
+    }
+    let mut second = Vec::new();
+    let off = member(btf, &m("sock", "sk_cgrp_data.val", 8), &mut second);
+    if off != OFFSET_MISSING {
+        *tagged = true;
+        return off;
+    }
+    un.extend(first);
+    un.extend(second);
+    OFFSET_MISSING
 }
 
 /// A tracepoint field the programs read: name and expected size.
@@ -122,6 +169,17 @@ struct FormatReader<'a> {
 }
 
 impl FormatReader<'_> {
+    /// A field whose absence is a known older layout: its offset, or missing without a report
+    /// (a field of another size is still reported).
+    fn optional(&mut self, (name, size): FieldSpec) -> u32 {
+        let present = self.format.as_ref().and_then(|f| f.field(name)).is_some();
+        if present {
+            self.field((name, size))
+        } else {
+            OFFSET_MISSING
+        }
+    }
+
     fn field(&mut self, (name, size): FieldSpec) -> u32 {
         let Some(format) = &self.format else {
             return OFFSET_MISSING;
@@ -151,6 +209,9 @@ impl FormatReader<'_> {
 #[derive(Debug, Clone)]
 pub struct ResolvedTracepoints {
     pub offsets: TracepointOffsets,
+    /// The pre-6.8 `tcp_send_reset` fields and `skb:kfree_skb`'s (the `sk_buff` members of
+    /// [`LegacyOffsets`] come from [`ResolvedKernel::legacy`]).
+    pub legacy: LegacyOffsets,
     pub unresolved: Vec<Unresolved>,
 }
 
@@ -176,6 +237,7 @@ pub fn resolve_tracepoints(
     };
 
     let mut o = TracepointOffsets::MISSING;
+    let mut legacy = LegacyOffsets::MISSING;
     {
         let (tracepoint, format) = reader("signal", "signal_deliver", &mut un);
         let mut r = FormatReader {
@@ -237,10 +299,42 @@ pub fn resolve_tracepoints(
         o.send_reset_skbaddr = r.field(("skbaddr", 8));
         o.send_reset_skaddr = r.field(("skaddr", 8));
         o.send_reset_state = r.field(("state", 4));
-        o.send_reset_reason = r.field(("reason", 4));
-        // Since 6.10 the addresses are whole `sockaddr_in6`-sized records.
-        o.send_reset_saddr = r.field(("saddr", 28));
-        o.send_reset_daddr = r.field(("daddr", 28));
+        // Since 6.8 the addresses are whole `sockaddr_in6`-sized records (and the tracepoint
+        // also fires without a socket); before, the layout of inet_sock_set_state.
+        let legacy_layout = r
+            .format
+            .as_ref()
+            .and_then(|f| f.field("saddr"))
+            .is_some_and(|f| f.size == 4);
+        if legacy_layout {
+            legacy.send_reset_sport = r.field(("sport", 2));
+            legacy.send_reset_dport = r.field(("dport", 2));
+            legacy.send_reset_saddr4 = r.field(("saddr", 4));
+            legacy.send_reset_daddr4 = r.field(("daddr", 4));
+            legacy.send_reset_saddr_v6 = r.field(("saddr_v6", 16));
+            legacy.send_reset_daddr_v6 = r.field(("daddr_v6", 16));
+            // `family` is new in 5.13 and `reason` in 6.10: optional here.
+            legacy.send_reset_family = r.optional(("family", 2));
+            o.send_reset_reason = r.optional(("reason", 4));
+        } else {
+            o.send_reset_reason = r.optional(("reason", 4));
+            o.send_reset_saddr = r.field(("saddr", 28));
+            o.send_reset_daddr = r.field(("daddr", 28));
+        }
+    }
+    if legacy_send_reset(&o, &legacy) {
+        // tcp_send_reset does not fire without a socket: refusals are seen where TCP frees
+        // the SYN it answered.
+        let (tracepoint, format) = reader("skb", "kfree_skb", &mut un);
+        let mut r = FormatReader {
+            tracepoint,
+            format,
+            unresolved: &mut un,
+        };
+        legacy.kfree_skb_skbaddr = r.field(("skbaddr", 8));
+        legacy.kfree_skb_protocol = r.field(("protocol", 2));
+        // Drop reasons are new in 5.17.
+        legacy.kfree_skb_reason = r.optional(("reason", 4));
     }
     {
         let (tracepoint, format) = reader("tcp", "tcp_receive_reset", &mut un);
@@ -252,7 +346,8 @@ pub fn resolve_tracepoints(
         o.recv_reset_skaddr = r.field(("skaddr", 8));
         o.recv_reset_sport = r.field(("sport", 2));
         o.recv_reset_dport = r.field(("dport", 2));
-        o.recv_reset_family = r.field(("family", 2));
+        // `family` is new in 5.13; without it the program infers it from `saddr_v6`.
+        o.recv_reset_family = r.optional(("family", 2));
         o.recv_reset_saddr = r.field(("saddr", 4));
         o.recv_reset_daddr = r.field(("daddr", 4));
         o.recv_reset_saddr_v6 = r.field(("saddr_v6", 16));
@@ -260,8 +355,14 @@ pub fn resolve_tracepoints(
     }
     ResolvedTracepoints {
         offsets: o,
+        legacy,
         unresolved: un,
     }
+}
+
+/// Whether `tcp_send_reset` has the pre-6.8 layout, where it never fires without a socket.
+pub fn legacy_send_reset(o: &TracepointOffsets, legacy: &LegacyOffsets) -> bool {
+    o.send_reset_saddr == OFFSET_MISSING && legacy.send_reset_saddr4 != OFFSET_MISSING
 }
 
 /// Resolves tracepoint fields from a mounted tracefs.
@@ -340,8 +441,10 @@ mod tests {
             | feature::TASK_NETNS
             | feature::SKB_NETNS
             | feature::TASK_EXIT
-            | feature::TASK_IDS;
-        assert_eq!(r.features, all);
+            | feature::TASK_IDS
+            | feature::SKB_HEADERS;
+        // The tagged `sk_cgrp_data.val` is only for kernels before 5.15.
+        assert_eq!(r.features & !feature::SOCK_CGROUP_TAGGED, all);
         // sock_common is the first member of sock, and skc_net lies within it.
         assert!(r.offsets.sock_net < btf.struct_size("sock_common")?);
         Ok(())
