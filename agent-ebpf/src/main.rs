@@ -750,49 +750,57 @@ fn mark_reset(
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let sk = field::<u64>(&ctx, cfg!(tracepoints.send_reset_skaddr)).unwrap_or(0);
-    let skb = field::<u64>(&ctx, cfg!(tracepoints.send_reset_skbaddr)).unwrap_or(0);
-    let state = field::<i32>(&ctx, cfg!(tracepoints.send_reset_state)).unwrap_or(0) as u8;
-    let reason = field::<u32>(&ctx, cfg!(tracepoints.send_reset_reason)).unwrap_or(0);
-    let tuple = if cfg!(tracepoints.send_reset_saddr) != OFFSET_MISSING {
-        let (family, local_port, local_addr) =
-            sockaddr_field(&ctx, cfg!(tracepoints.send_reset_saddr));
-        let (_, remote_port, remote_addr) =
-            sockaddr_field(&ctx, cfg!(tracepoints.send_reset_daddr));
-        Tuple {
-            family,
-            local_port,
-            remote_port,
-            _pad: 0,
-            local_addr,
-            remote_addr,
-        }
-    } else {
-        // Before 6.8: ports and 4- and 16-byte addresses, as inet_sock_set_state has them.
-        let family = legacy_family(
-            &ctx,
-            cfg!(legacy.send_reset_family),
-            cfg!(legacy.send_reset_saddr_v6),
-        );
-        Tuple {
-            family,
-            local_port: field::<u16>(&ctx, cfg!(legacy.send_reset_sport)).unwrap_or(0),
-            remote_port: field::<u16>(&ctx, cfg!(legacy.send_reset_dport)).unwrap_or(0),
-            _pad: 0,
-            local_addr: addr_field(
-                &ctx,
-                family,
-                cfg!(legacy.send_reset_saddr4),
-                cfg!(legacy.send_reset_saddr_v6),
-            ),
-            remote_addr: addr_field(
-                &ctx,
-                family,
-                cfg!(legacy.send_reset_daddr4),
-                cfg!(legacy.send_reset_daddr_v6),
-            ),
-        }
+    let (family, local_port, local_addr) = sockaddr_field(&ctx, cfg!(tracepoints.send_reset_saddr));
+    let (_, remote_port, remote_addr) = sockaddr_field(&ctx, cfg!(tracepoints.send_reset_daddr));
+    let tuple = Tuple {
+        family,
+        local_port,
+        remote_port,
+        _pad: 0,
+        local_addr,
+        remote_addr,
     };
+    send_reset(&ctx, tuple)
+}
+
+/// `tcp_send_reset` before 6.8 (attached instead of the above there): the record has ports
+/// and `saddr_v6`/`daddr_v6`, which hold a v4-mapped address for IPv4; `family` only since
+/// 5.13; it only fires with a socket.
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset_legacy(ctx: TracePointContext) -> u32 {
+    let local = field::<[u8; 16]>(&ctx, cfg!(legacy.send_reset_saddr_v6)).unwrap_or([0; 16]);
+    let remote = field::<[u8; 16]>(&ctx, cfg!(legacy.send_reset_daddr_v6)).unwrap_or([0; 16]);
+    let mut tuple = Tuple {
+        family: AF_INET6,
+        local_port: field::<u16>(&ctx, cfg!(legacy.send_reset_sport)).unwrap_or(0),
+        remote_port: field::<u16>(&ctx, cfg!(legacy.send_reset_dport)).unwrap_or(0),
+        _pad: 0,
+        local_addr: local,
+        remote_addr: remote,
+    };
+    let mapped = local[..10] == [0; 10] && local[10] == 0xff && local[11] == 0xff;
+    let family = field::<u16>(&ctx, cfg!(legacy.send_reset_family)).unwrap_or(if mapped {
+        AF_INET
+    } else {
+        AF_INET6
+    });
+    if family == AF_INET {
+        tuple.family = AF_INET;
+        tuple.local_addr = [0; 16];
+        tuple.remote_addr = [0; 16];
+        tuple.local_addr[..4].copy_from_slice(&local[12..16]);
+        tuple.remote_addr[..4].copy_from_slice(&remote[12..16]);
+    }
+    send_reset(&ctx, tuple)
+}
+
+/// What both `tcp_send_reset` programs do with the record's socket.
+#[inline(always)]
+fn send_reset(ctx: &TracePointContext, tuple: Tuple) -> u32 {
+    let sk = field::<u64>(ctx, cfg!(tracepoints.send_reset_skaddr)).unwrap_or(0);
+    let skb = field::<u64>(ctx, cfg!(tracepoints.send_reset_skbaddr)).unwrap_or(0);
+    let state = field::<i32>(ctx, cfg!(tracepoints.send_reset_state)).unwrap_or(0) as u8;
+    let reason = field::<u32>(ctx, cfg!(tracepoints.send_reset_reason)).unwrap_or(0);
 
     // Only full sockets carry a cgroup; timewait and request sockets share `sock_common`.
     let full_sock = sk != 0 && state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV;

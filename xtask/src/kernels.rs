@@ -563,10 +563,12 @@ fn summary(results: &[KernelResult], results_dir: &Path) -> String {
             "- `termscope doctor`: {}",
             if r.doctor_ok { "ok" } else { "FAILED" }
         );
-        let notable: Vec<&str> = r
+        // The check lines that are not ok (a verifier log follows a failed load: cut it).
+        let notable: Vec<String> = r
             .doctor
             .lines()
-            .filter(|l| !l.starts_with("ok "))
+            .filter(|l| ["warn ", "FAIL ", "off  "].iter().any(|m| l.starts_with(m)))
+            .map(|l| l.chars().take(300).collect())
             .collect();
         for l in notable {
             let _ = writeln!(s, "  - `{}`", l.split_whitespace().collect::<Vec<_>>().join(" "));

@@ -348,6 +348,15 @@ impl KernelSupport {
                 .is_some_and(|t| t.legacy.kfree_skb_reason != OFFSET_MISSING)
     }
 
+    /// The program attached for `spec`: `tcp_send_reset` has its own for the pre-6.8 layout.
+    pub fn program_for(&self, spec: &ProbeSpec) -> &'static str {
+        if spec.program == "tcp_send_reset" && self.legacy_send_reset() {
+            "tcp_send_reset_legacy"
+        } else {
+            spec.program
+        }
+    }
+
     /// Why `spec` need not run here, when another probe gives what it would.
     pub fn not_needed(&self, spec: &ProbeSpec) -> Option<String> {
         (spec.program == KFREE_SKB && !self.legacy_send_reset()).then(|| {
@@ -538,7 +547,12 @@ impl Probes {
             let state = match (support.not_needed(spec), disabled) {
                 (Some(why), _) => ProbeState::NotNeeded(why),
                 (None, Some(reason)) => ProbeState::Disabled(reason),
-                (None, None) => match attach(&mut ebpf, spec, aya_btf.as_ref()) {
+                (None, None) => match attach(
+                    &mut ebpf,
+                    spec,
+                    support.program_for(spec),
+                    aya_btf.as_ref(),
+                ) {
                     Ok(()) => ProbeState::Attached,
                     Err(reason) => ProbeState::Failed(reason),
                 },
@@ -735,10 +749,15 @@ impl Probes {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> Result<(), String> {
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    program: &str,
+    btf: Option<&aya::Btf>,
+) -> Result<(), String> {
     let program = ebpf
-        .program_mut(spec.program)
-        .ok_or_else(|| format!("program {} is not in the object", spec.program))?;
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} is not in the object"))?;
     match spec.attach {
         AttachPoint::TracePoint { category, name } => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
