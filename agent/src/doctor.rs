@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use termscope_common::{OFFSET_MISSING, feature};
+use termscope_common::feature;
 
 use crate::{
     attribute::cgroupfs,
@@ -226,10 +226,7 @@ pub fn run() -> Report {
                 legacy_send_reset: support.legacy_send_reset(),
                 kfree_skb: attached(probes::KFREE_SKB),
                 drop_reasons: support.drop_reasons(),
-                reset_reasons: support
-                    .tracepoints
-                    .as_ref()
-                    .is_some_and(|t| t.offsets.send_reset_reason != OFFSET_MISSING),
+                reset_reasons: support.reset_reasons(),
                 sock_cgroup: if features & feature::SOCK_CGROUP == 0 {
                     SockCgroup::Missing
                 } else if features & feature::SOCK_CGROUP_TAGGED != 0 {
@@ -297,32 +294,39 @@ pub struct KernelFacts {
 /// its absence affects.
 pub fn feature_checks(f: &KernelFacts) -> Vec<Check> {
     let mut out = Vec::new();
-    out.push(match (f.legacy_send_reset, f.send_reset, f.kfree_skb, f.drop_reasons) {
-        (false, true, _, _) => check(
-            "feature: refusals",
-            Status::Ok,
-            "seen at tcp_send_reset (a reset without a socket): `refused`, late traffic",
-        ),
-        (true, _, true, true) => check(
-            "feature: refusals",
-            Status::Ok,
-            "seen at skb:kfree_skb, drop reason NO_SOCKET (before 6.8 tcp_send_reset does not \
+    out.push(
+        match (
+            f.legacy_send_reset,
+            f.send_reset,
+            f.kfree_skb,
+            f.drop_reasons,
+        ) {
+            (false, true, _, _) => check(
+                "feature: refusals",
+                Status::Ok,
+                "seen at tcp_send_reset (a reset without a socket): `refused`, late traffic",
+            ),
+            (true, _, true, true) => check(
+                "feature: refusals",
+                Status::Ok,
+                "seen at skb:kfree_skb, drop reason NO_SOCKET (before 6.8 tcp_send_reset does not \
              fire without a socket): `refused`, late traffic",
-        ),
-        (true, _, true, false) => check(
-            "feature: refusals",
-            Status::Ok,
-            "seen at skb:kfree_skb: a SYN freed by TCP itself (no drop reasons before 5.17, so \
+            ),
+            (true, _, true, false) => check(
+                "feature: refusals",
+                Status::Ok,
+                "seen at skb:kfree_skb: a SYN freed by TCP itself (no drop reasons before 5.17, so \
              a SYN TCP drops for another reason, e.g. a bad checksum, also counts): `refused`, \
              late traffic",
-        ),
-        _ => check(
-            "feature: refusals",
-            Status::Warn,
-            "not seen: the `refused` verdict and late traffic (connections refused after the \
+            ),
+            _ => check(
+                "feature: refusals",
+                Status::Warn,
+                "not seen: the `refused` verdict and late traffic (connections refused after the \
              listener closed) are never reported",
-        ),
-    });
+            ),
+        },
+    );
     out.push(if f.reset_reasons {
         check(
             "feature: reset reasons",

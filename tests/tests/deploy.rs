@@ -1049,7 +1049,10 @@ fn memlock_component_adds_only_sys_resource() -> Result<()> {
     let dir = TempDir::new("memlock-overlay")?;
     // kustomize wants relative paths: from the overlay up to / and down to deploy/.
     let up = "../".repeat(dir.path.components().count().saturating_sub(1));
-    let deploy_rel = format!("{up}{}", deploy().display().to_string().trim_start_matches('/'));
+    let deploy_rel = format!(
+        "{up}{}",
+        deploy().display().to_string().trim_start_matches('/')
+    );
     dir.write(
         "kustomization.yaml",
         format!(
@@ -1071,7 +1074,11 @@ fn memlock_component_adds_only_sys_resource() -> Result<()> {
         Ok(ds
             .pointer("/spec/template/spec/containers/0/securityContext/capabilities/add")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     };
     assert_eq!(caps(&base)?, ["BPF", "PERFMON"]);

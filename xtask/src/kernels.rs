@@ -104,7 +104,10 @@ const TESTS: &[TestRun] = &[
 fn apt_options(cache: &Path) -> Vec<String> {
     let apt = cache.join("apt");
     vec![
-        format!("-oDir::Etc::sourcelist={}", apt.join("sources.list").display()),
+        format!(
+            "-oDir::Etc::sourcelist={}",
+            apt.join("sources.list").display()
+        ),
         "-oDir::Etc::sourceparts=/dev/null".to_string(),
         format!("-oDir::State::Lists={}", apt.join("lists").display()),
         format!("-oDir::Cache={}", apt.join("cache").display()),
@@ -196,7 +199,10 @@ fn tools(ctx: &Ctx) -> Result<()> {
     }
     let vng_ok = |ctx: &Ctx| -> Result<bool> {
         Ok(ctx
-            .probe(ctx.command("python3").args(["-m", "virtme_ng.run", "--version"]))?
+            .probe(
+                ctx.command("python3")
+                    .args(["-m", "virtme_ng.run", "--version"]),
+            )?
             .is_some_and(|o| o.status.success()))
     };
     if vng_ok(ctx)? {
@@ -235,7 +241,10 @@ fn kernels(ctx: &Ctx, cache: &Path, wanted: &[Series]) -> Result<Vec<Kernel>> {
             .map(|r| r.trim().to_string())
             .filter(|r| {
                 cache.join(format!("vmlinuz-{r}")).is_file()
-                    && Path::new("/lib/modules").join(r).join("modules.dep").is_file()
+                    && Path::new("/lib/modules")
+                        .join(r)
+                        .join("modules.dep")
+                        .is_file()
             });
         let release = match cached {
             Some(r) => {
@@ -571,7 +580,11 @@ fn summary(results: &[KernelResult], results_dir: &Path) -> String {
             .map(|l| l.chars().take(300).collect())
             .collect();
         for l in notable {
-            let _ = writeln!(s, "  - `{}`", l.split_whitespace().collect::<Vec<_>>().join(" "));
+            let _ = writeln!(
+                s,
+                "  - `{}`",
+                l.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
         }
         for (name, b, secs) in &r.binaries {
             let took = secs.map(|t| format!(" ({t} s)")).unwrap_or_default();
@@ -606,15 +619,12 @@ pub fn test_kernels(ctx: &Ctx, only: &[String]) -> Result<()> {
     } else {
         let mut v = Vec::new();
         for o in only {
-            let s = SERIES
-                .iter()
-                .find(|s| s.series == o)
-                .with_context(|| {
-                    format!(
-                        "unknown kernel series {o}; known: {}",
-                        SERIES.map(|s| s.series).join(", ")
-                    )
-                })?;
+            let s = SERIES.iter().find(|s| s.series == o).with_context(|| {
+                format!(
+                    "unknown kernel series {o}; known: {}",
+                    SERIES.map(|s| s.series).join(", ")
+                )
+            })?;
             v.push(*s);
         }
         v
@@ -698,7 +708,10 @@ Depends: linux-image-5.10.0-32-amd64 (= 5.10.223-1)
             Some("linux-image-6.12.117+deb13-amd64")
         );
         assert_eq!(image_package(SHOW, "6.6"), None);
-        assert_eq!(release_of("linux-image-5.10.0-32-amd64"), Some("5.10.0-32-amd64"));
+        assert_eq!(
+            release_of("linux-image-5.10.0-32-amd64"),
+            Some("5.10.0-32-amd64")
+        );
         assert_eq!(release_of("linux-image-"), None);
     }
 

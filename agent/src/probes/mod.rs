@@ -348,6 +348,13 @@ impl KernelSupport {
                 .is_some_and(|t| t.legacy.kfree_skb_reason != OFFSET_MISSING)
     }
 
+    /// Whether `tcp_send_reset` gives the kernel's reason (6.10+).
+    pub fn reset_reasons(&self) -> bool {
+        self.tracepoints
+            .as_ref()
+            .is_some_and(|t| t.offsets.send_reset_reason != OFFSET_MISSING)
+    }
+
     /// The program attached for `spec`: `tcp_send_reset` has its own for the pre-6.8 layout.
     pub fn program_for(&self, spec: &ProbeSpec) -> &'static str {
         if spec.program == "tcp_send_reset" && self.legacy_send_reset() {
@@ -394,9 +401,11 @@ impl KernelSupport {
             .collect();
         if spec.program == KFREE_SKB && self.features() & feature::SKB_HEADERS == 0 {
             return (
-                Some("sk_buff header members (head, data, network_header, transport_header) \
+                Some(
+                    "sk_buff header members (head, data, network_header, transport_header) \
                       not resolved from BTF"
-                    .to_string()),
+                        .to_string(),
+                ),
                 vec![],
             );
         }
@@ -412,11 +421,7 @@ impl KernelSupport {
             .filter(|(bit, _)| lacking & bit != 0)
             .map(|(_, name)| format!("{name} unavailable"))
             .collect();
-        let reasons = self
-            .tracepoints
-            .as_ref()
-            .is_some_and(|t| t.offsets.send_reset_reason != OFFSET_MISSING);
-        if spec.program == "tcp_send_reset" && !reasons {
+        if spec.program == "tcp_send_reset" && !self.reset_reasons() {
             degraded.push("no reset reasons before 6.10 (reports name none)".to_string());
         }
         if spec.program == "tcp_send_reset" && self.legacy_send_reset() {
@@ -547,15 +552,12 @@ impl Probes {
             let state = match (support.not_needed(spec), disabled) {
                 (Some(why), _) => ProbeState::NotNeeded(why),
                 (None, Some(reason)) => ProbeState::Disabled(reason),
-                (None, None) => match attach(
-                    &mut ebpf,
-                    spec,
-                    support.program_for(spec),
-                    aya_btf.as_ref(),
-                ) {
-                    Ok(()) => ProbeState::Attached,
-                    Err(reason) => ProbeState::Failed(reason),
-                },
+                (None, None) => {
+                    match attach(&mut ebpf, spec, support.program_for(spec), aya_btf.as_ref()) {
+                        Ok(()) => ProbeState::Attached,
+                        Err(reason) => ProbeState::Failed(reason),
+                    }
+                }
             };
             match &state {
                 ProbeState::Attached => tracing::debug!(probe = spec.program, "attached"),

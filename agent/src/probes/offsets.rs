@@ -426,6 +426,136 @@ mod tests {
         assert_eq!(sport.reason, "size is 4 bytes, expected 2");
     }
 
+    /// The records of Debian's 5.10 (bullseye) and 6.1 (bookworm), as their tracefs gives them.
+    fn format_text(fields: &[(&str, u32, u32)]) -> String {
+        let mut text = String::from("format:\n");
+        for (decl, offset, size) in fields {
+            text.push_str(&format!(
+                "\tfield:{decl};\toffset:{offset};\tsize:{size};\tsigned:0;\n"
+            ));
+        }
+        text
+    }
+
+    fn old_kernel(family: bool, reasons: bool) -> impl FnMut(&str, &str) -> Result<Format, String> {
+        move |category, name| {
+            let f = |fields: &[(&str, u32, u32)]| {
+                Format::parse(&format!("{category}/{name}"), &format_text(fields))
+                    .map_err(|e| e.to_string())
+            };
+            let shift = if family { 2 } else { 0 };
+            match (category, name) {
+                ("tcp", "tcp_send_reset") => {
+                    let mut v = vec![
+                        ("const void * skbaddr", 8, 8),
+                        ("const void * skaddr", 16, 8),
+                        ("int state", 24, 4),
+                        ("__u16 sport", 28, 2),
+                        ("__u16 dport", 30, 2),
+                        ("__u8 saddr[4]", 32 + shift, 4),
+                        ("__u8 daddr[4]", 36 + shift, 4),
+                        ("__u8 saddr_v6[16]", 40 + shift, 16),
+                        ("__u8 daddr_v6[16]", 56 + shift, 16),
+                    ];
+                    if family {
+                        v.push(("__u16 family", 32, 2));
+                    }
+                    f(&v)
+                }
+                ("tcp", "tcp_receive_reset") => {
+                    let mut v = vec![
+                        ("const void * skaddr", 8, 8),
+                        ("__u16 sport", 16, 2),
+                        ("__u16 dport", 18, 2),
+                        ("__u8 saddr[4]", 20 + shift, 4),
+                        ("__u8 daddr[4]", 24 + shift, 4),
+                        ("__u8 saddr_v6[16]", 28 + shift, 16),
+                        ("__u8 daddr_v6[16]", 44 + shift, 16),
+                    ];
+                    if family {
+                        v.push(("__u16 family", 20, 2));
+                    }
+                    f(&v)
+                }
+                ("skb", "kfree_skb") => {
+                    let mut v = vec![
+                        ("void * skbaddr", 8, 8),
+                        ("void * location", 16, 8),
+                        ("unsigned short protocol", 24, 2),
+                    ];
+                    if reasons {
+                        v.push(("enum skb_drop_reason reason", 28, 4));
+                    }
+                    f(&v)
+                }
+                _ => Err("not in this fixture".into()),
+            }
+        }
+    }
+
+    /// 5.10: the pre-6.8 `tcp_send_reset` without `family`, `tcp_receive_reset` without
+    /// `family`, `kfree_skb` without drop reasons; none of that is reported as missing.
+    #[test]
+    fn debian_5_10_records() {
+        let r = resolve_tracepoints(old_kernel(false, false));
+        let (o, l) = (r.offsets, r.legacy);
+        assert!(legacy_send_reset(&o, &l));
+        assert_eq!(o.send_reset_saddr, OFFSET_MISSING);
+        assert_eq!(o.send_reset_reason, OFFSET_MISSING);
+        assert_eq!((o.send_reset_skaddr, o.send_reset_state), (16, 24));
+        assert_eq!((l.send_reset_sport, l.send_reset_dport), (28, 30));
+        assert_eq!((l.send_reset_saddr_v6, l.send_reset_daddr_v6), (40, 56));
+        assert_eq!(l.send_reset_family, OFFSET_MISSING);
+        assert_eq!(o.recv_reset_family, OFFSET_MISSING);
+        assert_eq!(o.recv_reset_saddr_v6, 28);
+        assert_eq!((l.kfree_skb_skbaddr, l.kfree_skb_protocol), (8, 24));
+        assert_eq!(l.kfree_skb_reason, OFFSET_MISSING);
+        let what: Vec<_> = r.unresolved.iter().map(|u| u.what.as_str()).collect();
+        assert!(
+            !what
+                .iter()
+                .any(|w| w.starts_with("tcp/") || w.starts_with("skb/")),
+            "{what:?}"
+        );
+    }
+
+    /// 6.1: the same with `family` in both reset records and drop reasons.
+    #[test]
+    fn debian_6_1_records() {
+        let r = resolve_tracepoints(old_kernel(true, true));
+        let (o, l) = (r.offsets, r.legacy);
+        assert!(legacy_send_reset(&o, &l));
+        assert_eq!(l.send_reset_family, 32);
+        assert_eq!((l.send_reset_saddr_v6, l.send_reset_daddr_v6), (42, 58));
+        assert_eq!(o.recv_reset_family, 20);
+        assert_eq!(l.kfree_skb_reason, 28);
+    }
+
+    /// 6.8+: the sockaddr layout; kfree_skb is not even looked at.
+    #[test]
+    fn new_send_reset_layout_needs_no_kfree_skb() {
+        let r = resolve_tracepoints(|category, name| match (category, name) {
+            ("tcp", "tcp_send_reset") => Format::parse(
+                "t",
+                &format_text(&[
+                    ("const void * skbaddr", 8, 8),
+                    ("const void * skaddr", 16, 8),
+                    ("int state", 24, 4),
+                    ("enum sk_rst_reason reason", 28, 4),
+                    ("__u8 saddr[28]", 32, 28),
+                    ("__u8 daddr[28]", 60, 28),
+                ]),
+            )
+            .map_err(|e| e.to_string()),
+            _ => Err("absent".into()),
+        });
+        assert!(!legacy_send_reset(&r.offsets, &r.legacy));
+        assert_eq!(r.offsets.send_reset_saddr, 32);
+        assert_eq!(r.offsets.send_reset_reason, 28);
+        assert_eq!(r.legacy.kfree_skb_skbaddr, OFFSET_MISSING);
+        assert!(!r.unresolved.iter().any(|u| u.what.starts_with("skb/")));
+    }
+
     /// Every member resolves on the running kernel's BTF, and every feature is on.
     #[test]
     fn the_running_kernel_resolves_everything() -> Result<(), Box<dyn std::error::Error>> {
