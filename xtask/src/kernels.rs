@@ -437,20 +437,22 @@ pub fn parse_test_log(log: &str, exit_ok: bool) -> BinaryResult {
     let mut passed = 0;
     let mut failed = Vec::new();
     for line in log.lines() {
-        if let Some(rest) = line.strip_prefix("test ") {
-            if let Some(name) = rest.strip_suffix(" ... FAILED") {
-                failed.push(name.to_string());
-            }
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+        {
+            failed.push(name.to_string());
         }
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            if let Some(n) = rest
-                .split(';')
-                .find_map(|p| p.trim().strip_suffix(" passed"))
-                .and_then(|p| p.rsplit(' ').next())
-                .and_then(|n| n.parse::<u32>().ok())
-            {
-                passed += n;
-            }
+        if let Some(n) = line
+            .strip_prefix("test result: ")
+            .and_then(|rest| {
+                rest.split(';')
+                    .find_map(|p| p.trim().strip_suffix(" passed"))
+            })
+            .and_then(|p| p.rsplit(' ').next())
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            passed += n;
         }
     }
     BinaryResult {
