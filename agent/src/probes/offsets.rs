@@ -84,6 +84,14 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         skb_dev: member(btf, &m("sk_buff", "dev", 8), &mut un),
         net_device_net: member(btf, &m("net_device", "nd_net.net", 8), &mut un),
         siginfo_code: member(btf, &m("kernel_siginfo", "si_code", 4), &mut un),
+        skc_daddr: member(btf, &m("sock_common", "skc_daddr", 4), &mut un),
+        skc_rcv_saddr: member(btf, &m("sock_common", "skc_rcv_saddr", 4), &mut un),
+        skc_dport: member(btf, &m("sock_common", "skc_dport", 2), &mut un),
+        skc_num: member(btf, &m("sock_common", "skc_num", 2), &mut un),
+        skc_family: member(btf, &m("sock_common", "skc_family", 2), &mut un),
+        skc_state: member(btf, &m("sock_common", "skc_state", 1), &mut un),
+        skc_v6_daddr: member(btf, &m("sock_common", "skc_v6_daddr", 16), &mut un),
+        skc_v6_rcv_saddr: member(btf, &m("sock_common", "skc_v6_rcv_saddr", 16), &mut un),
         _pad: 0,
     };
     let all = |offs: &[u32]| offs.iter().all(|&x| x != OFFSET_MISSING);
@@ -109,6 +117,18 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     }
     if all(&[o.task_pid, o.task_tgid, o.task_comm]) {
         features |= feature::TASK_IDS;
+    }
+    if all(&[
+        o.skc_daddr,
+        o.skc_rcv_saddr,
+        o.skc_dport,
+        o.skc_num,
+        o.skc_family,
+        o.skc_state,
+        o.skc_v6_daddr,
+        o.skc_v6_rcv_saddr,
+    ]) {
+        features |= feature::SOCK_TUPLE;
     }
     // Only needed where refusals are seen at skb:kfree_skb: not reported as unresolved here.
     let mut skb_un = Vec::new();
@@ -572,6 +592,7 @@ mod tests {
             | feature::SKB_NETNS
             | feature::TASK_EXIT
             | feature::TASK_IDS
+            | feature::SOCK_TUPLE
             | feature::SKB_HEADERS;
         // The tagged `sk_cgrp_data.val` is only for kernels before 5.15.
         assert_eq!(r.features & !feature::SOCK_CGROUP_TAGGED, all);
