@@ -59,6 +59,15 @@ enum Command {
     Report(ReportArgs),
     /// Print each new termination report of a running agent as it appears, until Ctrl-C.
     Watch(WatchArgs),
+    /// Print the agent's seccomp profile (JSON), or install it on this node: what the
+    /// DaemonSet's init container does before the agent container, which runs under it, is
+    /// created (deploy/README.md).
+    SeccompProfile {
+        /// Write the profile to this file (atomically; left alone when it already holds it),
+        /// e.g. /var/lib/kubelet/seccomp/termscope/agent.json.
+        #[arg(long, value_name = "FILE")]
+        install: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -295,6 +304,17 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Report(args) => report(args),
         Command::Watch(args) => watch(args),
+        Command::SeccompProfile { install } => {
+            match install {
+                None => print!("{}", termscope::seccomp::PROFILE),
+                Some(path) => {
+                    let done = termscope::seccomp::install(&path)
+                        .with_context(|| "installing the seccomp profile".to_string())?;
+                    tracing::info!(path = %path.display(), result = ?done, "seccomp profile");
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     }
 }
 

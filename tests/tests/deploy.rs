@@ -97,31 +97,7 @@ fn have_kubernetes_validate() -> Result<bool> {
 
 /// Every document of a YAML stream, as JSON, read with PyYAML (which kubernetes-validate
 /// brings).
-fn yaml_documents(yaml: &str) -> Result<Vec<Value>> {
-    use std::io::Write;
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml\n\
-             json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("python3")?;
-    child
-        .stdin
-        .take()
-        .context("python3's stdin")?
-        .write_all(yaml.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "reading YAML: {}", text(&out));
-    match serde_json::from_slice(&out.stdout)? {
-        Value::Array(docs) => Ok(docs),
-        other => bail!("not a list of documents: {other}"),
-    }
-}
+use termscope_tests::yaml_documents;
 
 fn yaml_file(path: &Path) -> Result<Value> {
     let text =
