@@ -391,9 +391,14 @@ impl<'a> KubeletDriver<'a> {
                 .cri()
                 .create_container(&pod.sandbox_id, &config, &pod.sandbox_config)
                 .with_context(|| self.failure_context(&format!("CreateContainer {}", c.name)))?;
-            self.cri()
-                .start_container(&id)
-                .with_context(|| self.failure_context(&format!("StartContainer {}", c.name)))?;
+            self.cri().start_container(&id).with_context(|| {
+                format!(
+                    "{}\nits status: {:?}\nthe container printed:\n{}",
+                    self.failure_context(&format!("StartContainer {}", c.name)),
+                    self.cri().container_status(&id),
+                    pod.logs(&c.name)
+                )
+            })?;
             let pid = self.cri().container_pid(&id)?;
             pod.containers.push(RunningContainer {
                 name: c.name.clone(),

@@ -20,7 +20,7 @@ use std::{
     process::{Command, Output},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use termscope_tests::TempDir;
 

@@ -560,7 +560,9 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
     // The agent's image, built as `cargo xtask image` builds it, from the agent binary the
     // tests use, named as the manifest asks for it.
     let binary = k8s_agent::agent_binary()?;
-    let image = termscope_oci::agent_image(&binary, &tr.image, env!("CARGO_PKG_VERSION"))?;
+    let mut image = termscope_oci::agent_image(&binary, &tr.image, env!("CARGO_PKG_VERSION"))?;
+    // The debug binary is ~200 MB: gzip would take most of the test's time.
+    image.uncompressed_layer = true;
     images::import(&image, containerd)?;
     eprintln!("[deploy] image {} imported after {:?}", image.name, t0.elapsed());
 
