@@ -11,6 +11,12 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("the agent-ebpf path is not UTF-8"))?;
     println!("cargo:rerun-if-changed=../agent-common/src");
+    // aya-build passes every line the inner cargo prints on stderr on as a `cargo:warning`:
+    // its ~35 `Compiling ...` lines would bury real warnings. Quiet cargo prints only
+    // warnings and errors (the compiler's messages still come through).
+    // SAFETY: the build script is single-threaded here; nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "termscope-ebpf",

@@ -6,6 +6,7 @@
 //! [`doctor`] tells what this node supports.
 
 pub mod attribute;
+pub mod cli;
 pub mod clock;
 pub mod decode;
 pub mod doctor;

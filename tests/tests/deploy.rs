@@ -524,11 +524,96 @@ fn service_servicemonitor_and_networkpolicy_reach_the_agent() -> Result<()> {
     assert_eq!(
         np.pointer("/spec/ingress/0/from"),
         Some(&serde_json::json!([{
-            "namespaceSelector": {},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
         }])),
-        "any namespace, pods labelled app.kubernetes.io/name=prometheus"
+        "Prometheus pods of the monitoring namespace only (one peer: namespace AND pod)"
     );
+    assert_eq!(
+        np.pointer("/spec/ingress")
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // The pod IP serves metrics only; the reports listen on the pod's loopback, not exposed.
+    let container = ds
+        .pointer("/spec/template/spec/containers/0")
+        .context("container")?;
+    let env: BTreeMap<&str, &str> = container
+        .get("env")
+        .and_then(Value::as_array)
+        .context("env")?
+        .iter()
+        .map(|e| (str_at(e, "/name"), str_at(e, "/value")))
+        .collect();
+    assert_eq!(env.get("TERMSCOPE_LISTEN"), Some(&"0.0.0.0:9469"));
+    let reports: std::net::SocketAddr = env
+        .get("TERMSCOPE_REPORTS_LISTEN")
+        .context("TERMSCOPE_REPORTS_LISTEN")?
+        .parse()?;
+    assert!(reports.ip().is_loopback(), "{reports}");
+    assert_eq!(
+        ds.pointer("/spec/template/spec/hostNetwork"),
+        Some(&Value::Bool(false)),
+        "the pod's loopback is its own"
+    );
+    let ports: Vec<u64> = container
+        .get("ports")
+        .and_then(Value::as_array)
+        .context("ports")?
+        .iter()
+        .filter_map(|p| p.get("containerPort").and_then(Value::as_u64))
+        .collect();
+    assert_eq!(ports, [9469], "only the metrics port is declared");
+    Ok(())
+}
+
+/// The optional component: the dashboard as a ConfigMap for Grafana's sidecar.
+#[test]
+fn the_grafana_component_ships_the_dashboard_for_the_sidecar() -> Result<()> {
+    if !have_kubernetes_validate()? {
+        return Ok(());
+    }
+    // An overlay as a user writes one; inside the repository (kustomize wants relative
+    // paths), in the target directory.
+    let dir = root().join(format!("target/kustomize-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         resources: [../../deploy]\ncomponents: [../../deploy/grafana]\n",
+    )?;
+    let out = run_tool(
+        Command::new("kubectl").arg("kustomize").arg(&dir),
+        "kubectl; Debian package kubernetes-client",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some(out) = out? else {
+        return Ok(());
+    };
+    ensure!(out.status.success(), "kubectl kustomize: {}", text(&out));
+    let docs = yaml_documents(&String::from_utf8(out.stdout)?)?;
+    let cm = one(&docs, "ConfigMap")?;
+    assert_eq!(str_at(cm, "/metadata/name"), "termscope-grafana-dashboard");
+    assert_eq!(str_at(cm, "/metadata/namespace"), "termscope");
+    assert_eq!(str_at(cm, "/metadata/labels/grafana_dashboard"), "1");
+    let data = cm
+        .pointer("/data")
+        .and_then(Value::as_object)
+        .context("data")?;
+    assert_eq!(data.len(), 1);
+    let shipped: Value = serde_json::from_str(
+        data.get("termscope-dashboard.json")
+            .and_then(Value::as_str)
+            .context("the dashboard's key")?,
+    )?;
+    assert_eq!(shipped, dashboard()?, "the dashboard, verbatim");
+    // Everything else is the plain deploy/.
+    let Some((_, plain)) = rendered()? else {
+        return Ok(());
+    };
+    assert_eq!(docs.len(), plain.len() + 1);
     Ok(())
 }
 
@@ -622,14 +707,14 @@ fn alert_rules_pass_promtool_and_every_alert_is_tested_and_documented() -> Resul
     let alerts = alert_rules()?;
     let names: Vec<&str> = alerts.iter().map(|a| str_at(a, "/alert")).collect();
     let want = [
-        "ConnectionsCutOnShutdown",
-        "SigkillEscalations",
-        "GracePeriodNearlyUsed",
-        "LateTrafficAfterStopSignal",
-        "NoSigtermHandler",
-        "AgentLosingEvents",
-        "AgentDown",
-        "ProbesMissing",
+        "TermscopeConnectionsCutOnShutdown",
+        "TermscopeSigkillEscalations",
+        "TermscopeGracePeriodNearlyUsed",
+        "TermscopeLateTrafficAfterStopSignal",
+        "TermscopeNoSigtermHandler",
+        "TermscopeAgentLosingEvents",
+        "TermscopeAgentDown",
+        "TermscopeProbesMissing",
     ];
     assert_eq!(names, want);
 
@@ -663,6 +748,19 @@ fn alert_rules_pass_promtool_and_every_alert_is_tested_and_documented() -> Resul
     // Each alert: summary, description, and a runbook section in docs/alerts.md.
     let runbooks =
         std::fs::read_to_string(root().join("docs/alerts.md")).context("reading docs/alerts.md")?;
+    // The anchors GitHub gives docs/alerts.md's headings: every link to a section resolves.
+    let anchors: BTreeSet<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## ").or_else(|| l.strip_prefix("# ")))
+        .map(github_anchor)
+        .collect();
+    for link in runbooks.split("](#").skip(1) {
+        let anchor = link.split(')').next().unwrap_or("");
+        assert!(
+            anchors.contains(anchor),
+            "docs/alerts.md links to #{anchor}, no such heading"
+        );
+    }
     let base = format!("{}/blob/main/docs/alerts.md#", repository()?);
     for a in &alerts {
         let name = str_at(a, "/alert");
@@ -678,8 +776,37 @@ fn alert_rules_pass_promtool_and_every_alert_is_tested_and_documented() -> Resul
             runbooks.lines().any(|l| l == format!("## {name}")),
             "docs/alerts.md has no `## {name}` section"
         );
+        assert!(
+            name.starts_with("Termscope"),
+            "{name}: prefixed, not to collide"
+        );
+        let url = str_at(a, "/annotations/runbook_url");
+        let (file, anchor) = url
+            .strip_prefix(&format!("{}/blob/main/", repository()?))
+            .and_then(|rest| rest.split_once('#'))
+            .context(url.to_string())?;
+        assert!(
+            root().join(file).is_file(),
+            "{url}: no {file} in the repository"
+        );
+        assert!(anchors.contains(anchor), "{url}: no such heading");
     }
     Ok(())
+}
+
+/// The anchor GitHub gives a Markdown heading: lower case, spaces to `-`, punctuation but
+/// `-` and `_` dropped.
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Identifiers in a PromQL expression or text: `[A-Za-z_:][A-Za-z0-9_:]*`, with what follows
@@ -958,14 +1085,32 @@ fn the_dashboard_is_importable() -> Result<()> {
     let ds = vars.get("datasource").context("a datasource variable")?;
     assert_eq!(str_at(ds, "/type"), "datasource");
     assert_eq!(str_at(ds, "/query"), "prometheus");
+    // Cluster (an external label where Prometheus has one, e.g. in Thanos or Mimir) and node
+    // first: the other variables and every panel are narrowed by them.
+    let order: Vec<&str> = d
+        .pointer("/templating/list")
+        .and_then(Value::as_array)
+        .context("templating")?
+        .iter()
+        .map(|v| str_at(v, "/name"))
+        .collect();
+    assert_eq!(
+        order,
+        ["datasource", "cluster", "node", "namespace", "workload"]
+    );
     for (name, query) in [
+        ("cluster", "label_values(termscope_probes_known, cluster)"),
+        (
+            "node",
+            r#"label_values(termscope_probes_known{cluster=~"$cluster"}, node)"#,
+        ),
         (
             "namespace",
-            "label_values(termscope_terminations_total, namespace)",
+            r#"label_values(termscope_terminations_total{cluster=~"$cluster", node=~"$node"}, namespace)"#,
         ),
         (
             "workload",
-            r#"label_values(termscope_terminations_total{namespace=~"$namespace"}, workload)"#,
+            r#"label_values(termscope_terminations_total{cluster=~"$cluster", node=~"$node", namespace=~"$namespace"}, workload)"#,
         ),
     ] {
         let v = vars.get(name).with_context(|| format!("variable {name}"))?;
@@ -1008,6 +1153,11 @@ fn the_dashboard_is_importable() -> Result<()> {
         assert!(!targets.is_empty());
         for t in targets {
             assert!(!str_at(t, "/expr").is_empty());
+            // Every query follows the cluster and node variables.
+            let expr = str_at(t, "/expr");
+            for selector in [r#"cluster=~"$cluster""#, r#"node=~"$node""#] {
+                assert!(expr.contains(selector), "{}: {expr}", p["title"]);
+            }
             assert!(!str_at(t, "/refId").is_empty());
             assert_eq!(str_at(t, "/datasource/uid"), "${datasource}");
         }

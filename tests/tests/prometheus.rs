@@ -330,7 +330,9 @@ fn curl_in(ns: &NetNs, args: &[&str]) -> Command {
 /// namespace (`$namespace` = All), with `$__range` and `$__rate_interval` long enough to hold
 /// everything this Prometheus has.
 fn substitute(expr: &str, workload_regex: &str) -> String {
-    expr.replace("$namespace", ".*")
+    expr.replace("$cluster", ".*")
+        .replace("$node", ".*")
+        .replace("$namespace", ".*")
         .replace("$workload", workload_regex)
         .replace("$__range", "1h")
         .replace("$__rate_interval", "1m")
@@ -397,7 +399,8 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules}\n\
              scrape_configs:\n  - job_name: termscope\n    static_configs:\n\
-             \x20     - targets: ['{agent_addr}']\n",
+             \x20     - targets: ['{agent_addr}']\n\
+             \x20       labels: {{node: test-node}}\n",
             rules = rules.display()
         ),
     )?;
@@ -560,13 +563,17 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
         }))
     };
     wait_until(
-        "ConnectionsCutOnShutdown firing",
+        "TermscopeConnectionsCutOnShutdown firing",
         Duration::from_secs(15),
-        || firing("ConnectionsCutOnShutdown").ok().filter(|f| *f),
+        || {
+            firing("TermscopeConnectionsCutOnShutdown")
+                .ok()
+                .filter(|f| *f)
+        },
     )?;
     assert!(
-        firing("LateTrafficAfterStopSignal")?,
-        "LateTrafficAfterStopSignal fires too (for: 0)"
+        firing("TermscopeLateTrafficAfterStopSignal")?,
+        "TermscopeLateTrafficAfterStopSignal fires too (for: 0)"
     );
 
     // What each query must give, for this one shutdown of this one workload.
@@ -697,6 +704,26 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
             ("Terminations in progress", "A"),
             Expect::AllBetween(0.0, 1e6),
         ),
+        // The API's connections closed: whatever the test's own clients did.
+        (
+            (
+                "Agent API: connections closed, and report writes failed (per second)",
+                "A",
+            ),
+            Expect::AllBetween(0.0, 1e6),
+        ),
+        (
+            (
+                "Agent API: connections closed, and report writes failed (per second)",
+                "B",
+            ),
+            Expect::Series(
+                ["file", "stdout"]
+                    .iter()
+                    .map(|o| (vec![("output", o.to_string())], 0.0))
+                    .collect(),
+            ),
+        ),
     ]
     .into_iter()
     .collect();
@@ -752,6 +779,9 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
         match v["name"].as_str() {
             // Outside Kubernetes the namespace label is empty, i.e. absent: no values.
             Some("namespace") => ensure!(values.is_empty(), "namespaces: {values:?}"),
+            // No external `cluster` label here.
+            Some("cluster") => ensure!(values.is_empty(), "clusters: {values:?}"),
+            Some("node") => ensure!(values == BTreeSet::from(["test-node"]), "nodes: {values:?}"),
             Some("workload") => ensure!(
                 values.contains(workload.as_str()),
                 "workloads {values:?} lack {workload}"
@@ -782,23 +812,25 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
         let got = prom.query(query)?;
         let mine: Vec<Sample> = got.iter().filter(|s| ours(s)).cloned().collect();
         let (scope, samples, want) = match name.as_str() {
-            "ConnectionsCutOnShutdown" => (
+            "TermscopeConnectionsCutOnShutdown" => (
                 "this workload",
                 mine,
                 Expect::Series(vec![(vec![w()], n("cut"))]),
             ),
-            "LateTrafficAfterStopSignal" => (
+            "TermscopeLateTrafficAfterStopSignal" => (
                 "this workload",
                 mine,
                 Expect::Series(vec![(vec![w()], 1.0)]),
             ),
             // nginx handled its SIGTERM, nothing was SIGKILLed; no grace period outside
             // Kubernetes.
-            "SigkillEscalations" | "NoSigtermHandler" | "GracePeriodNearlyUsed" => {
-                ("this workload", mine, Expect::Empty)
-            }
+            "TermscopeSigkillEscalations"
+            | "TermscopeNoSigtermHandler"
+            | "TermscopeGracePeriodNearlyUsed" => ("this workload", mine, Expect::Empty),
             // The agent is up, loses nothing, and has all its probes.
-            "AgentLosingEvents" | "AgentDown" | "ProbesMissing" => ("all", got, Expect::Empty),
+            "TermscopeAgentLosingEvents" | "TermscopeAgentDown" | "TermscopeProbesMissing" => {
+                ("all", got, Expect::Empty)
+            }
             other => bail!("no expectation for alert {other}"),
         };
         check(&format!("alert {name} ({scope})"), query, &samples, &want)?;
@@ -806,19 +838,21 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
     }
     ensure!(seen_alerts.len() == 8, "alerts loaded: {seen_alerts:?}");
 
-    // Stop the agent: AgentDown's expression turns true at the next scrape (the alert itself
+    // Stop the agent: TermscopeAgentDown's expression turns true at the next scrape (the alert itself
     // waits 5 minutes).
     agent.stop();
     let down = alerts
         .iter()
-        .find(|(n, _)| n == "AgentDown")
+        .find(|(n, _)| n == "TermscopeAgentDown")
         .map(|(_, q)| q.clone())
-        .context("AgentDown")?;
-    let got = wait_until("AgentDown's expression", Duration::from_secs(15), || {
-        prom.query(&down).ok().filter(|s| !s.is_empty())
-    })?;
+        .context("TermscopeAgentDown")?;
+    let got = wait_until(
+        "TermscopeAgentDown's expression",
+        Duration::from_secs(15),
+        || prom.query(&down).ok().filter(|s| !s.is_empty()),
+    )?;
     check(
-        "alert AgentDown after the agent stopped",
+        "alert TermscopeAgentDown after the agent stopped",
         &down,
         &got,
         &Expect::Series(vec![(

@@ -17,6 +17,15 @@ use crate::{setup, tasks, util::Ctx};
 const AGENT_ADDR: &str = "127.0.0.1:19469";
 const CLIENTS: usize = 4;
 
+/// The demo's directory, removed on drop whatever happened.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Everything the demo creates, removed on drop whatever happened.
 struct Scene {
     netns: String,
@@ -101,10 +110,11 @@ pub fn demo(ctx: &Ctx, signal: &str) -> Result<()> {
              as root (`sudo -E cargo xtask demo`)"
         );
     }
-    setup::run(ctx, true)?;
+    setup::run_for_demo(ctx)?;
     let bin = tasks::build(ctx, false)?;
     let id = std::process::id();
-    let dir = std::env::temp_dir().join(format!("termscope-demo-{id}"));
+    let tmp = TempDir(std::env::temp_dir().join(format!("termscope-demo-{id}")));
+    let dir = tmp.0.clone();
     fs::create_dir_all(dir.join("tmp"))?;
     let mut scene = Scene {
         netns: format!("termscope-demo-{id}"),
@@ -215,14 +225,19 @@ pub fn demo(ctx: &Ctx, signal: &str) -> Result<()> {
         fs::read_to_string(&log).is_ok_and(|s| !s.trim().is_empty())
     })?;
     ctx.run(&mut report)?;
-    println!("\nThe raw JSON record: {}", log.display());
+    println!(
+        "\n(`termscope report --json` prints the same as JSON; the demo's files in {} are \
+         removed now)",
+        dir.display()
+    );
     if signal == "TERM" {
         println!(
             "Now try `cargo xtask demo --signal QUIT`: SIGQUIT is nginx's graceful shutdown \
              (STOPSIGNAL SIGQUIT), it lets the downloads finish (16 s)."
         );
     }
-    // Keep the files for a look; the scene (agent, cgroup, netns) goes away here.
+    // The scene (agent, cgroup, netns) goes away first, then its files.
     drop(scene);
+    drop(tmp);
     Ok(())
 }

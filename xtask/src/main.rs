@@ -92,17 +92,20 @@ enum Command {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<String>,
     },
-    /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
-    ///
-    /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
     /// See the point in a minute (as root): a real nginx in its own cgroup and network
     /// namespace, clients downloading from it, nginx stopped with SIGTERM (what `docker stop`
     /// and Kubernetes send) — and termscope's report of which connections that cut, and why.
+    ///
+    /// Installs only what it runs (nginx, curl, iproute2) when missing, and removes its
+    /// temporary directory when done.
     Demo {
         /// The signal that stops nginx: TERM (fast shutdown) or QUIT (graceful).
         #[arg(long, default_value = "TERM")]
         signal: String,
     },
+    /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
+    ///
+    /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
     Bench {
         /// Arguments for `cargo bench`.
         #[arg(last = true, value_name = "CARGO_BENCH_ARGS")]
@@ -185,6 +188,24 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn each_command_has_its_own_help() {
+        let cli = Cli::command();
+        let about = |name: &str| -> String {
+            cli.find_subcommand(name)
+                .and_then(|c| c.get_about())
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
+        assert!(about("demo").contains("nginx"), "{}", about("demo"));
+        assert!(!about("demo").contains("bench"), "{}", about("demo"));
+        assert!(about("bench").contains("benchmarks"), "{}", about("bench"));
+        assert!(!about("bench").contains("nginx"), "{}", about("bench"));
+        for c in cli.get_subcommands() {
+            assert!(c.get_about().is_some(), "{} has no help", c.get_name());
+        }
     }
 
     #[test]

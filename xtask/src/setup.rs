@@ -81,6 +81,29 @@ pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// deploy/ with `kubectl kustomize`).
 pub const KUBECTL_PACKAGE: &str = "kubernetes-client";
 
+/// What `cargo xtask demo` runs: no more than that is installed for it.
+pub const DEMO_PACKAGES: &[TestPackage] = &[
+    TestPackage {
+        name: "iproute2",
+        why: "`ip netns` for the demo's network namespace",
+    },
+    TestPackage {
+        name: "curl",
+        why: "the demo's clients",
+    },
+    TestPackage {
+        name: "nginx",
+        why: "the server the demo stops",
+    },
+];
+
+/// The build steps, then only the Debian packages the demo runs.
+pub fn run_for_demo(ctx: &Ctx) -> Result<()> {
+    run(ctx, false)?;
+    let mut apt = Apt::default();
+    packages(ctx, &mut apt, DEMO_PACKAGES, "the demo")
+}
+
 /// Runs every setup step in order; stops at the first that cannot be satisfied.
 pub fn run(ctx: &Ctx, test_deps: bool) -> Result<()> {
     println!(
@@ -99,7 +122,7 @@ pub fn run(ctx: &Ctx, test_deps: bool) -> Result<()> {
     rust_src(ctx)?;
     tracefs(ctx)?;
     if test_deps {
-        test_packages(ctx, &mut apt)?;
+        packages(ctx, &mut apt, TEST_PACKAGES, "the kernel tests")?;
         deploy_test_tools(ctx, &mut apt)?;
     }
     println!("==> setup: done");
@@ -406,9 +429,9 @@ pub fn dpkg_says_installed(status_output: &str) -> bool {
     })
 }
 
-fn test_packages(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
+fn packages(ctx: &Ctx, apt: &mut Apt, list: &[TestPackage], for_what: &str) -> Result<()> {
     let mut missing = Vec::new();
-    for package in TEST_PACKAGES {
+    for package in list {
         let what = format!("{} ({})", package.name, package.why);
         let check = format!("`dpkg -s {}` says installed", package.name);
         let out = ctx
@@ -429,14 +452,17 @@ fn test_packages(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
     }
     if !ctx.is_root {
         bail!(
-            "the kernel tests need Debian packages that are missing ({}). Run:\n    {}\nthen \
+            "{for_what} need Debian packages that are missing ({}). Run:\n    {}\nthen \
              try again.",
             missing.join(", "),
             sudo_apt_install(&missing)
         );
     }
     apt.install(ctx, &missing)?;
-    println!("[setup] test packages: installed {}", missing.join(", "));
+    println!(
+        "[setup] packages for {for_what}: installed {}",
+        missing.join(", ")
+    );
     Ok(())
 }
 
@@ -545,6 +571,18 @@ fn output_text(out: &Output) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The demo installs what it runs and nothing of the test toolchain beyond that.
+    #[test]
+    fn the_demo_installs_only_what_it_runs() {
+        let demo: Vec<&str> = DEMO_PACKAGES.iter().map(|p| p.name).collect();
+        assert_eq!(demo, ["iproute2", "curl", "nginx"]);
+        let tests: Vec<&str> = TEST_PACKAGES.iter().map(|p| p.name).collect();
+        for p in &demo {
+            assert!(tests.contains(p), "{p} is a test package too");
+        }
+        assert!(tests.len() > demo.len() + 5);
+    }
 
     #[test]
     fn bpf_linker_0_13_is_accepted() {

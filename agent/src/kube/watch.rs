@@ -25,11 +25,12 @@
 //!
 //! [`KubeState`]: super::KubeState
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -161,37 +162,127 @@ pub fn node_field_selector(node: &str) -> String {
     format!("spec.nodeName={node}")
 }
 
+/// Whether the watchers reach the API server: the agent is ready only once every watcher
+/// has listed, and not while one fails (an unreachable or failing API server; a hung one
+/// fails the request after the client's read timeout). `/readyz` and
+/// `termscope_kubernetes_api_up` show it.
+#[derive(Debug, Default)]
+pub struct ApiHealth {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// Per watcher (`Pod`, `EndpointSlice`): whether it has listed once.
+    listed: HashMap<&'static str, bool>,
+    /// Per watcher: its last error, until it works again.
+    failing: HashMap<&'static str, String>,
+}
+
+impl ApiHealth {
+    fn with<T>(&self, f: impl FnOnce(&mut HealthState) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn started(&self, kind: &'static str) {
+        self.with(|s| {
+            s.listed.entry(kind).or_insert(false);
+        });
+    }
+
+    fn works(&self, kind: &'static str, listed: bool) {
+        self.with(|s| {
+            s.failing.remove(kind);
+            if listed {
+                s.listed.insert(kind, true);
+            }
+        });
+    }
+
+    fn failed(&self, kind: &'static str, error: String) {
+        self.with(|s| s.failing.insert(kind, error));
+    }
+
+    /// `Err`: why the API server does not serve the agent now.
+    pub fn check(&self) -> Result<(), String> {
+        self.with(|s| {
+            let mut failing: Vec<_> = s.failing.iter().collect();
+            failing.sort();
+            if let Some((kind, error)) = failing.first() {
+                return Err(format!(
+                    "the Kubernetes API server fails the {kind} watch: {error}"
+                ));
+            }
+            let mut waiting: Vec<&str> = s
+                .listed
+                .iter()
+                .filter(|(_, listed)| !**listed)
+                .map(|(kind, _)| *kind)
+                .collect();
+            waiting.sort_unstable();
+            if !waiting.is_empty() {
+                return Err(format!(
+                    "waiting for the Kubernetes API server to list {}",
+                    waiting.join(", ")
+                ));
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Starts both watchers on the runtime; updates arrive on the returned
 /// receiver (`capacity` bounds it: a slow reader slows the watchers down,
-/// nothing is dropped). Drop the receiver to stop them.
+/// nothing is dropped). Drop the receiver to stop them. `health` follows whether
+/// they reach the API server.
 pub fn spawn(
     client: Client,
     node: String,
     capacity: usize,
+    health: std::sync::Arc<ApiHealth>,
 ) -> (mpsc::Receiver<KubeUpdate>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let task = tokio::spawn(async move { run(client, &node, tx).await });
+    health.started(<Pod as Watched>::KIND);
+    health.started(<EndpointSlice as Watched>::KIND);
+    let task = tokio::spawn(async move { run(client, &node, tx, &health).await });
     (rx, task)
 }
 
 /// Runs both watchers until the receiver is dropped.
-pub async fn run(client: Client, node: &str, tx: mpsc::Sender<KubeUpdate>) {
+pub async fn run(client: Client, node: &str, tx: mpsc::Sender<KubeUpdate>, health: &ApiHealth) {
     tokio::join!(
-        watch_pods(client.clone(), node, tx.clone()),
-        watch_endpoint_slices(client, node, tx),
+        watch_pods(client.clone(), node, tx.clone(), health),
+        watch_endpoint_slices(client, node, tx, health),
     );
 }
 
 /// Watches this node's pods until the receiver is dropped.
-pub async fn watch_pods(client: Client, node: &str, tx: mpsc::Sender<KubeUpdate>) {
+pub async fn watch_pods(
+    client: Client,
+    node: &str,
+    tx: mpsc::Sender<KubeUpdate>,
+    health: &ApiHealth,
+) {
     let config = watcher::Config::default().fields(&node_field_selector(node));
-    run_watcher::<Pod>(Api::all(client), config, node, &tx).await;
+    run_watcher::<Pod>(Api::all(client), config, node, &tx, health).await;
 }
 
 /// Watches EndpointSlices in all namespaces (keeping this node's endpoints)
 /// until the receiver is dropped.
-pub async fn watch_endpoint_slices(client: Client, node: &str, tx: mpsc::Sender<KubeUpdate>) {
-    run_watcher::<EndpointSlice>(Api::all(client), watcher::Config::default(), node, &tx).await;
+pub async fn watch_endpoint_slices(
+    client: Client,
+    node: &str,
+    tx: mpsc::Sender<KubeUpdate>,
+    health: &ApiHealth,
+) {
+    run_watcher::<EndpointSlice>(
+        Api::all(client),
+        watcher::Config::default(),
+        node,
+        &tx,
+        health,
+    )
+    .await;
 }
 
 /// A watched resource: how to read it and what update it makes.
@@ -287,7 +378,9 @@ async fn run_watcher<K: Watched>(
     config: watcher::Config,
     node: &str,
     tx: &mpsc::Sender<KubeUpdate>,
+    health: &ApiHealth,
 ) {
+    health.started(K::KIND);
     let stream = watcher(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);
     // Keys listed since the last `Init`, while a (re-)list is under way.
@@ -301,6 +394,19 @@ async fn run_watcher<K: Watched>(
             tracing::error!(kind = K::KIND, "kubernetes: the watch stream ended");
             return;
         };
+        match &item {
+            // `Init` comes before the list request: it says nothing about the server.
+            Ok(watcher::Event::Init) => {}
+            Ok(event) => {
+                let was_failing = health.check().is_err();
+                health.works(K::KIND, matches!(event, watcher::Event::InitDone));
+                if was_failing && health.check().is_ok() {
+                    tracing::info!(kind = K::KIND, "kubernetes: the API server answers again");
+                }
+            }
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
+            Err(error) => health.failed(K::KIND, error.to_string()),
+        }
         let update = match item {
             Ok(watcher::Event::Init) => {
                 tracing::debug!(kind = K::KIND, "kubernetes: listing");
@@ -519,11 +625,53 @@ contexts:
         }
     }
 
+    /// An API server that fails, then answers: the health says so, and why.
+    #[tokio::test]
+    async fn health_follows_the_api_server() {
+        let (client, mut api) = mock_client();
+        let (tx, mut rx) = mpsc::channel(64);
+        let health = std::sync::Arc::new(ApiHealth::default());
+        health.started("Pod");
+        assert_eq!(
+            health.check(),
+            Err("waiting for the Kubernetes API server to list Pod".into())
+        );
+        let h = health.clone();
+        let task = tokio::spawn(async move { watch_pods(client, "node-a", tx, &h).await });
+        let (_, _, _, reply) = next_request(&mut api).await;
+        respond(
+            reply,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "etcd is down", "reason": "InternalError", "code": 500}),
+        );
+        // The watcher backs off and lists again.
+        let (_, _, _, reply) = next_request(&mut api).await;
+        let err = health.check().expect_err("failing");
+        assert!(
+            err.starts_with("the Kubernetes API server fails the Pod watch: "),
+            "{err}"
+        );
+        assert!(err.contains("etcd is down"), "{err}");
+        respond(reply, StatusCode::OK, &list("Pod", "100", vec![]));
+        let mut state = KubeState::new(KubeStateConfig::default());
+        assert!(matches!(
+            recv(&mut rx, &mut state).await,
+            KubeUpdate::PodsListed { .. }
+        ));
+        assert_eq!(health.check(), Ok(()));
+        drop(rx);
+        drop(api);
+        let _ = timeout(STEP, task).await;
+    }
+
     #[tokio::test]
     async fn pod_watch_lists_watches_and_relists_after_gone() {
         let (client, mut api) = mock_client();
         let (tx, mut rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move { watch_pods(client, "node-a", tx).await });
+        let task = tokio::spawn(async move {
+            watch_pods(client, "node-a", tx, &ApiHealth::default()).await;
+        });
         let mut state = KubeState::new(KubeStateConfig::default());
         let selector = "fieldSelector=spec.nodeName%3Dnode-a";
 
@@ -674,7 +822,9 @@ contexts:
     async fn slice_watch_tracks_this_nodes_endpoints() {
         let (client, mut api) = mock_client();
         let (tx, mut rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move { watch_endpoint_slices(client, "node-a", tx).await });
+        let task = tokio::spawn(async move {
+            watch_endpoint_slices(client, "node-a", tx, &ApiHealth::default()).await;
+        });
         let mut state = KubeState::new(KubeStateConfig::default());
 
         let (_, uri, _, reply) = next_request(&mut api).await;
@@ -751,7 +901,7 @@ contexts:
     #[tokio::test]
     async fn run_drives_both_watchers() {
         let (client, mut api) = mock_client();
-        let (mut rx, task) = spawn(client, "node-a".into(), 8);
+        let (mut rx, task) = spawn(client, "node-a".into(), 8, Default::default());
         let mut paths = Vec::new();
         for _ in 0..2 {
             let (_, uri, _, reply) = next_request(&mut api).await;

@@ -1,5 +1,11 @@
 //! The agent's HTTP API (documented in `docs/api.md`): Prometheus metrics, liveness and
 //! readiness, and the recent termination reports as JSON.
+//!
+//! Reports carry peer addresses, pod and process names and what ran in containers, so they
+//! are served only on loopback addresses ([`router_for`]): a listener on any other address
+//! (the DaemonSet's pod IP, for Prometheus) serves `/metrics`, `/healthz` and `/readyz` only.
+//! The server under it ([`server`](crate::outputs::server)) caps connections and times out
+//! slow or idle clients.
 
 use std::{
     future::Future,
@@ -11,6 +17,7 @@ use std::{
 
 use axum::{
     Json, Router,
+    body::Body,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -22,14 +29,18 @@ use crate::{
     clock,
     outputs::{
         metrics::Metrics,
+        server::{self, Limits},
         store::{self, Filter, Store},
     },
     terminations::kube::PodTerminationReport,
-    terminations::report::TerminationReport,
 };
 
-/// Where the API listens by default (the DaemonSet uses `0.0.0.0:9469`).
+/// Where the API listens by default (the DaemonSet uses `0.0.0.0:9469`, metrics only).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
+/// The answer to `/v1/...` on a listener that does not serve reports.
+pub const REPORTS_LOOPBACK_ONLY: &str = "termination reports are served only on a loopback address (--listen 127.0.0.1:PORT or \
+     --reports-listen; in the DaemonSet: `kubectl exec` into the agent's pod and run \
+     `termscope report --agent http://127.0.0.1:9470`); see docs/api.md";
 /// The event loop counts as stuck when it has not gone round for this long (it goes round at
 /// least once a second).
 pub const STALL_MS: u64 = 30_000;
@@ -41,9 +52,16 @@ pub struct Status {
     iterations: AtomicU64,
     probes_attached: AtomicUsize,
     heartbeat_ms: AtomicU64,
+    /// Kubernetes mode: whether the API server serves the agent's watches.
+    kube: std::sync::OnceLock<Arc<crate::kube::watch::ApiHealth>>,
 }
 
 impl Status {
+    /// Kubernetes mode: readiness also needs the API server (listed, not failing).
+    pub fn set_kube(&self, health: Arc<crate::kube::watch::ApiHealth>) {
+        let _ = self.kube.set(health);
+    }
+
     pub fn set_probes_attached(&self, n: usize) {
         self.probes_attached.store(n, Ordering::Relaxed);
     }
@@ -85,6 +103,9 @@ impl Status {
         }
         if self.iterations.load(Ordering::Relaxed) == 0 {
             return Err("the event loop has not started yet".into());
+        }
+        if let Some(kube) = self.kube.get() {
+            kube.check()?;
         }
         Ok(())
     }
@@ -159,7 +180,28 @@ pub struct PodFilter {
     pub limit: Option<usize>,
 }
 
-/// The API's routes.
+/// What a listener serves: reports only on loopback addresses.
+pub fn router_for(addr: std::net::SocketAddr, state: ApiState) -> Router {
+    if addr.ip().is_loopback() {
+        router(state)
+    } else {
+        metrics_router(state)
+    }
+}
+
+/// `/metrics`, `/healthz` and `/readyz` only: for listeners other than loopback.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(metrics_index))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/{*rest}", get(reports_not_here))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The API's routes, reports included (loopback listeners).
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(index))
@@ -174,15 +216,44 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` (reports only if it is on a loopback address) within `limits`
+/// until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let addr = listener.local_addr()?;
+    let metrics = state.metrics.clone();
+    server::serve(listener, router_for(addr, state), limits, metrics, shutdown).await
+}
+
+/// A JSON array written one element at a time, so that the response never holds more than
+/// one serialized report in memory (the store can hold ~100 MB of them).
+fn json_array<T: serde::Serialize + Send + Sync + 'static>(items: Vec<Arc<T>>) -> Response {
+    let n = items.len();
+    let body = if n == 0 {
+        Body::from("[]")
+    } else {
+        Body::from_stream(futures::stream::iter(items.into_iter().enumerate().map(
+            move |(i, item)| {
+                let mut buf = Vec::with_capacity(8 * 1024);
+                buf.push(if i == 0 { b'[' } else { b',' });
+                serde_json::to_writer(&mut buf, item.as_ref())?;
+                if i + 1 == n {
+                    buf.push(b']');
+                }
+                Ok::<_, serde_json::Error>(axum::body::Bytes::from(buf))
+            },
+        )))
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -198,6 +269,22 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
+async fn metrics_index() -> Response {
+    text(
+        StatusCode::OK,
+        "termscope agent\n\n\
+         GET /metrics                Prometheus metrics\n\
+         GET /healthz                200 while the event loop runs\n\
+         GET /readyz                 200 once probes are attached and events flow\n\n\
+         Termination reports (/v1/...) are served only on a loopback address: see docs/api.md\n"
+            .into(),
+    )
+}
+
+async fn reports_not_here() -> Response {
+    error(StatusCode::FORBIDDEN, REPORTS_LOOPBACK_ONLY)
+}
+
 async fn index() -> Response {
     text(
         StatusCode::OK,
@@ -206,8 +293,11 @@ async fn index() -> Response {
          GET /healthz                200 while the event loop runs\n\
          GET /readyz                 200 once probes are attached and events flow\n\
          GET /v1/terminations        recent termination reports, newest first \
-         (?container= &pod= &workload= &since= &until= &limit=)\n\
-         GET /v1/terminations/{id}   one report\n"
+         (?container= &pod= &namespace= &outcome= &workload= &since= &until= &limit=)\n\
+         GET /v1/terminations/{id}   one report\n\
+         GET /v1/pod-terminations    recent pod reports (Kubernetes), newest first \
+         (?namespace= &pod= &workload= &limit=)\n\
+         GET /v1/pod-terminations/{id}  one pod report\n"
             .into(),
     )
 }
@@ -250,6 +340,8 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 pub struct TerminationsQuery {
     pub container: Option<String>,
     pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub outcome: Option<String>,
     pub workload: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
@@ -267,6 +359,12 @@ impl TerminationsQuery {
         Ok(Filter {
             container: self.container,
             pod: self.pod,
+            namespace: self.namespace,
+            outcome: self
+                .outcome
+                .filter(|o| !o.is_empty())
+                .map(|o| store::parse_outcome(&o))
+                .transpose()?,
             workload: self.workload,
             id: None,
             since_ns: time(self.since)?,
@@ -293,8 +391,7 @@ async fn terminations(
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .query(&filter);
-    let refs: Vec<&TerminationReport> = found.iter().map(AsRef::as_ref).collect();
-    Json(refs).into_response()
+    json_array(found)
 }
 
 async fn termination(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
@@ -327,8 +424,7 @@ async fn pod_terminations(
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .query(&filter);
-    let refs: Vec<&PodTerminationReport> = found.iter().map(AsRef::as_ref).collect();
-    Json(refs).into_response()
+    json_array(found)
 }
 
 async fn pod_termination(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
@@ -356,11 +452,19 @@ async fn not_found() -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        io::{Read, Write},
+        time::Duration,
+    };
+
     use axum::body::Body;
     use tower::ServiceExt;
 
     use super::*;
-    use crate::outputs::{client::AgentClient, fixtures, metrics::MetricsConfig};
+    use crate::{
+        outputs::{client::AgentClient, fixtures, metrics::MetricsConfig},
+        terminations::report::TerminationReport,
+    };
 
     fn state() -> ApiState {
         let metrics = Metrics::new(MetricsConfig::default()).expect("metrics");
@@ -533,7 +637,7 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, s, async {
+        let server = tokio::spawn(serve(listener, s, Limits::default(), async {
             let _ = stopped.await;
         }));
         let url = format!("http://{addr}");
@@ -564,5 +668,237 @@ mod tests {
         );
         let _ = stop.send(());
         server.await.expect("joins").expect("serves");
+    }
+
+    #[tokio::test]
+    async fn reports_are_not_served_off_loopback() {
+        let s = state();
+        let outside: std::net::SocketAddr = "0.0.0.0:9469".parse().expect("addr");
+        let inside: std::net::SocketAddr = "127.0.0.1:9469".parse().expect("addr");
+        let v6: std::net::SocketAddr = "[::1]:9469".parse().expect("addr");
+        for (addr, serves_reports) in [(outside, false), (inside, true), (v6, true)] {
+            let response = router_for(addr, s.clone())
+                .oneshot(
+                    axum::http::Request::get("/v1/terminations")
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("infallible");
+            let want = if serves_reports {
+                StatusCode::OK
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            assert_eq!(response.status(), want, "{addr}");
+        }
+        let off = |uri: &'static str| {
+            metrics_router(s.clone()).oneshot(
+                axum::http::Request::get(uri)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+        };
+        for uri in [
+            "/v1/terminations/x",
+            "/v1/pod-terminations",
+            "/v1/pod-terminations/x",
+        ] {
+            let r = off(uri).await.expect("infallible");
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{uri}");
+            let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            assert!(
+                String::from_utf8_lossy(&body).contains("loopback"),
+                "{body:?}"
+            );
+        }
+        for uri in ["/metrics", "/healthz", "/readyz", "/"] {
+            let r = off(uri).await.expect("infallible");
+            assert_ne!(r.status(), StatusCode::FORBIDDEN, "{uri}");
+            assert_ne!(r.status(), StatusCode::NOT_FOUND, "{uri}");
+        }
+    }
+
+    /// A server on a real listener with these limits; stopped on drop of the sender.
+    async fn start(
+        s: ApiState,
+        limits: Limits,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, s, limits, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop, server)
+    }
+
+    /// The value of a metric line (`name{labels}`) in `/metrics`.
+    fn metric(body: &str, series: &str) -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    }
+
+    fn scrape(addr: std::net::SocketAddr) -> String {
+        let c = AgentClient::new(&format!("http://{addr}")).expect("url");
+        let r = c.get("/metrics").expect("/metrics answers");
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).expect("utf-8")
+    }
+
+    /// Hundreds of slowloris connections (a request head never finished) and idle ones:
+    /// the server keeps at most its cap open, and `/metrics` answers every time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slowloris_and_idle_floods_leave_metrics_answering() {
+        let limits = Limits {
+            max_connections: 16,
+            // Long enough that no connection times out during the test: the cap alone acts.
+            request_timeout: Duration::from_secs(600),
+            response_timeout: Duration::from_secs(600),
+        };
+        let (addr, stop, server) = start(state(), limits).await;
+        let body = tokio::task::spawn_blocking(move || {
+            let mut hostile = Vec::new();
+            for i in 0..800 {
+                let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                if i % 2 == 0 {
+                    // Slowloris: a request head that never ends.
+                    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-a: ")
+                        .expect("write");
+                }
+                hostile.push(c);
+                if i % 100 == 99 {
+                    // A scrape in the middle of the flood.
+                    scrape(addr);
+                }
+            }
+            let body = scrape(addr);
+            // The hostile connections are still open on their side.
+            assert_eq!(hostile.len(), 800);
+            body
+        })
+        .await
+        .expect("clients");
+        let open = metric(&body, "termscope_api_connections");
+        assert!((1.0..=16.0).contains(&open), "{open} open\n{body}");
+        let evicted = metric(
+            &body,
+            "termscope_api_connections_closed_total{reason=\"evicted\"}",
+        );
+        // Most were evicted (the last evictions may still be under way at the scrape).
+        assert!(evicted >= 700.0, "{evicted} evicted");
+        assert_eq!(
+            metric(
+                &body,
+                "termscope_api_connections_closed_total{reason=\"rejected\"}"
+            ),
+            0.0
+        );
+        let _ = stop.send(());
+        server.await.expect("joins").expect("serves");
+    }
+
+    /// Reads until the server closes the connection (EOF or reset); `false` if it is still
+    /// open after a minute.
+    fn closed_by_server(c: &mut std::net::TcpStream) -> bool {
+        c.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_slow_and_non_reading_clients_are_cut_off() {
+        let s = state();
+        {
+            // A store whose JSON is far larger than the socket buffers.
+            let mut big = fixtures::killed();
+            let c = big.connections[0].clone();
+            big.connections = vec![c; 400];
+            let mut store = s.store.write().expect("lock");
+            *store = Store::new(400);
+            for i in 0..400 {
+                big.id = format!("big-{i}");
+                store.push(big.clone());
+            }
+        }
+        let limits = Limits {
+            max_connections: 16,
+            request_timeout: Duration::from_millis(300),
+            response_timeout: Duration::from_millis(300),
+        };
+        let (addr, stop, server) = start(s, limits).await;
+        let body = tokio::task::spawn_blocking(move || {
+            // Idle: connects, sends nothing.
+            let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+            assert!(closed_by_server(&mut idle), "idle connection closed");
+            // Trickles a header byte at a time: the timeout counts from the start of the
+            // request, not from the last byte.
+            let mut slow = std::net::TcpStream::connect(addr).expect("connect");
+            let trickle = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-a: bbbbbbbbbbbbbbbbbbbbbbbbbbb";
+            let mut cut = false;
+            for b in trickle {
+                if slow.write_all(&[*b]).is_err() {
+                    cut = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(cut || closed_by_server(&mut slow), "slow client closed");
+            // Asks for every report and never reads the answer.
+            let mut deaf = std::net::TcpStream::connect(addr).expect("connect");
+            deaf.write_all(b"GET /v1/terminations HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("write");
+            // Once the server gave up, what the kernel buffered is all there is.
+            std::thread::sleep(Duration::from_secs(2));
+            assert!(closed_by_server(&mut deaf), "non-reading client closed");
+            scrape(addr)
+        })
+        .await
+        .expect("clients");
+        for (reason, at_least) in [("request_timeout", 2.0), ("response_timeout", 1.0)] {
+            let n = metric(
+                &body,
+                &format!("termscope_api_connections_closed_total{{reason=\"{reason}\"}}"),
+            );
+            assert!(n >= at_least, "{reason}: {n}\n{body}");
+        }
+        let _ = stop.send(());
+        server.await.expect("joins").expect("serves");
+    }
+
+    /// The list is streamed, and what arrives is one valid JSON array.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_list_streams_as_one_json_array() {
+        let s = state();
+        {
+            let mut store = s.store.write().expect("lock");
+            for i in 0..300 {
+                let mut r = fixtures::graceful();
+                r.id = format!("g{i}");
+                store.push(r);
+            }
+        }
+        let (_, content_type, body) = get(&s, "/v1/terminations").await;
+        assert_eq!(content_type, "application/json");
+        let got = ids(&body);
+        assert_eq!(got.len(), 10, "the store keeps 10");
+        assert_eq!(got[0], "g299");
     }
 }

@@ -214,6 +214,8 @@ impl AgentClient {
         for (name, value) in [
             ("container", filter.container.clone()),
             ("pod", filter.pod.clone()),
+            ("namespace", filter.namespace.clone()),
+            ("outcome", filter.outcome.map(|o| o.as_str().to_string())),
             ("workload", filter.workload.clone()),
             ("since", filter.since_ns.map(crate::clock::rfc3339)),
             ("until", filter.until_ns.map(crate::clock::rfc3339)),

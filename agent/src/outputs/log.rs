@@ -21,6 +21,11 @@ pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
 /// Rotated files kept.
 pub const DEFAULT_KEEP: usize = 5;
 
+/// The outputs a report write failed on (`stdout`, `file`), with the errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct WriteErrors(pub Vec<LogError>);
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("serializing report {id}: {source}")]
@@ -43,6 +48,12 @@ pub enum LogError {
     },
     #[error("writing to stdout: {0}")]
     Stdout(#[source] io::Error),
+    #[error("--log-file {}: cannot write there: {source}", path.display())]
+    Unusable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "no report log at {} (nor rotated files {}.1 ...): is the agent writing elsewhere \
          (--log-file), or has no termination been reported yet?",
@@ -81,38 +92,74 @@ impl Default for LogConfig {
     }
 }
 
+impl LogError {
+    /// The output that failed, as `termscope_report_write_failures_total` labels it.
+    pub fn output(&self) -> &'static str {
+        match self {
+            LogError::Stdout(_) => "stdout",
+            _ => "file",
+        }
+    }
+}
+
 /// Writes reports as JSON lines.
 #[derive(Debug)]
 pub struct ReportLog {
     cfg: LogConfig,
     file: Option<File>,
+    /// The file may end in a line cut short (a write failed half-way, e.g. on a full disk,
+    /// or the file was just opened): check before appending, so that the next report starts
+    /// on a line of its own.
+    check_tail: bool,
 }
 
 impl ReportLog {
     /// The file is opened (and its directory created) on the first write.
     pub fn new(cfg: LogConfig) -> Self {
-        ReportLog { cfg, file: None }
+        ReportLog {
+            cfg,
+            file: None,
+            check_tail: true,
+        }
+    }
+
+    /// Opens the log file now (creating its directory), so that a path the agent cannot write
+    /// fails at start-up rather than at the first report.
+    pub fn open(&mut self) -> Result<(), LogError> {
+        let Some(path) = self.cfg.path.clone() else {
+            return Ok(());
+        };
+        self.current_size(&path)
+            .map(|_| ())
+            .map_err(|source| LogError::Unusable { path, source })
     }
 
     pub fn config(&self) -> &LogConfig {
         &self.cfg
     }
 
-    /// Writes one report to stdout and to the file. Both are attempted; the first error is
-    /// returned (the caller logs it and goes on: the report is still in the store).
-    pub fn write(&mut self, report: &TerminationReport) -> Result<(), LogError> {
+    /// Writes one report to stdout and to the file. Both are attempted; the errors of those
+    /// that failed are returned (the caller logs and counts them and goes on: the report is
+    /// still in the store).
+    pub fn write(&mut self, report: &TerminationReport) -> Result<(), WriteErrors> {
         self.write_record(&report.id, report)
     }
 
     /// Writes one pod report (Kubernetes) the same way, to the same log.
-    pub fn write_pod(&mut self, report: &PodTerminationReport) -> Result<(), LogError> {
+    pub fn write_pod(&mut self, report: &PodTerminationReport) -> Result<(), WriteErrors> {
         self.write_record(&report.id, report)
     }
 
-    fn write_record(&mut self, id: &str, record: &impl serde::Serialize) -> Result<(), LogError> {
-        let mut line = serde_json::to_string(record).map_err(|source| LogError::Serialize {
-            id: id.to_string(),
-            source,
+    fn write_record(
+        &mut self,
+        id: &str,
+        record: &impl serde::Serialize,
+    ) -> Result<(), WriteErrors> {
+        let mut line = serde_json::to_string(record).map_err(|source| {
+            WriteErrors(vec![LogError::Serialize {
+                id: id.to_string(),
+                source,
+            }])
         })?;
         line.push('\n');
         let stdout = if self.cfg.stdout {
@@ -127,7 +174,12 @@ impl ReportLog {
             Some(path) => self.append(&path, line.as_bytes()),
             None => Ok(()),
         };
-        stdout.and(file)
+        let errors: Vec<LogError> = [stdout, file].into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(WriteErrors(errors))
+        }
     }
 
     fn append(&mut self, path: &Path, line: &[u8]) -> Result<(), LogError> {
@@ -135,22 +187,31 @@ impl ReportLog {
             path: path.to_path_buf(),
             source,
         };
-        let size = self.current_size(path).map_err(write_err)?;
+        let mut size = self.current_size(path).map_err(write_err)?;
         if size > 0 && size.saturating_add(line.len() as u64) > self.cfg.max_bytes {
             self.file = None;
             rotate(path, self.cfg.keep).map_err(|source| LogError::Rotate {
                 path: path.to_path_buf(),
                 source,
             })?;
-            self.current_size(path).map_err(write_err)?;
+            size = self.current_size(path).map_err(write_err)?;
         }
+        let check_tail = std::mem::take(&mut self.check_tail);
         let result = match &mut self.file {
-            Some(f) => f.write_all(line),
+            Some(f) => {
+                let cut_short = check_tail && size > 0 && !ends_with_newline(f, size);
+                if cut_short {
+                    f.write_all(b"\n").and_then(|()| f.write_all(line))
+                } else {
+                    f.write_all(line)
+                }
+            }
             None => Err(io::Error::other("the log file is not open")),
         };
         if result.is_err() {
-            // Reopen on the next write.
+            // Reopen, and check the end of the file, on the next write.
             self.file = None;
+            self.check_tail = true;
         }
         result.map_err(write_err)
     }
@@ -170,11 +231,24 @@ impl ReportLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
         let len = f.metadata()?.len();
         self.file = Some(f);
+        self.check_tail = true;
         Ok(len)
     }
+}
+
+/// Whether the file of `size` bytes ends with a newline.
+fn ends_with_newline(f: &File, size: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    // Unreadable: assume the worst, an extra newline costs an empty line that readers skip.
+    f.read_at(&mut last, size - 1).is_ok_and(|n| n == 1) && last[0] == b'\n'
 }
 
 /// `PATH.N` for a rotation number.
@@ -473,6 +547,65 @@ mod tests {
     }
 
     #[test]
+    fn a_line_cut_short_is_not_glued_to_the_next_report() {
+        let tmp = TempDir::new("cut");
+        let path = tmp.0.join("t.jsonl");
+        let mut log = ReportLog::new(LogConfig {
+            path: Some(path.clone()),
+            stdout: false,
+            ..LogConfig::default()
+        });
+        log.write(&numbered(1)).expect("writes");
+        // What a write that failed half-way (ENOSPC) leaves: the start of a line.
+        let line = serde_json::to_string(&numbered(2)).expect("json");
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(&line.as_bytes()[..40]).expect("write");
+        drop(f);
+        // The agent's next write failed (it cannot know how much went out) ...
+        log.check_tail = true;
+        log.write(&numbered(3)).expect("writes");
+        log.write(&numbered(4)).expect("writes");
+        let contents = read_log(&path).expect("reads");
+        let ids: Vec<_> = contents.reports.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["r001", "r003", "r004"]);
+        assert_eq!(contents.skipped.len(), 1, "the cut line alone is skipped");
+        // A new writer (a restarted agent) checks too.
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"cut").expect("write");
+        drop(f);
+        let mut log = ReportLog::new(LogConfig {
+            path: Some(path.clone()),
+            stdout: false,
+            ..LogConfig::default()
+        });
+        log.write(&numbered(5)).expect("writes");
+        let contents = read_log(&path).expect("reads");
+        assert_eq!(contents.reports.len(), 4);
+        assert_eq!(contents.skipped.len(), 2);
+    }
+
+    #[test]
+    fn an_unusable_path_fails_when_opened() {
+        let tmp = TempDir::new("unusable");
+        std::fs::write(tmp.0.join("blocker"), "").expect("write");
+        let mut log = ReportLog::new(LogConfig {
+            path: Some(tmp.0.join("blocker/t.jsonl")),
+            stdout: false,
+            ..LogConfig::default()
+        });
+        let err = log.open().expect_err("fails");
+        assert!(err.to_string().starts_with("--log-file "), "{err}");
+        assert!(err.to_string().contains("blocker/t.jsonl"), "{err}");
+        let mut log = ReportLog::new(LogConfig {
+            path: Some(tmp.0.join("new/dir/t.jsonl")),
+            stdout: false,
+            ..LogConfig::default()
+        });
+        log.open().expect("creates the directory");
+        assert!(tmp.0.join("new/dir/t.jsonl").exists());
+    }
+
+    #[test]
     fn write_errors_are_returned_and_the_next_write_retries() {
         let tmp = TempDir::new("error");
         // The parent "directory" is a file: creating the log fails.
@@ -483,7 +616,11 @@ mod tests {
             ..LogConfig::default()
         });
         let err = log.write(&numbered(1)).expect_err("fails");
-        assert!(matches!(err, LogError::Write { .. }), "{err}");
+        assert!(
+            matches!(err.0.as_slice(), [LogError::Write { .. }]),
+            "{err}"
+        );
+        assert_eq!(err.0[0].output(), "file");
         std::fs::remove_file(tmp.0.join("blocker")).expect("rm");
         log.write(&numbered(2)).expect("recovers");
     }

@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 use crate::{
+    outputs::server::Closed,
     probes::KernelCounters,
     terminations::report::{TerminationReport, Verdict},
 };
@@ -92,6 +93,12 @@ pub struct Metrics {
     probes_total: IntGauge,
     tracked_connections: IntGauge,
     terminations_in_progress: IntGauge,
+    api_connections: IntGauge,
+    api_connections_closed: IntCounterVec,
+    report_write_failures: IntCounterVec,
+    reports_truncated: IntCounter,
+    /// Registered on first use: Kubernetes mode only.
+    kubernetes_api_up: std::sync::OnceLock<Result<IntGauge, String>>,
     /// The kernel counters as last seen: the counters above grow by the difference.
     last_kernel: Mutex<KernelCounters>,
 }
@@ -226,6 +233,43 @@ impl Metrics {
                 "termscope_terminations_in_progress",
                 "Terminations begun and not yet reported.",
             )?,
+            api_connections: r.gauge(
+                "termscope_api_connections",
+                "Connections open to the agent's HTTP API (at most --api-max-connections per \
+                 listener).",
+            )?,
+            api_connections_closed: {
+                let v = r.counter_vec(
+                    "termscope_api_connections_closed_total",
+                    "HTTP API connections the agent closed, by reason: request_timeout (no \
+                     complete request in time: idle or slow clients), response_timeout (the \
+                     client did not read the response), evicted (closed to make room at the \
+                     connection cap), rejected (refused at the cap: every connection was busy).",
+                    &["reason"],
+                )?;
+                for why in Closed::ALL {
+                    v.with_label_values(&[why.as_str()]);
+                }
+                v
+            },
+            report_write_failures: {
+                let v = r.counter_vec(
+                    "termscope_report_write_failures_total",
+                    "Reports that could not be written, by output: file (the log file: full \
+                     disk, permissions) or stdout. The API still serves them.",
+                    &["output"],
+                )?;
+                for output in ["file", "stdout"] {
+                    v.with_label_values(&[output]);
+                }
+                v
+            },
+            reports_truncated: r.counter(
+                "termscope_reports_truncated_total",
+                "Reports cut to size (timeline steps, exits or stop signals beyond \
+                 --max-connections-per-report left out; the report says how many).",
+            )?,
+            kubernetes_api_up: std::sync::OnceLock::new(),
             last_kernel: Mutex::new(KernelCounters::default()),
             registry,
         })
@@ -360,6 +404,47 @@ impl Metrics {
         }
         self.terminations_in_progress
             .set(gauge_value(h.terminations_in_progress));
+    }
+
+    /// The number of open HTTP API connections.
+    pub fn set_api_connections(&self, n: usize) {
+        self.api_connections.set(gauge_value(n));
+    }
+
+    /// The HTTP API closed a connection.
+    pub fn api_connection_closed(&self, why: Closed) {
+        self.api_connections_closed
+            .with_label_values(&[why.as_str()])
+            .inc();
+    }
+
+    /// A report could not be written to `output` (`file` or `stdout`).
+    pub fn report_write_failed(&self, output: &str) {
+        self.report_write_failures
+            .with_label_values(&[output])
+            .inc();
+    }
+
+    /// A report was cut to size.
+    pub fn report_truncated(&self) {
+        self.reports_truncated.inc();
+    }
+
+    /// Kubernetes mode: whether the API server answers the agent's watches.
+    pub fn set_kubernetes_api_up(&self, up: bool) {
+        let gauge = self.kubernetes_api_up.get_or_init(|| {
+            Reg(&self.registry)
+                .gauge(
+                    "termscope_kubernetes_api_up",
+                    "Kubernetes mode: 1 while the agent's watches on the API server work, 0 \
+                     while they fail or have not listed yet (the agent is then not ready).",
+                )
+                .map_err(|e| e.to_string())
+        });
+        match gauge {
+            Ok(g) => g.set(i64::from(up)),
+            Err(e) => tracing::warn!(error = %e, "termscope_kubernetes_api_up"),
+        }
     }
 
     /// The metrics in Prometheus' text exposition format (version 0.0.4).
@@ -590,7 +675,23 @@ mod tests {
         });
         let text = m.render().expect("renders");
         has(&text, "termscope_events_lost_total 7");
-        assert_eq!(lines(&text).len(), 9, "{text}");
+        // And the API's and the log's series, at zero from the start.
+        for line in [
+            "termscope_api_connections 0",
+            "termscope_api_connections_closed_total{reason=\"evicted\"} 0",
+            "termscope_report_write_failures_total{output=\"file\"} 0",
+            "termscope_reports_truncated_total 0",
+        ] {
+            has(&text, line);
+        }
+        assert_eq!(lines(&text).len(), 9 + 8, "{text}");
+        assert!(!text.contains("termscope_kubernetes_api_up"), "standalone");
+        m.set_kubernetes_api_up(false);
+        m.set_kubernetes_api_up(true);
+        has(
+            &m.render().expect("renders"),
+            "termscope_kubernetes_api_up 1",
+        );
     }
 
     #[test]

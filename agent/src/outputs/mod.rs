@@ -4,10 +4,13 @@
 //! agent through [`client`]).
 
 pub mod api;
+pub mod bound;
 pub mod client;
 pub mod log;
 pub mod metrics;
+pub mod redact;
 pub mod render;
+pub mod server;
 pub mod store;
 
 #[cfg(test)]

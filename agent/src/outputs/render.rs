@@ -1,12 +1,83 @@
 //! Termination reports as text for a terminal (`termscope report`, `termscope watch`).
-//! Pure: report in, text out.
+//! Pure: report in, text out. What comes from containers (process names, paths, labels) can
+//! hold terminal escape sequences: [`terminal_safe`] shows them escaped, and the CLI passes
+//! everything it prints through it.
 
-use std::fmt::Write as _;
+use std::{borrow::Cow, fmt::Write as _};
 
 use crate::terminations::{
     kube::PodTerminationReport,
     report::{Connection, Direction, Step, TerminationReport, Verdict},
 };
+
+/// `text` with every control character but the newline (C0, DEL, C1: escape sequences,
+/// carriage returns, backspaces) and every bidirectional-override character shown escaped
+/// (`\u{1b}`), so that nothing a container named itself can move the cursor, recolour,
+/// retitle or rewrite the terminal.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One line per report (the list view of `termscope report`): when it began, the outcome,
+/// the connections cut, who, and the id to ask for the full view with.
+pub fn list_line(r: &TerminationReport) -> String {
+    let s = &r.subject;
+    let who = match (&s.pod, s.namespace.is_empty()) {
+        (Some(pod), false) if !s.container.is_empty() => {
+            format!("{}/{pod} {}", s.namespace, s.container)
+        }
+        (Some(pod), false) => format!("{}/{pod}", s.namespace),
+        _ => s.label.clone(),
+    };
+    let mut line = format!(
+        "{}  {:<10}  cut {:>4}  {}  {}",
+        r.started_at,
+        r.outcome.as_str(),
+        r.counts.cut,
+        r.id,
+        who
+    );
+    if !r.flags.is_empty() {
+        let _ = write!(line, "  [{}]", r.flags.join(", "));
+    }
+    line
+}
+
+/// One line per pod report.
+pub fn pod_list_line(p: &PodTerminationReport) -> String {
+    let start = p.timeline.first().map_or("-", |s| s.at.as_str());
+    let mut line = format!(
+        "{start}  {:<10}  cut {:>4}  {}  pod {}/{} ({} container(s))",
+        p.outcome.as_str(),
+        p.counts.cut,
+        p.id,
+        p.namespace,
+        p.pod,
+        p.containers.len()
+    );
+    if !p.flags.is_empty() {
+        let _ = write!(line, "  [{}]", p.flags.join(", "));
+    }
+    line
+}
+
+/// The header of the list view.
+pub const LIST_HEADER: &str = "started_at                   outcome     cut       id  who";
 
 /// Summary sentences are wrapped at this width.
 const WIDTH: usize = 100;
@@ -403,6 +474,48 @@ mod tests {
         assert!(report(&r).contains("    ... and 3 more not listed (counted below)\n"));
         let both = reports([&fixtures::graceful(), &fixtures::killed()]);
         assert!(both.contains("\n\n2026-11-21T05:09:51.000000Z  app.service  killed"));
+    }
+
+    #[test]
+    fn escape_sequences_from_containers_are_shown_not_obeyed() {
+        let mut r = fixtures::killed();
+        r.subject.main.comm = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}".into();
+        let text = report(&r);
+        let safe = terminal_safe(&text);
+        assert!(
+            !safe
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{safe}"
+        );
+        assert!(
+            safe.contains("evil\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{d}\\u{9b}31m\\u{202e}"),
+            "{safe}"
+        );
+        assert_eq!(safe.lines().count(), text.lines().count());
+        assert!(matches!(terminal_safe("plain\ntext"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn list_lines() {
+        let line = list_line(&fixtures::killed());
+        assert_eq!(
+            line,
+            format!(
+                "2026-11-21T05:09:51.000000Z  killed      cut    3  {}  app.service  \
+                 [cut, killed, late_traffic, reset_by_peer]",
+                fixtures::killed().id
+            )
+        );
+        let mut r = fixtures::no_handler();
+        r.subject.namespace = "shop".into();
+        r.subject.pod = Some("web-1".into());
+        r.subject.container = "nginx".into();
+        assert!(
+            list_line(&r).contains("  shop/web-1 nginx"),
+            "{}",
+            list_line(&r)
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
-use crate::{clock, terminations::report::TerminationReport};
+use crate::{
+    clock,
+    terminations::report::{Outcome, TerminationReport},
+};
 
 /// Reports kept by default.
 pub const DEFAULT_CAPACITY: usize = 1000;
@@ -11,10 +14,12 @@ pub const DEFAULT_CAPACITY: usize = 1000;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     #[error(
-        "invalid time {0:?}: use RFC 3339 UTC (2026-11-21T05:00:00Z) or a duration ago \
-         (90s, 15m, 2h, 7d)"
+        "invalid time {0:?}: use RFC 3339 (2026-11-21T05:00:00Z, 2026-11-21T06:00:00+01:00) \
+         or a duration ago (90s, 15m, 1h30m, 7d)"
     )]
     Time(String),
+    #[error("invalid outcome {0:?}: one of {1}")]
+    Outcome(String, String),
 }
 
 /// Bounded store of recent reports, newest first (in the order they were finished).
@@ -82,8 +87,12 @@ impl Store {
 pub struct Filter {
     /// The container label, the full container id or the subject's label.
     pub container: Option<String>,
-    /// The pod UID.
+    /// The pod's name or UID.
     pub pod: Option<String>,
+    /// The namespace (Kubernetes).
+    pub namespace: Option<String>,
+    /// Exactly this outcome.
+    pub outcome: Option<Outcome>,
     /// The workload or the systemd unit.
     pub workload: Option<String>,
     /// Exactly this report id.
@@ -116,7 +125,9 @@ impl Filter {
                 s.container_id.as_deref(),
                 Some(&s.label),
             ],
-        ) || !has(&self.pod, &[s.pod_uid.as_deref()])
+        ) || !has(&self.pod, &[s.pod_uid.as_deref(), s.pod.as_deref()])
+            || !has(&self.namespace, &[Some(&s.namespace)])
+            || self.outcome.is_some_and(|o| o != r.outcome)
             || !has(&self.workload, &[Some(&s.workload), s.unit.as_deref()])
         {
             return false;
@@ -138,25 +149,98 @@ impl Filter {
     }
 }
 
-/// Parses `since`/`until`: RFC 3339 UTC (`2026-11-21T05:00:00Z`, fractions allowed), or a
-/// duration before `now_unix_ns` (`90s`, `15m`, `2h`, `7d`, `500ms`).
+/// The outcomes a filter can name.
+pub const OUTCOMES: [Outcome; 6] = [
+    Outcome::Graceful,
+    Outcome::Cut,
+    Outcome::Killed,
+    Outcome::NoHandler,
+    Outcome::Ignored,
+    Outcome::Survived,
+];
+
+/// Parses an outcome name (`killed`, `no_handler`, ...; `-` may stand for `_`).
+pub fn parse_outcome(s: &str) -> Result<Outcome, StoreError> {
+    let name = s.trim().to_ascii_lowercase().replace('-', "_");
+    serde_json::from_value(serde_json::Value::String(name))
+        .map_err(|_| StoreError::Outcome(s.to_string(), OUTCOMES.map(Outcome::as_str).join(", ")))
+}
+
+/// Parses `since`/`until`: RFC 3339 with `Z` or an offset (`2026-11-21T05:00:00Z`,
+/// `2026-11-21T06:00:00+01:00`, fractions allowed), or a duration before `now_unix_ns`, one
+/// or more number-unit pairs (`90s`, `15m`, `1h30m`, `2d12h`, `500ms`; units ms, s, m, h, d).
 pub fn parse_time(s: &str, now_unix_ns: u64) -> Result<u64, StoreError> {
     let s = s.trim();
-    if let Some(t) = clock::parse_rfc3339(s) {
-        return Ok(t);
+    let bad = || StoreError::Time(s.to_string());
+    if s.contains('T') || s.contains('t') {
+        return parse_rfc3339_offset(s).ok_or_else(bad);
     }
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| StoreError::Time(s.to_string()))?;
-    let unit_ns: u64 = match unit {
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60 * 1_000_000_000,
-        "h" => 3_600 * 1_000_000_000,
-        "d" => 86_400 * 1_000_000_000,
-        _ => return Err(StoreError::Time(s.to_string())),
+    let ago = parse_duration_ns(s).ok_or_else(bad)?;
+    Ok(now_unix_ns.saturating_sub(ago))
+}
+
+/// RFC 3339 with `Z` or a numeric offset, to Unix-epoch ns.
+pub fn parse_rfc3339_offset(s: &str) -> Option<u64> {
+    let upper = s.to_ascii_uppercase();
+    if let Some(t) = clock::parse_rfc3339(&upper) {
+        return Some(t);
+    }
+    // `...[+-]HH:MM`
+    let (local, sign, off) = match upper.len().checked_sub(6) {
+        Some(i) if upper.is_char_boundary(i) => {
+            let (local, off) = upper.split_at(i);
+            let sign: i64 = match off.as_bytes().first() {
+                Some(b'+') => 1,
+                Some(b'-') => -1,
+                _ => return None,
+            };
+            (local, sign, &off[1..])
+        }
+        _ => return None,
     };
-    Ok(now_unix_ns.saturating_sub(n.saturating_mul(unit_ns)))
+    let (hh, mm) = off.split_once(':')?;
+    let (hh, mm): (i64, i64) = (hh.parse().ok()?, mm.parse().ok()?);
+    if !(0..=23).contains(&hh) || !(0..=59).contains(&mm) {
+        return None;
+    }
+    let t = i128::from(clock::parse_rfc3339(&format!("{local}Z"))?);
+    // Local time = UTC + offset.
+    let utc = t - i128::from(sign * (hh * 3600 + mm * 60)) * 1_000_000_000;
+    u64::try_from(utc).ok()
+}
+
+/// A compound duration (`1h30m`, `90s`, `500ms`) in ns; `None` when malformed or beyond
+/// u64 (about 584 years).
+pub fn parse_duration_ns(s: &str) -> Option<u64> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ns: u64 = match &rest[..unit_len] {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60 * 1_000_000_000,
+            "h" => 3_600 * 1_000_000_000,
+            "d" => 86_400 * 1_000_000_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(n.checked_mul(unit_ns)?)?;
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -225,6 +309,53 @@ mod tests {
     }
 
     #[test]
+    fn filters_by_namespace_pod_name_and_outcome() {
+        let mut store = Store::default();
+        let mut web = fixtures::no_handler();
+        web.subject.namespace = "shop".into();
+        web.subject.pod = Some("web-7d9f".into());
+        store.push(web);
+        store.push(fixtures::killed());
+        let ids =
+            |f: Filter| -> Vec<String> { store.query(&f).iter().map(|r| r.id.clone()).collect() };
+        let killed_id = fixtures::killed().id;
+        let web_ids = vec![fixtures::no_handler().id];
+        assert_eq!(
+            ids(Filter {
+                namespace: Some("SHOP".into()),
+                ..Filter::default()
+            }),
+            web_ids
+        );
+        assert_eq!(
+            ids(Filter {
+                pod: Some("web-7d".into()),
+                ..Filter::default()
+            }),
+            web_ids,
+            "by name"
+        );
+        assert_eq!(
+            ids(Filter {
+                pod: Some("1b4e28ba".into()),
+                ..Filter::default()
+            }),
+            web_ids,
+            "by UID"
+        );
+        assert_eq!(
+            ids(Filter {
+                outcome: Some(parse_outcome("killed").expect("outcome")),
+                ..Filter::default()
+            }),
+            [killed_id]
+        );
+        assert_eq!(parse_outcome("No-Handler"), Ok(Outcome::NoHandler));
+        let err = parse_outcome("dead").expect_err("unknown");
+        assert!(err.to_string().contains("graceful, cut, killed"), "{err}");
+    }
+
+    #[test]
     fn filters_by_time_range() {
         let mut store = Store::default();
         store.push(report("a", "2026-11-21T05:00:00.000000Z"));
@@ -261,6 +392,33 @@ mod tests {
         assert_eq!(parse_time("20d", now), Ok(0));
         assert!(parse_time("yesterday", now).is_err());
         assert!(parse_time("5y", now).is_err());
+        assert_eq!(parse_time("1h30m", now), Ok(now - 5_400_000_000_000));
+        assert_eq!(parse_time("1d2h3m4s5ms", now), Ok(now - 93_784_005_000_000));
+        assert!(parse_time("1h30", now).is_err(), "a number without unit");
+        assert!(parse_time("h", now).is_err());
+        assert!(
+            parse_time("99999999999999999999d", now).is_err(),
+            "overflow"
+        );
+        assert!(parse_time("300000000000d", now).is_err(), "overflow in ns");
+        assert_eq!(
+            parse_time("2026-12-02T04:00:00+01:00", now),
+            parse_time("2026-12-02T03:00:00Z", now)
+        );
+        assert_eq!(
+            parse_time("2026-12-02T04:00:00.5-05:30", now),
+            parse_time("2026-12-02T09:30:00.500Z", now)
+        );
+        assert_eq!(
+            parse_time("2026-12-02t03:00:00z", now),
+            parse_time("2026-12-02T03:00:00Z", now)
+        );
+        assert!(parse_time("2026-12-02T04:00:00+25:00", now).is_err());
+        assert!(parse_time("2026-12-02T04:00:00", now).is_err(), "no zone");
+        assert!(
+            parse_time("1970-01-01T00:30:00+01:00", now).is_err(),
+            "before the epoch"
+        );
         assert!(parse_time("", now).is_err());
         let err = parse_time("soon", now).expect_err("invalid");
         assert!(err.to_string().contains("RFC 3339"), "{err}");
