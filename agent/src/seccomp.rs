@@ -85,7 +85,14 @@ mod tests {
             .flat_map(|r| r["names"].as_array().into_iter().flatten())
             .filter_map(|n| n.as_str())
             .collect();
-        for needed in ["bpf", "perf_event_open", "newfstatat", "statx", "read", "epoll_wait"] {
+        for needed in [
+            "bpf",
+            "perf_event_open",
+            "newfstatat",
+            "statx",
+            "read",
+            "epoll_wait",
+        ] {
             assert!(allowed.contains(&needed), "{needed} is not allowed");
         }
         for denied in [
@@ -94,7 +101,10 @@ mod tests {
             "mount",
             "init_module",
             "kexec_load",
-            "ptrace",
+            "unshare",
+            "setns",
+            "pivot_root",
+            "chroot",
         ] {
             assert!(!allowed.contains(&denied), "{denied} is allowed");
         }
@@ -117,7 +127,10 @@ mod tests {
             source,
         })?;
         assert_eq!(install(&path)?, Installed::Written);
-        assert_eq!(std::fs::read_to_string(&path).ok().as_deref(), Some(PROFILE));
+        assert_eq!(
+            std::fs::read_to_string(&path).ok().as_deref(),
+            Some(PROFILE)
+        );
         let left: Vec<_> = std::fs::read_dir(&dir)
             .map_err(|source| SeccompError::Io {
                 path: dir.clone(),

@@ -171,7 +171,9 @@ impl Rootfs {
                 Entry::File { data, mode } => {
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_mode(*mode);
-                    h.set_size(u64::try_from(data.len()).map_err(|_| OciError::TooBig(data.len()))?);
+                    h.set_size(
+                        u64::try_from(data.len()).map_err(|_| OciError::TooBig(data.len()))?,
+                    );
                     b.append_data(&mut h, path, data.as_slice())
                         .map_err(what())?;
                 }
@@ -273,8 +275,15 @@ impl Image {
                 hasher: Sha256::new(),
             })?;
             let diff_id = format!("sha256:{:x}", hashing.hasher.finalize());
-            let layer = hashing.inner.finish().map_err(io("compressing the layer"))?;
-            (layer, diff_id, "application/vnd.oci.image.layer.v1.tar+gzip")
+            let layer = hashing
+                .inner
+                .finish()
+                .map_err(io("compressing the layer"))?;
+            (
+                layer,
+                diff_id,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
         };
         let layer_digest = sha256(&layer);
 
@@ -543,7 +552,10 @@ mod tests {
         }
         let index: serde_json::Value =
             serde_json::from_slice(names.get("index.json").map_or(&[][..], |v| v))?;
-        assert_eq!(index["manifests"][0]["digest"], archive.manifest_digest.as_str());
+        assert_eq!(
+            index["manifests"][0]["digest"],
+            archive.manifest_digest.as_str()
+        );
         assert_eq!(
             index["manifests"][0]["annotations"]["io.containerd.image.name"],
             "docker.io/library/termscope:0.1.0"

@@ -84,10 +84,7 @@ fn rendered_pod_template() -> Result<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let docs = termscope_tests::yaml_documents(&String::from_utf8(out.stdout)?)?;
-    let ds: Vec<&Value> = docs
-        .iter()
-        .filter(|d| d["kind"] == "DaemonSet")
-        .collect();
+    let ds: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "DaemonSet").collect();
     ensure!(ds.len() == 1, "{} DaemonSets rendered", ds.len());
     ds[0]
         .pointer("/spec/template")
@@ -234,7 +231,11 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
             "{host_ns}: the kubelet stand-in runs pods in their own namespaces only"
         );
     }
-    only_known(&pod["securityContext"], &["seccompProfile"], "pod securityContext")?;
+    only_known(
+        &pod["securityContext"],
+        &["seccompProfile"],
+        "pod securityContext",
+    )?;
     let sandbox_seccomp = match pod.pointer("/securityContext/seccompProfile") {
         Some(p) => Some(node.seccomp(p)?),
         None => None,
@@ -296,11 +297,15 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
                 v.to_string()
             } else {
                 only_known(&e["valueFrom"], &["fieldRef"], "env.valueFrom")?;
-                match e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+                match e
+                    .pointer("/valueFrom/fieldRef/fieldPath")
+                    .and_then(Value::as_str)
+                {
                     Some("spec.nodeName") => node_name.to_string(),
-                    Some("metadata.namespace") => {
-                        meta["namespace"].as_str().unwrap_or("termscope").to_string()
-                    }
+                    Some("metadata.namespace") => meta["namespace"]
+                        .as_str()
+                        .unwrap_or("termscope")
+                        .to_string(),
                     other => bail!("env {key}: fieldRef {other:?}"),
                 }
             };
@@ -310,7 +315,10 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
         for p in c["ports"].as_array().into_iter().flatten() {
             only_known(p, &["name", "containerPort", "protocol"], "port")?;
             let port = u16::try_from(p["containerPort"].as_u64().context("containerPort")?)?;
-            ensure!(p["protocol"].as_str().unwrap_or("TCP") == "TCP", "non-TCP port");
+            ensure!(
+                p["protocol"].as_str().unwrap_or("TCP") == "TCP",
+                "non-TCP port"
+            );
             if let Some(n) = p["name"].as_str() {
                 named_ports.insert(n.to_string(), port);
             }
@@ -347,8 +355,12 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
             }),
             privileged: false,
             namespace_options: None,
-            run_as_user: sc["runAsUser"].as_i64().map(|value| v1::Int64Value { value }),
-            run_as_group: sc["runAsGroup"].as_i64().map(|value| v1::Int64Value { value }),
+            run_as_user: sc["runAsUser"]
+                .as_i64()
+                .map(|value| v1::Int64Value { value }),
+            run_as_group: sc["runAsGroup"]
+                .as_i64()
+                .map(|value| v1::Int64Value { value }),
             readonly_rootfs: sc["readOnlyRootFilesystem"] == true,
             // kubelet: no_new_privs unless allowPrivilegeEscalation is true (or unset and the
             // container is privileged or has CAP_SYS_ADMIN, which this one is not / has not).
@@ -404,9 +416,7 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
                     path: p["httpGet"]["path"].as_str().unwrap_or("/").to_string(),
                     port,
                     period: Duration::from_secs(p["periodSeconds"].as_u64().unwrap_or(10)),
-                    failure_threshold: u32::try_from(
-                        p["failureThreshold"].as_u64().unwrap_or(3),
-                    )?,
+                    failure_threshold: u32::try_from(p["failureThreshold"].as_u64().unwrap_or(3))?,
                 })
             };
             // The liveness probe is the startup probe's path (checked by deploy.rs).
@@ -537,7 +547,9 @@ fn allowed_syscalls(seccomp: &Value) -> BTreeSet<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["action"] == "SCMP_ACT_ALLOW" && r["args"].as_array().is_none_or(Vec::is_empty))
+        .filter(|r| {
+            r["action"] == "SCMP_ACT_ALLOW" && r["args"].as_array().is_none_or(Vec::is_empty)
+        })
         .flat_map(|r| strs(&r["names"]))
         .collect()
 }
@@ -564,13 +576,21 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
     // The debug binary is ~200 MB: gzip would take most of the test's time.
     image.uncompressed_layer = true;
     images::import(&image, containerd)?;
-    eprintln!("[deploy] image {} imported after {:?}", image.name, t0.elapsed());
+    eprintln!(
+        "[deploy] image {} imported after {:?}",
+        image.name,
+        t0.elapsed()
+    );
 
     // The agent's pod: the init container installs the profile, then the agent starts.
     let agent = kubelet.run_pod(tr.spec.clone())?;
     let profile_path = node.kubelet_root.join("seccomp/termscope/agent.json");
-    let installed = std::fs::read_to_string(&profile_path)
-        .with_context(|| format!("the init container did not write {}", profile_path.display()))?;
+    let installed = std::fs::read_to_string(&profile_path).with_context(|| {
+        format!(
+            "the init container did not write {}",
+            profile_path.display()
+        )
+    })?;
     assert_eq!(installed, termscope::seccomp::PROFILE);
     let took = run_probe(containerd, &agent, &tr.startup, "startup")?;
     run_probe(containerd, &agent, &tr.readiness, "readiness")?;
@@ -622,7 +642,10 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
         );
     }
     let status = proc_status(ac.pid)?;
-    assert_eq!(status["CapEff"], "000000c000000000", "CAP_BPF + CAP_PERFMON only");
+    assert_eq!(
+        status["CapEff"], "000000c000000000",
+        "CAP_BPF + CAP_PERFMON only"
+    );
     assert_eq!(status["CapBnd"], "000000c000000000");
     assert_eq!(status["Seccomp"], "2", "a seccomp filter is on");
     assert_eq!(status["NoNewPrivs"], "1");
@@ -660,7 +683,10 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
     let clients = containerd.node_netns().spawn(move || {
         let mut socks = Vec::new();
         for _ in 0..2 {
-            socks.push(TcpStream::connect_timeout(&web_addr, Duration::from_secs(5))?);
+            socks.push(TcpStream::connect_timeout(
+                &web_addr,
+                Duration::from_secs(5),
+            )?);
         }
         Ok(socks)
     })?;
@@ -701,7 +727,15 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
     let report: Value = loop {
         let out = agent.exec(
             "agent",
-            &["/termscope", "report", "--agent", &url, "--container", &web_id, "--json"],
+            &[
+                "/termscope",
+                "report",
+                "--agent",
+                &url,
+                "--container",
+                &web_id,
+                "--json",
+            ],
         )?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.exit_code == 0
@@ -732,13 +766,20 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
         .filter(|c| c["verdict"] != "completed")
         .filter_map(|c| c["remote"].as_str()?.rsplit_once(':')?.1.parse().ok())
         .collect();
-    assert_eq!(cut_ports, client_ports, "the two clients' connections: {report}");
+    assert_eq!(
+        cut_ports, client_ports,
+        "the two clients' connections: {report}"
+    );
 
     // The forensic log, on the host through the hostPath mount (read-only root elsewhere).
     let log = node.host_path("/var/log/termscope/terminations.jsonl");
-    let logged = std::fs::read_to_string(&log)
-        .with_context(|| format!("reading {}", log.display()))?;
-    assert!(logged.contains(&web_id), "the report is in {}", log.display());
+    let logged =
+        std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+    assert!(
+        logged.contains(&web_id),
+        "the report is in {}",
+        log.display()
+    );
 
     // /metrics from inside the pod's network namespace, and from the node (Prometheus).
     let metrics_port = tr.metrics_port;
@@ -751,7 +792,10 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
         .filter(|l| l.starts_with("termscope_terminations_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
-    assert!(terminations >= 1.0, "termscope_terminations_total:\n{inside}");
+    assert!(
+        terminations >= 1.0,
+        "termscope_terminations_total:\n{inside}"
+    );
     let pod_metrics: SocketAddr = format!("{}:{metrics_port}", agent.ip).parse()?;
     let (status, _) = containerd
         .node_netns()
@@ -827,9 +871,7 @@ fn runtime_default(kubelet: &KubeletDriver) -> Result<Value> {
         ..Default::default()
     });
     let pod = kubelet.run_pod(PodSpec::new("runtime-default", vec![c]))?;
-    let info = kubelet
-        .cri()
-        .container_info(&pod.container("probe")?.id)?;
+    let info = kubelet.cri().container_info(&pod.container("probe")?.id)?;
     let seccomp = info
         .pointer("/runtimeSpec/linux/seccomp")
         .cloned()

@@ -298,7 +298,9 @@ mod tests {
             eprintln!("skipped: no cgroup2 mount here");
             return Ok(());
         };
-        let made = mount.path.join(format!("termscope-id-test-{}", std::process::id()));
+        let made = mount
+            .path
+            .join(format!("termscope-id-test-{}", std::process::id()));
         let nested = made.join("a/b");
         let made_ok = std::fs::create_dir_all(&nested).is_ok();
         let mut stack = vec![mount.path.clone()];
