@@ -140,6 +140,35 @@ mod tests {
         assert!(!serde_json::to_string(&r).expect("json").contains("s3cr3t"));
     }
 
+    /// A pod report: its own facts, its summary (what the Kubernetes Event quotes) and its
+    /// containers' reports.
+    #[test]
+    fn pod_reports_are_redacted_with_their_containers() {
+        let secret = "/bin/sh -c curl -u admin:hunter2 http://x/drain";
+        let container = with_hook("exec", secret);
+        let facts = container.kubernetes.as_deref().cloned().expect("facts");
+        let mut pod: PodTerminationReport = serde_json::from_value(serde_json::json!({
+            "schema": "termscope/pod-termination/v1", "id": "p1", "node": "n", "pod": "web-1",
+            "pod_uid": "u", "namespace": "shop", "workload": "web", "workload_kind": "Deployment",
+            "outcome": "cut", "flags": ["cut"],
+            "summary": [format!("the preStop hook is `{secret}`: too short")],
+            "counts": {"completed": 0, "reset_by_app": 0, "closed_by_exit": 1, "reset_by_peer": 0,
+                       "refused": 0, "open": 0, "accepted_late": 0, "cut": 1},
+            "kubernetes": facts,
+            "timeline": [],
+            "containers": [container],
+        }))
+        .expect("pod report");
+        pod_report(&mut pod);
+        let json = serde_json::to_string(&pod).expect("json");
+        assert!(!json.contains("hunter2"), "{json}");
+        assert_eq!(
+            pod.summary[0],
+            format!("the preStop hook is `/bin/sh {REDACTED}`: too short")
+        );
+        assert_eq!(detail(&pod.containers[0]), format!("/bin/sh {REDACTED}"));
+    }
+
     #[test]
     fn hooks_without_secrets_stay() {
         for (kind, d) in [
