@@ -48,6 +48,9 @@ pub mod feature {
     pub const TASK_EXIT: u64 = 1 << 4;
     /// `task_struct -> pid, tgid, comm` of a non-current task.
     pub const TASK_IDS: u64 = 1 << 5;
+    /// `sock_common` addresses, ports, family and state: existing connections can be learnt
+    /// at start-up by walking the kernel's TCP sockets (a BPF iterator).
+    pub const SOCK_TUPLE: u64 = 1 << 6;
 }
 
 /// Bits of [`EventHeader::flags`].
@@ -76,6 +79,10 @@ pub mod flags {
     pub const NO_SOCKET: u32 = 1 << 8;
     /// TCP: the state change ran in the context of a task in the socket's own cgroup.
     pub const IN_OWNER_TASK: u32 = 1 << 9;
+    /// TCP: the connection was open before the agent started, learnt by the start-up walk of
+    /// the kernel's sockets; its direction comes from the listeners of its network namespace
+    /// (inbound when one listens on its local port).
+    pub const PREEXISTING: u32 = 1 << 10;
 }
 
 /// Value of [`WatchEntry::reason`].
@@ -255,18 +262,31 @@ pub struct CgroupStats {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub closed_by_exit: u64,
+    /// Events of this cgroup that a ring buffer could not take (either ring). Userspace
+    /// compares it with its value when a termination opened: the difference is the number of
+    /// events lost while that termination was being collected.
+    pub events_lost: u64,
+    /// Connections of this cgroup the kernel could not keep in its live-connection map (it
+    /// was full): a report lists them only through their own events.
+    pub untracked: u64,
 }
 
 /// Index of the per-CPU counters in the `COUNTERS` map.
 pub mod counter {
-    /// Events the ring buffer could not take.
+    /// TCP events the `EVENTS` ring buffer could not take.
     pub const RINGBUF_LOST: u32 = 0;
     /// Resets without a socket that were not sent to userspace because of the rate limit.
     pub const RESETS_RATE_LIMITED: u32 = 1;
-    /// Live-connection map updates that failed (map full and not LRU-evictable).
+    /// Live-connection map inserts that failed (the map was full; see `--max-live-connections`).
     pub const LIVE_MAP_FAILED: u32 = 2;
+    /// Control events (signals, deliveries, exits, execs) the `CONTROL` ring buffer could not
+    /// take.
+    pub const CONTROL_LOST: u32 = 3;
+    /// Watched-cgroup map inserts that failed (the map is a plain hash: it never evicts a
+    /// watch silently).
+    pub const WATCH_MAP_FAILED: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
 }
 
 /// Offsets of the fields the programs read from tracepoint records, from the tracepoints'
@@ -378,6 +398,16 @@ pub struct KernelOffsets {
     pub net_device_net: u32,
     /// `kernel_siginfo.si_code` (via the `__SIGINFO` anonymous struct).
     pub siginfo_code: u32,
+    /// `sock_common` addresses, ports, family and state: a socket's connection read from the
+    /// socket itself (the start-up walk of existing sockets).
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
     pub _pad: u32,
 }
 
@@ -401,6 +431,14 @@ impl KernelOffsets {
         skb_dev: OFFSET_MISSING,
         net_device_net: OFFSET_MISSING,
         siginfo_code: OFFSET_MISSING,
+        skc_daddr: OFFSET_MISSING,
+        skc_rcv_saddr: OFFSET_MISSING,
+        skc_dport: OFFSET_MISSING,
+        skc_num: OFFSET_MISSING,
+        skc_family: OFFSET_MISSING,
+        skc_state: OFFSET_MISSING,
+        skc_v6_daddr: OFFSET_MISSING,
+        skc_v6_rcv_saddr: OFFSET_MISSING,
         _pad: 0,
     };
 }
@@ -461,12 +499,20 @@ pub mod tcp_state {
 
 /// Names of the maps and the global, shared so both sides spell them the same.
 pub mod names {
+    /// TCP state changes and resets (large; submitted without a wake-up, drained on a timer
+    /// or when half full).
     pub const EVENTS: &str = "EVENTS";
+    /// Signals, deliveries, exits and execs (small, its own: a TCP flood cannot crowd out a
+    /// stop signal).
+    pub const CONTROL: &str = "CONTROL";
     pub const LIVE_CONNS: &str = "LIVE_CONNS";
     pub const WATCHED: &str = "WATCHED";
     pub const WATCHED_NETNS: &str = "WATCHED_NETNS";
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const WATCH_HINT: &str = "WATCH_HINT";
+    /// The BPF iterator program that learns existing TCP connections at start-up.
+    pub const LEARN_PROGRAM: &str = "learn_tcp_sockets";
     pub const CONFIG: &str = "CONFIG";
 }
 
@@ -526,7 +572,7 @@ mod tests {
             size_of::<ExecEvent>(),
             size_of::<EventHeader>() + FILENAME_LEN
         );
-        assert_eq!(size_of::<KernelOffsets>(), 18 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 26 * 4);
         assert_eq!(
             size_of::<Config>(),
             24 + size_of::<KernelOffsets>() + size_of::<TracepointOffsets>()

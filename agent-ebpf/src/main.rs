@@ -24,7 +24,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use termscope_common::{
@@ -44,21 +44,33 @@ macro_rules! cfg {
     };
 }
 
+/// TCP state changes and resets. Submitted without a wake-up (userspace drains it on a short
+/// timer), except when it is half full.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Live TCP connections by socket address.
+/// Signals, deliveries, exits and execs: few, small, and each one matters. A ring of their
+/// own, so that a flood of TCP events elsewhere cannot crowd out a stop signal.
+#[map(name = "CONTROL")]
+static CONTROL: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
+
+/// Live TCP connections by socket address. A plain preallocated hash (sized by userspace,
+/// `--max-live-connections`), not an LRU: an entry leaves it only when its socket reaches
+/// CLOSE, never silently. When it is full, the connection is counted (`LIVE_MAP_FAILED`, and
+/// per cgroup) and its report says so; its events still reach userspace with an id.
 #[map(name = "LIVE_CONNS")]
-static LIVE_CONNS: LruHashMap<u64, LiveConn> = LruHashMap::with_max_entries(65536, 0);
+static LIVE_CONNS: HashMap<u64, LiveConn> = HashMap::with_max_entries(262144, 0);
 
 /// Connections that just reached CLOSE. The kernel sets CLOSE *before* sending the reset of an
 /// abortive close (unread data, SO_LINGER 0), so the reset finds its connection here.
 #[map(name = "RECENTLY_CLOSED")]
 static RECENTLY_CLOSED: LruHashMap<u64, LiveConn> = LruHashMap::with_max_entries(8192, 0);
 
-/// Cgroups whose events go to userspace.
+/// Cgroups whose events go to userspace. A plain hash, not an LRU: a watch is never evicted
+/// silently; a failed insert is counted (`WATCH_MAP_FAILED`), and userspace reconciles the
+/// entries with its terminations every tick.
 #[map(name = "WATCHED")]
-static WATCHED: LruHashMap<u64, WatchEntry> = LruHashMap::with_max_entries(4096, 0);
+static WATCHED: HashMap<u64, WatchEntry> = HashMap::with_max_entries(16384, 0);
 
 /// Network namespaces whose socket-less resets go to userspace (boot ns since watched).
 #[map(name = "WATCHED_NETNS")]
@@ -67,6 +79,19 @@ static WATCHED_NETNS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 
 #[map(name = "CGROUP_STATS")]
 static CGROUP_STATS: LruPerCpuHashMap<u64, CgroupStats> =
     LruPerCpuHashMap::with_max_entries(16384, 0);
+
+/// Listening ports by `(netns << 16) | port`, filled by the start-up walk of the kernel's TCP
+/// sockets (listeners come before connections in it) to tell accepted connections from
+/// outgoing ones.
+#[map(name = "LISTEN_PORTS")]
+static LISTEN_PORTS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Whether anything is watched, without a map walk on the hot path:
+/// `[0]` stop-signal watches the kernel made (only the kernel writes it), `[1]` watches
+/// userspace counted in `WATCHED`, `[2]` the value of `[0]` that count includes. Something
+/// may be watched when `[1] > 0` or `[0] != [2]` (a watch made since userspace counted).
+#[map(name = "WATCH_HINT")]
+static WATCH_HINT: Array<u64> = Array::with_max_entries(3, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -208,6 +233,22 @@ fn bump(index: u32) {
     }
 }
 
+/// Whether any cgroup may be watched now (see `WATCH_HINT`): when none is, state changes that
+/// need no map work are not looked at further.
+#[inline(always)]
+fn anything_watched() -> bool {
+    if cfg!(watch_all) != 0 {
+        return true;
+    }
+    // SAFETY: plain loads of map values.
+    let slot = |i| {
+        WATCH_HINT
+            .get(i)
+            .map_or(0, |v| unsafe { core::ptr::read_volatile(v) })
+    };
+    slot(1) != 0 || slot(0) != slot(2)
+}
+
 #[inline(always)]
 fn is_watched(cgroup_id: u64) -> bool {
     // SAFETY: the value is only tested for presence.
@@ -248,10 +289,34 @@ fn next_conn_id() -> u64 {
     }
 }
 
+/// `bpf_ringbuf_output` flags and `bpf_ringbuf_query` selectors.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+
+/// Sends a TCP event. No wake-up per event (a wake-up costs more than the rest of the probe):
+/// userspace drains the ring on a short timer, and is woken only once the ring is half full.
+/// An event the ring cannot take is counted, globally and for its cgroup.
 #[inline(always)]
-fn emit<T: 'static>(event: &T) {
-    if EVENTS.output::<T>(event, 0).is_err() {
+fn emit<T: 'static>(event: &T, cgroup_id: u64) {
+    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 2 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<T>(event, wake).is_err() {
         bump(counter::RINGBUF_LOST);
+        with_stats(cgroup_id, |s| s.events_lost += 1);
+    }
+}
+
+/// Sends a control event (signal, delivery, exit, exec), waking userspace.
+#[inline(always)]
+fn emit_control<T: 'static>(event: &T, cgroup_id: u64) {
+    if CONTROL.output::<T>(event, 0).is_err() {
+        bump(counter::CONTROL_LOST);
+        with_stats(cgroup_id, |s| s.events_lost += 1);
     }
 }
 
@@ -324,6 +389,14 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
             };
             if WATCHED.insert(target_cgroup, entry, 0).is_ok() {
                 ev_flags |= flags::WATCH_OPENED;
+                if let Some(made) = WATCH_HINT.get_ptr_mut(0) {
+                    // SAFETY: a valid, aligned u64 in the map. Not atomic: two CPUs racing
+                    // here may add 1 instead of 2, but the value still changes after the
+                    // insert, which is all the hint needs.
+                    unsafe { made.write_volatile(made.read_volatile().wrapping_add(1)) };
+                }
+            } else {
+                bump(counter::WATCH_MAP_FAILED);
             }
         }
         if target_netns != 0 {
@@ -354,7 +427,7 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
         result: result as u32,
         _pad: 0,
     };
-    emit(&event);
+    emit_control(&event, target_cgroup);
     0
 }
 
@@ -378,7 +451,7 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
         sa_handler: field::<u64>(&ctx, cfg!(tracepoints.deliver_sa_handler)).unwrap_or(0),
         sa_flags: field::<u64>(&ctx, cfg!(tracepoints.deliver_sa_flags)).unwrap_or(0),
     };
-    emit(&event);
+    emit_control(&event, cgroup_id);
     0
 }
 
@@ -413,7 +486,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         exit_code,
         _pad: 0,
     };
-    emit(&event);
+    emit_control(&event, cgroup_id);
     0
 }
 
@@ -435,7 +508,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         // SAFETY: the helper bounds the copy by the buffer and checks the address.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, &mut event.filename) };
     }
-    emit(&event);
+    emit_control(&event, cgroup_id);
     0
 }
 
@@ -520,138 +593,209 @@ fn emit_state(
         new_state: states.1,
         _pad: [0; 2],
     };
-    emit(&event);
+    emit(&event, cgroup_id);
 }
 
 /// The hot path. Most state changes belong to a connection already in `LIVE_CONNS`: they
 /// read four fields of the record and one map entry, and reach userspace only when the
 /// connection's cgroup is watched. Addresses and the socket's cgroup are read once, when the
-/// connection is established.
+/// connection is established (or first seen, for a connection older than the programs).
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // The states first: with nothing watched, only the changes that keep `LIVE_CONNS` right
+    // (established, closed, closed by a dying process) need more than this.
+    let old = field::<i32>(&ctx, cfg!(tracepoints.state_oldstate)).unwrap_or(0) as u8;
+    let new = field::<i32>(&ctx, cfg!(tracepoints.state_newstate)).unwrap_or(0) as u8;
+    let established =
+        new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV);
+    if !established
+        && new != tcp_state::CLOSE
+        && !anything_watched()
+        && !(closing_by_us(old, new) && current_is_exiting())
+    {
+        return 0;
+    }
     if field::<u16>(&ctx, cfg!(tracepoints.state_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }
     let Some(sk) = field::<u64>(&ctx, cfg!(tracepoints.state_skaddr)) else {
         return 0;
     };
-    let old = field::<i32>(&ctx, cfg!(tracepoints.state_oldstate)).unwrap_or(0) as u8;
-    let new = field::<i32>(&ctx, cfg!(tracepoints.state_newstate)).unwrap_or(0) as u8;
 
-    if new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV) {
-        // A new connection: remember it in the kernel, whether or not anyone watches.
-        let mut ev_flags = 0u32;
-        let cgroup_id = owner_cgroup(sk, &mut ev_flags);
-        let inbound = old == tcp_state::SYN_RECV;
+    if established {
+        on_established(&ctx, sk, old, new);
+        return 0;
+    }
+    let live = match LIVE_CONNS.get_ptr_mut(sk) {
+        Some(live) => live,
+        None => match learn_untracked(&ctx, sk, old, new) {
+            Some(live) => live,
+            None => return 0,
+        },
+    };
+    on_known_connection(sk, live, old, new);
+    0
+}
+
+/// A close the socket's owner began (or its death did): the changes where `CLOSED_BY_EXIT` is
+/// decided.
+#[inline(always)]
+fn closing_by_us(old: u8, new: u8) -> bool {
+    matches!(
+        old,
+        tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::SYN_RECV
+    ) && matches!(
+        new,
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
+    )
+}
+
+/// A new connection: remember it in the kernel, whether or not anyone watches.
+#[inline(always)]
+fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
+    let mut ev_flags = 0u32;
+    let cgroup_id = owner_cgroup(sk, &mut ev_flags);
+    let inbound = old == tcp_state::SYN_RECV;
+    if inbound {
+        ev_flags |= flags::INBOUND;
+    }
+    let tuple = state_tuple(ctx);
+    let netns = sock_netns(sk);
+    let conn_id = next_conn_id();
+    let established_ns = now();
+    let live = LiveConn {
+        conn_id,
+        cgroup_id,
+        established_ns,
+        tuple,
+        netns,
+        flags: ev_flags & (flags::INBOUND | flags::CGROUP_FROM_CURRENT),
+    };
+    if LIVE_CONNS.insert(sk, live, 0).is_err() {
+        bump(counter::LIVE_MAP_FAILED);
+        with_stats(cgroup_id, |s| s.untracked += 1);
+    }
+    with_stats(cgroup_id, |s| {
         if inbound {
-            ev_flags |= flags::INBOUND;
+            s.opened_inbound += 1
+        } else {
+            s.opened_outbound += 1
         }
-        let tuple = state_tuple(&ctx);
-        let netns = sock_netns(sk);
-        let conn_id = next_conn_id();
-        let established_ns = now();
-        let live = LiveConn {
-            conn_id,
+    });
+    if is_watched(cgroup_id) {
+        emit_state(
+            ev_flags,
             cgroup_id,
-            established_ns,
+            (conn_id, established_ns),
+            sk,
             tuple,
             netns,
-            flags: ev_flags & (flags::INBOUND | flags::CGROUP_FROM_CURRENT),
-        };
-        if LIVE_CONNS.insert(sk, live, 0).is_err() {
-            bump(counter::LIVE_MAP_FAILED);
-        }
-        with_stats(cgroup_id, |s| {
-            if inbound {
-                s.opened_inbound += 1
-            } else {
-                s.opened_outbound += 1
-            }
-        });
+            (old, new),
+        );
+    }
+}
+
+/// A socket with no entry in `LIVE_CONNS`. A handshake in progress (or failed) or a listener
+/// carries no connection: its event goes to userspace as it is (handshakes only when
+/// everything is watched), and `None` is returned. Any other state change is a connection
+/// the programs did not see open (older than the agent, or evicted): it is learnt here, with
+/// a fresh connection id, so that its close is never dropped for want of an id.
+#[inline(always)]
+fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option<*mut LiveConn> {
+    let handshake = matches!(new, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
+        || matches!(old, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
+    if handshake && cfg!(watch_all) == 0 {
+        return None;
+    }
+    // Its close, with nothing watched: no one to tell, nothing to keep.
+    if new == tcp_state::CLOSE && !anything_watched() {
+        return None;
+    }
+    let mut ev_flags = 0u32;
+    let cgroup_id = owner_cgroup(sk, &mut ev_flags);
+    if handshake || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
         if is_watched(cgroup_id) {
             emit_state(
                 ev_flags,
                 cgroup_id,
-                (conn_id, established_ns),
+                (0, 0),
                 sk,
-                tuple,
-                netns,
+                state_tuple(ctx),
+                sock_netns(sk),
                 (old, new),
             );
         }
-        return 0;
+        return None;
     }
-
-    if let Some(live) = LIVE_CONNS.get_ptr_mut(sk) {
-        // SAFETY: the entry is only written by these programs; a racing LRU eviction at worst
-        // makes us update a recycled slot's flags.
-        let live = unsafe { &mut *live };
-        let closing_by_us = matches!(
-            old,
-            tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::SYN_RECV
-        ) && matches!(
-            new,
-            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
-        );
-        if closing_by_us && live.flags & flags::RESET_RECEIVED == 0 && current_is_exiting() {
-            live.flags |= flags::CLOSED_BY_EXIT;
-            with_stats(live.cgroup_id, |s| s.closed_by_exit += 1);
-        }
-        let snapshot = *live;
-        if new == tcp_state::CLOSE {
-            with_stats(snapshot.cgroup_id, |s| s.closed += 1);
-            // Straight from ESTABLISHED / CLOSE_WAIT to CLOSE is an abort: the kernel sends
-            // the reset right after this change.
-            if matches!(old, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT) {
-                let _ = RECENTLY_CLOSED.insert(sk, snapshot, 0);
-            }
-            let _ = LIVE_CONNS.remove(sk);
-        }
-        if is_watched(snapshot.cgroup_id) {
-            let mut ev_flags = snapshot.flags;
-            // SAFETY: helper without preconditions.
-            if unsafe { bpf_get_current_cgroup_id() } == snapshot.cgroup_id {
-                ev_flags |= flags::IN_OWNER_TASK;
-            }
-            emit_state(
-                ev_flags,
-                snapshot.cgroup_id,
-                (snapshot.conn_id, snapshot.established_ns),
-                sk,
-                snapshot.tuple,
-                snapshot.netns,
-                (old, new),
-            );
-        }
-        return 0;
-    }
-
-    // No connection: a handshake in progress (or failed), a listener, or a connection older
-    // than the agent. Handshakes carry nothing to attribute yet; skip them unless everything
-    // is watched.
-    let handshake = matches!(new, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
-        || matches!(old, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
-    if handshake && cfg!(watch_all) == 0 {
-        return 0;
-    }
-    let mut ev_flags = 0u32;
-    let cgroup_id = owner_cgroup(sk, &mut ev_flags);
-    if !is_watched(cgroup_id) {
-        return 0;
-    }
-    if !handshake && new != tcp_state::LISTEN && old != tcp_state::LISTEN {
-        ev_flags |= flags::UNTRACKED;
-    }
-    emit_state(
-        ev_flags,
+    let live = LiveConn {
+        conn_id: next_conn_id(),
         cgroup_id,
-        (0, 0),
-        sk,
-        state_tuple(&ctx),
-        sock_netns(sk),
-        (old, new),
-    );
-    0
+        established_ns: 0,
+        tuple: state_tuple(ctx),
+        netns: sock_netns(sk),
+        flags: flags::UNTRACKED | (ev_flags & flags::CGROUP_FROM_CURRENT),
+    };
+    if LIVE_CONNS.insert(sk, live, 0).is_err() {
+        bump(counter::LIVE_MAP_FAILED);
+        with_stats(cgroup_id, |s| s.untracked += 1);
+    }
+    match LIVE_CONNS.get_ptr_mut(sk) {
+        Some(ptr) => Some(ptr),
+        None => {
+            // Not even a fresh entry: still report the change, with the connection's id.
+            if is_watched(cgroup_id) {
+                emit_state(
+                    ev_flags | live.flags,
+                    cgroup_id,
+                    (live.conn_id, 0),
+                    sk,
+                    live.tuple,
+                    live.netns,
+                    (old, new),
+                );
+            }
+            None
+        }
+    }
+}
+
+/// A state change of a connection in `LIVE_CONNS`.
+#[inline(always)]
+fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
+    // SAFETY: the entry is only written by these programs; a racing removal (the socket's
+    // close on another CPU) at worst makes us update a recycled slot's flags.
+    let live = unsafe { &mut *live };
+    if closing_by_us(old, new) && live.flags & flags::RESET_RECEIVED == 0 && current_is_exiting() {
+        live.flags |= flags::CLOSED_BY_EXIT;
+        with_stats(live.cgroup_id, |s| s.closed_by_exit += 1);
+    }
+    let snapshot = *live;
+    if new == tcp_state::CLOSE {
+        // The close transition: the connection leaves the kernel's state here.
+        with_stats(snapshot.cgroup_id, |s| s.closed += 1);
+        // Straight from ESTABLISHED / CLOSE_WAIT to CLOSE is an abort: the kernel sends
+        // the reset right after this change.
+        if matches!(old, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT) {
+            let _ = RECENTLY_CLOSED.insert(sk, snapshot, 0);
+        }
+        let _ = LIVE_CONNS.remove(sk);
+    }
+    if is_watched(snapshot.cgroup_id) {
+        let mut ev_flags = snapshot.flags;
+        // SAFETY: helper without preconditions.
+        if unsafe { bpf_get_current_cgroup_id() } == snapshot.cgroup_id {
+            ev_flags |= flags::IN_OWNER_TASK;
+        }
+        emit_state(
+            ev_flags,
+            snapshot.cgroup_id,
+            (snapshot.conn_id, snapshot.established_ns),
+            sk,
+            snapshot.tuple,
+            snapshot.netns,
+            (old, new),
+        );
+    }
 }
 
 /// Reads a `struct sockaddr_in` / `sockaddr_in6` as stored by `tcp_send_reset`.
@@ -783,7 +927,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         direction: RESET_SENT,
         _pad: [0; 6],
     };
-    emit(&event);
+    emit(&event, cgroup_id);
     0
 }
 
@@ -835,7 +979,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         direction: RESET_RECEIVED,
         _pad: [0; 6],
     };
-    emit(&event);
+    emit(&event, cgroup_id);
     0
 }
 
@@ -843,4 +987,100 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up: connections older than the agent.
+
+/// `bpf_map_update_elem` flag: only create, never overwrite (the live probe's entry wins).
+const BPF_NOEXIST: u64 = 1;
+
+/// Reads a socket's addresses from `sock_common`, local side first.
+#[inline(always)]
+fn sock_tuple(sk: u64, family: u16, local_port: u16) -> Tuple {
+    let mut t = Tuple {
+        family,
+        local_port,
+        remote_port: u16::from_be(read_at::<u16>(sk, cfg!(kernel.skc_dport)).unwrap_or(0)),
+        _pad: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    };
+    if family == AF_INET6 {
+        t.local_addr = read_at(sk, cfg!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        t.remote_addr = read_at(sk, cfg!(kernel.skc_v6_daddr)).unwrap_or([0; 16]);
+    } else {
+        let l: [u8; 4] = read_at(sk, cfg!(kernel.skc_rcv_saddr)).unwrap_or([0; 4]);
+        let r: [u8; 4] = read_at(sk, cfg!(kernel.skc_daddr)).unwrap_or([0; 4]);
+        t.local_addr[..4].copy_from_slice(&l);
+        t.remote_addr[..4].copy_from_slice(&r);
+    }
+    t
+}
+
+/// The BPF iterator over every TCP socket of the node (`iter/tcp`, Linux 5.9+), run once by
+/// userspace at start-up: each connection that exists is put into `LIVE_CONNS` with its
+/// cgroup, addresses and direction, as if the programs had seen it open. Listeners come first
+/// in the walk; a connection whose local port one of them listens on (same netns) is inbound.
+///
+/// Context: `struct bpf_iter__tcp { bpf_iter_meta *meta; sock_common *sk_common; uid_t uid; }`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn learn_tcp_sockets(ctx: *mut core::ffi::c_void) -> i32 {
+    if !has(feature::SOCK_TUPLE) {
+        return 0;
+    }
+    // SAFETY: the kernel passes a `bpf_iter__tcp`; its second member is the socket (NULL on
+    // the final call).
+    let sk: u64 = unsafe { *(ctx as *const u64).add(1) };
+    if sk == 0 {
+        return 0;
+    }
+    let Some(state) = read_at::<u8>(sk, cfg!(kernel.skc_state)) else {
+        return 0;
+    };
+    let family = read_at::<u16>(sk, cfg!(kernel.skc_family)).unwrap_or(0);
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let local_port = read_at::<u16>(sk, cfg!(kernel.skc_num)).unwrap_or(0);
+    let netns = sock_netns(sk);
+    let port_key = ((netns as u64) << 16) | local_port as u64;
+    if state == tcp_state::LISTEN {
+        let _ = LISTEN_PORTS.insert(port_key, 1, 0);
+        return 0;
+    }
+    // Full sockets with a connection (timewait and request sockets share `sock_common` but
+    // have no cgroup, and nothing left to cut).
+    if !matches!(
+        state,
+        tcp_state::ESTABLISHED
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::LAST_ACK
+            | tcp_state::CLOSING
+    ) {
+        return 0;
+    }
+    let cgroup_id = sock_cgroup_id(sk).unwrap_or(0);
+    let mut conn_flags = flags::PREEXISTING;
+    // SAFETY: only tested for presence.
+    if unsafe { LISTEN_PORTS.get(port_key) }.is_some() {
+        conn_flags |= flags::INBOUND;
+    }
+    let live = LiveConn {
+        conn_id: next_conn_id(),
+        cgroup_id,
+        established_ns: 0,
+        tuple: sock_tuple(sk, family, local_port),
+        netns,
+        flags: conn_flags,
+    };
+    // An entry already there was made by the live probe meanwhile: it knows better.
+    if LIVE_CONNS.insert(sk, live, BPF_NOEXIST).is_err() && LIVE_CONNS.get_ptr(sk).is_none() {
+        bump(counter::LIVE_MAP_FAILED);
+        with_stats(cgroup_id, |s| s.untracked += 1);
+    }
+    0
 }

@@ -32,11 +32,73 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    for watch_all in [false, true] {
-        if let Err(e) = kernel_bench(conns, watch_all) {
-            println!("kernel benchmark (watch_all={watch_all}) failed: {e}");
+    // The same churn without the agent, for the throughput ratios (same run, same machine).
+    let baseline = match churn(conns, &mut || {}) {
+        Ok(wall) => {
+            let rate = conns as f64 / wall.as_secs_f64();
+            println!("no agent: {conns} loopback connections at {rate:.0} conn/s (reference)");
+            Some(rate)
+        }
+        Err(e) => {
+            println!("no-agent reference failed: {e}");
+            None
+        }
+    };
+    for mode in [Mode::NothingWatched, Mode::OwnCgroupWatched, Mode::WatchAll] {
+        if let Err(e) = kernel_bench(conns, mode, baseline) {
+            println!("kernel benchmark ({mode:?}) failed: {e}");
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The default on a busy node: no termination in progress.
+    NothingWatched,
+    /// The churning cgroup (this process's) watched, as during its termination.
+    OwnCgroupWatched,
+    /// `--watch-all`.
+    WatchAll,
+}
+
+/// Opens and closes `conns` loopback connections (one request each) as fast as a client and
+/// a server thread can; `between` runs every 256 connections. Returns the wall time.
+fn churn(conns: usize, between: &mut dyn FnMut()) -> Result<Duration, Box<dyn std::error::Error>> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        for _ in 0..conns {
+            let (mut s, _) = listener.accept()?;
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b)?;
+            s.write_all(b"pong")?;
+        }
+        Ok(())
+    });
+    let start = Instant::now();
+    for i in 0..conns {
+        let mut c = TcpStream::connect(addr)?;
+        c.write_all(b"ping")?;
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b)?;
+        drop(c);
+        if i % 256 == 0 {
+            between();
+        }
+    }
+    server.join().map_err(|_| "server thread panicked")??;
+    Ok(start.elapsed())
+}
+
+/// This process's cgroup v2 id.
+fn own_cgroup() -> Result<u64, Box<dyn std::error::Error>> {
+    let mount = termscope::attribute::cgroupfs::Mount::detect()?;
+    let text = std::fs::read_to_string("/proc/self/cgroup")?;
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("no cgroup v2 line in /proc/self/cgroup")?;
+    Ok(termscope::attribute::cgroupfs::cgroup_id(&mount.dir(path))?)
 }
 
 fn decode_bench() {
@@ -80,54 +142,37 @@ fn decode_bench() {
     println!("decode: {per:.0} ns per TCP state event ({n} events)");
 }
 
-fn kernel_bench(conns: usize, watch_all: bool) -> Result<(), Box<dyn std::error::Error>> {
+fn kernel_bench(
+    conns: usize,
+    mode: Mode,
+    baseline: Option<f64>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut probes = Probes::load(&LoadOptions {
-        watch_all,
+        watch_all: mode == Mode::WatchAll,
         ..LoadOptions::default()
     })?;
+    if mode == Mode::OwnCgroupWatched {
+        probes.watch(own_cgroup()?)?;
+    }
     let mut events = probes.events()?;
     let stats_fd = probes::enable_run_time_stats()?;
     let before = probes.program_stats();
-
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        for _ in 0..conns {
-            let (mut s, _) = listener.accept()?;
-            let mut b = [0u8; 4];
-            s.read_exact(&mut b)?;
-            s.write_all(b"pong")?;
-        }
-        Ok(())
-    });
     let mut received = 0usize;
-    let start = Instant::now();
-    for i in 0..conns {
-        let mut c = TcpStream::connect(addr)?;
-        c.write_all(b"ping")?;
-        let mut b = [0u8; 4];
-        c.read_exact(&mut b)?;
-        drop(c);
-        if i % 256 == 0 {
-            received += events.drain().len();
-        }
-    }
-    server.join().map_err(|_| "server thread panicked")??;
-    let wall = start.elapsed();
+    let wall = churn(conns, &mut || received += events.drain().len())?;
     std::thread::sleep(Duration::from_millis(200));
     received += events.drain().len();
     let after = probes.program_stats();
     drop(stats_fd);
-
+    let rate = conns as f64 / wall.as_secs_f64();
+    let ratio = baseline.map_or(String::from("n/a"), |b| format!("{:.2}", rate / b));
     println!(
-        "kernel, {}: {conns} loopback connections in {:.2} s ({:.0} conn/s); events to userspace: {received} ({:.2} per connection); ring buffer lost: {}",
-        if watch_all {
-            "everything watched"
-        } else {
-            "nothing watched (default)"
+        "kernel, {}: {conns} loopback connections in {:.2} s ({rate:.0} conn/s, {ratio} of no agent); events to userspace: {received} ({:.2} per connection); ring buffer lost: {}",
+        match mode {
+            Mode::NothingWatched => "nothing watched (default)",
+            Mode::OwnCgroupWatched => "the churning cgroup watched",
+            Mode::WatchAll => "everything watched",
         },
         wall.as_secs_f64(),
-        conns as f64 / wall.as_secs_f64(),
         received as f64 / conns as f64,
         probes.counters()?.ringbuf_lost,
     );

@@ -325,7 +325,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
             .id_of(path)
             .with_context(|| format!("--watch-cgroup {path}"))?;
         pipeline.resolver().remember(id, path);
-        pipeline.probes_mut().watch(id)?;
+        pipeline.watch_explicit(id)?;
         tracing::info!(cgroup = %path, id, "watching");
     }
     let mut kube_health: Option<Arc<termscope::kube::watch::ApiHealth>> = None;
@@ -462,10 +462,14 @@ async fn agent(args: AgentArgs) -> Result<()> {
                     .inspect_err(|e| tracing::warn!(error = %e, "reading the kernel counters"))
                     .ok();
                 if let Some(c) = counters
-                    && c.ringbuf_lost > lost_reported
+                    && c.ringbuf_lost + c.control_lost > lost_reported
                 {
-                    tracing::warn!(lost = c.ringbuf_lost, "the ring buffer was full: events were lost");
-                    lost_reported = c.ringbuf_lost;
+                    tracing::warn!(
+                        tcp = c.ringbuf_lost,
+                        control = c.control_lost,
+                        "a ring buffer was full: events were lost (the affected reports say `incomplete`)"
+                    );
+                    lost_reported = c.ringbuf_lost + c.control_lost;
                 }
                 // Counting the live-connection map walks it: at most every 15 s.
                 let tracked = if last_count.is_none_or(|t| t.elapsed() >= Duration::from_secs(15)) {

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use termscope_common::{LiveConn, flags};
+use termscope_common::{LiveConn, flags, watch_reason};
 
 use crate::{
     attribute::{Resolver, cgroupfs},
@@ -19,7 +19,7 @@ use crate::{
     terminations::{
         Action, Engine, EngineConfig, OpenConnection,
         kube::{PodTerminationReport, enrich, p99, roll_up},
-        report::TerminationReport,
+        report::{Incomplete, TerminationReport},
     },
 };
 
@@ -27,6 +27,13 @@ use crate::{
 const DRAIN_HISTORY: usize = 100;
 /// A pod's roll-up waits at most this long after its deletion deadline for container reports.
 const ROLLUP_GRACE_NS: u64 = 60_000_000_000;
+/// A cgroup the kernel began watching on a stop signal this long ago, with no termination
+/// open in userspace, lost its signal event: a termination is opened from the kernel's
+/// watch. (Control events are read as soon as they arrive; this only leaves room for a busy
+/// moment.)
+const RECONCILE_AFTER_NS: u64 = 2_000_000_000;
+/// Cgroups whose lost-event counts are remembered after their terminations.
+const MAX_UNWATCHED_COUNTS: usize = 65_536;
 
 /// The Kubernetes side of the pipeline: the API's view of this node's pods, the pods being
 /// deleted, and the container reports waiting to be rolled up into pod reports.
@@ -50,6 +57,16 @@ pub struct Pipeline {
     clock: WallClock,
     node: String,
     kube: Option<KubeSide>,
+    /// Cgroups watched by configuration (`--watch-cgroup`): the end of a termination does not
+    /// stop watching them.
+    explicit: HashSet<u64>,
+    /// Per open termination: the kernel's counts of the cgroup's lost events and untracked
+    /// connections when it opened.
+    lost_at_open: HashMap<u64, (u64, u64)>,
+    /// The same counts when the cgroup was last unwatched: a cgroup only loses events while
+    /// it is watched, so a termination opened by a stop signal counts from here (or from 0)
+    /// — the kernel watched it from the signal on, before userspace heard of it.
+    lost_at_unwatch: HashMap<u64, (u64, u64)>,
 }
 
 impl Pipeline {
@@ -63,7 +80,18 @@ impl Pipeline {
             clock,
             node,
             kube: None,
+            explicit: HashSet::new(),
+            lost_at_open: HashMap::new(),
+            lost_at_unwatch: HashMap::new(),
         }
+    }
+
+    /// Watches a cgroup for as long as the agent runs (`--watch-cgroup`): terminations of it
+    /// come and go, the watch stays.
+    pub fn watch_explicit(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        self.probes.watch(cgroup_id)?;
+        self.explicit.insert(cgroup_id);
+        Ok(())
     }
 
     /// Joins terminations with what the Kubernetes API says about this node's pods (fed
@@ -262,6 +290,13 @@ impl Pipeline {
 
     /// Takes one event.
     pub fn handle(&mut self, event: &Event) -> Result<(), ProbeError> {
+        // A stop signal that opened a watch: resolve the target's identity now, while its
+        // cgroup surely exists (runtimes remove it within milliseconds of the last exit).
+        if let Event::Signal(s) = event
+            && s.watch_opened
+        {
+            let _ = self.resolver.resolve_now(s.target_cgroup_id);
+        }
         let resolver = &mut self.resolver;
         let actions = self
             .engine
@@ -272,7 +307,12 @@ impl Pipeline {
     /// Finishes what is done; call about once a second. Container reports come back here;
     /// pod reports (Kubernetes) from [`Pipeline::take_pod_reports`].
     pub fn tick(&mut self) -> Result<Vec<TerminationReport>, ProbeError> {
+        self.reconcile(clock::boot_ns())?;
         let (mut reports, actions) = self.engine.tick(clock::boot_ns());
+        // Before the actions: they forget the finished terminations' counts.
+        for report in &mut reports {
+            self.mark_incomplete(report);
+        }
         self.act(actions)?;
         let mut kept = Vec::with_capacity(reports.len());
         for mut report in reports.drain(..) {
@@ -287,13 +327,87 @@ impl Pipeline {
 
     /// Reports every termination in progress (the agent is stopping).
     pub fn flush(&mut self) -> Vec<TerminationReport> {
-        self.engine.flush(clock::boot_ns())
+        let mut reports = self.engine.flush(clock::boot_ns());
+        for report in &mut reports {
+            self.mark_incomplete(report);
+        }
+        reports
+    }
+
+    /// Opens a termination for every cgroup the kernel watches because of a stop signal
+    /// whose event never reached userspace (nothing is left watched without a report).
+    fn reconcile(&mut self, now_ns: u64) -> Result<(), ProbeError> {
+        let watched = self.probes.watched_cgroups()?;
+        for (cg, entry) in watched {
+            if entry.reason != watch_reason::STOP_SIGNAL
+                || self.engine.is_open(cg)
+                || now_ns < entry.since_ns.saturating_add(RECONCILE_AFTER_NS)
+            {
+                continue;
+            }
+            tracing::warn!(
+                cgroup = cg,
+                "the kernel watches a cgroup after a stop signal the agent never received: \
+                 opening its termination from the kernel's watch"
+            );
+            let identity = self.resolver.resolve_now(cg).cloned();
+            // Every loss of this cgroup since it was last unwatched may have been the stop
+            // signal's: count them all.
+            let base = self.lost_at_unwatch.get(&cg).copied().unwrap_or((0, 0));
+            self.lost_at_open.insert(cg, base);
+            let actions = self.engine.open_from_kernel(cg, identity, entry.since_ns);
+            self.act(actions)?;
+        }
+        Ok(())
+    }
+
+    /// Marks a finished report `incomplete` when events of its cgroup were lost while it was
+    /// collected, or when its stop signal never arrived.
+    fn mark_incomplete(&mut self, report: &mut TerminationReport) {
+        let cg = report.subject.cgroup_id;
+        let base = self.lost_at_open.remove(&cg).unwrap_or((0, 0));
+        let now = self
+            .probes
+            .cgroup_stats(cg)
+            .inspect_err(|e| tracing::warn!(error = %e, "reading the kernel's lost-event count"))
+            .map(|s| (s.events_lost, s.untracked))
+            .unwrap_or(base);
+        let incomplete = Incomplete {
+            events_lost: now.0.saturating_sub(base.0),
+            stop_signal_missed: report.opened_by == "kernel_watch",
+            connections_untracked: now.1.saturating_sub(base.1),
+        };
+        if incomplete != Incomplete::default() {
+            tracing::warn!(
+                cgroup = cg,
+                lost = incomplete.events_lost,
+                untracked = incomplete.connections_untracked,
+                stop_signal_missed = incomplete.stop_signal_missed,
+                "the report is incomplete"
+            );
+            if !report.has_flag("incomplete") {
+                report.flags.push("incomplete".into());
+            }
+            report.incomplete = Some(incomplete);
+        }
     }
 
     fn act(&mut self, actions: Vec<Action>) -> Result<(), ProbeError> {
         for action in actions {
             match action {
                 Action::Snapshot(cg) => {
+                    if !self.lost_at_open.contains_key(&cg) {
+                        // Watched all along (configuration, --watch-all): count from now.
+                        // Otherwise from when it was last unwatched (losses between the stop
+                        // signal and this moment are this termination's).
+                        let base = if self.explicit.contains(&cg) || self.probes.watches_all() {
+                            let stats = self.probes.cgroup_stats(cg)?;
+                            (stats.events_lost, stats.untracked)
+                        } else {
+                            self.lost_at_unwatch.get(&cg).copied().unwrap_or((0, 0))
+                        };
+                        self.lost_at_open.insert(cg, base);
+                    }
                     // The termination just opened: the cgroup exists now, and may be younger
                     // than the resolver's last index.
                     if let Some(identity) = self.resolver.resolve_now(cg).cloned() {
@@ -303,7 +417,10 @@ impl Pipeline {
                         .probes
                         .live_connections()?
                         .into_iter()
-                        .filter(|(_, c)| c.cgroup_id == cg)
+                        // A connection learnt at a state change (older than the agent,
+                        // where the start-up walk could not run) has no known direction:
+                        // it enters the report through its own events.
+                        .filter(|(_, c)| c.cgroup_id == cg && c.flags & flags::UNTRACKED == 0)
                         .map(|(_, c)| open_connection(&c))
                         .collect();
                     tracing::debug!(cgroup = cg, open = open.len(), "termination opened");
@@ -315,8 +432,24 @@ impl Pipeline {
                     }
                 }
                 Action::Unwatch(cg) => {
-                    self.probes.unwatch(cg)?;
-                    self.resolver.forget(cg);
+                    self.lost_at_open.remove(&cg);
+                    if !self.explicit.contains(&cg) {
+                        let stats = self.probes.cgroup_stats(cg)?;
+                        if self.lost_at_unwatch.len() >= MAX_UNWATCHED_COUNTS {
+                            // Cgroup ids are never reused: forgetting old ones only makes a
+                            // later termination of the same cgroup count a little more.
+                            self.lost_at_unwatch.clear();
+                        }
+                        if stats.events_lost > 0 || stats.untracked > 0 {
+                            self.lost_at_unwatch
+                                .insert(cg, (stats.events_lost, stats.untracked));
+                        }
+                    }
+                    // A configured watch outlives the termination (and a reload signal).
+                    if !self.explicit.contains(&cg) {
+                        self.probes.unwatch(cg)?;
+                        self.resolver.forget(cg);
+                    }
                 }
                 Action::UnwatchNetns(netns) => self.probes.unwatch_netns(netns)?,
             }

@@ -508,7 +508,12 @@ impl Agent {
     /// Starts the pipeline with a short linger (the report follows the last exit quickly) and
     /// the given survive timeout.
     pub fn start(survive_after: Duration) -> Result<Self> {
-        let mut probes = Probes::load(&LoadOptions::default())?;
+        Self::start_with(&LoadOptions::default(), survive_after)
+    }
+
+    /// Like [`Agent::start`], with the given kernel-side options (e.g. small ring buffers).
+    pub fn start_with(opts: &LoadOptions, survive_after: Duration) -> Result<Self> {
+        let mut probes = Probes::load(opts)?;
         let stream = probes.events()?;
         let cfg = termscope::terminations::EngineConfig {
             linger: Duration::from_millis(800),

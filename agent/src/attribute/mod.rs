@@ -119,9 +119,15 @@ impl Resolver {
     }
 
     /// Whether cgroup `id` still has processes: `populated` in its `cgroup.events`. A cgroup
-    /// whose directory is gone has none. `None` when the cgroup was never known.
+    /// whose directory is gone has none, and so has one no longer in the hierarchy. `None`
+    /// without a cgroup v2 mount.
     pub fn populated(&mut self, id: u64) -> Option<bool> {
-        let path = self.resolve(id)?.cgroup_path.clone();
+        let Some(identity) = self.resolve(id) else {
+            // Not in the hierarchy (a termination's cgroup is resolved when it opens): it was
+            // removed before the agent could read it, and a removed cgroup has no processes.
+            return self.mount.as_ref().map(|_| false);
+        };
+        let path = identity.cgroup_path.clone();
         let dir = self.mount.as_ref()?.dir(&path);
         match std::fs::read_to_string(dir.join("cgroup.events")) {
             Ok(events) => Some(populated_from_events(&events)),
@@ -187,7 +193,13 @@ mod tests {
             Some(false),
             "a removed cgroup is empty"
         );
-        assert_eq!(resolver.populated(999_999_999), None);
+        // Not in the hierarchy at all: gone, hence empty.
+        assert_eq!(resolver.populated(999_999_999), Some(false));
+        assert_eq!(
+            Resolver::new(None).populated(id),
+            None,
+            "no mount, no answer"
+        );
         Ok(())
     }
 }

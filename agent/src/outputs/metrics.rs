@@ -87,6 +87,9 @@ pub struct Metrics {
     events_processed: IntCounter,
     events_undecodable: IntCounter,
     events_lost: IntCounter,
+    control_events_lost: IntCounter,
+    incomplete_reports: IntCounter,
+    watch_map_failures: IntCounter,
     resets_rate_limited: IntCounter,
     live_map_failures: IntCounter,
     probes_attached: IntGauge,
@@ -208,7 +211,23 @@ impl Metrics {
             )?,
             events_lost: r.counter(
                 "termscope_events_lost_total",
-                "Kernel events lost because the ring buffer was full (the kernel's own count).",
+                "Kernel events lost because a ring buffer was full (the kernel's own count; \
+                 both rings).",
+            )?,
+            control_events_lost: r.counter(
+                "termscope_control_events_lost_total",
+                "Signals, exits and execs lost because the control ring buffer was full (also \
+                 counted in termscope_events_lost_total).",
+            )?,
+            incomplete_reports: r.counter(
+                "termscope_incomplete_reports_total",
+                "Termination reports whose collection lost events, or whose stop signal never \
+                 reached the agent (the report says `incomplete`).",
+            )?,
+            watch_map_failures: r.counter(
+                "termscope_watch_map_failures_total",
+                "Stop signals for which the kernel could not start watching the container \
+                 (its watched-cgroup map was full).",
             )?,
             resets_rate_limited: r.counter(
                 "termscope_resets_rate_limited_total",
@@ -281,6 +300,9 @@ impl Metrics {
 
     /// Counts one finished termination.
     pub fn observe(&self, report: &TerminationReport) {
+        if report.incomplete.is_some() {
+            self.incomplete_reports.inc();
+        }
         self.terminations
             .with_label_values(&self.labels(report, &[report.outcome.as_str()]))
             .inc();
@@ -386,6 +408,19 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             advance(&self.events_lost, &mut last.ringbuf_lost, now.ringbuf_lost);
+            let before = last.control_lost;
+            advance(&self.events_lost, &mut last.control_lost, now.control_lost);
+            last.control_lost = before;
+            advance(
+                &self.control_events_lost,
+                &mut last.control_lost,
+                now.control_lost,
+            );
+            advance(
+                &self.watch_map_failures,
+                &mut last.watch_map_failed,
+                now.watch_map_failed,
+            );
             advance(
                 &self.resets_rate_limited,
                 &mut last.resets_rate_limited,
@@ -642,8 +677,10 @@ mod tests {
         let health = |lost, limited, tracked| Health {
             kernel: Some(KernelCounters {
                 ringbuf_lost: lost,
+                control_lost: 2,
                 resets_rate_limited: limited,
                 live_map_failed: 0,
+                watch_map_failed: 1,
             }),
             probes_attached: 5,
             probes_total: 6,
@@ -656,7 +693,10 @@ mod tests {
         m.add_events(20, 0);
         let text = m.render().expect("renders");
         for line in [
-            "termscope_events_lost_total 7",
+            // Both rings: 7 TCP events and 2 control events.
+            "termscope_events_lost_total 9",
+            "termscope_control_events_lost_total 2",
+            "termscope_watch_map_failures_total 1",
             "termscope_resets_rate_limited_total 10",
             "termscope_live_map_failures_total 0",
             "termscope_events_processed_total 120",
@@ -674,7 +714,7 @@ mod tests {
             ..health(0, 0, None)
         });
         let text = m.render().expect("renders");
-        has(&text, "termscope_events_lost_total 7");
+        has(&text, "termscope_events_lost_total 9");
         // And the API's and the log's series, at zero from the start.
         for line in [
             "termscope_api_connections 0",
@@ -684,7 +724,8 @@ mod tests {
         ] {
             has(&text, line);
         }
-        assert_eq!(lines(&text).len(), 9 + 8, "{text}");
+        // 9 health series, 3 of the kernel state, 8 of the API and the log.
+        assert_eq!(lines(&text).len(), 9 + 3 + 8, "{text}");
         assert!(!text.contains("termscope_kubernetes_api_up"), "standalone");
         m.set_kubernetes_api_up(false);
         m.set_kubernetes_api_up(true);

@@ -12,8 +12,8 @@ use std::os::fd::AsRawFd;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, Iter, TracePoint},
 };
 use serde::Serialize;
 use termscope_common::{
@@ -201,9 +201,14 @@ pub struct LoadOptions {
     /// Resets with no socket from unwatched network namespaces sent to userspace, per CPU per
     /// second.
     pub unowned_reset_rate: u32,
-    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    /// Size in bytes of the TCP events' ring buffer (a power of two, multiple of the page
+    /// size).
     pub ring_buffer_bytes: u32,
-    /// Capacity of the kernel's live-connection map.
+    /// Size in bytes of the control events' ring buffer (signals, exits, execs; same rules).
+    pub control_ring_bytes: u32,
+    /// Capacity of the kernel's live-connection map (preallocated: about 130 bytes of
+    /// kernel memory each). When it is full, further connections are counted and flagged in
+    /// their reports, never dropped silently.
     pub max_live_connections: u32,
 }
 
@@ -218,7 +223,8 @@ impl Default for LoadOptions {
             stop_signals: DEFAULT_STOP_SIGNALS.to_vec(),
             unowned_reset_rate: 200,
             ring_buffer_bytes: 1 << 22,
-            max_live_connections: 65536,
+            control_ring_bytes: 1 << 18,
+            max_live_connections: 262_144,
         }
     }
 }
@@ -349,13 +355,17 @@ impl KernelSupport {
 }
 
 /// Names of the feature bits, for people.
-pub const FEATURE_NAMES: [(u64, &str); 6] = [
+pub const FEATURE_NAMES: [(u64, &str); 7] = [
     (feature::TASK_CGROUP, "task cgroup (task_struct->cgroups)"),
     (feature::SOCK_CGROUP, "socket cgroup (sock->sk_cgrp_data)"),
     (feature::TASK_NETNS, "task netns (task_struct->nsproxy)"),
     (feature::SKB_NETNS, "packet netns (sk_buff->dev)"),
     (feature::TASK_EXIT, "exit code and PF_EXITING (task_struct)"),
     (feature::TASK_IDS, "target pid/comm (task_struct)"),
+    (
+        feature::SOCK_TUPLE,
+        "socket addresses and state (sock_common): existing connections learnt at start-up",
+    ),
 ];
 
 /// Kernels since 5.11 account BPF memory to the cgroup and ignore RLIMIT_MEMLOCK; older ones
@@ -392,15 +402,29 @@ pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, std::io::Error> {
 /// Agent-level counters kept by the kernel programs (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct KernelCounters {
+    /// TCP events the `EVENTS` ring could not take.
     pub ringbuf_lost: u64,
+    /// Control events (signals, exits, execs) the `CONTROL` ring could not take.
+    #[serde(default)]
+    pub control_lost: u64,
     pub resets_rate_limited: u64,
     pub live_map_failed: u64,
+    /// Watches the kernel could not record (its watched-cgroup map was full).
+    #[serde(default)]
+    pub watch_map_failed: u64,
 }
 
 /// The loaded, attached kernel programs.
 pub struct Probes {
     ebpf: Ebpf,
     pub status: Vec<ProbeStatus>,
+    /// The start-up walk of the kernel's TCP sockets: how many existing connections it
+    /// learnt, or why it could not run (then connections older than the agent are learnt at
+    /// their next state change, without their direction).
+    pub preexisting: Result<usize, String>,
+    watch_all: bool,
+    /// What userspace last wrote as the number of watched cgroups (`WATCH_HINT[1]`).
+    hint_count: u64,
     pub support: KernelSupport,
     decoder: Decoder,
 }
@@ -419,6 +443,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
+            .map_max_entries(names::CONTROL, opts.control_ring_bytes)
             .map_max_entries(names::LIVE_CONNS, opts.max_live_connections)
             .load(PROGRAMS)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
@@ -448,13 +473,32 @@ impl Probes {
                 degraded,
             });
         }
+        // After the probes: a connection that opens meanwhile is the probe's, and the walk
+        // leaves its entry alone.
+        let preexisting = learn_existing_connections(&mut ebpf, aya_btf.as_ref(), &support);
+        match &preexisting {
+            Ok(n) => tracing::info!(connections = n, "learnt the TCP connections already open"),
+            Err(reason) => tracing::warn!(
+                %reason,
+                "could not walk the existing TCP sockets: connections older than the agent are \
+                 learnt at their next state change, without their direction"
+            ),
+        }
         let decoder = Decoder::new(support.reset_reasons.iter().cloned());
         Ok(Probes {
             ebpf,
             status,
+            preexisting,
+            watch_all: opts.watch_all,
+            hint_count: 0,
             support,
             decoder,
         })
+    }
+
+    /// Whether every cgroup's events go to userspace (`--watch-all`).
+    pub fn watches_all(&self) -> bool {
+        self.watch_all
     }
 
     pub fn attached(&self) -> usize {
@@ -468,20 +512,58 @@ impl Probes {
         &self.decoder
     }
 
-    /// Takes the ring buffer; events are read from the returned stream.
+    /// Takes the ring buffers (TCP events and control events); events are read from the
+    /// returned stream, both rings merged in time order.
     pub fn events(&mut self) -> Result<EventStream, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map(names::EVENTS)
-            .ok_or(ProbeError::RingBufferTaken)?;
-        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: names::EVENTS,
-            source,
-        })?;
+        let mut take = |name: &'static str| -> Result<RingBuf<MapData>, ProbeError> {
+            let map = self
+                .ebpf
+                .take_map(name)
+                .ok_or(ProbeError::RingBufferTaken)?;
+            RingBuf::try_from(map).map_err(|source| ProbeError::Map { name, source })
+        };
+        let ring = take(names::EVENTS)?;
+        let control = take(names::CONTROL)?;
         Ok(EventStream {
             ring,
+            control,
             decoder: self.decoder.clone(),
         })
+    }
+
+    /// Every cgroup the kernel watches now, with when and why it began. Also tells the hot
+    /// probe how many there are (`WATCH_HINT`): with none, it skips most state changes.
+    pub fn watched_cgroups(&mut self) -> Result<Vec<(u64, WatchEntry)>, ProbeError> {
+        // Read before the walk: the walk includes every watch made up to this count.
+        let made = self.hint()?.get(&0, 0).unwrap_or(0);
+        // Entries can vanish while we iterate; skip those.
+        let watched: Vec<_> = self.watched()?.iter().filter_map(Result::ok).collect();
+        let count = watched.len() as u64;
+        // The count first, then what it includes: in between, a new watch still shows.
+        self.set_hint(1, count)?;
+        self.set_hint(2, made)?;
+        self.hint_count = count;
+        Ok(watched)
+    }
+
+    fn hint(&mut self) -> Result<Array<&mut MapData, u64>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(names::WATCH_HINT)
+            .ok_or(ProbeError::MissingMap(names::WATCH_HINT))?;
+        Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: names::WATCH_HINT,
+            source,
+        })
+    }
+
+    fn set_hint(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
+        self.hint()?
+            .set(index, value, 0)
+            .map_err(|source| ProbeError::Map {
+                name: names::WATCH_HINT,
+                source,
+            })
     }
 
     fn watched(&mut self) -> Result<BpfHashMap<&mut MapData, u64, WatchEntry>, ProbeError> {
@@ -507,7 +589,10 @@ impl Probes {
             .map_err(|source| ProbeError::Map {
                 name: names::WATCHED,
                 source,
-            })
+            })?;
+        // The hot probe looks further only while something is watched.
+        self.hint_count += 1;
+        self.set_hint(1, self.hint_count)
     }
 
     /// Stops sending this cgroup's events (a missing entry is not an error).
@@ -583,6 +668,8 @@ impl Probes {
             a.resets_sent += s.resets_sent;
             a.resets_received += s.resets_received;
             a.closed_by_exit += s.closed_by_exit;
+            a.events_lost += s.events_lost;
+            a.untracked += s.untracked;
             a
         }))
     }
@@ -617,10 +704,135 @@ impl Probes {
         let sum = |i: u32| map.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         Ok(KernelCounters {
             ringbuf_lost: sum(counter::RINGBUF_LOST),
+            control_lost: sum(counter::CONTROL_LOST),
             resets_rate_limited: sum(counter::RESETS_RATE_LIMITED),
             live_map_failed: sum(counter::LIVE_MAP_FAILED),
+            watch_map_failed: sum(counter::WATCH_MAP_FAILED),
         })
     }
+}
+
+/// Runs the TCP socket iterator: every connection open now goes into `LIVE_CONNS` with its
+/// cgroup and direction. A TCP iterator walks the network namespace it is created in, so it
+/// is run in the agent's own, and — when the agent may enter namespaces (CAP_SYS_ADMIN, e.g.
+/// standalone as root) — in every other one it can find: those of the processes it sees in
+/// `/proc`, and the named ones in `/run/netns` (where CNI plugins keep pods'). Returns how
+/// many connections the kernel knows from the walk.
+fn learn_existing_connections(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    support: &KernelSupport,
+) -> Result<usize, String> {
+    if support.features() & feature::SOCK_TUPLE == 0 {
+        return Err("socket fields (sock_common) not resolved from BTF".into());
+    }
+    let btf = btf.ok_or("kernel BTF could not be read by the loader")?;
+    let program = ebpf
+        .program_mut(names::LEARN_PROGRAM)
+        .ok_or_else(|| format!("program {} is not in the object", names::LEARN_PROGRAM))?;
+    let iter: &mut Iter = program.try_into().map_err(|e| format!("{e}"))?;
+    iter.load("tcp", btf).map_err(|e| {
+        format!(
+            "load (the TCP iterator needs Linux 5.9+): {}",
+            error_chain(&e)
+        )
+    })?;
+    walk_once(iter)?;
+    let others = other_netns();
+    if !others.is_empty() {
+        // setns changes the calling thread's namespace only: walk from a thread of our own.
+        let walked = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut walked = 0usize;
+                    for ns in &others {
+                        // SAFETY: setns with a valid namespace fd, on this thread only.
+                        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                            return Err(std::io::Error::last_os_error().to_string());
+                        }
+                        walk_once(iter)?;
+                        walked += 1;
+                    }
+                    Ok::<_, String>(walked)
+                })
+                .join()
+        });
+        match walked {
+            Ok(Ok(n)) => tracing::debug!(namespaces = n + 1, "walked the TCP sockets"),
+            Ok(Err(e)) => tracing::info!(
+                reason = %e,
+                "walked the TCP sockets of the agent's own network namespace only"
+            ),
+            Err(_) => return Err("the namespace walk panicked".into()),
+        }
+    }
+    let map = ebpf
+        .map(names::LIVE_CONNS)
+        .ok_or_else(|| format!("no map {}", names::LIVE_CONNS))?;
+    let map: BpfHashMap<&MapData, u64, LiveConn> =
+        BpfHashMap::try_from(map).map_err(|e| e.to_string())?;
+    Ok(map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, c)| c.flags & termscope_common::flags::PREEXISTING != 0)
+        .count())
+}
+
+/// One walk of the TCP sockets of the calling thread's network namespace.
+fn walk_once(iter: &mut Iter) -> Result<(), String> {
+    use std::io::Read;
+    let link_id = iter
+        .attach()
+        .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+    let link = iter
+        .take_link(link_id)
+        .map_err(|e| format!("link: {}", error_chain(&e)))?;
+    let mut file = link
+        .into_file()
+        .map_err(|e| format!("iterator file: {}", error_chain(&e)))?;
+    // Reading runs the walk (the program writes nothing).
+    let mut sink = Vec::new();
+    file.read_to_end(&mut sink)
+        .map_err(|e| format!("running the walk: {e}"))?;
+    Ok(())
+}
+
+/// Network namespaces other than ours that we can open, one fd each (by inode).
+fn other_netns() -> Vec<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(own) = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::from([own]);
+    let mut candidates: Vec<std::path::PathBuf> = Vec::new();
+    for dir in ["/run/netns", "/var/run/netns"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            candidates.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        candidates.extend(
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .map(|e| e.path().join("ns/net")),
+        );
+    }
+    candidates
+        .into_iter()
+        .filter_map(|path| {
+            let ino = std::fs::metadata(&path).ok()?.ino();
+            if !seen.insert(ino) {
+                return None;
+            }
+            std::fs::File::open(&path).ok()
+        })
+        .collect()
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> Result<(), String> {
@@ -661,65 +873,111 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 pub use crate::clock::{boot_ns, wall_ns};
 
-/// Events from the ring buffer.
+/// How often userspace drains the TCP events' ring, which the kernel fills without waking it
+/// (it wakes it only when half full). Short enough that a report is never held up by it.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Decodes everything waiting in both rings, in time order: a stop signal (control ring) is
+/// handled before the TCP events it made the kernel send (TCP ring).
+fn drain_rings(
+    ring: &mut RingBuf<MapData>,
+    control: &mut RingBuf<MapData>,
+    decoder: &Decoder,
+) -> Vec<Result<Event, DecodeError>> {
+    let mut out = Vec::new();
+    while let Some(item) = control.next() {
+        out.push(decoder.decode(&item));
+    }
+    let from_control = out.len();
+    while let Some(item) = ring.next() {
+        out.push(decoder.decode(&item));
+    }
+    if from_control > 0 && out.len() > from_control {
+        // Each ring is in order already: a stable sort by time merges them.
+        out.sort_by_key(|e| e.as_ref().map_or(0, Event::ts_ns));
+    }
+    out
+}
+
+/// Events from the ring buffers.
 pub struct EventStream {
     ring: RingBuf<MapData>,
+    control: RingBuf<MapData>,
     decoder: Decoder,
 }
 
 impl EventStream {
     /// Takes every event waiting now, without blocking.
     pub fn drain(&mut self) -> Vec<Result<Event, DecodeError>> {
-        let mut out = Vec::new();
-        while let Some(item) = self.ring.next() {
-            out.push(self.decoder.decode(&item));
-        }
-        out
+        drain_rings(&mut self.ring, &mut self.control, &self.decoder)
     }
 
-    /// Waits (blocking the thread) up to `timeout` for the ring buffer to have data, then
-    /// drains it. For tools and tests without an async runtime.
+    /// Waits (blocking the thread) up to `timeout` for a wake-up from either ring, then drains
+    /// both. For tools and tests without an async runtime.
     pub fn wait(&mut self, timeout: std::time::Duration) -> Vec<Result<Event, DecodeError>> {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.control.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
+        // SAFETY: two valid pollfds.
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
         self.drain()
     }
 
     /// An async stream for the tokio event loop.
     pub fn into_async(self) -> Result<AsyncEventStream, ProbeError> {
         let decoder = self.decoder;
-        // SAFETY: the ring buffer owns its fd, and it stays open and the same for as long as
-        // the AsyncFd owns the RingBuf.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
-        Ok(AsyncEventStream { fd, decoder })
+        let register = |ring| {
+            // SAFETY: the ring buffer owns its fd, and it stays open and the same for as long
+            // as the AsyncFd owns the RingBuf.
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| ProbeError::Poll(e.into_parts().1))
+        };
+        let ring = register(self.ring)?;
+        let control = register(self.control)?;
+        let mut timer = tokio::time::interval(DRAIN_INTERVAL);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(AsyncEventStream {
+            ring,
+            control,
+            timer,
+            decoder,
+        })
     }
 }
 
-/// Events from the ring buffer, for the tokio event loop.
+/// Events from the ring buffers, for the tokio event loop.
 pub struct AsyncEventStream {
-    fd: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<RingBuf<MapData>>,
+    control: AsyncFd<RingBuf<MapData>>,
+    timer: tokio::time::Interval,
     decoder: Decoder,
 }
 
 impl AsyncEventStream {
-    /// Waits for events and returns all that are ready.
+    /// Waits for a control event, a half-full TCP ring or the drain timer, and returns all
+    /// events that are ready.
     pub async fn next_batch(&mut self) -> Result<Vec<Result<Event, DecodeError>>, ProbeError> {
         loop {
-            let mut guard = self.fd.readable_mut().await.map_err(ProbeError::Poll)?;
-            let ring = guard.get_inner_mut();
-            let mut out = Vec::new();
-            while let Some(item) = ring.next() {
-                out.push(self.decoder.decode(&item));
+            tokio::select! {
+                guard = self.control.readable_mut() => {
+                    guard.map_err(ProbeError::Poll)?.clear_ready();
+                }
+                guard = self.ring.readable_mut() => {
+                    guard.map_err(ProbeError::Poll)?.clear_ready();
+                }
+                _ = self.timer.tick() => {}
             }
-            guard.clear_ready();
+            let out = drain_rings(self.ring.get_mut(), self.control.get_mut(), &self.decoder);
             if !out.is_empty() {
                 return Ok(out);
             }

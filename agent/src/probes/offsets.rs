@@ -80,6 +80,14 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         skb_dev: member(btf, &m("sk_buff", "dev", 8), &mut un),
         net_device_net: member(btf, &m("net_device", "nd_net.net", 8), &mut un),
         siginfo_code: member(btf, &m("kernel_siginfo", "si_code", 4), &mut un),
+        skc_daddr: member(btf, &m("sock_common", "skc_daddr", 4), &mut un),
+        skc_rcv_saddr: member(btf, &m("sock_common", "skc_rcv_saddr", 4), &mut un),
+        skc_dport: member(btf, &m("sock_common", "skc_dport", 2), &mut un),
+        skc_num: member(btf, &m("sock_common", "skc_num", 2), &mut un),
+        skc_family: member(btf, &m("sock_common", "skc_family", 2), &mut un),
+        skc_state: member(btf, &m("sock_common", "skc_state", 1), &mut un),
+        skc_v6_daddr: member(btf, &m("sock_common", "skc_v6_daddr", 16), &mut un),
+        skc_v6_rcv_saddr: member(btf, &m("sock_common", "skc_v6_rcv_saddr", 16), &mut un),
         _pad: 0,
     };
     let all = |offs: &[u32]| offs.iter().all(|&x| x != OFFSET_MISSING);
@@ -102,6 +110,18 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     }
     if all(&[o.task_pid, o.task_tgid, o.task_comm]) {
         features |= feature::TASK_IDS;
+    }
+    if all(&[
+        o.skc_daddr,
+        o.skc_rcv_saddr,
+        o.skc_dport,
+        o.skc_num,
+        o.skc_family,
+        o.skc_state,
+        o.skc_v6_daddr,
+        o.skc_v6_rcv_saddr,
+    ]) {
+        features |= feature::SOCK_TUPLE;
     }
     ResolvedKernel {
         offsets: o,
@@ -340,7 +360,8 @@ mod tests {
             | feature::TASK_NETNS
             | feature::SKB_NETNS
             | feature::TASK_EXIT
-            | feature::TASK_IDS;
+            | feature::TASK_IDS
+            | feature::SOCK_TUPLE;
         assert_eq!(r.features, all);
         // sock_common is the first member of sock, and skc_net lies within it.
         assert!(r.offsets.sock_net < btf.struct_size("sock_common")?);

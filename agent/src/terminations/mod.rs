@@ -477,6 +477,25 @@ impl Engine {
         vec![Action::Snapshot(cgroup_id)]
     }
 
+    /// Opens a termination for a cgroup the kernel has been watching since `since_ns`
+    /// because of a stop signal whose event never reached userspace (its ring buffer was full,
+    /// or the agent was not running). Nothing happens when one is already open.
+    pub fn open_from_kernel(
+        &mut self,
+        cgroup_id: u64,
+        identity: Option<Identity>,
+        since_ns: u64,
+    ) -> Vec<Action> {
+        if cgroup_id <= ROOT_CGROUP || self.open.contains_key(&cgroup_id) {
+            return Vec::new();
+        }
+        self.open.insert(
+            cgroup_id,
+            Termination::new(cgroup_id, "kernel_watch", identity, 0, since_ns),
+        );
+        vec![Action::Snapshot(cgroup_id)]
+    }
+
     /// Gives an open termination the identity of its cgroup when it opened without one.
     pub fn set_identity(&mut self, cgroup_id: u64, identity: Identity) {
         if let Some(t) = self.open.get_mut(&cgroup_id)
@@ -883,6 +902,7 @@ impl Engine {
                     },
                 })
                 .collect(),
+            incomplete: None,
         }
     }
 }

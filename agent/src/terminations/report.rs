@@ -272,6 +272,29 @@ pub struct TerminationReport {
     pub connections: Vec<Connection>,
     pub connections_omitted: u32,
     pub exits: Vec<Exit>,
+    /// Present when the report may miss something: events of this container were lost while
+    /// it was collected, its stop signal never reached the agent, or connections could not be
+    /// tracked. The flag `incomplete`
+    /// goes with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<Incomplete>,
+}
+
+/// What a report may miss (see [`TerminationReport::incomplete`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incomplete {
+    /// Events of this container that the kernel could not hand to the agent (a ring buffer
+    /// was full) while the termination was being collected: the kernel's own count.
+    pub events_lost: u64,
+    /// The stop signal that began the termination never reached the agent: the termination
+    /// was opened from the kernel's watch of the container (`opened_by: kernel_watch`).
+    #[serde(default)]
+    pub stop_signal_missed: bool,
+    /// Connections of this container the kernel could not keep in its live-connection map
+    /// (it was full, see `--max-live-connections`) while the termination was being
+    /// collected: they are in the report only if they changed state during it.
+    #[serde(default)]
+    pub connections_untracked: u64,
 }
 
 /// A process that exited during the termination.

@@ -1,0 +1,248 @@
+//! The kernel side's state on the real kernel: nothing forgotten, no stop signal lost, losses
+//! shown in the affected report only. Real processes in their own cgroups and network
+//! namespaces; the agent pipeline in the test process.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use termscope::{
+    probes::LoadOptions,
+    terminations::report::{Direction, Outcome, Verdict},
+};
+use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test, python, scripts};
+
+const PORT: u16 = 8080;
+
+/// A server in its own cgroup and netns that accepts one connection and holds it.
+fn holding_server(prefix: &str) -> Result<(TestCgroup, NetNs, Proc)> {
+    let cg = TestCgroup::new(prefix)?;
+    let ns = NetNs::new(prefix)?;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u").arg(scripts().join("tcp_server.py")).args([
+        "4",
+        "127.0.0.1",
+        &PORT.to_string(),
+        "hold",
+    ]);
+    let mut proc = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
+    proc.expect_line("listening")?;
+    Ok((cg, ns, proc))
+}
+
+/// Connects to the holding server from its netns (from outside its cgroup) and waits until
+/// the server has accepted.
+fn connect(ns: &NetNs, server: &mut Proc) -> Result<TcpStream> {
+    let addr: SocketAddr = ([127, 0, 0, 1], PORT).into();
+    let stream = ns.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))??;
+    server.expect_line("accepted")?;
+    Ok(stream)
+}
+
+/// A process that sleeps until a signal ends it (no handler: the default action kills it).
+fn sleeper(prefix: &str) -> Result<(TestCgroup, Proc)> {
+    let cg = TestCgroup::new(prefix)?;
+    let mut p = Proc::spawn(
+        &mut python("import time\nprint('ready', flush=True)\ntime.sleep(120)"),
+        &cg,
+        None,
+    )?;
+    p.expect_line("ready")?;
+    Ok((cg, p))
+}
+
+/// A connection established before the agent started, cut by the server's death after: it is
+/// in the report, cut, inbound (learnt by the start-up walk of the kernel's sockets), with its
+/// client's port. A connection out of the same container, also older than the agent, is
+/// outbound.
+#[test]
+fn a_connection_older_than_the_agent_is_counted() -> Result<()> {
+    kernel_test!();
+    let (cg, ns, mut server) = holding_server("old")?;
+    let client = connect(&ns, &mut server)?;
+    let client_port = client.local_addr()?.port();
+
+    // An outgoing connection of the same container, to a listener outside it.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let peer_port = peer.local_addr()?.port();
+    let mut dialer = Proc::spawn(
+        &mut python(&format!(
+            "import socket, time\n\
+             c = socket.create_connection(('127.0.0.1', {peer_port}))\n\
+             print('connected', flush=True)\n\
+             time.sleep(120)\n"
+        )),
+        &cg,
+        None,
+    )?;
+    dialer.expect_line("connected")?;
+    let (accepted, _) = peer.accept()?;
+
+    let mut agent = Agent::start(Duration::from_secs(20))?;
+    let learnt = agent.pipeline.probes().preexisting.clone();
+    assert!(
+        learnt.as_ref().is_ok_and(|n| *n >= 2),
+        "start-up walk: {learnt:?}"
+    );
+    agent.pump(Duration::from_millis(200), None)?;
+    cg.signal_all(libc::SIGKILL)?;
+    let report = agent.report_for(cg.id, Duration::from_secs(15))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+
+    let out = report
+        .connections
+        .iter()
+        .find(|c| c.remote.port() == peer_port)
+        .context("the outgoing connection is not in the report")?;
+    assert_eq!(out.direction, Direction::Outbound, "{out:?}");
+    assert_eq!(out.verdict, Verdict::ClosedByExit, "{out:?}");
+    let conn = report
+        .connections
+        .iter()
+        .find(|c| c.remote.port() == client_port)
+        .with_context(|| format!("client port {client_port} not in the report"))?;
+    assert_eq!(conn.verdict, Verdict::ClosedByExit, "{conn:?}");
+    assert_eq!(conn.direction, Direction::Inbound, "{conn:?}");
+    assert_eq!(report.counts.cut, 2);
+    assert_eq!(report.outcome, Outcome::Killed);
+    assert!(report.incomplete.is_none(), "{:?}", report.incomplete);
+    drop((client, accepted));
+    Ok(())
+}
+
+/// The control ring is full (a watched container execs in a loop while nobody reads) when a
+/// stop signal comes for another container: its event is lost, but the kernel watches that
+/// container, and the agent opens its termination from the kernel's watch. The report says it
+/// is incomplete, and why.
+#[test]
+fn a_lost_stop_signal_is_reported_from_the_kernel_watch() -> Result<()> {
+    kernel_test!();
+    let opts = LoadOptions {
+        control_ring_bytes: 4096,
+        ..LoadOptions::default()
+    };
+    let mut agent = Agent::start_with(&opts, Duration::from_secs(20))?;
+    let noisy = TestCgroup::new("noisy")?;
+    agent.pipeline.watch_explicit(noisy.id)?;
+    let (target, mut sleeper) = sleeper("lostsig")?;
+
+    // 200 execs and exits in a watched cgroup: far more than 4 KiB of control events.
+    let mut storm = Proc::spawn(
+        Command::new("sh").args(["-c", "for i in $(seq 200); do /bin/true; done; echo done"]),
+        &noisy,
+        None,
+    )?;
+    storm.expect_line("done")?;
+    sleeper.signal(libc::SIGTERM)?;
+    sleeper.child.wait()?;
+    let counters = agent.pipeline.probes().counters()?;
+    ensure!(
+        counters.control_lost > 0,
+        "the control ring never filled: {counters:?}"
+    );
+
+    let report = agent.report_for(target.id, Duration::from_secs(15))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    assert_eq!(report.opened_by, "kernel_watch");
+    assert!(report.has_flag("incomplete"), "{:?}", report.flags);
+    let incomplete = report.incomplete.context("no `incomplete`")?;
+    assert!(incomplete.stop_signal_missed);
+    assert!(incomplete.events_lost >= 1, "{incomplete:?}");
+    assert_eq!(report.subject.cgroup_path, target.path);
+    Ok(())
+}
+
+/// A flood of TCP events from a watched container fills the TCP ring while nobody reads. Two
+/// other containers are stopped meanwhile: one without connections, one holding a connection
+/// whose close falls into the full ring. Both are reported (the stop signals have their own
+/// ring); only the second is `incomplete`, with the count of its own lost events.
+#[test]
+fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> Result<()> {
+    kernel_test!();
+    let opts = LoadOptions {
+        ring_buffer_bytes: 4096,
+        ..LoadOptions::default()
+    };
+    let mut agent = Agent::start_with(&opts, Duration::from_secs(20))?;
+    let noisy = TestCgroup::new("flood")?;
+    let noisy_ns = NetNs::new("flood")?;
+    agent.pipeline.watch_explicit(noisy.id)?;
+    let (quiet, mut quiet_proc) = sleeper("quiet")?;
+    let (holder, holder_ns, mut holder_proc) = holding_server("holder")?;
+    let client = connect(&holder_ns, &mut holder_proc)?;
+    agent.pump(Duration::from_millis(300), None)?;
+
+    let mut flood = Proc::spawn(
+        &mut python(
+            "import socket\n\
+             ls = socket.socket()\n\
+             ls.bind(('127.0.0.1', 9000))\n\
+             ls.listen(512)\n\
+             for i in range(300):\n\
+             \x20   c = socket.create_connection(('127.0.0.1', 9000))\n\
+             \x20   a, _ = ls.accept()\n\
+             \x20   c.close()\n\
+             \x20   a.close()\n\
+             print('done', flush=True)\n",
+        ),
+        &noisy,
+        Some(&noisy_ns),
+    )?;
+    flood.expect_line("done")?;
+    quiet_proc.signal(libc::SIGKILL)?;
+    holder_proc.signal(libc::SIGKILL)?;
+    quiet_proc.child.wait()?;
+    holder_proc.child.wait()?;
+    let counters = agent.pipeline.probes().counters()?;
+    ensure!(
+        counters.ringbuf_lost > 0,
+        "the TCP ring never filled: {counters:?}"
+    );
+    assert_eq!(counters.control_lost, 0);
+
+    let quiet_report = agent.report_for(quiet.id, Duration::from_secs(15))?;
+    let holder_report = agent.report_for(holder.id, Duration::from_secs(15))?;
+    println!("{}", serde_json::to_string_pretty(&holder_report)?);
+    assert_eq!(quiet_report.opened_by, "stop_signal");
+    assert!(
+        quiet_report.incomplete.is_none(),
+        "{:?}",
+        quiet_report.incomplete
+    );
+    assert_eq!(holder_report.opened_by, "stop_signal");
+    let incomplete = holder_report
+        .incomplete
+        .context("the holder's close was lost, but its report is not incomplete")?;
+    assert!(incomplete.events_lost >= 1, "{incomplete:?}");
+    assert!(!incomplete.stop_signal_missed);
+    drop(client);
+    Ok(())
+}
+
+/// The runtime removes the cgroup right after the last exit (runc does within milliseconds):
+/// the report still names the container (resolved when the stop signal arrived), and comes
+/// after the linger, not as `survived` after the survive timeout.
+#[test]
+fn the_cgroup_removed_right_after_the_last_exit() -> Result<()> {
+    kernel_test!();
+    let mut agent = Agent::start(Duration::from_secs(60))?;
+    let (cg, ns, mut server) = holding_server("gone")?;
+    let client = connect(&ns, &mut server)?;
+    agent.pump(Duration::from_millis(200), None)?;
+    server.signal(libc::SIGKILL)?;
+    // The agent reads the stop signal as it comes, as it does running.
+    agent.pump(Duration::from_millis(200), None)?;
+    server.child.wait()?;
+    std::fs::remove_dir(&cg.dir).context("removing the cgroup")?;
+    let report = agent.report_for(cg.id, Duration::from_secs(10))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    assert_eq!(report.subject.cgroup_path, cg.path);
+    assert_eq!(report.outcome, Outcome::Killed);
+    assert!(!report.has_flag("survived"), "{:?}", report.flags);
+    assert_eq!(report.counts.closed_by_exit, 1);
+    drop(client);
+    Ok(())
+}
