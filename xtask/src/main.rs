@@ -2,6 +2,7 @@
 
 mod demo;
 mod deploy;
+mod image;
 mod kernels;
 mod setup;
 mod tasks;
@@ -131,6 +132,26 @@ enum Command {
         #[arg(last = true, value_name = "CARGO_BENCH_ARGS")]
         args: Vec<String>,
     },
+    /// Build the agent's container image as an OCI archive, reproducibly, from the release
+    /// binary (no base image, no registry, no Docker)
+    ///
+    /// The image holds /termscope, the shared libraries it links (copied from this machine),
+    /// and the DaemonSet's mount points; entrypoint `/termscope agent`. The same binary and
+    /// libraries give the same digest. Writes target/image/termscope-<version>.oci.tar and
+    /// prints its digest; load it with `ctr -n k8s.io images import`, push it with
+    /// `skopeo copy oci-archive:<file> docker://<registry>/termscope:<version>`.
+    #[command(verbatim_doc_comment)]
+    Image {
+        /// The image's name (default termscope:<version>, what deploy/ asks for).
+        #[arg(long)]
+        name: Option<String>,
+        /// Package this binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// Where to write the archive.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Write deploy/prometheus-rule.yaml (the Prometheus Operator's PrometheusRule) from
     /// deploy/alerts/rules.yaml, the one source of termscope's alerts.
     ///
@@ -177,6 +198,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench { args } => tasks::bench(&ctx, &args),
         Command::Demo { signal } => demo::demo(&ctx, &signal),
         Command::GenAlerts { check } => deploy::gen_alerts(&ctx, check),
+        Command::Image {
+            name,
+            binary,
+            output,
+        } => image::image(&ctx, name, binary, output),
     }
 }
 
