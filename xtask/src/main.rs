@@ -77,7 +77,7 @@ enum Command {
     ///   2. cargo fmt --all -- --check
     ///   3. cargo clippy --workspace --exclude termscope-ebpf --all-targets -- -D warnings
     ///   4. cargo test --workspace --exclude termscope-ebpf [ARGS]
-    ///   5. as root, unless --no-vms: cargo xtask test-kernels 6.1 6.12 (in VMs)
+    ///   5. as root, unless --no-vms: cargo xtask test-kernels 6.12 (in a VM)
     ///
     /// The kernel tests need root; as another user they skip (run `sudo -E cargo xtask test`).
     /// As root or with CI=true, TERMSCOPE_REQUIRE_KERNEL_TESTS=1 is set so a skipped kernel test
