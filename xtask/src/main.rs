@@ -102,7 +102,7 @@ enum Command {
         #[arg(long, default_value = "TERM")]
         signal: String,
     },
-    /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
+    /// Run setup, install the references (bpftrace, libbpf-tools), then the agent's benchmarks (`cargo bench -p termscope`).
     ///
     /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
     Bench {
