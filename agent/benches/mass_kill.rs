@@ -2,11 +2,12 @@
 //! (probes, attribution, termination engine, default ring sizes and live-connection map).
 //!
 //! 1. The agent pipeline starts in this process (nothing watched).
-//! 2. A server process in a cgroup of its own accepts N loopback connections from a client
-//!    process in this process's cgroup (both re-runs of this binary), and holds them idle:
+//! 2. Server processes in a cgroup of their own accept N loopback connections from client
+//!    processes in this process's cgroup (all re-runs of this binary; as many of each as the
+//!    open-file limit needs), and hold them idle:
 //!    the agent's RSS is printed before and with the N idle connections on the node.
-//! 3. This process SIGKILLs the server (from outside its cgroup, as a runtime does). The
-//!    kernel closes its N sockets in the dying task; the agent reports the termination after
+//! 3. This process SIGKILLs every server process (from outside their cgroup, as a runtime
+//!    does). The kernel closes the N sockets in the dying tasks; the agent reports the termination after
 //!    its linger. Printed: the connections the report counts (all must be there), events
 //!    lost (kernel counters and the report's `incomplete`), the agent's RSS (now and peak),
 //!    and how long after the kill the report came out, next to the linger.
@@ -66,15 +67,29 @@ fn exit_with(r: Result<(), Error>) -> ! {
 }
 
 fn raise_nofile(n: u64) -> Result<(), Error> {
+    let hard = nofile_limit()?;
     let rlim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+        rlim_cur: n.min(hard),
+        rlim_max: hard,
     };
     // SAFETY: setrlimit with a valid pointer to a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) } != 0 {
         return Err(format!("RLIMIT_NOFILE {n}: {}", std::io::Error::last_os_error()).into());
     }
     Ok(())
+}
+
+/// This process's hard limit on open files.
+fn nofile_limit() -> Result<u64, Error> {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(rlim.rlim_max)
 }
 
 fn count_from_env() -> Result<usize, Error> {
@@ -267,26 +282,42 @@ fn bench(conns: usize) -> Result<(), Error> {
     let (rss_idle, _) = rss_mib();
 
     let cg = Cgroup::new()?;
-    let mut server = Killed(spawn("server", conns, Some(&cg.dir))?);
-    let mut server_out = BufReader::new(server.0.stdout.take().ok_or("server stdout")?);
-    let ports = expect_line(&mut server_out, "ports")?;
-    let mut client = Killed(spawn("client", conns, None)?);
-    let mut client_in = client.0.stdin.take().ok_or("client stdin")?;
-    writeln!(client_in, "{ports}")?;
-    let mut client_out = BufReader::new(client.0.stdout.take().ok_or("client stdout")?);
+    // Without CAP_SYS_RESOURCE a process cannot raise its open-file limit above the hard
+    // limit it has: the container's connections are spread over worker processes (as a
+    // multi-worker server's are), each with a client process of its own outside the cgroup.
+    let per_worker = nofile_limit()?.saturating_sub(1024).clamp(1, 50_000) as usize;
+    let workers = conns.div_ceil(per_worker);
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    let mut waiters = Vec::new();
     let opened = Instant::now();
-    // The agent keeps running while the connections open (their events are the kernel's).
-    let waiter = std::thread::spawn(move || -> Result<(), String> {
-        expect_line(&mut client_out, "ready").map_err(|e| e.to_string())?;
-        expect_line(&mut server_out, "ready").map_err(|e| e.to_string())?;
-        Ok(())
-    });
-    while !waiter.is_finished() {
+    for w in 0..workers {
+        let n = per_worker.min(conns - w * per_worker);
+        let mut server = Killed(spawn("server", n, Some(&cg.dir))?);
+        let mut server_out = BufReader::new(server.0.stdout.take().ok_or("server stdout")?);
+        let ports = expect_line(&mut server_out, "ports")?;
+        let mut client = Killed(spawn("client", n, None)?);
+        let mut client_in = client.0.stdin.take().ok_or("client stdin")?;
+        writeln!(client_in, "{ports}")?;
+        let mut client_out = BufReader::new(client.0.stdout.take().ok_or("client stdout")?);
+        // The agent keeps running while the connections open.
+        waiters.push(std::thread::spawn(move || -> Result<(), String> {
+            expect_line(&mut client_out, "ready").map_err(|e| e.to_string())?;
+            expect_line(&mut server_out, "ready").map_err(|e| e.to_string())?;
+            Ok(())
+        }));
+        servers.push(server);
+        clients.push((client, client_in));
+    }
+    while !waiters.iter().all(|w| w.is_finished()) {
         agent.run_for(Duration::from_millis(200), |_| false)?;
     }
-    waiter.join().map_err(|_| "waiter panicked")??;
+    for w in waiters {
+        w.join().map_err(|_| "waiter panicked")??;
+    }
     println!(
-        "  {conns} connections open in {:.1} s (server in cgroup {}, client outside it)",
+        "  {conns} connections open in {:.1} s ({workers} server processes in cgroup {}, \
+         {workers} client processes outside it)",
         opened.elapsed().as_secs_f64(),
         cg.id
     );
@@ -298,14 +329,18 @@ fn bench(conns: usize) -> Result<(), Error> {
     );
 
     let killed = Instant::now();
-    // SAFETY: kill on our own child's pid.
-    unsafe { libc::kill(server.0.id() as i32, libc::SIGKILL) };
+    for server in &servers {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(server.0.id() as i32, libc::SIGKILL) };
+    }
     let target = cg.id;
     let report = agent.run_for(linger + Duration::from_secs(60), |reports| {
         reports.iter().any(|r| r.subject.cgroup_id == target)
     })?;
     let out_after = killed.elapsed();
-    let _ = server.0.wait();
+    for server in &mut servers {
+        let _ = server.0.wait();
+    }
     let counters_after = agent.pipeline.probes().counters()?;
     let (rss_done, rss_peak) = rss_mib();
     let Some(report) = report else {
@@ -343,8 +378,7 @@ fn bench(conns: usize) -> Result<(), Error> {
         "  agent RSS: {rss_done:.1} MiB after the report, peak {rss_peak:.1} MiB; {} events handled",
         agent.events
     );
-    drop(client_in);
-    drop(client);
+    drop(clients);
     agent.run_for(Duration::from_secs(3), |_| false)?;
     let (rss_after, _) = rss_mib();
     println!("  agent RSS: {rss_after:.1} MiB after the client closed its {conns} ends");
