@@ -13,7 +13,8 @@
 //!    and how long after the kill the report came out, next to the linger.
 //!
 //! Root only. Run with `cargo xtask bench` (or `cargo bench -p termscope --bench mass_kill`).
-//! `TERMSCOPE_BENCH_KILL_CONNS` sets N (100,000).
+//! `TERMSCOPE_BENCH_KILL_CONNS` sets N (100,000), `TERMSCOPE_BENCH_RING_KIB` the TCP ring's
+//! size (default: the agent's).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -263,8 +264,18 @@ impl AgentLoop {
 }
 
 fn bench(conns: usize) -> Result<(), Error> {
-    println!("mass kill: {conns} connections of one cgroup, SIGKILLed at once");
-    let mut probes = Probes::load(&LoadOptions::default())?;
+    let mut opts = LoadOptions::default();
+    if let Some(kib) = std::env::var("TERMSCOPE_BENCH_RING_KIB")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        opts.ring_buffer_bytes = kib * 1024;
+    }
+    println!(
+        "mass kill: {conns} connections of one cgroup, SIGKILLed at once; TCP ring {} KiB",
+        opts.ring_buffer_bytes / 1024
+    );
+    let mut probes = Probes::load(&opts)?;
     let stream = probes.events()?;
     let cfg = EngineConfig {
         node: "bench".into(),
