@@ -244,8 +244,10 @@ async fn agent(args: AgentArgs) -> Result<()> {
         stdout: !args.no_stdout_reports,
     });
     report_log.open()?;
+    let kube_timeout = termscope::kube::watch::ApiTimeout::from_secs(args.kube_api_timeout_secs);
     let kube_client = termscope::kube::watch::client_from_env(
         args.kubeconfig.as_deref().map(std::path::Path::as_os_str),
+        kube_timeout,
     )
     .await
     .context("reading the Kubernetes configuration (--kubeconfig, $KUBECONFIG, or the pod's service account)")?;
@@ -339,8 +341,13 @@ async fn agent(args: AgentArgs) -> Result<()> {
             let health = Arc::new(termscope::kube::watch::ApiHealth::default());
             status.set_kube(health.clone());
             kube_health = Some(health.clone());
-            let (rx, _task) =
-                termscope::kube::watch::spawn(client.clone(), node.clone(), 4096, health);
+            let (rx, _task) = termscope::kube::watch::spawn(
+                client.clone(),
+                node.clone(),
+                4096,
+                health,
+                kube_timeout,
+            );
             tracing::info!(
                 %node,
                 "Kubernetes mode: watching this node's pods and the endpoint slices; a pod's \

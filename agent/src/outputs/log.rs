@@ -155,16 +155,25 @@ impl ReportLog {
         id: &str,
         record: &impl serde::Serialize,
     ) -> Result<(), WriteErrors> {
-        let mut line = serde_json::to_string(record).map_err(|source| {
+        let serialize = |source| {
             WriteErrors(vec![LogError::Serialize {
                 id: id.to_string(),
                 source,
             }])
-        })?;
+        };
+        let mut line = serde_json::to_string(record).map_err(serialize)?;
         line.push('\n');
         let stdout = if self.cfg.stdout {
+            // Log shippers read stdout through containerd, which splits lines over 16 KiB.
+            let short;
+            let bounded = if line.len() > super::bound::STDOUT_MAX_LINE {
+                short = super::bound::stdout_line(record).map_err(serialize)?;
+                &short
+            } else {
+                &line
+            };
             let mut out = io::stdout().lock();
-            out.write_all(line.as_bytes())
+            out.write_all(bounded.as_bytes())
                 .and_then(|()| out.flush())
                 .map_err(LogError::Stdout)
         } else {
