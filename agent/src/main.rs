@@ -174,6 +174,9 @@ impl Outputs {
             self.count_failures(&e);
             tracing::warn!(error = %e, id = %pod.id, "the pod report was not written (it is still served by the API)");
         }
+        if self.log.take_stdout_shortened() {
+            self.metrics.stdout_report_shortened();
+        }
         self.pods
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -199,6 +202,9 @@ impl Outputs {
             if let Err(e) = self.log.write(&report) {
                 self.count_failures(&e);
                 tracing::warn!(error = %e, id = %report.id, "the report was not written (it is still served by the API)");
+            }
+            if self.log.take_stdout_shortened() {
+                self.metrics.stdout_report_shortened();
             }
             self.store
                 .write()
@@ -304,6 +310,9 @@ async fn agent(args: AgentArgs) -> Result<()> {
         }
     }
 
+    if let Err(why) = doctor::bpf_syscall_allowed() {
+        bail!("the bpf() system call is {why}");
+    }
     let mut probes = Probes::load(&opts).context("loading the kernel programs")?;
     let attached = probes.attached();
     tracing::info!(

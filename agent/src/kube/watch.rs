@@ -247,7 +247,16 @@ struct HealthState {
     /// Per watcher (`Pod`, `EndpointSlice`): whether it has listed once.
     listed: HashMap<&'static str, bool>,
     /// Per watcher (and [`PROBE`]): why it fails and since when, until it works again.
-    failing: HashMap<&'static str, (Instant, String)>,
+    failing: HashMap<&'static str, Failure>,
+}
+
+#[derive(Debug)]
+struct Failure {
+    since: Instant,
+    why: String,
+    /// The server answered, with an error (403, 500...): only the watcher's own success ends
+    /// it. Otherwise (no answer, no connection) the server answering the probe ends it.
+    answered: bool,
 }
 
 /// The name of the `GET /version` probe among the watchers' health entries.
@@ -273,21 +282,27 @@ impl ApiHealth {
         });
     }
 
-    fn failed(&self, kind: &'static str, error: String) {
+    fn failed(&self, kind: &'static str, error: String, answered: bool) {
         let why = if kind == PROBE {
             format!("the Kubernetes API server does not answer GET /version: {error}")
         } else {
             format!("the Kubernetes API server fails the {kind} watch: {error}")
         };
-        self.with(|s| s.failing.insert(kind, (Instant::now(), why)));
+        let failure = Failure {
+            since: Instant::now(),
+            why,
+            answered,
+        };
+        self.with(|s| s.failing.insert(kind, failure));
     }
 
-    /// The probe sent at `sent` was answered: the server answers, so failures from before
-    /// `sent` are over (a watch that still fails fails again within the timeout).
+    /// The probe sent at `sent` was answered: the server answers, so the failures to answer
+    /// from before `sent` are over (a watch that still gets no answer fails again within the
+    /// timeout). Errors the server answered with stay until their watcher works.
     fn probe_answered(&self, sent: Instant) {
         self.with(|s| {
             s.failing.remove(PROBE);
-            s.failing.retain(|_, (since, _)| *since >= sent);
+            s.failing.retain(|_, f| f.answered || f.since >= sent);
         });
     }
 
@@ -296,8 +311,8 @@ impl ApiHealth {
         self.with(|s| {
             let mut failing: Vec<_> = s.failing.iter().collect();
             failing.sort_by_key(|(kind, _)| **kind);
-            if let Some((_, (_, why))) = failing.first() {
-                return Err(why.clone());
+            if let Some((_, failure)) = failing.first() {
+                return Err(failure.why.clone());
             }
             let mut waiting: Vec<&str> = s
                 .listed
@@ -387,7 +402,7 @@ pub async fn probe(
                     tracing::warn!(%error, "kubernetes: the API server does not answer GET /version");
                 }
                 answering = false;
-                health.failed(PROBE, error);
+                health.failed(PROBE, error, false);
             }
         }
     }
@@ -492,6 +507,17 @@ impl Watched for EndpointSlice {
     }
 }
 
+/// Whether a watcher's error is an answer of the server (an error status) rather than no
+/// answer (a timeout, no connection).
+fn answered(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => true,
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => matches!(e, kube::Error::Api(_)),
+    }
+}
+
 fn now() -> UnixNanos {
     UnixNanos(crate::clock::wall_ns())
 }
@@ -546,7 +572,7 @@ async fn run_watcher<K: Watched>(
                 }
             }
             Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
-            Err(error) => health.failed(K::KIND, error.to_string()),
+            Err(error) => health.failed(K::KIND, error.to_string(), answered(error)),
         }
         let update = match item {
             Ok(watcher::Event::Init) => {
@@ -827,6 +853,27 @@ contexts:
         assert_eq!(config.read_timeout, Some(Duration::from_secs(7)));
         assert_eq!(config.connect_timeout, Some(Duration::from_secs(7)));
         assert!(config.reset_reader_on_write);
+    }
+
+    /// The probe ends failures to answer from before it, not errors the server answered
+    /// with (a 403 stays until the watch works: no flapping between the watcher's retries).
+    #[test]
+    fn the_probe_ends_only_failures_to_answer() {
+        let health = ApiHealth::default();
+        health.failed("Pod", "timed out".into(), false);
+        health.failed("EndpointSlice", "403 forbidden".into(), true);
+        health.probe_answered(Instant::now());
+        assert_eq!(
+            health.check(),
+            Err("the Kubernetes API server fails the EndpointSlice watch: 403 forbidden".into())
+        );
+        health.works("EndpointSlice", false);
+        assert_eq!(health.check(), Ok(()));
+        // A failure after the probe was sent stays.
+        let sent = Instant::now();
+        health.failed("Pod", "timed out".into(), false);
+        health.probe_answered(sent);
+        assert!(health.check().is_err());
     }
 
     fn version_json() -> Value {
