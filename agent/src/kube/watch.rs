@@ -907,7 +907,7 @@ contexts:
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
                 let done = match phase {
-                    0 => listed && health.check().is_ok(),
+                    0 => listed && !watch_asked.is_empty() && health.check().is_ok(),
                     1 => health.check().is_err_and(|e| {
                         e == "the Kubernetes API server does not answer GET /version: \
                               no answer within 2s"
@@ -926,12 +926,14 @@ contexts:
                     req = api.next_request() => {
                         let Some((req, reply)) = req else { panic!("client gone") };
                         let uri = req.uri().to_string();
+                        if uri.contains("watch=true") {
+                            watch_asked.clone_from(&uri);
+                        }
                         if phase == 1 {
                             held.push(reply);
                         } else if uri == "/version" {
                             respond(reply, StatusCode::OK, &version_json());
                         } else if uri.contains("watch=true") {
-                            watch_asked = uri;
                             held.push(reply);
                         } else {
                             respond(reply, StatusCode::OK, &list("Pod", "100", vec![]));
