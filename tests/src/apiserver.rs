@@ -1204,7 +1204,7 @@ async fn run_watch(
             }
         };
         tokio::select! {
-            _ = hung.wait_for(|h| *h) => continue,
+            () = async { let _ = hung.wait_for(|h| *h).await; } => continue,
             _ = until_deadline => return,
             _ = generation.changed() => return,
             _ = tx.closed() => return,
