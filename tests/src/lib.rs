@@ -433,7 +433,14 @@ impl Kernel {
         let not_attached: Vec<_> = probes
             .status
             .iter()
-            .filter(|s| s.state != termscope::probes::ProbeState::Attached)
+            // A probe another one stands in for on this kernel is fine (`doctor` says which).
+            .filter(|s| {
+                !matches!(
+                    s.state,
+                    termscope::probes::ProbeState::Attached
+                        | termscope::probes::ProbeState::NotNeeded(_)
+                )
+            })
             .map(|s| format!("{}: {:?}", s.program, s.state))
             .collect();
         if !not_attached.is_empty() {

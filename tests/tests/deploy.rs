@@ -1214,3 +1214,51 @@ fn the_dashboard_is_importable() -> Result<()> {
     }
     Ok(())
 }
+
+/// The optional memlock component (kernels before 5.11) adds exactly CAP_SYS_RESOURCE to the
+/// agent, in an overlay as an operator would write it; nothing else changes.
+#[test]
+fn memlock_component_adds_only_sys_resource() -> Result<()> {
+    let Some((_, base)) = rendered()? else {
+        return Ok(());
+    };
+    let dir = TempDir::new("memlock-overlay")?;
+    // kustomize wants relative paths: from the overlay up to / and down to deploy/.
+    let up = "../".repeat(dir.path.components().count().saturating_sub(1));
+    let deploy_rel = format!(
+        "{up}{}",
+        deploy().display().to_string().trim_start_matches('/')
+    );
+    dir.write(
+        "kustomization.yaml",
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - {deploy_rel}\ncomponents:\n  - {deploy_rel}/components/memlock\n"
+        ),
+    )?;
+    let Some(out) = run_tool(
+        Command::new("kubectl").arg("kustomize").arg(&dir.path),
+        "kubectl; Debian package kubernetes-client",
+    )?
+    else {
+        return Ok(());
+    };
+    ensure!(out.status.success(), "kustomize: {}", text(&out));
+    let docs = yaml_documents(&String::from_utf8(out.stdout)?)?;
+    let caps = |docs: &[Value]| -> Result<Vec<String>> {
+        let ds = one(docs, "DaemonSet")?;
+        Ok(ds
+            .pointer("/spec/template/spec/containers/0/securityContext/capabilities/add")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    assert_eq!(caps(&base)?, ["BPF", "PERFMON"]);
+    assert_eq!(caps(&docs)?, ["BPF", "PERFMON", "SYS_RESOURCE"]);
+    assert_eq!(docs.len(), base.len());
+    Ok(())
+}
