@@ -398,10 +398,7 @@ mod tests {
         assert_eq!(line.matches('\n').count(), 1);
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON value");
-        assert_eq!(
-            v["counts"],
-            serde_json::to_value(&r.counts).expect("counts")
-        );
+        assert_eq!(v["counts"], serde_json::to_value(r.counts).expect("counts"));
         assert_eq!(
             v["outcome"],
             serde_json::to_value(r.outcome).expect("outcome")
