@@ -14,4 +14,5 @@ pub mod kube;
 pub mod outputs;
 pub mod pipeline;
 pub mod probes;
+pub mod restart;
 pub mod terminations;
