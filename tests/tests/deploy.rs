@@ -328,7 +328,7 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
     }
 
     // Mounts: the host's BTF, cgroup hierarchy and tracefs read-only where the agent looks for
-    // them, the log writable, and nothing else (no /sys/fs/bpf: nothing is pinned).
+    // them, the log, the pinned maps (bpffs) and the state file writable, and nothing else.
     let volumes: BTreeMap<&str, &str> = pod
         .get("volumes")
         .and_then(Value::as_array)
@@ -358,6 +358,8 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
         ("/sys/fs/cgroup", "/sys/fs/cgroup", true),
         ("/sys/kernel/tracing", "/sys/kernel/tracing", true),
         ("/var/log/termscope", "/var/log/termscope", false),
+        ("/sys/fs/bpf", "/sys/fs/bpf", false),
+        ("/var/lib/termscope", "/var/lib/termscope", false),
     ]
     .iter()
     .map(|(h, m, ro)| (h.to_string(), m.to_string(), *ro))
