@@ -51,6 +51,12 @@ pub mod feature {
     /// `sock_common` addresses, ports, family and state: existing connections can be learnt
     /// at start-up by walking the kernel's TCP sockets (a BPF iterator).
     pub const SOCK_TUPLE: u64 = 1 << 6;
+    /// With [`SOCK_CGROUP`]: the socket's cgroup is read from `sk_cgrp_data.val` (kernels
+    /// before 5.15), a pointer only while bit 0 is clear (set, it holds net_cls/net_prio data).
+    pub const SOCK_CGROUP_TAGGED: u64 = 1 << 7;
+    /// `sk_buff -> head, data, network_header, transport_header`: the headers of a dropped
+    /// packet (refusals seen at `skb:kfree_skb` where `tcp_send_reset` does not see them).
+    pub const SKB_HEADERS: u64 = 1 << 8;
 }
 
 /// Bits of [`EventHeader::flags`].
@@ -459,6 +465,7 @@ pub struct Config {
     pub unowned_reset_rate: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
+    pub legacy: LegacyOffsets,
 }
 
 impl Config {
@@ -470,6 +477,58 @@ impl Config {
         unowned_reset_rate: 0,
         kernel: KernelOffsets::MISSING,
         tracepoints: TracepointOffsets::MISSING,
+        legacy: LegacyOffsets::MISSING,
+    };
+}
+
+/// What the programs read on kernels older than the layouts above: `tcp_send_reset` before
+/// 6.8 (4-byte `saddr`/`daddr`, `saddr_v6`/`daddr_v6`, ports; no `family` before 5.13, no
+/// `reason`), and refusals seen at `skb:kfree_skb` where `tcp_send_reset` never fires for a
+/// segment without a socket. [`OFFSET_MISSING`] where a field does not exist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegacyOffsets {
+    pub send_reset_sport: u32,
+    pub send_reset_dport: u32,
+    pub send_reset_family: u32,
+    pub send_reset_saddr4: u32,
+    pub send_reset_daddr4: u32,
+    pub send_reset_saddr_v6: u32,
+    pub send_reset_daddr_v6: u32,
+    /// `skb:kfree_skb` fields.
+    pub kfree_skb_skbaddr: u32,
+    pub kfree_skb_protocol: u32,
+    /// Since 5.17; missing on older kernels.
+    pub kfree_skb_reason: u32,
+    /// The value of `SKB_DROP_REASON_NO_SOCKET` ([`OFFSET_MISSING`] without drop reasons).
+    pub drop_reason_no_socket: u32,
+    /// `sk_buff` members.
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub _pad: u32,
+}
+
+impl LegacyOffsets {
+    /// Every field missing.
+    pub const MISSING: Self = Self {
+        send_reset_sport: OFFSET_MISSING,
+        send_reset_dport: OFFSET_MISSING,
+        send_reset_family: OFFSET_MISSING,
+        send_reset_saddr4: OFFSET_MISSING,
+        send_reset_daddr4: OFFSET_MISSING,
+        send_reset_saddr_v6: OFFSET_MISSING,
+        send_reset_daddr_v6: OFFSET_MISSING,
+        kfree_skb_skbaddr: OFFSET_MISSING,
+        kfree_skb_protocol: OFFSET_MISSING,
+        kfree_skb_reason: OFFSET_MISSING,
+        drop_reason_no_socket: OFFSET_MISSING,
+        skb_head: OFFSET_MISSING,
+        skb_data: OFFSET_MISSING,
+        skb_network_header: OFFSET_MISSING,
+        skb_transport_header: OFFSET_MISSING,
+        _pad: 0,
     };
 }
 

@@ -163,6 +163,10 @@ fn sock_cgroup_id(sk: u64) -> Option<u64> {
         return None;
     }
     let cgrp: u64 = read_at(sk, cfg!(kernel.sock_cgroup))?;
+    // Before 5.15 the member is `val`: bit 0 set means it holds net_cls/net_prio data.
+    if has(feature::SOCK_CGROUP_TAGGED) && cgrp & 1 != 0 {
+        return None;
+    }
     cgroup_id_of(cgrp)
 }
 
@@ -529,6 +533,20 @@ fn addr_field(ctx: &TracePointContext, family: u16, v4: u32, v6: u32) -> [u8; 16
     out
 }
 
+/// The family of a pre-6.8 reset record: its `family` field when it has one (5.13+), else
+/// from `saddr_v6`, which the kernel fills with a v4-mapped address for IPv4 sockets.
+#[inline(always)]
+fn legacy_family(ctx: &TracePointContext, family_off: u32, saddr_v6_off: u32) -> u16 {
+    if let Some(family) = field::<u16>(ctx, family_off) {
+        return family;
+    }
+    match field::<[u8; 16]>(ctx, saddr_v6_off) {
+        Some(a) if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff => AF_INET,
+        Some(_) => AF_INET6,
+        None => 0,
+    }
+}
+
 /// The socket's cgroup, or `current`'s when the socket's cannot be read (flagged).
 #[inline(always)]
 fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
@@ -876,10 +894,6 @@ fn mark_reset(
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let sk = field::<u64>(&ctx, cfg!(tracepoints.send_reset_skaddr)).unwrap_or(0);
-    let skb = field::<u64>(&ctx, cfg!(tracepoints.send_reset_skbaddr)).unwrap_or(0);
-    let state = field::<i32>(&ctx, cfg!(tracepoints.send_reset_state)).unwrap_or(0) as u8;
-    let reason = field::<u32>(&ctx, cfg!(tracepoints.send_reset_reason)).unwrap_or(0);
     let (family, local_port, local_addr) = sockaddr_field(&ctx, cfg!(tracepoints.send_reset_saddr));
     let (_, remote_port, remote_addr) = sockaddr_field(&ctx, cfg!(tracepoints.send_reset_daddr));
     let tuple = Tuple {
@@ -890,6 +904,47 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         local_addr,
         remote_addr,
     };
+    send_reset(&ctx, tuple)
+}
+
+/// `tcp_send_reset` before 6.8 (attached instead of the above there): the record has ports
+/// and `saddr_v6`/`daddr_v6`, which hold a v4-mapped address for IPv4; `family` only since
+/// 5.13; it only fires with a socket.
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset_legacy(ctx: TracePointContext) -> u32 {
+    let local = field::<[u8; 16]>(&ctx, cfg!(legacy.send_reset_saddr_v6)).unwrap_or([0; 16]);
+    let remote = field::<[u8; 16]>(&ctx, cfg!(legacy.send_reset_daddr_v6)).unwrap_or([0; 16]);
+    let mut tuple = Tuple {
+        family: AF_INET6,
+        local_port: field::<u16>(&ctx, cfg!(legacy.send_reset_sport)).unwrap_or(0),
+        remote_port: field::<u16>(&ctx, cfg!(legacy.send_reset_dport)).unwrap_or(0),
+        _pad: 0,
+        local_addr: local,
+        remote_addr: remote,
+    };
+    let mapped = local[..10] == [0; 10] && local[10] == 0xff && local[11] == 0xff;
+    let family = field::<u16>(&ctx, cfg!(legacy.send_reset_family)).unwrap_or(if mapped {
+        AF_INET
+    } else {
+        AF_INET6
+    });
+    if family == AF_INET {
+        tuple.family = AF_INET;
+        tuple.local_addr = [0; 16];
+        tuple.remote_addr = [0; 16];
+        tuple.local_addr[..4].copy_from_slice(&local[12..16]);
+        tuple.remote_addr[..4].copy_from_slice(&remote[12..16]);
+    }
+    send_reset(&ctx, tuple)
+}
+
+/// What both `tcp_send_reset` programs do with the record's socket.
+#[inline(always)]
+fn send_reset(ctx: &TracePointContext, tuple: Tuple) -> u32 {
+    let sk = field::<u64>(ctx, cfg!(tracepoints.send_reset_skaddr)).unwrap_or(0);
+    let skb = field::<u64>(ctx, cfg!(tracepoints.send_reset_skbaddr)).unwrap_or(0);
+    let state = field::<i32>(ctx, cfg!(tracepoints.send_reset_state)).unwrap_or(0) as u8;
+    let reason = field::<u32>(ctx, cfg!(tracepoints.send_reset_reason)).unwrap_or(0);
 
     // Only full sockets carry a cgroup; timewait and request sockets share `sock_common`.
     let full_sock = sk != 0 && state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV;
@@ -949,7 +1004,12 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if !is_watched(cgroup_id) {
         return 0;
     }
-    let family = field::<u16>(&ctx, cfg!(tracepoints.recv_reset_family)).unwrap_or(0);
+    // No `family` before 5.13.
+    let family = legacy_family(
+        &ctx,
+        cfg!(tracepoints.recv_reset_family),
+        cfg!(tracepoints.recv_reset_saddr_v6),
+    );
     let tuple = Tuple {
         family,
         local_port: field::<u16>(&ctx, cfg!(tracepoints.recv_reset_sport)).unwrap_or(0),
@@ -980,6 +1040,101 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         _pad: [0; 6],
     };
     emit(&event, cgroup_id);
+    0
+}
+
+/// Refusals where `tcp_send_reset` does not see them (before 6.8 it only fires with a
+/// socket): a SYN for which TCP found no socket is freed here after the kernel answered it
+/// with a reset. With drop reasons (5.17+) only `NO_SOCKET` drops are looked at; before, a
+/// SYN freed by TCP itself (the packet is at its transport header, past netfilter). Off the
+/// hot path: it runs for dropped packets only, and userspace attaches it only on such kernels.
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let no_socket = cfg!(legacy.drop_reason_no_socket);
+    if no_socket != OFFSET_MISSING
+        && field::<u32>(&ctx, cfg!(legacy.kfree_skb_reason)) != Some(no_socket)
+    {
+        return 0;
+    }
+    // ETH_P_IP / ETH_P_IPV6, in host order in the record.
+    let is_v6 = match field::<u16>(&ctx, cfg!(legacy.kfree_skb_protocol)) {
+        Some(0x0800) => false,
+        Some(0x86dd) => true,
+        _ => return 0,
+    };
+    if !has(feature::SKB_HEADERS) {
+        return 0;
+    }
+    let Some(skb) = field::<u64>(&ctx, cfg!(legacy.kfree_skb_skbaddr)) else {
+        return 0;
+    };
+    let Some(head) = read_at::<u64>(skb, cfg!(legacy.skb_head)) else {
+        return 0;
+    };
+    let Some(data) = read_at::<u64>(skb, cfg!(legacy.skb_data)) else {
+        return 0;
+    };
+    let Some(th) = read_at::<u16>(skb, cfg!(legacy.skb_transport_header)) else {
+        return 0;
+    };
+    let Some(nh) = read_at::<u16>(skb, cfg!(legacy.skb_network_header)) else {
+        return 0;
+    };
+    if th == 0xffff || nh == 0xffff {
+        return 0;
+    }
+    let tcp = head + th as u64;
+    if no_socket == OFFSET_MISSING && data != tcp {
+        return 0; // not dropped by TCP itself
+    }
+    let ip = head + nh as u64;
+    let mut tuple = Tuple::default();
+    if is_v6 {
+        // nexthdr at 6 (no extension headers before TCP), addresses at 8 and 24.
+        if read_at::<u8>(ip, 6) != Some(IPPROTO_TCP as u8) {
+            return 0;
+        }
+        tuple.family = AF_INET6;
+        tuple.remote_addr = read_at::<[u8; 16]>(ip, 8).unwrap_or([0; 16]);
+        tuple.local_addr = read_at::<[u8; 16]>(ip, 24).unwrap_or([0; 16]);
+    } else {
+        if read_at::<u8>(ip, 9) != Some(IPPROTO_TCP as u8) {
+            return 0;
+        }
+        tuple.family = AF_INET;
+        let src = read_at::<[u8; 4]>(ip, 12).unwrap_or([0; 4]);
+        let dst = read_at::<[u8; 4]>(ip, 16).unwrap_or([0; 4]);
+        tuple.remote_addr[..4].copy_from_slice(&src);
+        tuple.local_addr[..4].copy_from_slice(&dst);
+    }
+    let Some(hdr) = read_at::<[u8; 14]>(tcp, 0) else {
+        return 0;
+    };
+    // A connection attempt: SYN without ACK or RST (the kernel answers it with RST|ACK).
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    if hdr[13] & (SYN | RST | ACK) != SYN {
+        return 0;
+    }
+    tuple.remote_port = u16::from_be_bytes([hdr[0], hdr[1]]);
+    tuple.local_port = u16::from_be_bytes([hdr[2], hdr[3]]);
+    let netns = skb_netns(skb);
+    if !unowned_reset_allowed(netns) {
+        return 0;
+    }
+    let event = TcpResetEvent {
+        header: header(kind::TCP_RESET, flags::NO_SOCKET, 0),
+        conn_id: 0,
+        skaddr: 0,
+        tuple,
+        netns,
+        reason: 0,
+        state: 0,
+        direction: RESET_SENT,
+        _pad: [0; 6],
+    };
+    emit(&event, 0);
     0
 }
 

@@ -101,6 +101,15 @@ pub enum Command {
     Report(ReportArgs),
     /// Print each new termination report of a running agent as it appears, until Ctrl-C.
     Watch(WatchArgs),
+    /// Print the agent's seccomp profile (JSON), or install it on this node: what the
+    /// DaemonSet's init container does before the agent container, which runs under it, is
+    /// created (deploy/README.md).
+    SeccompProfile {
+        /// Write the profile to this file (atomically; left alone when it already holds it),
+        /// e.g. /var/lib/kubelet/seccomp/termscope/agent.json.
+        #[arg(long, value_name = "FILE")]
+        install: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

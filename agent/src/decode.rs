@@ -518,7 +518,13 @@ impl Decoder {
                 } else {
                     ResetDirection::Sent
                 };
+                let no_socket = h.flags & flags::NO_SOCKET != 0;
                 let reason = match direction {
+                    // Kernels before 6.10 name no reasons; a reset without a socket is still
+                    // known to be for that.
+                    ResetDirection::Sent if self.reset_reasons.is_empty() && no_socket => {
+                        Some("no_socket".to_string())
+                    }
                     ResetDirection::Sent => self.reset_reasons.get(&e.reason).cloned(),
                     ResetDirection::Received => None,
                 };
@@ -529,7 +535,7 @@ impl Decoder {
                     direction,
                     reason,
                     reason_code: e.reason,
-                    no_socket: h.flags & flags::NO_SOCKET != 0,
+                    no_socket,
                     state: tcp_state_name(e.state),
                     addrs: Addrs::from_raw(&e.tuple),
                     netns: e.netns,
@@ -694,6 +700,27 @@ mod tests {
         assert_eq!(r.reason.as_deref(), Some("no_socket"));
         assert!(r.no_socket);
         assert_eq!(r.direction, ResetDirection::Sent);
+    }
+
+    /// Kernels before 6.10 have no `enum sk_rst_reason`: a reset without a socket is still
+    /// named `no_socket`, one with a socket has no reason.
+    #[test]
+    fn resets_without_kernel_reasons() {
+        let mut r = TcpResetEvent {
+            header: header(kind::TCP_RESET, flags::NO_SOCKET),
+            direction: termscope_common::RESET_SENT,
+            ..Default::default()
+        };
+        let d = Decoder::default();
+        let Ok(Event::TcpReset(decoded)) = d.decode(&bytes_of(&r)) else {
+            panic!("not decoded")
+        };
+        assert_eq!(decoded.reason.as_deref(), Some("no_socket"));
+        r.header.flags = 0;
+        let Ok(Event::TcpReset(decoded)) = d.decode(&bytes_of(&r)) else {
+            panic!("not decoded")
+        };
+        assert_eq!(decoded.reason, None);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use termscope_common::feature;
+
 use crate::{
     attribute::cgroupfs,
     probes::{self, KernelSupport, LoadOptions, ProbeState, Probes},
@@ -200,6 +202,7 @@ pub fn run() -> Report {
                         Status::Warn,
                         format!("attached, degraded: {}", s.degraded.join("; ")),
                     ),
+                    ProbeState::NotNeeded(r) => (Status::Ok, format!("not needed: {r}")),
                     ProbeState::Disabled(r) => (Status::Fail, format!("disabled: {r}")),
                     ProbeState::Failed(r) => (Status::Fail, format!("failed: {r}")),
                 };
@@ -209,6 +212,31 @@ pub fn run() -> Report {
                     detail,
                 )));
             }
+            let attached = |program: &str| {
+                probes
+                    .status
+                    .iter()
+                    .any(|s| s.program == program && s.state == ProbeState::Attached)
+            };
+            let support = &probes.support;
+            let features = support.kernel.as_ref().map_or(0, |k| k.features);
+            let facts = KernelFacts {
+                version: kernel_version(&release),
+                send_reset: attached("tcp_send_reset"),
+                legacy_send_reset: support.legacy_send_reset(),
+                kfree_skb: attached(probes::KFREE_SKB),
+                drop_reasons: support.drop_reasons(),
+                reset_reasons: support.reset_reasons(),
+                sock_cgroup: if features & feature::SOCK_CGROUP == 0 {
+                    SockCgroup::Missing
+                } else if features & feature::SOCK_CGROUP_TAGGED != 0 {
+                    SockCgroup::Tagged
+                } else {
+                    SockCgroup::Pointer
+                },
+                memlock: probes::memlock(),
+            };
+            checks.extend(feature_checks(&facts));
             checks.push(essential(check(
                 "ring buffer",
                 Status::Ok,
@@ -230,9 +258,216 @@ pub fn run() -> Report {
     Report { checks }
 }
 
+/// `(major, minor)` of a release such as `5.10.0-32-amd64`.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// How a socket's cgroup is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockCgroup {
+    /// `sk_cgrp_data.cgroup` (5.15+).
+    Pointer,
+    /// `sk_cgrp_data.val` (before 5.15): a pointer unless net_cls/net_prio tagged the socket.
+    Tagged,
+    Missing,
+}
+
+/// What the kernel-dependent features rest on, as found by loading the probes.
+#[derive(Debug, Clone)]
+pub struct KernelFacts {
+    pub version: Option<(u32, u32)>,
+    pub send_reset: bool,
+    pub legacy_send_reset: bool,
+    pub kfree_skb: bool,
+    pub drop_reasons: bool,
+    pub reset_reasons: bool,
+    pub sock_cgroup: SockCgroup,
+    /// RLIMIT_MEMLOCK after trying to raise it: unlimited, and the current limit in bytes.
+    pub memlock: Option<(bool, u64)>,
+}
+
+/// One line per feature that differs between kernels: how it works here, or which verdicts
+/// its absence affects.
+pub fn feature_checks(f: &KernelFacts) -> Vec<Check> {
+    let mut out = Vec::new();
+    out.push(
+        match (
+            f.legacy_send_reset,
+            f.send_reset,
+            f.kfree_skb,
+            f.drop_reasons,
+        ) {
+            (false, true, _, _) => check(
+                "feature: refusals",
+                Status::Ok,
+                "seen at tcp_send_reset (a reset without a socket): `refused`, late traffic",
+            ),
+            (true, _, true, true) => check(
+                "feature: refusals",
+                Status::Ok,
+                "seen at skb:kfree_skb, drop reason NO_SOCKET (before 6.8 tcp_send_reset does not \
+             fire without a socket): `refused`, late traffic",
+            ),
+            (true, _, true, false) => check(
+                "feature: refusals",
+                Status::Ok,
+                "seen at skb:kfree_skb: a SYN freed by TCP itself (no drop reasons before 5.17, so \
+             a SYN TCP drops for another reason, e.g. a bad checksum, also counts): `refused`, \
+             late traffic",
+            ),
+            _ => check(
+                "feature: refusals",
+                Status::Warn,
+                "not seen: the `refused` verdict and late traffic (connections refused after the \
+             listener closed) are never reported",
+            ),
+        },
+    );
+    out.push(if f.reset_reasons {
+        check(
+            "feature: reset reasons",
+            Status::Ok,
+            "the kernel's reason for each reset sent (enum sk_rst_reason)",
+        )
+    } else {
+        check(
+            "feature: reset reasons",
+            Status::Warn,
+            "none before 6.10: reports show no `reset_reason` for resets sent; no verdict \
+             depends on it",
+        )
+    });
+    out.push(match f.sock_cgroup {
+        SockCgroup::Pointer => check(
+            "feature: socket cgroup",
+            Status::Ok,
+            "sock->sk_cgrp_data.cgroup: connections belong to the cgroup that opened them",
+        ),
+        SockCgroup::Tagged => check(
+            "feature: socket cgroup",
+            Status::Ok,
+            "sock->sk_cgrp_data.val (before 5.15); a socket tagged by the net_cls/net_prio v1 \
+             controllers falls back to the current task's cgroup, flagged",
+        ),
+        SockCgroup::Missing => check(
+            "feature: socket cgroup",
+            Status::Warn,
+            "not resolved: connections are attributed to the current task's cgroup, wrong in \
+             softirq context: `reset_by_peer`, `closed_by_exit` and `completed` can be missed \
+             or misattributed",
+        ),
+    });
+    let before_5_11 = f.version.is_some_and(|v| v < (5, 11));
+    out.push(match (before_5_11, f.memlock) {
+        (false, _) => check(
+            "feature: BPF memory",
+            Status::Ok,
+            "charged to the memory cgroup (5.11+); RLIMIT_MEMLOCK does not apply",
+        ),
+        (true, Some((true, _))) => check(
+            "feature: BPF memory",
+            Status::Ok,
+            "charged to RLIMIT_MEMLOCK before 5.11: raised to unlimited",
+        ),
+        (true, Some((false, cur))) => check(
+            "feature: BPF memory",
+            Status::Warn,
+            format!(
+                "charged to RLIMIT_MEMLOCK before 5.11, which is {} KiB and could not be \
+                 raised (needs CAP_SYS_RESOURCE: deploy/components/memlock): maps may fail \
+                 to load",
+                cur / 1024
+            ),
+        ),
+        (true, None) => check(
+            "feature: BPF memory",
+            Status::Warn,
+            "charged to RLIMIT_MEMLOCK before 5.11, which could not be read",
+        ),
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn facts() -> KernelFacts {
+        KernelFacts {
+            version: Some((6, 18)),
+            send_reset: true,
+            legacy_send_reset: false,
+            kfree_skb: false,
+            drop_reasons: true,
+            reset_reasons: true,
+            sock_cgroup: SockCgroup::Pointer,
+            memlock: Some((false, 8 << 20)),
+        }
+    }
+
+    fn statuses(f: &KernelFacts) -> Vec<(String, Status)> {
+        feature_checks(f)
+            .into_iter()
+            .map(|c| (c.name, c.status))
+            .collect()
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("5.10.0-32-amd64"), Some((5, 10)));
+        assert_eq!(kernel_version("6.12.117+deb13-amd64"), Some((6, 12)));
+        assert_eq!(kernel_version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(kernel_version("unknown"), None);
+    }
+
+    #[test]
+    fn features_per_kernel() {
+        // 6.18: everything from the newest layouts.
+        assert!(statuses(&facts()).iter().all(|(_, s)| *s == Status::Ok));
+        // 6.1: refusals at kfree_skb with drop reasons; no reset reasons.
+        let f61 = KernelFacts {
+            version: Some((6, 1)),
+            legacy_send_reset: true,
+            kfree_skb: true,
+            reset_reasons: false,
+            ..facts()
+        };
+        let c = feature_checks(&f61);
+        assert!(c[0].detail.contains("NO_SOCKET"), "{:?}", c[0]);
+        assert_eq!(c[0].status, Status::Ok);
+        assert_eq!(c[1].status, Status::Warn);
+        // 5.10: no drop reasons, tagged socket cgroup, memlock.
+        let f510 = KernelFacts {
+            version: Some((5, 10)),
+            drop_reasons: false,
+            sock_cgroup: SockCgroup::Tagged,
+            memlock: Some((true, u64::MAX)),
+            ..f61.clone()
+        };
+        let c = feature_checks(&f510);
+        assert!(c[0].detail.contains("no drop reasons"), "{:?}", c[0]);
+        assert!(c[2].detail.contains("sk_cgrp_data.val"), "{:?}", c[2]);
+        assert_eq!(c[3].status, Status::Ok);
+        let f510_limited = KernelFacts {
+            memlock: Some((false, 8 << 20)),
+            ..f510.clone()
+        };
+        let c = feature_checks(&f510_limited);
+        assert_eq!(c[3].status, Status::Warn);
+        assert!(c[3].detail.contains("8192 KiB"), "{:?}", c[3]);
+        // Refusals not seen at all name the verdicts they affect.
+        let none = KernelFacts {
+            kfree_skb: false,
+            ..f510
+        };
+        let c = feature_checks(&none);
+        assert_eq!(c[0].status, Status::Warn);
+        assert!(c[0].detail.contains("`refused`"), "{:?}", c[0]);
+    }
 
     #[test]
     fn capabilities() {

@@ -15,4 +15,5 @@ pub mod outputs;
 pub mod pipeline;
 pub mod probes;
 pub mod restart;
+pub mod seccomp;
 pub mod terminations;

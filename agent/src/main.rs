@@ -75,6 +75,21 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Report(args) => cli::report(args),
         Command::Watch(args) => cli::watch(args),
+        Command::SeccompProfile { install } => {
+            match install {
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    write!(out, "{}", termscope::seccomp::PROFILE)?;
+                    out.flush()?;
+                }
+                Some(path) => {
+                    let done = termscope::seccomp::install(&path)
+                        .context("installing the seccomp profile")?;
+                    tracing::info!(path = %path.display(), result = ?done, "seccomp profile");
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -104,6 +104,23 @@ pub mod v1 {
         pub readonly_rootfs: bool,
         #[prost(bool, tag = "6")]
         pub privileged: bool,
+        #[prost(message, optional, tag = "9")]
+        pub seccomp: Option<SecurityProfile>,
+    }
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum ProfileType {
+        RuntimeDefault = 0,
+        Unconfined = 1,
+        Localhost = 2,
+    }
+    /// A seccomp (or AppArmor) profile: `localhost_ref` is the profile file's absolute path.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SecurityProfile {
+        #[prost(enumeration = "ProfileType", tag = "1")]
+        pub profile_type: i32,
+        #[prost(string, tag = "2")]
+        pub localhost_ref: String,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct LinuxContainerResources {
@@ -315,6 +332,12 @@ pub mod v1 {
         pub run_as_user: Option<Int64Value>,
         #[prost(bool, tag = "7")]
         pub readonly_rootfs: bool,
+        #[prost(bool, tag = "11")]
+        pub no_new_privs: bool,
+        #[prost(message, optional, tag = "12")]
+        pub run_as_group: Option<Int64Value>,
+        #[prost(message, optional, tag = "15")]
+        pub seccomp: Option<SecurityProfile>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct LinuxContainerConfig {

@@ -26,8 +26,15 @@
 //!    removed with its containers, the pod cgroup is removed, the endpoint leaves the slice,
 //!    and the Pod object is deleted.
 //!
-//! Not done: restarts (restartPolicy), probes, init containers, volumes other than host
-//! mounts, resource limits on the pod cgroup, Events from kubelet, and the watch-driven
+//! Init containers ([`PodSpec::init_containers`]) run one after the other, each to a zero
+//! exit, before the app containers are created, as kubelet runs them. A container's security
+//! context ([`ContainerSpec::security`]: capabilities, uid/gid, read-only root, no_new_privs,
+//! seccomp profile) and the sandbox's seccomp profile go to CRI as kubelet sends them; a
+//! Localhost seccomp profile is the absolute path kubelet makes of `localhostProfile` under
+//! its seccomp directory. Container memory and CPU limits go to CRI's `resources`.
+//!
+//! Not done: restarts (restartPolicy), probes (a test runs them itself), volumes other than
+//! host mounts, resource limits on the pod cgroup, Events from kubelet, and the watch-driven
 //! asynchrony of the real thing (here each step runs when the test calls it).
 
 use std::{
@@ -115,6 +122,14 @@ pub struct ContainerSpec {
     /// `ports[].containerPort` (TCP), also the EndpointSlice ports.
     pub ports: Vec<u16>,
     pub pre_stop: Option<PreStop>,
+    /// The container's security context as kubelet sends it (its namespace options are
+    /// always the pod's). `None`: only the namespace options, as before (no seccomp profile
+    /// asked for: containerd runs the container unconfined).
+    pub security: Option<v1::LinuxContainerSecurityContext>,
+    /// `resources.limits.memory` in bytes (0: none).
+    pub memory_limit_bytes: i64,
+    /// `resources.limits.cpu` in millicores (0: none).
+    pub cpu_limit_millis: i64,
 }
 
 impl ContainerSpec {
@@ -131,6 +146,9 @@ impl ContainerSpec {
             host_userland: true,
             ports: Vec::new(),
             pre_stop: None,
+            security: None,
+            memory_limit_bytes: 0,
+            cpu_limit_millis: 0,
         }
     }
 
@@ -173,6 +191,10 @@ pub struct PodSpec {
     pub termination_grace_period_seconds: i64,
     /// The Service whose EndpointSlice lists this pod, if any.
     pub service: Option<String>,
+    /// Run to completion, in order, before `containers` start.
+    pub init_containers: Vec<ContainerSpec>,
+    /// The sandbox's seccomp profile (the pod-level `securityContext.seccompProfile`).
+    pub sandbox_seccomp: Option<v1::SecurityProfile>,
 }
 
 impl PodSpec {
@@ -187,6 +209,8 @@ impl PodSpec {
             containers,
             termination_grace_period_seconds: 30,
             service: None,
+            init_containers: Vec::new(),
+            sandbox_seccomp: None,
         }
     }
 
@@ -321,21 +345,60 @@ impl<'a> KubeletDriver<'a> {
             ip: String::new(),
             netns: PathBuf::new(),
             containers: Vec::new(),
+            init_container_ids: Vec::new(),
             started_at: SystemTime::now(),
             gone: false,
         };
         let net = self.cri().sandbox_network(&pod.sandbox_id)?;
         pod.ip = net.ip;
         pod.netns = net.netns;
+        for c in pod.spec.init_containers.clone() {
+            let config = container_config(&pod.spec, &c);
+            let id = self
+                .cri()
+                .create_container(&pod.sandbox_id, &config, &pod.sandbox_config)
+                .with_context(|| {
+                    self.failure_context(&format!("CreateContainer {} (init)", c.name))
+                })?;
+            pod.init_container_ids.push(id.clone());
+            self.cri()
+                .start_container(&id)
+                .with_context(|| self.failure_context(&format!("StartContainer {}", c.name)))?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                let status = self.cri().container_status(&id)?;
+                if status.state == v1::ContainerState::ContainerExited as i32 {
+                    break status;
+                }
+                if Instant::now() >= deadline {
+                    bail!("init container {} did not finish within 60 s", c.name);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if status.exit_code != 0 {
+                bail!(
+                    "init container {} failed with exit code {} ({}); it printed:\n{}",
+                    c.name,
+                    status.exit_code,
+                    status.reason,
+                    pod.logs(&c.name)
+                );
+            }
+        }
         for c in pod.spec.containers.clone() {
             let config = container_config(&pod.spec, &c);
             let id = self
                 .cri()
                 .create_container(&pod.sandbox_id, &config, &pod.sandbox_config)
                 .with_context(|| self.failure_context(&format!("CreateContainer {}", c.name)))?;
-            self.cri()
-                .start_container(&id)
-                .with_context(|| self.failure_context(&format!("StartContainer {}", c.name)))?;
+            self.cri().start_container(&id).with_context(|| {
+                format!(
+                    "{}\nits status: {:?}\nthe container printed:\n{}",
+                    self.failure_context(&format!("StartContainer {}", c.name)),
+                    self.cri().container_status(&id),
+                    pod.logs(&c.name)
+                )
+            })?;
             let pid = self.cri().container_pid(&id)?;
             pod.containers.push(RunningContainer {
                 name: c.name.clone(),
@@ -572,6 +635,7 @@ fn sandbox_config(spec: &PodSpec, cgroup_parent: &str, log_dir: &Path) -> PodSan
             cgroup_parent: cgroup_parent.into(),
             security_context: Some(v1::LinuxSandboxSecurityContext {
                 namespace_options: Some(sandbox_namespaces()),
+                seccomp: spec.sandbox_seccomp.clone(),
                 ..Default::default()
             }),
             sysctls: Default::default(),
@@ -625,13 +689,15 @@ fn container_config(pod: &PodSpec, c: &ContainerSpec) -> v1::ContainerConfig {
         linux: Some(v1::LinuxContainerConfig {
             resources: Some(v1::LinuxContainerResources {
                 cpu_period: 100_000,
+                // kubelet: quota = limit in millicores * period / 1000.
+                cpu_quota: c.cpu_limit_millis * 100,
                 cpu_shares: 2,
+                memory_limit_in_bytes: c.memory_limit_bytes,
                 oom_score_adj: pod.qos.oom_score_adj(),
-                ..Default::default()
             }),
             security_context: Some(v1::LinuxContainerSecurityContext {
                 namespace_options: Some(sandbox_namespaces()),
-                ..Default::default()
+                ..c.security.clone().unwrap_or_default()
             }),
         }),
     }
@@ -702,6 +768,8 @@ pub struct Pod<'a> {
     /// The pod's network namespace file.
     pub netns: PathBuf,
     pub containers: Vec<RunningContainer>,
+    /// The init containers (exited), removed with the pod.
+    pub init_container_ids: Vec<String>,
     pub started_at: SystemTime,
     gone: bool,
 }
@@ -875,8 +943,13 @@ impl Pod<'_> {
         let cri = self.kubelet.cri();
         self.gone = true;
         cri.stop_pod_sandbox(&self.sandbox_id)?;
-        for c in &self.containers {
-            cri.remove_container(&c.id)?;
+        for id in self
+            .containers
+            .iter()
+            .map(|c| &c.id)
+            .chain(&self.init_container_ids)
+        {
+            cri.remove_container(id)?;
         }
         cri.remove_pod_sandbox(&self.sandbox_id)?;
         containerd::remove_cgroup_everywhere(&self.cgroup_parent, true);

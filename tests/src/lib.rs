@@ -433,7 +433,14 @@ impl Kernel {
         let not_attached: Vec<_> = probes
             .status
             .iter()
-            .filter(|s| s.state != termscope::probes::ProbeState::Attached)
+            // A probe another one stands in for on this kernel is fine (`doctor` says which).
+            .filter(|s| {
+                !matches!(
+                    s.state,
+                    termscope::probes::ProbeState::Attached
+                        | termscope::probes::ProbeState::NotNeeded(_)
+                )
+            })
             .map(|s| format!("{}: {:?}", s.program, s.state))
             .collect();
         if !not_attached.is_empty() {
@@ -590,3 +597,35 @@ impl Agent {
 
 // The real agent binary against the Kubernetes stand-ins (tests/tests/k8s_scenarios.rs).
 pub mod k8s_agent;
+
+/// The documents of a YAML text as JSON values, read with python3's PyYAML (which
+/// kubernetes-validate brings: `cargo xtask setup --test-deps`).
+pub fn yaml_documents(yaml: &str) -> Result<Vec<serde_json::Value>> {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("python3")?;
+    child
+        .stdin
+        .take()
+        .context("python3's stdin")?
+        .write_all(yaml.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "reading YAML: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout)? {
+        serde_json::Value::Array(docs) => Ok(docs),
+        other => bail!("not a list of documents: {other}"),
+    }
+}

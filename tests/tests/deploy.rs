@@ -20,7 +20,7 @@ use std::{
     process::{Command, Output},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use termscope_tests::TempDir;
 
@@ -97,31 +97,7 @@ fn have_kubernetes_validate() -> Result<bool> {
 
 /// Every document of a YAML stream, as JSON, read with PyYAML (which kubernetes-validate
 /// brings).
-fn yaml_documents(yaml: &str) -> Result<Vec<Value>> {
-    use std::io::Write;
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml\n\
-             json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("python3")?;
-    child
-        .stdin
-        .take()
-        .context("python3's stdin")?
-        .write_all(yaml.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "reading YAML: {}", text(&out));
-    match serde_json::from_slice(&out.stdout)? {
-        Value::Array(docs) => Ok(docs),
-        other => bail!("not a list of documents: {other}"),
-    }
-}
+use termscope_tests::yaml_documents;
 
 fn yaml_file(path: &Path) -> Result<Value> {
     let text =
@@ -267,10 +243,43 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
         pod.pointer("/terminationGracePeriodSeconds"),
         Some(&Value::from(30))
     );
+    // The sandbox and the init container under the runtime's default profile, the agent
+    // under its own, which the init container installs (deploy_runtime.rs runs it all).
     assert_eq!(
         str_at(pod, "/securityContext/seccompProfile/type"),
-        "Unconfined",
-        "RuntimeDefault refuses name_to_handle_at without CAP_SYS_ADMIN (see the manifest)"
+        "RuntimeDefault"
+    );
+    let inits = pod
+        .get("initContainers")
+        .and_then(Value::as_array)
+        .context("initContainers")?;
+    assert_eq!(inits.len(), 1);
+    let init = &inits[0];
+    assert_eq!(str_at(init, "/image"), "termscope:0.1.0");
+    assert_eq!(
+        init.get("command"),
+        Some(&serde_json::json!([
+            "/termscope",
+            "seccomp-profile",
+            "--install",
+            "/seccomp/agent.json"
+        ]))
+    );
+    assert_eq!(
+        init.get("securityContext"),
+        Some(&serde_json::json!({
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "capabilities": {"drop": ["ALL"]},
+        })),
+        "the init container: no capability at all"
+    );
+    assert_eq!(
+        init.get("volumeMounts"),
+        Some(&serde_json::json!([{"name": "seccomp", "mountPath": "/seccomp"}]))
     );
     let containers = pod
         .get("containers")
@@ -281,6 +290,10 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
     // The image after kustomize's `images:`.
     assert_eq!(str_at(c, "/image"), "termscope:0.1.0");
     let sc = c.get("securityContext").context("securityContext")?;
+    assert_eq!(
+        sc.get("seccompProfile"),
+        Some(&serde_json::json!({"type": "Localhost", "localhostProfile": "termscope/agent.json"}))
+    );
     assert_eq!(sc.get("privileged"), Some(&Value::Bool(false)));
     assert_eq!(
         sc.get("allowPrivilegeEscalation"),
@@ -365,6 +378,19 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
     .map(|(h, m, ro)| (h.to_string(), m.to_string(), *ro))
     .collect();
     assert_eq!(mounts, want);
+    assert_eq!(
+        volumes.get("seccomp").copied(),
+        Some("/var/lib/kubelet/seccomp/termscope"),
+        "the init container's volume: termscope's own profile directory"
+    );
+    assert_eq!(volumes.len(), 5);
+
+    // Pod Security: the namespace admits the hostPath volumes and the two capabilities.
+    let ns = one(&docs, "Namespace")?;
+    assert_eq!(
+        str_at(ns, "/metadata/labels/pod-security.kubernetes.io~1enforce"),
+        "privileged"
+    );
     Ok(())
 }
 
@@ -1188,5 +1214,53 @@ fn the_dashboard_is_importable() -> Result<()> {
             assert_eq!(str_at(t, "/datasource/uid"), "${datasource}");
         }
     }
+    Ok(())
+}
+
+/// The optional memlock component (kernels before 5.11) adds exactly CAP_SYS_RESOURCE to the
+/// agent, in an overlay as an operator would write it; nothing else changes.
+#[test]
+fn memlock_component_adds_only_sys_resource() -> Result<()> {
+    let Some((_, base)) = rendered()? else {
+        return Ok(());
+    };
+    let dir = TempDir::new("memlock-overlay")?;
+    // kustomize wants relative paths: from the overlay up to / and down to deploy/.
+    let up = "../".repeat(dir.path.components().count().saturating_sub(1));
+    let deploy_rel = format!(
+        "{up}{}",
+        deploy().display().to_string().trim_start_matches('/')
+    );
+    dir.write(
+        "kustomization.yaml",
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - {deploy_rel}\ncomponents:\n  - {deploy_rel}/components/memlock\n"
+        ),
+    )?;
+    let Some(out) = run_tool(
+        Command::new("kubectl").arg("kustomize").arg(&dir.path),
+        "kubectl; Debian package kubernetes-client",
+    )?
+    else {
+        return Ok(());
+    };
+    ensure!(out.status.success(), "kustomize: {}", text(&out));
+    let docs = yaml_documents(&String::from_utf8(out.stdout)?)?;
+    let caps = |docs: &[Value]| -> Result<Vec<String>> {
+        let ds = one(docs, "DaemonSet")?;
+        Ok(ds
+            .pointer("/spec/template/spec/containers/0/securityContext/capabilities/add")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    assert_eq!(caps(&base)?, ["BPF", "PERFMON"]);
+    assert_eq!(caps(&docs)?, ["BPF", "PERFMON", "SYS_RESOURCE"]);
+    assert_eq!(docs.len(), base.len());
     Ok(())
 }

@@ -563,8 +563,10 @@ fn pre_stop_hook_runs_before_the_image_stop_signal() -> Result<()> {
     k8s_test!();
     let containerd = Containerd::shared()?;
     let quit_image = "termscope.test/app-sigquit:1";
-    termscope_tests::images::Image::app_with_stop_signal(quit_image, Some("SIGQUIT"))?
-        .import(containerd)?;
+    termscope_tests::images::import(
+        &termscope_tests::images::app_with_stop_signal(quit_image, Some("SIGQUIT"))?,
+        containerd,
+    )?;
     let kubelet = KubeletDriver::new(containerd, None)?;
     let hook = PreStop::Exec(vec![
         "/bin/sh".into(),

@@ -27,7 +27,7 @@ use termscope_tests::{
     TempDir,
     apiserver::{ApiServer, Res},
     containerd::Containerd,
-    images::{Image, rw_mount},
+    images::{self, rw_mount},
     k8s_agent::{AgentProcess, Attempt, Knock, Knocker},
     k8s_test,
     kubelet::{ContainerSpec, KubeletDriver, PodSpec, PreStop},
@@ -802,7 +802,10 @@ http {{
 fn nginx_scenario(quit: bool) -> Result<()> {
     let containerd = Containerd::shared()?;
     let image = if quit {
-        Image::app_with_stop_signal(QUIT_IMAGE, Some("SIGQUIT"))?.import(containerd)?;
+        images::import(
+            &images::app_with_stop_signal(QUIT_IMAGE, Some("SIGQUIT"))?,
+            containerd,
+        )?;
         QUIT_IMAGE
     } else {
         termscope_tests::images::APP

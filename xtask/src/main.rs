@@ -2,6 +2,8 @@
 
 mod demo;
 mod deploy;
+mod image;
+mod kernels;
 mod setup;
 mod tasks;
 mod util;
@@ -75,6 +77,7 @@ enum Command {
     ///   2. cargo fmt --all -- --check
     ///   3. cargo clippy --workspace --exclude termscope-ebpf --all-targets -- -D warnings
     ///   4. cargo test --workspace --exclude termscope-ebpf [ARGS]
+    ///   5. as root, unless --no-vms: cargo xtask test-kernels 6.12 (in a VM)
     ///
     /// The kernel tests need root; as another user they skip (run `sudo -E cargo xtask test`).
     /// As root or with CI=true, TERMSCOPE_REQUIRE_KERNEL_TESTS=1 is set so a skipped kernel test
@@ -87,6 +90,9 @@ enum Command {
         /// Skip the fmt and clippy steps.
         #[arg(long)]
         skip_lint: bool,
+        /// Do not boot the other kernels (`cargo xtask test-kernels`), which runs as root.
+        #[arg(long)]
+        no_vms: bool,
         /// Arguments for `cargo test` (a test name filter, `-- --nocapture`, ...).
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<String>,
@@ -102,6 +108,22 @@ enum Command {
         #[arg(long, default_value = "TERM")]
         signal: String,
     },
+    /// Boot Debian's stock kernels (5.10, 6.1, 6.12) in VMs and run the kernel tests and the
+    /// nginx SIGTERM/SIGQUIT and late-traffic scenarios in each (as root)
+    ///
+    /// Installs what it needs when missing: qemu-system-x86, busybox-static and kmod (apt),
+    /// virtme-ng 1.42 (pip), and each kernel's Debian package, fetched with a private apt
+    /// configuration into /var/cache/termscope-kernels (TERMSCOPE_KERNEL_CACHE), its modules
+    /// copied to /lib/modules. Each VM runs under TCG with this machine's filesystem as its
+    /// root, so the binaries built here run inside. Prints a per-kernel summary (also in
+    /// target/kernel-tests/summary.md, with every log). `cargo xtask test` runs it as root.
+    ///   cargo xtask test-kernels             # all three
+    ///   cargo xtask test-kernels 5.10 6.1    # only these
+    #[command(verbatim_doc_comment)]
+    TestKernels {
+        /// Kernel series to boot (default: all).
+        series: Vec<String>,
+    },
     /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
     ///
     /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
@@ -109,6 +131,26 @@ enum Command {
         /// Arguments for `cargo bench`.
         #[arg(last = true, value_name = "CARGO_BENCH_ARGS")]
         args: Vec<String>,
+    },
+    /// Build the agent's container image as an OCI archive, reproducibly, from the release
+    /// binary (no base image, no registry, no Docker)
+    ///
+    /// The image holds /termscope, the shared libraries it links (copied from this machine),
+    /// and the DaemonSet's mount points; entrypoint `/termscope agent`. The same binary and
+    /// libraries give the same digest. Writes target/image/termscope-<version>.oci.tar and
+    /// prints its digest; load it with `ctr -n k8s.io images import`, push it with
+    /// `skopeo copy oci-archive:<file> docker://<registry>/termscope:<version>`.
+    #[command(verbatim_doc_comment)]
+    Image {
+        /// The image's name (default termscope:<version>, what deploy/ asks for).
+        #[arg(long)]
+        name: Option<String>,
+        /// Package this binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// Where to write the archive.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
     },
     /// Write deploy/prometheus-rule.yaml (the Prometheus Operator's PrometheusRule) from
     /// deploy/alerts/rules.yaml, the one source of termscope's alerts.
@@ -147,10 +189,20 @@ fn run(command: Command) -> anyhow::Result<()> {
             no_sudo,
             args,
         } => tasks::run_agent(&ctx, release, no_sudo, args),
-        Command::Test { skip_lint, args } => tasks::test(&ctx, skip_lint, &args),
+        Command::Test {
+            skip_lint,
+            no_vms,
+            args,
+        } => tasks::test(&ctx, skip_lint, no_vms, &args),
+        Command::TestKernels { series } => kernels::test_kernels(&ctx, &series),
         Command::Bench { args } => tasks::bench(&ctx, &args),
         Command::Demo { signal } => demo::demo(&ctx, &signal),
         Command::GenAlerts { check } => deploy::gen_alerts(&ctx, check),
+        Command::Image {
+            name,
+            binary,
+            output,
+        } => image::image(&ctx, name, binary, output),
     }
 }
 
@@ -186,7 +238,9 @@ mod tests {
     fn test_args_after_double_dash_reach_cargo_test() -> anyhow::Result<()> {
         let cli = Cli::try_parse_from(["xtask", "test", "--skip-lint", "--", "-p", "x", "--"])?;
         match cli.command {
-            Command::Test { skip_lint, args } => {
+            Command::Test {
+                skip_lint, args, ..
+            } => {
                 assert!(skip_lint);
                 assert_eq!(args, ["-p", "x", "--"]);
             }

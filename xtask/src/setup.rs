@@ -512,6 +512,19 @@ fn deploy_test_tools(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
         return Ok(());
     }
     report(&what, check, "missing; installing it with pip");
+    pip_install(ctx, KUBERNETES_VALIDATE)?;
+    match version(ctx)? {
+        Some(v) => report(&what, check, &format!("installed ({v})")),
+        None => bail!(
+            "pip installed {KUBERNETES_VALIDATE} but `python3 -m kubernetes_validate` does not run"
+        ),
+    }
+    Ok(())
+}
+
+/// `python3 -m pip install <spec>` (with `--break-system-packages` where Debian's python3
+/// refuses pip installs: these are test tools).
+pub fn pip_install(ctx: &Ctx, spec: &str) -> Result<()> {
     let pip = |extra: &[&str]| -> Result<Option<Output>> {
         let mut cmd = ctx.command("python3");
         cmd.args([
@@ -523,19 +536,15 @@ fn deploy_test_tools(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
             "--root-user-action=ignore",
         ])
         .args(extra)
-        .arg(KUBERNETES_VALIDATE);
+        .arg(spec);
         println!("==> {}", ctx.describe(&cmd));
         ctx.probe(&mut cmd)
     };
-    let out = pip(&[])?.context(
-        "python3 is not installed: the deploy tests run kubernetes-validate with python3 \
-         (Debian package python3)",
-    )?;
+    let out = pip(&[])?.context("python3 is not installed (Debian package python3)")?;
     print!("{}", output_text(&out));
     let out = if !out.status.success()
         && output_text(&out).contains("externally-managed-environment")
     {
-        // Debian's own python3 refuses pip installs (PEP 668); this is a test tool.
         println!(
             "[setup] this python3 is externally managed: installing with --break-system-packages"
         );
@@ -547,18 +556,17 @@ fn deploy_test_tools(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
     };
     if !out.status.success() {
         bail!(
-            "`python3 -m pip install {KUBERNETES_VALIDATE}` failed ({}); is pip installed \
-             (Debian package python3-pip)?",
+            "`python3 -m pip install {spec}` failed ({}); is pip installed (Debian package \
+             python3-pip)?",
             out.status
         );
     }
-    match version(ctx)? {
-        Some(v) => report(&what, check, &format!("installed ({v})")),
-        None => bail!(
-            "pip installed {KUBERNETES_VALIDATE} but `python3 -m kubernetes_validate` does not run"
-        ),
-    }
     Ok(())
+}
+
+/// `apt-get update` and `apt-get install` of `packages` (as root).
+pub fn apt_install(ctx: &Ctx, packages: &[&str]) -> Result<()> {
+    Apt::default().install(ctx, packages)
 }
 
 /// stdout and stderr of a check, together (tools differ in where they print versions).

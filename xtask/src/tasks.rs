@@ -89,7 +89,7 @@ const NOT_ROOT_WARNING: &str = "\
 !!! (if sudo then cannot find cargo:       sudo -E env \"PATH=$PATH\" cargo xtask test)";
 
 /// setup, fmt, clippy, tests: each timed, stopping at the first failure.
-pub fn test(ctx: &Ctx, skip_lint: bool, args: &[String]) -> Result<()> {
+pub fn test(ctx: &Ctx, skip_lint: bool, no_vms: bool, args: &[String]) -> Result<()> {
     if !ctx.is_root {
         eprintln!("{NOT_ROOT_WARNING}");
     }
@@ -141,6 +141,20 @@ pub fn test(ctx: &Ctx, skip_lint: bool, args: &[String]) -> Result<()> {
         }
         ctx.run(&mut cmd)
     })?;
+    if crate::kernels::wanted_in_test(ctx.is_root, no_vms) {
+        steps.step("kernels in VMs (6.12)", || {
+            let series: Vec<String> = crate::kernels::CI_SERIES
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            crate::kernels::test_kernels(ctx, &series)
+        })?;
+    } else {
+        println!(
+            "==> kernels in VMs: skipped ({})",
+            if no_vms { "--no-vms" } else { "needs root" }
+        );
+    }
     steps.summary();
     if !ctx.is_root {
         eprintln!("{NOT_ROOT_WARNING}");

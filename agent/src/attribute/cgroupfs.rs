@@ -20,6 +20,8 @@ pub enum CgroupfsError {
     },
     #[error("{path} is not a path the kernel accepts")]
     BadPath { path: PathBuf },
+    #[error("{path} is not a directory, so not a cgroup")]
+    NotADirectory { path: PathBuf },
     #[error("{path} gave a {len}-byte file handle, not a cgroup id")]
     NotACgroup { path: PathBuf, len: u32 },
 }
@@ -111,9 +113,41 @@ impl Mount {
 }
 
 /// The cgroup id of a cgroup v2 directory: the kernfs node id, which is what
-/// `bpf_get_current_cgroup_id()` and the programs report. The kernel hands it out as the
-/// directory's 8-byte file handle.
+/// `bpf_get_current_cgroup_id()` and the programs report.
+///
+/// On 64-bit kernels kernfs gives a directory that id as its inode number, so a `stat` is
+/// enough: no capability, and a syscall every container runtime's default seccomp profile
+/// allows. (`name_to_handle_at`, which hands the id out as an 8-byte file handle, is allowed
+/// by those profiles only with CAP_SYS_ADMIN.) On 32-bit kernels the inode number is only the
+/// id's low half, so there the file handle is used: [`cgroup_id_by_handle`]. The unit test
+/// `stat_and_handle_agree` checks that both give the same id for every cgroup of the machine
+/// it runs on.
 pub fn cgroup_id(dir: &Path) -> Result<u64, CgroupfsError> {
+    #[cfg(target_pointer_width = "64")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir).map_err(|source| CgroupfsError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(CgroupfsError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        Ok(meta.ino())
+    }
+    #[cfg(not(target_pointer_width = "64"))]
+    {
+        cgroup_id_by_handle(dir)
+    }
+}
+
+/// The cgroup id of a cgroup v2 directory from its file handle (`name_to_handle_at`): the
+/// kernfs node id in 8 bytes, on every kernel. Needs CAP_SYS_ADMIN under the container
+/// runtimes' default seccomp profiles (not under termscope's own, which does not allow it:
+/// it is used only where [`cgroup_id`]'s `stat` cannot give the whole id, 32-bit kernels).
+pub fn cgroup_id_by_handle(dir: &Path) -> Result<u64, CgroupfsError> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| CgroupfsError::BadPath {
         path: dir.to_path_buf(),
     })?;
@@ -251,6 +285,49 @@ mod tests {
         assert_eq!(root_id, 1, "the root cgroup's id is 1");
         assert_eq!(find_by_id(&mount.path, root_id), Some(mount.path.clone()));
         assert!(cgroup_id(Path::new("/nonexistent/cgroup")).is_err());
+        assert!(cgroup_id(&mount.path.join("cgroup.procs")).is_err());
+        Ok(())
+    }
+
+    /// The two ways to a cgroup id give the same id for every cgroup of this machine (and a
+    /// few made for the test, when it may make them): on 64-bit kernels a cgroup v2
+    /// directory's inode number is its id.
+    #[test]
+    fn stat_and_handle_agree() -> Result<(), CgroupfsError> {
+        let Ok(mount) = Mount::detect() else {
+            eprintln!("skipped: no cgroup2 mount here");
+            return Ok(());
+        };
+        let made = mount
+            .path
+            .join(format!("termscope-id-test-{}", std::process::id()));
+        let nested = made.join("a/b");
+        let made_ok = std::fs::create_dir_all(&nested).is_ok();
+        let mut stack = vec![mount.path.clone()];
+        let mut seen = 0;
+        while let Some(dir) = stack.pop() {
+            let by_handle = match cgroup_id_by_handle(&dir) {
+                Ok(id) => id,
+                // Gone meanwhile (a cgroup of another process), or not allowed here.
+                Err(_) => continue,
+            };
+            assert_eq!(cgroup_id(&dir)?, by_handle, "{}", dir.display());
+            seen += 1;
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+        }
+        if made_ok {
+            let _ = std::fs::remove_dir(&nested);
+            let _ = std::fs::remove_dir(made.join("a"));
+            let _ = std::fs::remove_dir(&made);
+            assert!(seen >= 4, "only {seen} cgroups compared");
+        }
+        assert!(seen >= 1);
         Ok(())
     }
 }

@@ -1238,7 +1238,12 @@ mod tests {
         check("cgroup", "kn", Some(8));
         check("kernfs_node", "id", Some(8));
         check("sock", "__sk_common.skc_family", Some(2));
-        check("sock", "sk_cgrp_data.cgroup", Some(8));
+        // Before 5.15 the socket's cgroup pointer is the tagged `val`.
+        if btf.member("sock", "sk_cgrp_data.cgroup").is_ok() {
+            check("sock", "sk_cgrp_data.cgroup", Some(8));
+        } else {
+            check("sock", "sk_cgrp_data.val", Some(8));
+        }
         let daddr = check("sock_common", "skc_daddr", Some(4));
         let saddr = check("sock_common", "skc_rcv_saddr", Some(4));
         assert_eq!((daddr.offset, saddr.offset), (0, 4));
@@ -1258,15 +1263,20 @@ mod tests {
             Err(BtfError::MemberNotFound { .. })
         ));
 
-        let reasons = btf
-            .enum_values("sk_rst_reason")
-            .expect("enum sk_rst_reason");
-        println!("sk_rst_reason has {} values", reasons.len());
-        assert!(
-            reasons
-                .iter()
-                .any(|(name, _)| name == "SK_RST_REASON_NO_SOCKET")
-        );
+        // Reset reasons are new in 6.10.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let version = crate::doctor::kernel_version(release.trim()).expect("kernel version");
+        match btf.enum_values("sk_rst_reason") {
+            Ok(reasons) => {
+                println!("sk_rst_reason has {} values", reasons.len());
+                assert!(
+                    reasons
+                        .iter()
+                        .any(|(name, _)| name == "SK_RST_REASON_NO_SOCKET")
+                );
+            }
+            Err(e) => assert!(version < (6, 10), "no enum sk_rst_reason on {release}: {e}"),
+        }
         assert!(btf.has_typedef("btf_trace_signal_generate"));
         assert!(!btf.has_typedef("btf_trace_no_such_tp"));
     }

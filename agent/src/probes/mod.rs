@@ -18,7 +18,8 @@ use aya::{
 };
 use serde::Serialize;
 use termscope_common::{
-    CgroupStats, Config, LiveConn, WatchEntry, counter, feature, names, watch_reason,
+    CgroupStats, Config, LiveConn, OFFSET_MISSING, WatchEntry, counter, feature, names,
+    watch_reason,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -168,13 +169,29 @@ pub const PROBES: &[ProbeSpec] = &[
         required_fields: &["tcp/tcp_receive_reset:skaddr"],
         wanted_features: feature::SOCK_CGROUP,
     },
+    ProbeSpec {
+        program: KFREE_SKB,
+        attach: AttachPoint::TracePoint {
+            category: "skb",
+            name: "kfree_skb",
+        },
+        purpose: "refusals (a SYN to a port with no listener) on kernels before 6.8, where \
+                  tcp_send_reset does not see them",
+        required_fields: &["skb/kfree_skb:skbaddr", "skb/kfree_skb:protocol"],
+        wanted_features: feature::SKB_NETNS,
+    },
 ];
+
+/// The program that sees refusals where `tcp_send_reset` cannot.
+pub const KFREE_SKB: &str = "kfree_skb";
 
 /// Where a probe stands after loading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum ProbeState {
     Attached,
+    /// Not attached because another probe gives what it would on this kernel.
+    NotNeeded(String),
     /// Not attempted: something it needs is missing on this kernel.
     Disabled(String),
     /// Attempted and refused by the kernel.
@@ -325,11 +342,61 @@ impl KernelSupport {
         }
         if let Some(t) = &self.tracepoints {
             config.tracepoints = t.offsets;
+            config.legacy = t.legacy;
+        }
+        if let Some(k) = &self.kernel {
+            config.legacy.skb_head = k.legacy.skb_head;
+            config.legacy.skb_data = k.legacy.skb_data;
+            config.legacy.skb_network_header = k.legacy.skb_network_header;
+            config.legacy.skb_transport_header = k.legacy.skb_transport_header;
+            config.legacy.drop_reason_no_socket = k.legacy.drop_reason_no_socket;
         }
         config.stop_signal_mask = signal_mask(&opts.stop_signals);
         config.watch_all = u32::from(opts.watch_all);
         config.unowned_reset_rate = opts.unowned_reset_rate;
         config
+    }
+
+    /// Whether `tcp_send_reset` has the pre-6.8 layout, where it never fires without a socket
+    /// (so refusals are seen at `skb:kfree_skb`).
+    pub fn legacy_send_reset(&self) -> bool {
+        self.tracepoints
+            .as_ref()
+            .is_some_and(|t| offsets::legacy_send_reset(&t.offsets, &t.legacy))
+    }
+
+    /// Whether drop reasons tell which freed packets had no socket (5.17+).
+    pub fn drop_reasons(&self) -> bool {
+        self.kernel
+            .as_ref()
+            .is_some_and(|k| k.legacy.drop_reason_no_socket != OFFSET_MISSING)
+            && self
+                .tracepoints
+                .as_ref()
+                .is_some_and(|t| t.legacy.kfree_skb_reason != OFFSET_MISSING)
+    }
+
+    /// Whether `tcp_send_reset` gives the kernel's reason (6.10+).
+    pub fn reset_reasons(&self) -> bool {
+        self.tracepoints
+            .as_ref()
+            .is_some_and(|t| t.offsets.send_reset_reason != OFFSET_MISSING)
+    }
+
+    /// The program attached for `spec`: `tcp_send_reset` has its own for the pre-6.8 layout.
+    pub fn program_for(&self, spec: &ProbeSpec) -> &'static str {
+        if spec.program == "tcp_send_reset" && self.legacy_send_reset() {
+            "tcp_send_reset_legacy"
+        } else {
+            spec.program
+        }
+    }
+
+    /// Why `spec` need not run here, when another probe gives what it would.
+    pub fn not_needed(&self, spec: &ProbeSpec) -> Option<String> {
+        (spec.program == KFREE_SKB && !self.legacy_send_reset()).then(|| {
+            "tcp_send_reset sees the resets for SYNs to closed ports on this kernel".to_string()
+        })
     }
 
     /// Why `spec` cannot run here, if it cannot; and what it lacks if it runs degraded.
@@ -360,6 +427,16 @@ impl KernelSupport {
             })
             .map(|f| (*f).to_string())
             .collect();
+        if spec.program == KFREE_SKB && self.features() & feature::SKB_HEADERS == 0 {
+            return (
+                Some(
+                    "sk_buff header members (head, data, network_header, transport_header) \
+                      not resolved from BTF"
+                        .to_string(),
+                ),
+                vec![],
+            );
+        }
         if !missing.is_empty() {
             return (
                 Some(format!("tracepoint fields missing: {}", missing.join(", "))),
@@ -367,17 +444,32 @@ impl KernelSupport {
             );
         }
         let lacking = spec.wanted_features & !self.features();
-        let degraded = FEATURE_NAMES
+        let mut degraded: Vec<String> = FEATURE_NAMES
             .iter()
             .filter(|(bit, _)| lacking & bit != 0)
             .map(|(_, name)| format!("{name} unavailable"))
             .collect();
+        if spec.program == "tcp_send_reset" && !self.reset_reasons() {
+            degraded.push("no reset reasons before 6.10 (reports name none)".to_string());
+        }
+        if spec.program == "tcp_send_reset" && self.legacy_send_reset() {
+            degraded.push(
+                "does not fire for SYNs to closed ports before 6.8 (skb:kfree_skb sees those)"
+                    .to_string(),
+            );
+        }
+        if spec.program == KFREE_SKB && !self.drop_reasons() {
+            degraded.push(
+                "no drop reasons before 5.17: any SYN freed by TCP itself counts as refused"
+                    .to_string(),
+            );
+        }
         (None, degraded)
     }
 }
 
 /// Names of the feature bits, for people.
-pub const FEATURE_NAMES: [(u64, &str); 7] = [
+pub const FEATURE_NAMES: [(u64, &str); 8] = [
     (feature::TASK_CGROUP, "task cgroup (task_struct->cgroups)"),
     (feature::SOCK_CGROUP, "socket cgroup (sock->sk_cgrp_data)"),
     (feature::TASK_NETNS, "task netns (task_struct->nsproxy)"),
@@ -385,13 +477,31 @@ pub const FEATURE_NAMES: [(u64, &str); 7] = [
     (feature::TASK_EXIT, "exit code and PF_EXITING (task_struct)"),
     (feature::TASK_IDS, "target pid/comm (task_struct)"),
     (
+        feature::SKB_HEADERS,
+        "packet headers (sk_buff->head, data, network/transport header)",
+    ),
+    (
         feature::SOCK_TUPLE,
         "socket addresses and state (sock_common): existing connections learnt at start-up",
     ),
 ];
 
+/// RLIMIT_MEMLOCK now: whether it is unlimited, and the soft limit in bytes.
+pub fn memlock() -> Option<(bool, u64)> {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rlim) } != 0 {
+        return None;
+    }
+    Some((rlim.rlim_cur == libc::RLIM_INFINITY, rlim.rlim_cur))
+}
+
 /// Kernels since 5.11 account BPF memory to the cgroup and ignore RLIMIT_MEMLOCK; older ones
-/// need it raised. Try, and go on when it is not allowed.
+/// need it raised (CAP_SYS_RESOURCE, or a hard limit already high enough). Try, and go on
+/// when it is not allowed (doctor says so).
 fn raise_memlock() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -399,6 +509,18 @@ fn raise_memlock() {
     };
     // SAFETY: setrlimit with a valid pointer to a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        // Without CAP_SYS_RESOURCE: at least up to the hard limit.
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit / setrlimit with valid pointers to local structs.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 {
+                cur.rlim_cur = cur.rlim_max;
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
+            }
+        }
         tracing::debug!(
             error = %std::io::Error::last_os_error(),
             "could not raise RLIMIT_MEMLOCK; not needed on kernels since 5.11"
@@ -494,15 +616,21 @@ impl Probes {
         let mut status = Vec::with_capacity(PROBES.len());
         for spec in PROBES {
             let (disabled, degraded) = support.check(spec);
-            let state = match disabled {
-                Some(reason) => ProbeState::Disabled(reason),
-                None => match attach(&mut ebpf, spec, aya_btf.as_ref()) {
-                    Ok(()) => ProbeState::Attached,
-                    Err(reason) => ProbeState::Failed(reason),
-                },
+            let state = match (support.not_needed(spec), disabled) {
+                (Some(why), _) => ProbeState::NotNeeded(why),
+                (None, Some(reason)) => ProbeState::Disabled(reason),
+                (None, None) => {
+                    match attach(&mut ebpf, spec, support.program_for(spec), aya_btf.as_ref()) {
+                        Ok(()) => ProbeState::Attached,
+                        Err(reason) => ProbeState::Failed(reason),
+                    }
+                }
             };
             match &state {
                 ProbeState::Attached => tracing::debug!(probe = spec.program, "attached"),
+                ProbeState::NotNeeded(r) => {
+                    tracing::debug!(probe = spec.program, reason = %r, "not needed")
+                }
                 ProbeState::Disabled(r) | ProbeState::Failed(r) => {
                     tracing::warn!(probe = spec.program, reason = %r, "probe not attached")
                 }
@@ -881,10 +1009,15 @@ fn other_netns() -> Vec<std::fs::File> {
         .collect()
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> Result<(), String> {
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    program: &str,
+    btf: Option<&aya::Btf>,
+) -> Result<(), String> {
     let program = ebpf
-        .program_mut(spec.program)
-        .ok_or_else(|| format!("program {} is not in the object", spec.program))?;
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} is not in the object"))?;
     match spec.attach {
         AttachPoint::TracePoint { category, name } => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;

@@ -2,7 +2,7 @@
 //! BTF and tracepoint fields from tracefs. What cannot be resolved is recorded with the reason
 //! and turns the features that need it off; nothing here fails the agent as a whole.
 
-use termscope_common::{KernelOffsets, OFFSET_MISSING, TracepointOffsets, feature};
+use termscope_common::{KernelOffsets, LegacyOffsets, OFFSET_MISSING, TracepointOffsets, feature};
 
 use super::{
     btf::Btf,
@@ -55,6 +55,9 @@ fn member(btf: &Btf, spec: &MemberSpec, unresolved: &mut Vec<Unresolved>) -> u32
 #[derive(Debug, Clone)]
 pub struct ResolvedKernel {
     pub offsets: KernelOffsets,
+    /// `sk_buff` header members and the drop reason `NO_SOCKET` (the tracepoint fields of
+    /// [`LegacyOffsets`] come from [`ResolvedTracepoints::legacy`]).
+    pub legacy: LegacyOffsets,
     pub features: u64,
     pub unresolved: Vec<Unresolved>,
 }
@@ -62,6 +65,7 @@ pub struct ResolvedKernel {
 /// Resolves every struct member the programs read from `btf`.
 pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     let mut un = Vec::new();
+    let mut tagged = false;
     let o = KernelOffsets {
         task_pid: member(btf, &m("task_struct", "pid", 4), &mut un),
         task_tgid: member(btf, &m("task_struct", "tgid", 4), &mut un),
@@ -75,7 +79,7 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         kernfs_node_id: member(btf, &m("kernfs_node", "id", 8), &mut un),
         nsproxy_net_ns: member(btf, &m("nsproxy", "net_ns", 8), &mut un),
         net_ns_inum: member(btf, &m("net", "ns.inum", 4), &mut un),
-        sock_cgroup: member(btf, &m("sock", "sk_cgrp_data.cgroup", 8), &mut un),
+        sock_cgroup: sock_cgroup(btf, &mut un, &mut tagged),
         sock_net: member(btf, &m("sock", "__sk_common.skc_net.net", 8), &mut un),
         skb_dev: member(btf, &m("sk_buff", "dev", 8), &mut un),
         net_device_net: member(btf, &m("net_device", "nd_net.net", 8), &mut un),
@@ -98,6 +102,9 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     }
     if all(&[o.sock_cgroup]) && all(&cgroup_chain) {
         features |= feature::SOCK_CGROUP;
+        if tagged {
+            features |= feature::SOCK_CGROUP_TAGGED;
+        }
     }
     if all(&[o.task_nsproxy, o.nsproxy_net_ns, o.net_ns_inum]) {
         features |= feature::TASK_NETNS;
@@ -123,11 +130,51 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
     ]) {
         features |= feature::SOCK_TUPLE;
     }
+    // Only needed where refusals are seen at skb:kfree_skb: not reported as unresolved here.
+    let mut skb_un = Vec::new();
+    let mut legacy = LegacyOffsets::MISSING;
+    legacy.skb_head = member(btf, &m("sk_buff", "head", 8), &mut skb_un);
+    legacy.skb_data = member(btf, &m("sk_buff", "data", 8), &mut skb_un);
+    legacy.skb_network_header = member(btf, &m("sk_buff", "network_header", 2), &mut skb_un);
+    legacy.skb_transport_header = member(btf, &m("sk_buff", "transport_header", 2), &mut skb_un);
+    if skb_un.is_empty() {
+        features |= feature::SKB_HEADERS;
+    }
+    legacy.drop_reason_no_socket = btf
+        .enum_values("skb_drop_reason")
+        .ok()
+        .and_then(|values| {
+            values
+                .into_iter()
+                .find(|(name, _)| name == "SKB_DROP_REASON_NO_SOCKET")
+        })
+        .and_then(|(_, value)| u32::try_from(value).ok())
+        .unwrap_or(OFFSET_MISSING);
     ResolvedKernel {
         offsets: o,
+        legacy,
         features,
         unresolved: un,
     }
+}
+
+/// `sock.sk_cgrp_data.cgroup` (5.15+), else the tagged `sock.sk_cgrp_data.val` of older
+/// kernels (`tagged` set).
+fn sock_cgroup(btf: &Btf, un: &mut Vec<Unresolved>, tagged: &mut bool) -> u32 {
+    let mut first = Vec::new();
+    let off = member(btf, &m("sock", "sk_cgrp_data.cgroup", 8), &mut first);
+    if off != OFFSET_MISSING {
+        return off;
+    }
+    let mut second = Vec::new();
+    let off = member(btf, &m("sock", "sk_cgrp_data.val", 8), &mut second);
+    if off != OFFSET_MISSING {
+        *tagged = true;
+        return off;
+    }
+    un.extend(first);
+    un.extend(second);
+    OFFSET_MISSING
 }
 
 /// A tracepoint field the programs read: name and expected size.
@@ -142,6 +189,17 @@ struct FormatReader<'a> {
 }
 
 impl FormatReader<'_> {
+    /// A field whose absence is a known older layout: its offset, or missing without a report
+    /// (a field of another size is still reported).
+    fn optional(&mut self, (name, size): FieldSpec) -> u32 {
+        let present = self.format.as_ref().and_then(|f| f.field(name)).is_some();
+        if present {
+            self.field((name, size))
+        } else {
+            OFFSET_MISSING
+        }
+    }
+
     fn field(&mut self, (name, size): FieldSpec) -> u32 {
         let Some(format) = &self.format else {
             return OFFSET_MISSING;
@@ -171,6 +229,9 @@ impl FormatReader<'_> {
 #[derive(Debug, Clone)]
 pub struct ResolvedTracepoints {
     pub offsets: TracepointOffsets,
+    /// The pre-6.8 `tcp_send_reset` fields and `skb:kfree_skb`'s (the `sk_buff` members of
+    /// [`LegacyOffsets`] come from [`ResolvedKernel::legacy`]).
+    pub legacy: LegacyOffsets,
     pub unresolved: Vec<Unresolved>,
 }
 
@@ -196,6 +257,7 @@ pub fn resolve_tracepoints(
     };
 
     let mut o = TracepointOffsets::MISSING;
+    let mut legacy = LegacyOffsets::MISSING;
     {
         let (tracepoint, format) = reader("signal", "signal_deliver", &mut un);
         let mut r = FormatReader {
@@ -257,10 +319,42 @@ pub fn resolve_tracepoints(
         o.send_reset_skbaddr = r.field(("skbaddr", 8));
         o.send_reset_skaddr = r.field(("skaddr", 8));
         o.send_reset_state = r.field(("state", 4));
-        o.send_reset_reason = r.field(("reason", 4));
-        // Since 6.10 the addresses are whole `sockaddr_in6`-sized records.
-        o.send_reset_saddr = r.field(("saddr", 28));
-        o.send_reset_daddr = r.field(("daddr", 28));
+        // Since 6.8 the addresses are whole `sockaddr_in6`-sized records (and the tracepoint
+        // also fires without a socket); before, the layout of inet_sock_set_state.
+        let legacy_layout = r
+            .format
+            .as_ref()
+            .and_then(|f| f.field("saddr"))
+            .is_some_and(|f| f.size == 4);
+        if legacy_layout {
+            legacy.send_reset_sport = r.field(("sport", 2));
+            legacy.send_reset_dport = r.field(("dport", 2));
+            legacy.send_reset_saddr4 = r.field(("saddr", 4));
+            legacy.send_reset_daddr4 = r.field(("daddr", 4));
+            legacy.send_reset_saddr_v6 = r.field(("saddr_v6", 16));
+            legacy.send_reset_daddr_v6 = r.field(("daddr_v6", 16));
+            // `family` is new in 5.13 and `reason` in 6.10: optional here.
+            legacy.send_reset_family = r.optional(("family", 2));
+            o.send_reset_reason = r.optional(("reason", 4));
+        } else {
+            o.send_reset_reason = r.optional(("reason", 4));
+            o.send_reset_saddr = r.field(("saddr", 28));
+            o.send_reset_daddr = r.field(("daddr", 28));
+        }
+    }
+    if legacy_send_reset(&o, &legacy) {
+        // tcp_send_reset does not fire without a socket: refusals are seen where TCP frees
+        // the SYN it answered.
+        let (tracepoint, format) = reader("skb", "kfree_skb", &mut un);
+        let mut r = FormatReader {
+            tracepoint,
+            format,
+            unresolved: &mut un,
+        };
+        legacy.kfree_skb_skbaddr = r.field(("skbaddr", 8));
+        legacy.kfree_skb_protocol = r.field(("protocol", 2));
+        // Drop reasons are new in 5.17.
+        legacy.kfree_skb_reason = r.optional(("reason", 4));
     }
     {
         let (tracepoint, format) = reader("tcp", "tcp_receive_reset", &mut un);
@@ -272,7 +366,8 @@ pub fn resolve_tracepoints(
         o.recv_reset_skaddr = r.field(("skaddr", 8));
         o.recv_reset_sport = r.field(("sport", 2));
         o.recv_reset_dport = r.field(("dport", 2));
-        o.recv_reset_family = r.field(("family", 2));
+        // `family` is new in 5.13; without it the program infers it from `saddr_v6`.
+        o.recv_reset_family = r.optional(("family", 2));
         o.recv_reset_saddr = r.field(("saddr", 4));
         o.recv_reset_daddr = r.field(("daddr", 4));
         o.recv_reset_saddr_v6 = r.field(("saddr_v6", 16));
@@ -280,8 +375,14 @@ pub fn resolve_tracepoints(
     }
     ResolvedTracepoints {
         offsets: o,
+        legacy,
         unresolved: un,
     }
+}
+
+/// Whether `tcp_send_reset` has the pre-6.8 layout, where it never fires without a socket.
+pub fn legacy_send_reset(o: &TracepointOffsets, legacy: &LegacyOffsets) -> bool {
+    o.send_reset_saddr == OFFSET_MISSING && legacy.send_reset_saddr4 != OFFSET_MISSING
 }
 
 /// Resolves tracepoint fields from a mounted tracefs.
@@ -345,6 +446,136 @@ mod tests {
         assert_eq!(sport.reason, "size is 4 bytes, expected 2");
     }
 
+    /// The records of Debian's 5.10 (bullseye) and 6.1 (bookworm), as their tracefs gives them.
+    fn format_text(fields: &[(&str, u32, u32)]) -> String {
+        let mut text = String::from("format:\n");
+        for (decl, offset, size) in fields {
+            text.push_str(&format!(
+                "\tfield:{decl};\toffset:{offset};\tsize:{size};\tsigned:0;\n"
+            ));
+        }
+        text
+    }
+
+    fn old_kernel(family: bool, reasons: bool) -> impl FnMut(&str, &str) -> Result<Format, String> {
+        move |category, name| {
+            let f = |fields: &[(&str, u32, u32)]| {
+                Format::parse(&format!("{category}/{name}"), &format_text(fields))
+                    .map_err(|e| e.to_string())
+            };
+            let shift = if family { 2 } else { 0 };
+            match (category, name) {
+                ("tcp", "tcp_send_reset") => {
+                    let mut v = vec![
+                        ("const void * skbaddr", 8, 8),
+                        ("const void * skaddr", 16, 8),
+                        ("int state", 24, 4),
+                        ("__u16 sport", 28, 2),
+                        ("__u16 dport", 30, 2),
+                        ("__u8 saddr[4]", 32 + shift, 4),
+                        ("__u8 daddr[4]", 36 + shift, 4),
+                        ("__u8 saddr_v6[16]", 40 + shift, 16),
+                        ("__u8 daddr_v6[16]", 56 + shift, 16),
+                    ];
+                    if family {
+                        v.push(("__u16 family", 32, 2));
+                    }
+                    f(&v)
+                }
+                ("tcp", "tcp_receive_reset") => {
+                    let mut v = vec![
+                        ("const void * skaddr", 8, 8),
+                        ("__u16 sport", 16, 2),
+                        ("__u16 dport", 18, 2),
+                        ("__u8 saddr[4]", 20 + shift, 4),
+                        ("__u8 daddr[4]", 24 + shift, 4),
+                        ("__u8 saddr_v6[16]", 28 + shift, 16),
+                        ("__u8 daddr_v6[16]", 44 + shift, 16),
+                    ];
+                    if family {
+                        v.push(("__u16 family", 20, 2));
+                    }
+                    f(&v)
+                }
+                ("skb", "kfree_skb") => {
+                    let mut v = vec![
+                        ("void * skbaddr", 8, 8),
+                        ("void * location", 16, 8),
+                        ("unsigned short protocol", 24, 2),
+                    ];
+                    if reasons {
+                        v.push(("enum skb_drop_reason reason", 28, 4));
+                    }
+                    f(&v)
+                }
+                _ => Err("not in this fixture".into()),
+            }
+        }
+    }
+
+    /// 5.10: the pre-6.8 `tcp_send_reset` without `family`, `tcp_receive_reset` without
+    /// `family`, `kfree_skb` without drop reasons; none of that is reported as missing.
+    #[test]
+    fn debian_5_10_records() {
+        let r = resolve_tracepoints(old_kernel(false, false));
+        let (o, l) = (r.offsets, r.legacy);
+        assert!(legacy_send_reset(&o, &l));
+        assert_eq!(o.send_reset_saddr, OFFSET_MISSING);
+        assert_eq!(o.send_reset_reason, OFFSET_MISSING);
+        assert_eq!((o.send_reset_skaddr, o.send_reset_state), (16, 24));
+        assert_eq!((l.send_reset_sport, l.send_reset_dport), (28, 30));
+        assert_eq!((l.send_reset_saddr_v6, l.send_reset_daddr_v6), (40, 56));
+        assert_eq!(l.send_reset_family, OFFSET_MISSING);
+        assert_eq!(o.recv_reset_family, OFFSET_MISSING);
+        assert_eq!(o.recv_reset_saddr_v6, 28);
+        assert_eq!((l.kfree_skb_skbaddr, l.kfree_skb_protocol), (8, 24));
+        assert_eq!(l.kfree_skb_reason, OFFSET_MISSING);
+        let what: Vec<_> = r.unresolved.iter().map(|u| u.what.as_str()).collect();
+        assert!(
+            !what
+                .iter()
+                .any(|w| w.starts_with("tcp/") || w.starts_with("skb/")),
+            "{what:?}"
+        );
+    }
+
+    /// 6.1: the same with `family` in both reset records and drop reasons.
+    #[test]
+    fn debian_6_1_records() {
+        let r = resolve_tracepoints(old_kernel(true, true));
+        let (o, l) = (r.offsets, r.legacy);
+        assert!(legacy_send_reset(&o, &l));
+        assert_eq!(l.send_reset_family, 32);
+        assert_eq!((l.send_reset_saddr_v6, l.send_reset_daddr_v6), (42, 58));
+        assert_eq!(o.recv_reset_family, 20);
+        assert_eq!(l.kfree_skb_reason, 28);
+    }
+
+    /// 6.8+: the sockaddr layout; kfree_skb is not even looked at.
+    #[test]
+    fn new_send_reset_layout_needs_no_kfree_skb() {
+        let r = resolve_tracepoints(|category, name| match (category, name) {
+            ("tcp", "tcp_send_reset") => Format::parse(
+                "t",
+                &format_text(&[
+                    ("const void * skbaddr", 8, 8),
+                    ("const void * skaddr", 16, 8),
+                    ("int state", 24, 4),
+                    ("enum sk_rst_reason reason", 28, 4),
+                    ("__u8 saddr[28]", 32, 28),
+                    ("__u8 daddr[28]", 60, 28),
+                ]),
+            )
+            .map_err(|e| e.to_string()),
+            _ => Err("absent".into()),
+        });
+        assert!(!legacy_send_reset(&r.offsets, &r.legacy));
+        assert_eq!(r.offsets.send_reset_saddr, 32);
+        assert_eq!(r.offsets.send_reset_reason, 28);
+        assert_eq!(r.legacy.kfree_skb_skbaddr, OFFSET_MISSING);
+        assert!(!r.unresolved.iter().any(|u| u.what.starts_with("skb/")));
+    }
+
     /// Every member resolves on the running kernel's BTF, and every feature is on.
     #[test]
     fn the_running_kernel_resolves_everything() -> Result<(), Box<dyn std::error::Error>> {
@@ -361,8 +592,10 @@ mod tests {
             | feature::SKB_NETNS
             | feature::TASK_EXIT
             | feature::TASK_IDS
-            | feature::SOCK_TUPLE;
-        assert_eq!(r.features, all);
+            | feature::SOCK_TUPLE
+            | feature::SKB_HEADERS;
+        // The tagged `sk_cgrp_data.val` is only for kernels before 5.15.
+        assert_eq!(r.features & !feature::SOCK_CGROUP_TAGGED, all);
         // sock_common is the first member of sock, and skc_net lies within it.
         assert!(r.offsets.sock_net < btf.struct_size("sock_common")?);
         Ok(())
