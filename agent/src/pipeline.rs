@@ -193,7 +193,10 @@ impl Pipeline {
             }
         }
         self.replay_snapshots.clear();
-        self.restarted = seen.into_iter().filter(|cg| self.engine.is_open(*cg)).collect();
+        self.restarted = seen
+            .into_iter()
+            .filter(|cg| self.engine.is_open(*cg))
+            .collect();
         if !self.restarted.is_empty() {
             tracing::info!(
                 terminations = self.restarted.len(),
@@ -500,8 +503,7 @@ impl Pipeline {
 
     /// Flags a report whose termination spanned an agent restart.
     fn mark_restarted(&mut self, report: &mut TerminationReport) {
-        if self.restarted.remove(&report.subject.cgroup_id) && !report.has_flag("agent_restarted")
-        {
+        if self.restarted.remove(&report.subject.cgroup_id) && !report.has_flag("agent_restarted") {
             report.flags.push("agent_restarted".into());
         }
     }
@@ -622,9 +624,7 @@ impl Pipeline {
                             // A connection learnt at a state change (older than the agent,
                             // where the start-up walk could not run) has no known direction:
                             // it enters the report through its own events.
-                            .filter(|(_, c)| {
-                                c.cgroup_id == cg && c.flags & flags::UNTRACKED == 0
-                            })
+                            .filter(|(_, c)| c.cgroup_id == cg && c.flags & flags::UNTRACKED == 0)
                             .map(|(_, c)| open_connection(&c))
                             .collect(),
                     };

@@ -272,7 +272,10 @@ mod tests {
             Err(StateError::Format { found: 99, .. })
         ));
         std::fs::write(&path, b"not json").expect("write");
-        assert!(matches!(Journal::read(&path), Err(StateError::Parse { .. })));
+        assert!(matches!(
+            Journal::read(&path),
+            Err(StateError::Parse { .. })
+        ));
         assert!(Journal::set_aside(&path).is_some());
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).expect("cleanup");
