@@ -256,7 +256,8 @@ mod tests {
             }],
         });
         j.write(&path).expect("write");
-        assert_eq!(Journal::read(&path).expect("read"), j);
+        let read = Journal::read(&path).expect("read");
+        assert_eq!((read.records, read.dropped), (j.records, j.dropped));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
