@@ -383,7 +383,7 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
         Some("/var/lib/kubelet/seccomp/termscope"),
         "the init container's volume: termscope's own profile directory"
     );
-    assert_eq!(volumes.len(), 5);
+    assert_eq!(volumes.len(), 7);
 
     // Pod Security: the namespace admits the hostPath volumes and the two capabilities.
     let ns = one(&docs, "Namespace")?;
