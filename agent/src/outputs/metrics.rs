@@ -809,8 +809,8 @@ mod tests {
         ] {
             has(&text, line);
         }
-        // 9 health series, 3 of the kernel state, 9 of the API and the log.
-        assert_eq!(lines(&text).len(), 9 + 3 + 9, "{text}");
+        // 9 health series, 3 of the kernel state and 1 of restarts, 9 of the API and the log.
+        assert_eq!(lines(&text).len(), 9 + 3 + 1 + 9, "{text}");
         assert!(!text.contains("termscope_kubernetes_api_up"), "standalone");
         m.set_kubernetes_api_up(false);
         m.set_kubernetes_api_up(true);
