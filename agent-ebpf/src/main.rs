@@ -191,7 +191,7 @@ fn task_netns(task: u64) -> u32 {
 }
 
 /// A socket's (or timewait / request socket's: `sock_common` is shared) network namespace.
-#[inline(always)]
+#[inline(never)]
 fn sock_netns(sk: u64) -> u32 {
     match read_at::<u64>(sk, cfg!(kernel.sock_net)) {
         Some(net) => net_inum(net),
@@ -216,7 +216,7 @@ fn skb_netns(skb: u64) -> u32 {
 
 /// Whether `current` is exiting (`PF_EXITING`): a close done now is the kernel tearing down a
 /// dead process's files, not the application closing its socket.
-#[inline(always)]
+#[inline(never)]
 fn current_is_exiting() -> bool {
     if !has(feature::TASK_EXIT) {
         return false;
@@ -239,7 +239,7 @@ fn bump(index: u32) {
 
 /// Whether any cgroup may be watched now (see `WATCH_HINT`): when none is, state changes that
 /// need no map work are not looked at further.
-#[inline(always)]
+#[inline(never)]
 fn anything_watched() -> bool {
     if cfg!(watch_all) != 0 {
         return true;
@@ -548,7 +548,7 @@ fn legacy_family(ctx: &TracePointContext, family_off: u32, saddr_v6_off: u32) ->
 }
 
 /// The socket's cgroup, or `current`'s when the socket's cannot be read (flagged).
-#[inline(always)]
+#[inline(never)]
 fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
     // SAFETY: helper without preconditions.
     let current = unsafe { bpf_get_current_cgroup_id() };
@@ -590,28 +590,23 @@ fn state_tuple(ctx: &TracePointContext) -> Tuple {
     }
 }
 
-#[inline(always)]
-fn emit_state(
-    ev_flags: u32,
-    cgroup_id: u64,
-    conn: (u64, u64),
-    sk: u64,
-    tuple: Tuple,
-    netns: u32,
-    states: (u8, u8),
-) {
+/// Sends a state change of `conn` (its id, cgroup, start, addresses, namespace). A
+/// subprogram of its own (BPF-to-BPF call): the event is built in this frame, not in the
+/// callers', which keeps the probe's stack within 512 bytes on every kernel.
+#[inline(never)]
+fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
     let event = TcpStateEvent {
-        header: header(kind::TCP_STATE, ev_flags, cgroup_id),
-        conn_id: conn.0,
+        header: header(kind::TCP_STATE, ev_flags, conn.cgroup_id),
+        conn_id: conn.conn_id,
         skaddr: sk,
-        established_ns: conn.1,
-        tuple,
-        netns,
-        old_state: states.0,
-        new_state: states.1,
+        established_ns: conn.established_ns,
+        tuple: conn.tuple,
+        netns: conn.netns,
+        old_state: old,
+        new_state: new,
         _pad: [0; 2],
     };
-    emit(&event, cgroup_id);
+    emit(&event, conn.cgroup_id);
 }
 
 /// The hot path. Most state changes belong to a connection already in `LIVE_CONNS`: they
@@ -669,7 +664,7 @@ fn closing_by_us(old: u8, new: u8) -> bool {
 }
 
 /// A new connection: remember it in the kernel, whether or not anyone watches.
-#[inline(always)]
+#[inline(never)]
 fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
@@ -701,15 +696,7 @@ fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
         }
     });
     if is_watched(cgroup_id) {
-        emit_state(
-            ev_flags,
-            cgroup_id,
-            (conn_id, established_ns),
-            sk,
-            tuple,
-            netns,
-            (old, new),
-        );
+        emit_state(ev_flags, &live, sk, old, new);
     }
 }
 
@@ -718,7 +705,7 @@ fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
 /// everything is watched), and `None` is returned. Any other state change is a connection
 /// the programs did not see open (older than the agent, or evicted): it is learnt here, with
 /// a fresh connection id, so that its close is never dropped for want of an id.
-#[inline(always)]
+#[inline(never)]
 fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option<*mut LiveConn> {
     let handshake = matches!(new, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
         || matches!(old, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
@@ -731,17 +718,19 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
     }
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
+    let tuple = state_tuple(ctx);
+    let netns = sock_netns(sk);
     if handshake || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
         if is_watched(cgroup_id) {
-            emit_state(
-                ev_flags,
+            let conn = LiveConn {
+                conn_id: 0,
                 cgroup_id,
-                (0, 0),
-                sk,
-                state_tuple(ctx),
-                sock_netns(sk),
-                (old, new),
-            );
+                established_ns: 0,
+                tuple,
+                netns,
+                flags: 0,
+            };
+            emit_state(ev_flags, &conn, sk, old, new);
         }
         return None;
     }
@@ -749,8 +738,8 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
         conn_id: next_conn_id(),
         cgroup_id,
         established_ns: 0,
-        tuple: state_tuple(ctx),
-        netns: sock_netns(sk),
+        tuple,
+        netns,
         flags: flags::UNTRACKED | (ev_flags & flags::CGROUP_FROM_CURRENT),
     };
     if LIVE_CONNS.insert(sk, live, 0).is_err() {
@@ -762,15 +751,7 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
         None => {
             // Not even a fresh entry: still report the change, with the connection's id.
             if is_watched(cgroup_id) {
-                emit_state(
-                    ev_flags | live.flags,
-                    cgroup_id,
-                    (live.conn_id, 0),
-                    sk,
-                    live.tuple,
-                    live.netns,
-                    (old, new),
-                );
+                emit_state(ev_flags | live.flags, &live, sk, old, new);
             }
             None
         }
@@ -778,7 +759,7 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
 }
 
 /// A state change of a connection in `LIVE_CONNS`.
-#[inline(always)]
+#[inline(never)]
 fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
     // SAFETY: the entry is only written by these programs; a racing removal (the socket's
     // close on another CPU) at worst makes us update a recycled slot's flags.
@@ -804,15 +785,7 @@ fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
         if unsafe { bpf_get_current_cgroup_id() } == snapshot.cgroup_id {
             ev_flags |= flags::IN_OWNER_TASK;
         }
-        emit_state(
-            ev_flags,
-            snapshot.cgroup_id,
-            (snapshot.conn_id, snapshot.established_ns),
-            sk,
-            snapshot.tuple,
-            snapshot.netns,
-            (old, new),
-        );
+        emit_state(ev_flags, &snapshot, sk, old, new);
     }
 }
 
