@@ -591,22 +591,36 @@ fn state_tuple(ctx: &TracePointContext) -> Tuple {
 }
 
 /// Sends a state change of `conn` (its id, cgroup, start, addresses, namespace). A
-/// subprogram of its own (BPF-to-BPF call): the event is built in this frame, not in the
-/// callers', which keeps the probe's stack within 512 bytes on every kernel.
+/// subprogram of its own (BPF-to-BPF call) that writes the event straight into the ring
+/// buffer: with the callers' frames, the probe's stack stays within 512 bytes on every kernel.
 #[inline(never)]
 fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
-    let event = TcpStateEvent {
-        header: header(kind::TCP_STATE, ev_flags, conn.cgroup_id),
-        conn_id: conn.conn_id,
-        skaddr: sk,
-        established_ns: conn.established_ns,
-        tuple: conn.tuple,
-        netns: conn.netns,
-        old_state: old,
-        new_state: new,
-        _pad: [0; 2],
+    // Written in place in the ring buffer: no copy of the event on the stack.
+    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 2 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     };
-    emit(&event, conn.cgroup_id);
+    let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
+        bump(counter::RINGBUF_LOST);
+        with_stats(conn.cgroup_id, |s| s.events_lost += 1);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points to a reserved ring buffer slot of the event's size; every field is
+    // written before the slot is submitted.
+    unsafe {
+        (*e).header = header(kind::TCP_STATE, ev_flags, conn.cgroup_id);
+        (*e).conn_id = conn.conn_id;
+        (*e).skaddr = sk;
+        (*e).established_ns = conn.established_ns;
+        (*e).tuple = conn.tuple;
+        (*e).netns = conn.netns;
+        (*e).old_state = old;
+        (*e).new_state = new;
+        (*e)._pad = [0; 2];
+    }
+    entry.submit(wake);
 }
 
 /// The hot path. Most state changes belong to a connection already in `LIVE_CONNS`: they
