@@ -565,6 +565,16 @@ fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
     cgroup_id
 }
 
+/// The connection's addresses (into `out`) and network namespace (returned), in a frame of
+/// its own: the callers' frames stay small enough for the stack limit of 5.10's and 6.1's
+/// verifiers (512 bytes over the whole call chain). It returns a scalar, never the stack
+/// pointer the verifier would refuse.
+#[inline(never)]
+fn read_addresses(ctx: &TracePointContext, sk: u64, out: &mut Tuple) -> u32 {
+    *out = state_tuple(ctx);
+    sock_netns(sk)
+}
+
 /// The connection's addresses from the tracepoint record.
 #[inline(always)]
 fn state_tuple(ctx: &TracePointContext) -> Tuple {
@@ -686,8 +696,8 @@ fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
     if inbound {
         ev_flags |= flags::INBOUND;
     }
-    let tuple = state_tuple(ctx);
-    let netns = sock_netns(sk);
+    let mut tuple = Tuple::default();
+    let netns = read_addresses(ctx, sk, &mut tuple);
     let conn_id = next_conn_id();
     let established_ns = now();
     let live = LiveConn {
@@ -732,8 +742,8 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
     }
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
-    let tuple = state_tuple(ctx);
-    let netns = sock_netns(sk);
+    let mut tuple = Tuple::default();
+    let netns = read_addresses(ctx, sk, &mut tuple);
     if handshake || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
         if is_watched(cgroup_id) {
             let conn = LiveConn {
