@@ -189,6 +189,20 @@ pub struct AgentArgs {
         value_parser = value_parser!(u64).range(0..=MAX_EVENT_INTERVAL_SECS)
     )]
     pub event_interval_secs: u64,
+    /// Kubernetes: how long to wait for the API server, in seconds: connecting, each answer,
+    /// and the next bytes of a watch (watches end after 5 s less and are renewed). A hung API
+    /// server is logged and shows in /readyz and termscope_kubernetes_api_up within 1.5 times
+    /// this (docs/kubernetes.md).
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "TERMSCOPE_KUBE_API_TIMEOUT_SECS",
+        default_value_t = crate::kube::watch::ApiTimeout::DEFAULT_SECS,
+        value_parser = value_parser!(u64).range(
+            crate::kube::watch::ApiTimeout::MIN_SECS..=crate::kube::watch::ApiTimeout::MAX_SECS
+        )
+    )]
+    pub kube_api_timeout_secs: u64,
     /// Kubernetes: post no Events.
     #[arg(long, env = "TERMSCOPE_NO_EVENTS", value_parser = BoolishValueParser::new())]
     pub no_events: bool,

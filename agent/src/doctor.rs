@@ -101,6 +101,60 @@ pub fn caps_allow_tracing(caps: u64) -> bool {
 }
 
 /// Runs every check.
+/// The process's seccomp mode and filter count, from `/proc/self/status` (`Seccomp:` 0 none,
+/// 1 strict, 2 filter; `Seccomp_filters:`).
+pub fn seccomp_status(status: &str) -> Option<(u32, Option<u32>)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    Some((field("Seccomp:")?, field("Seccomp_filters:")))
+}
+
+/// Whether this (privileged) process may make the `bpf()` system call at all. A seccomp
+/// filter without `bpf` (a container runtime's default profile, `RuntimeDefault`) answers
+/// `EPERM` before the kernel looks at capabilities or arguments; the agent's own profile
+/// (deploy/seccomp/termscope-agent.json) allows it. The call made is `BPF_MAP_CREATE` with an
+/// empty attribute, which the kernel refuses with `EINVAL` when the call is allowed.
+pub fn bpf_syscall_allowed() -> Result<(), String> {
+    // SAFETY: bpf(BPF_MAP_CREATE = 0, NULL, 0): no memory is passed; a descriptor it might
+    // return is closed at once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0 as libc::c_long,
+            std::ptr::null::<u8>(),
+            0 as libc::c_uint,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: fd was just returned to this process and is not used elsewhere.
+        unsafe { libc::close(fd as libc::c_int) };
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Ok(());
+    }
+    let seccomp = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| seccomp_status(&s));
+    Err(match seccomp {
+        Some((2, filters)) => format!(
+            "denied (EPERM) although the capabilities are in effect: this process runs under a \
+             seccomp filter ({} filter(s)) that does not allow bpf(); run the agent under its \
+             own profile, which does (deploy/seccomp/termscope-agent.json, a Localhost \
+             profile: deploy/README.md), not RuntimeDefault",
+            filters.map_or_else(|| "?".to_string(), |n| n.to_string())
+        ),
+        _ => "denied (EPERM) although the capabilities are in effect: a security module \
+              (SELinux, AppArmor, lockdown) or kernel.unprivileged_bpf_disabled refuses it"
+            .to_string(),
+    })
+}
+
 pub fn run() -> Report {
     let mut checks = Vec::new();
 
@@ -128,6 +182,13 @@ pub fn run() -> Report {
             "could not read capabilities from /proc/self/status",
         ),
     }));
+
+    if privileged {
+        checks.push(essential(match bpf_syscall_allowed() {
+            Ok(()) => check("bpf() system call", Status::Ok, "allowed"),
+            Err(why) => check("bpf() system call", Status::Fail, why),
+        }));
+    }
 
     let support = KernelSupport::probe();
     checks.push(essential(match &support.btf {
@@ -475,6 +536,14 @@ mod tests {
         assert!(caps_allow_tracing((1 << CAP_BPF) | (1 << CAP_PERFMON)));
         assert!(!caps_allow_tracing(1 << CAP_BPF));
         assert!(!caps_allow_tracing(0));
+    }
+
+    #[test]
+    fn reads_the_seccomp_mode() {
+        let status = "Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t1\nCpus_allowed:\tf\n";
+        assert_eq!(seccomp_status(status), Some((2, Some(1))));
+        assert_eq!(seccomp_status("Seccomp:\t0\n"), Some((0, None)));
+        assert_eq!(seccomp_status("Name:\tx\n"), None);
     }
 
     #[test]

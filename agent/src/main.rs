@@ -174,6 +174,9 @@ impl Outputs {
             self.count_failures(&e);
             tracing::warn!(error = %e, id = %pod.id, "the pod report was not written (it is still served by the API)");
         }
+        if self.log.take_stdout_shortened() {
+            self.metrics.stdout_report_shortened();
+        }
         self.pods
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -199,6 +202,9 @@ impl Outputs {
             if let Err(e) = self.log.write(&report) {
                 self.count_failures(&e);
                 tracing::warn!(error = %e, id = %report.id, "the report was not written (it is still served by the API)");
+            }
+            if self.log.take_stdout_shortened() {
+                self.metrics.stdout_report_shortened();
             }
             self.store
                 .write()
@@ -244,8 +250,10 @@ async fn agent(args: AgentArgs) -> Result<()> {
         stdout: !args.no_stdout_reports,
     });
     report_log.open()?;
+    let kube_timeout = termscope::kube::watch::ApiTimeout::from_secs(args.kube_api_timeout_secs);
     let kube_client = termscope::kube::watch::client_from_env(
         args.kubeconfig.as_deref().map(std::path::Path::as_os_str),
+        kube_timeout,
     )
     .await
     .context("reading the Kubernetes configuration (--kubeconfig, $KUBECONFIG, or the pod's service account)")?;
@@ -302,6 +310,9 @@ async fn agent(args: AgentArgs) -> Result<()> {
         }
     }
 
+    if let Err(why) = doctor::bpf_syscall_allowed() {
+        bail!("the bpf() system call is {why}");
+    }
     let mut probes = Probes::load(&opts).context("loading the kernel programs")?;
     let attached = probes.attached();
     tracing::info!(
@@ -339,8 +350,13 @@ async fn agent(args: AgentArgs) -> Result<()> {
             let health = Arc::new(termscope::kube::watch::ApiHealth::default());
             status.set_kube(health.clone());
             kube_health = Some(health.clone());
-            let (rx, _task) =
-                termscope::kube::watch::spawn(client.clone(), node.clone(), 4096, health);
+            let (rx, _task) = termscope::kube::watch::spawn(
+                client.clone(),
+                node.clone(),
+                4096,
+                health,
+                kube_timeout,
+            );
             tracing::info!(
                 %node,
                 "Kubernetes mode: watching this node's pods and the endpoint slices; a pod's \

@@ -27,6 +27,13 @@
 //! - discovery (`/api`, `/api/v1`, `/apis`, `/apis/{group}[/{version}]`, `/version`) in the
 //!   legacy (non-aggregated) form, which kubectl falls back to.
 //!
+//! - a hung server ([`ApiServer::hang`]): it still accepts connections and reads requests but
+//!   answers none, and open watches send nothing more (no events, no bookmarks), until
+//!   [`ApiServer::answer`]; then the held requests are answered and the watches go on. It
+//!   stands in for a kube-apiserver stuck behind its load balancer (etcd unavailable, the
+//!   server overloaded or paused, a black-holed connection), which clients only notice by
+//!   their own timeouts.
+//!
 //! What it does not do: authentication, authorization, admission, validation or defaulting
 //! (objects are stored as sent, plus `metadata.{uid,resourceVersion,creationTimestamp}`), graceful
 //! deletion through the HTTP DELETE (the test's kubelet stand-in sets `deletionTimestamp`
@@ -183,6 +190,16 @@ struct Shared {
     store: Mutex<Store>,
     /// Bumped to end every open watch.
     watch_generation: watch::Sender<u64>,
+    /// `true` while the server hangs ([`ApiServer::hang`]).
+    hung: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Returns once the server does not hang (at once if it does not).
+    async fn unhung(&self) {
+        let mut hung = self.hung.subscribe();
+        let _ = hung.wait_for(|h| !*h).await;
+    }
 }
 
 impl Shared {
@@ -223,6 +240,7 @@ impl ApiServer {
                 uid_seq: 0,
             }),
             watch_generation: watch::channel(0).0,
+            hung: watch::channel(false).0,
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
@@ -254,6 +272,17 @@ impl ApiServer {
             .dir
             .write("kubeconfig", kubeconfig_yaml(&server.url()))?;
         Ok(server)
+    }
+
+    /// From now on the server hangs: it accepts connections and requests but answers none,
+    /// and its open watches send nothing (see the module's documentation).
+    pub fn hang(&self) {
+        self.shared.hung.send_replace(true);
+    }
+
+    /// The server answers again: held requests are answered, watches go on.
+    pub fn answer(&self) {
+        self.shared.hung.send_replace(false);
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -723,6 +752,7 @@ async fn handle(
         "{method} {}",
         uri.path_and_query().map_or("", |p| p.as_str())
     ));
+    shared.unhung().await;
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -1150,6 +1180,7 @@ async fn run_watch(
         }
     };
     for line in first {
+        shared.unhung().await;
         if tx.send(Ok(line)).await.is_err() {
             return;
         }
@@ -1157,9 +1188,15 @@ async fn run_watch(
     // An expired resourceVersion: the ERROR event was all there is to say.
     let Some(mut live) = live else { return };
     let deadline = w.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut hung = shared.hung.subscribe();
     let mut bookmark = tokio::time::interval(bookmark_every);
     bookmark.tick().await;
     loop {
+        // A hung server sends nothing, not even the end of the watch.
+        tokio::select! {
+            () = shared.unhung() => {}
+            () = tx.closed() => return,
+        }
         let until_deadline = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -1167,6 +1204,7 @@ async fn run_watch(
             }
         };
         tokio::select! {
+            () = async { let _ = hung.wait_for(|h| *h).await; } => continue,
             _ = until_deadline => return,
             _ = generation.changed() => return,
             _ = tx.closed() => return,

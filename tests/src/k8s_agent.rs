@@ -111,6 +111,11 @@ impl AgentProcess {
     /// until it is ready: `/readyz` answers 200 and its watchers on pods and EndpointSlices
     /// have listed and are watching (so it sees every change made from then on).
     pub fn start(api: &ApiServer, node_name: &str) -> Result<Self> {
+        Self::start_with(api, node_name, &[])
+    }
+
+    /// [`AgentProcess::start`] with more command-line arguments.
+    pub fn start_with(api: &ApiServer, node_name: &str, extra: &[&str]) -> Result<Self> {
         let bin = agent_binary()?;
         let dir = TempDir::new("agent")?;
         let log_file = dir.join("t.jsonl");
@@ -126,6 +131,7 @@ impl AgentProcess {
             .arg("--log-file")
             .arg(&log_file)
             .args(["--no-stdout-reports", "--linger-ms", "1000"])
+            .args(extra)
             // Keep the environment from choosing another API server or log level.
             .env_remove("KUBECONFIG")
             .env_remove("KUBERNETES_SERVICE_HOST")

@@ -15,6 +15,7 @@ use termscope::attribute::cgroup_path::{QosClass, classify};
 use termscope_tests::{
     apiserver::{ApiServer, Res},
     containerd::Containerd,
+    k8s_agent::AgentProcess,
     k8s_test,
     kubelet::{ContainerSpec, KubeletDriver, PodSpec, PreStop},
 };
@@ -633,5 +634,87 @@ fn private_containerd_starts_and_cleans_up() -> Result<()> {
     drop(c);
     ensure!(!dir.exists(), "{} is left", dir.display());
     ensure!(!netns.exists(), "{} is left", netns.display());
+    Ok(())
+}
+
+/// The real agent against a hung API server (the stand-in's hang mode: connections and
+/// requests are taken, nothing is answered, open watches go silent): with
+/// `--kube-api-timeout-secs 4` the agent logs it, `/readyz` says 503 and why, and
+/// `termscope_kubernetes_api_up` drops to 0; once the server answers again both come back
+/// and the agent watches again. (No containerd needed; root for the probes.)
+#[test]
+fn agent_notices_a_hung_api_server_and_recovers() -> Result<()> {
+    termscope_tests::kernel_test!();
+    let api = ApiServer::start()?;
+    let agent = AgentProcess::start_with(&api, "test-node", &["--kube-api-timeout-secs", "4"])?;
+    let api_up = |want: &str| -> Result<bool> {
+        let (status, body) = agent.get("/metrics")?;
+        ensure!(status == 200, "/metrics: {status}");
+        Ok(body
+            .lines()
+            .any(|l| l.trim() == format!("termscope_kubernetes_api_up {want}")))
+    };
+    // Polls `done` until it holds (a bound on the wait, not on how fast the agent is).
+    let wait = |what: &str, done: &dyn Fn() -> Result<bool>| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !done()? {
+            if Instant::now() > deadline {
+                bail!(
+                    "{what}: not within 90 s; /readyz {:?}; agent stderr:\n{}",
+                    agent.get("/readyz").ok(),
+                    agent.stderr_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    };
+    wait("api_up 1 at start", &|| api_up("1"))?;
+
+    api.hang();
+    wait("/readyz 503 with the API server hung", &|| {
+        let (status, body) = agent.get("/readyz")?;
+        Ok(status == 503 && body.contains("Kubernetes API server"))
+    })?;
+    let (_, why) = agent.get("/readyz")?;
+    eprintln!("/readyz while hung: {}", why.trim());
+    ensure!(
+        why.contains("does not answer GET /version") || why.contains("fails the"),
+        "{why}"
+    );
+    wait("api_up 0 with the API server hung", &|| api_up("0"))?;
+    let log = agent.stderr_tail(200);
+    ensure!(
+        log.contains("kubernetes: not ready"),
+        "the agent did not log it:\n{log}"
+    );
+
+    let before = api.requests().len();
+    api.answer();
+    wait("/readyz 200 once the API server answers again", &|| {
+        Ok(agent.get("/readyz")?.0 == 200)
+    })?;
+    wait("api_up 1 once the API server answers again", &|| {
+        api_up("1")
+    })?;
+    ensure!(
+        agent
+            .stderr_tail(200)
+            .contains("the API server serves the watches: ready"),
+        "{}",
+        agent.stderr_tail(30)
+    );
+    // It watches again: new watch requests for both resources after the hang.
+    wait("watching again", &|| {
+        let after = api.requests();
+        let watching = |path: &str| {
+            after[before.min(after.len())..]
+                .iter()
+                .any(|r| r.starts_with(&format!("GET {path}?")) && r.contains("watch="))
+        };
+        Ok(watching("/api/v1/pods") && watching("/apis/discovery.k8s.io/v1/endpointslices"))
+    })?;
+    let status = agent.stop()?;
+    ensure!(status.success(), "agent exit: {status}");
     Ok(())
 }

@@ -124,7 +124,8 @@ enum Command {
         /// Kernel series to boot (default: all).
         series: Vec<String>,
     },
-    /// Run setup, then the agent's benchmarks (`cargo bench -p termscope`).
+    /// Run setup, install the references (bpftrace, libbpf-tools), then the agent's
+    /// benchmarks (`cargo bench -p termscope`).
     ///
     /// Arguments after `--` go to `cargo bench`, e.g. `cargo xtask bench -- ring_buffer`.
     Bench {

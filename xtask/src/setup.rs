@@ -97,6 +97,25 @@ pub const DEMO_PACKAGES: &[TestPackage] = &[
     },
 ];
 
+/// What `cargo xtask bench` measures termscope against, in the same run.
+pub const BENCH_PACKAGES: &[TestPackage] = &[
+    TestPackage {
+        name: "bpftrace",
+        why: "the bench's reference: a bpftrace one-liner on the same tracepoint",
+    },
+    TestPackage {
+        name: "libbpf-tools",
+        why: "the bench's reference: tcpstates and sigsnoop",
+    },
+];
+
+/// The build steps, then the Debian packages of the bench's references.
+pub fn run_for_bench(ctx: &Ctx) -> Result<()> {
+    run(ctx, false)?;
+    let mut apt = Apt::default();
+    packages(ctx, &mut apt, BENCH_PACKAGES, "the benchmark's references")
+}
+
 /// The build steps, then only the Debian packages the demo runs.
 pub fn run_for_demo(ctx: &Ctx) -> Result<()> {
     run(ctx, false)?;

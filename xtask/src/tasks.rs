@@ -69,9 +69,9 @@ pub fn run_agent(ctx: &Ctx, release: bool, no_sudo: bool, args: Vec<String>) -> 
     Err(err).with_context(|| format!("could not start `{shown}`"))
 }
 
-/// `cargo bench -p termscope [args]`, after setup.
+/// `cargo bench -p termscope [args]`, after setup and the references' packages.
 pub fn bench(ctx: &Ctx, args: &[String]) -> Result<()> {
-    setup::run(ctx, false)?;
+    setup::run_for_bench(ctx)?;
     let mut cmd = ctx.cargo(&["bench", "-p", "termscope"]);
     cmd.args(args);
     ctx.run(&mut cmd)

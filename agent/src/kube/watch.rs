@@ -11,7 +11,17 @@
 //! - EndpointSlices: all namespaces; endpoints on other nodes are dropped
 //!   before they are sent.
 //!
-//! Both use kube-rs's watcher with its default backoff. A re-list (at start, and
+//! Both use kube-rs's watcher with its default backoff.
+//!
+//! A hung API server (it accepts connections but never answers, or stops sending on a watch)
+//! is noticed within a bounded time set by `--kube-api-timeout` ([`ApiTimeout`], default 60 s):
+//! every request must get its answer, and a watch its next bytes, within that time (the
+//! client's read timeout, counted from when the request was sent); watches ask the server to
+//! end them after 5 s less (`timeoutSeconds`; half the timeout up to 10 s), so a quiet but healthy watch ends before the
+//! read timeout and is simply watched again. A probe (`GET /version`, which every
+//! authenticated client may read) every half timeout tells when the server answers again:
+//! a watcher's failure is over once a probe sent after it was answered, or once the watcher
+//! gets an event. A re-list (at start, and
 //! after `410 Gone` when the resource version expired) arrives as `Init`,
 //! `InitApply`..., `InitDone`: every listed object is sent as it comes, and at
 //! `InitDone` the set of listed keys ([`KubeUpdate::PodsListed`],
@@ -31,6 +41,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -94,7 +105,10 @@ pub fn config_source(
 /// An API client from the environment (see [`config_source`]): `kubeconfig` is
 /// `--kubeconfig` (else `KUBECONFIG` is read). `Ok(None)`: not in a cluster and
 /// no kubeconfig given, run standalone.
-pub async fn client_from_env(kubeconfig: Option<&OsStr>) -> Result<Option<Client>, KubeError> {
+pub async fn client_from_env(
+    kubeconfig: Option<&OsStr>,
+    api_timeout: ApiTimeout,
+) -> Result<Option<Client>, KubeError> {
     let env = |name| std::env::var_os(name);
     let (kubeconfig_env, service_host): (Option<OsString>, Option<OsString>) =
         (env(KUBECONFIG_ENV), env(SERVICE_HOST_ENV));
@@ -137,6 +151,8 @@ pub async fn client_from_env(kubeconfig: Option<&OsStr>) -> Result<Option<Client
                 })?
         }
     };
+    let mut config = config;
+    api_timeout.apply(&mut config);
     Client::try_from(config)
         .map(Some)
         .map_err(KubeError::Client)
@@ -157,6 +173,61 @@ pub fn node_name(explicit: Option<&str>) -> Result<String, KubeError> {
         .ok_or(KubeError::NodeNameMissing)
 }
 
+/// How long the agent waits for the API server before it counts as not answering
+/// (`--kube-api-timeout`): connecting, each answer, and the next bytes of a watch. Watches
+/// ask the server to end them 5 s sooner (half as long up to 10 s), a probe (`GET /version`) goes every half of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiTimeout(Duration);
+
+impl ApiTimeout {
+    /// The default: 60 s.
+    pub const DEFAULT_SECS: u64 = 60;
+    /// The shortest allowed: a watch must end (`timeoutSeconds` >= 1) before the read timeout.
+    pub const MIN_SECS: u64 = 2;
+    /// The longest allowed: one hour.
+    pub const MAX_SECS: u64 = 3600;
+
+    /// `secs` clamped to [`Self::MIN_SECS`]..=[`Self::MAX_SECS`] (the CLI rejects others).
+    pub fn from_secs(secs: u64) -> Self {
+        ApiTimeout(Duration::from_secs(
+            secs.clamp(Self::MIN_SECS, Self::MAX_SECS),
+        ))
+    }
+
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+
+    /// The `timeoutSeconds` the watches ask for: 5 s less than the timeout (half of it up
+    /// to 10 s; at least 1 s, always less than the timeout).
+    pub fn watch_secs(self) -> u32 {
+        let secs = self.0.as_secs();
+        let watch = if secs > 10 { secs - 5 } else { secs / 2 };
+        u32::try_from(watch.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// How often the probe asks for `/version`.
+    pub fn probe_every(self) -> Duration {
+        self.0 / 2
+    }
+
+    /// Sets the client's connect, read and write timeouts (kube-rs sets no read timeout).
+    pub fn apply(self, config: &mut Config) {
+        config.connect_timeout = Some(self.0);
+        config.read_timeout = Some(self.0);
+        config.write_timeout = Some(self.0);
+        // Count the read timeout from when a request is sent, not from when its pooled
+        // connection went idle.
+        config.reset_reader_on_write = true;
+    }
+}
+
+impl Default for ApiTimeout {
+    fn default() -> Self {
+        ApiTimeout::from_secs(Self::DEFAULT_SECS)
+    }
+}
+
 /// The field selector of this node's pods.
 pub fn node_field_selector(node: &str) -> String {
     format!("spec.nodeName={node}")
@@ -164,7 +235,7 @@ pub fn node_field_selector(node: &str) -> String {
 
 /// Whether the watchers reach the API server: the agent is ready only once every watcher
 /// has listed, and not while one fails (an unreachable or failing API server; a hung one
-/// fails the request after the client's read timeout). `/readyz` and
+/// fails the request after [`ApiTimeout`]), nor while the probe gets no answer. `/readyz` and
 /// `termscope_kubernetes_api_up` show it.
 #[derive(Debug, Default)]
 pub struct ApiHealth {
@@ -175,9 +246,21 @@ pub struct ApiHealth {
 struct HealthState {
     /// Per watcher (`Pod`, `EndpointSlice`): whether it has listed once.
     listed: HashMap<&'static str, bool>,
-    /// Per watcher: its last error, until it works again.
-    failing: HashMap<&'static str, String>,
+    /// Per watcher (and [`PROBE`]): why it fails and since when, until it works again.
+    failing: HashMap<&'static str, Failure>,
 }
+
+#[derive(Debug)]
+struct Failure {
+    since: Instant,
+    why: String,
+    /// The server answered, with an error (403, 500...): only the watcher's own success ends
+    /// it. Otherwise (no answer, no connection) the server answering the probe ends it.
+    answered: bool,
+}
+
+/// The name of the `GET /version` probe among the watchers' health entries.
+const PROBE: &str = "probe";
 
 impl ApiHealth {
     fn with<T>(&self, f: impl FnOnce(&mut HealthState) -> T) -> T {
@@ -199,19 +282,37 @@ impl ApiHealth {
         });
     }
 
-    fn failed(&self, kind: &'static str, error: String) {
-        self.with(|s| s.failing.insert(kind, error));
+    fn failed(&self, kind: &'static str, error: String, answered: bool) {
+        let why = if kind == PROBE {
+            format!("the Kubernetes API server does not answer GET /version: {error}")
+        } else {
+            format!("the Kubernetes API server fails the {kind} watch: {error}")
+        };
+        let failure = Failure {
+            since: Instant::now(),
+            why,
+            answered,
+        };
+        self.with(|s| s.failing.insert(kind, failure));
+    }
+
+    /// The probe sent at `sent` was answered: the server answers, so the failures to answer
+    /// from before `sent` are over (a watch that still gets no answer fails again within the
+    /// timeout). Errors the server answered with stay until their watcher works.
+    fn probe_answered(&self, sent: Instant) {
+        self.with(|s| {
+            s.failing.remove(PROBE);
+            s.failing.retain(|_, f| f.answered || f.since >= sent);
+        });
     }
 
     /// `Err`: why the API server does not serve the agent now.
     pub fn check(&self) -> Result<(), String> {
         self.with(|s| {
             let mut failing: Vec<_> = s.failing.iter().collect();
-            failing.sort();
-            if let Some((kind, error)) = failing.first() {
-                return Err(format!(
-                    "the Kubernetes API server fails the {kind} watch: {error}"
-                ));
+            failing.sort_by_key(|(kind, _)| **kind);
+            if let Some((_, failure)) = failing.first() {
+                return Err(failure.why.clone());
             }
             let mut waiting: Vec<&str> = s
                 .listed
@@ -240,20 +341,71 @@ pub fn spawn(
     node: String,
     capacity: usize,
     health: std::sync::Arc<ApiHealth>,
+    timeout: ApiTimeout,
 ) -> (mpsc::Receiver<KubeUpdate>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     health.started(<Pod as Watched>::KIND);
     health.started(<EndpointSlice as Watched>::KIND);
-    let task = tokio::spawn(async move { run(client, &node, tx, &health).await });
+    let task = tokio::spawn(async move { run(client, &node, tx, &health, timeout).await });
     (rx, task)
 }
 
-/// Runs both watchers until the receiver is dropped.
-pub async fn run(client: Client, node: &str, tx: mpsc::Sender<KubeUpdate>, health: &ApiHealth) {
+/// Runs both watchers and the probe until the receiver is dropped.
+pub async fn run(
+    client: Client,
+    node: &str,
+    tx: mpsc::Sender<KubeUpdate>,
+    health: &ApiHealth,
+    timeout: ApiTimeout,
+) {
     tokio::join!(
-        watch_pods(client.clone(), node, tx.clone(), health),
-        watch_endpoint_slices(client, node, tx, health),
+        watch_pods(client.clone(), node, tx.clone(), health, timeout),
+        watch_endpoint_slices(client.clone(), node, tx.clone(), health, timeout),
+        probe(client, &tx, health, timeout),
     );
+}
+
+/// Asks the API server for `/version` every [`ApiTimeout::probe_every`] until the receiver is
+/// dropped, and tells `health` whether it answered within the timeout.
+pub async fn probe(
+    client: Client,
+    tx: &mpsc::Sender<KubeUpdate>,
+    health: &ApiHealth,
+    timeout: ApiTimeout,
+) {
+    let mut answering = true;
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(timeout.probe_every()) => {}
+        }
+        let sent = Instant::now();
+        let answer = tokio::select! {
+            () = tx.closed() => return,
+            answer = tokio::time::timeout(timeout.duration(), client.apiserver_version()) => answer,
+        };
+        let error = match answer {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {:?}", timeout.duration())),
+        };
+        match error {
+            None => {
+                if !answering {
+                    tracing::info!("kubernetes: the API server answers GET /version again");
+                }
+                answering = true;
+                health.probe_answered(sent);
+            }
+            Some(error) => {
+                if answering {
+                    tracing::warn!(%error, "kubernetes: the API server does not answer GET /version");
+                }
+                answering = false;
+                health.failed(PROBE, error, false);
+            }
+        }
+    }
 }
 
 /// Watches this node's pods until the receiver is dropped.
@@ -262,8 +414,11 @@ pub async fn watch_pods(
     node: &str,
     tx: mpsc::Sender<KubeUpdate>,
     health: &ApiHealth,
+    timeout: ApiTimeout,
 ) {
-    let config = watcher::Config::default().fields(&node_field_selector(node));
+    let config = watcher::Config::default()
+        .fields(&node_field_selector(node))
+        .timeout(timeout.watch_secs());
     run_watcher::<Pod>(Api::all(client), config, node, &tx, health).await;
 }
 
@@ -274,10 +429,11 @@ pub async fn watch_endpoint_slices(
     node: &str,
     tx: mpsc::Sender<KubeUpdate>,
     health: &ApiHealth,
+    timeout: ApiTimeout,
 ) {
     run_watcher::<EndpointSlice>(
         Api::all(client),
-        watcher::Config::default(),
+        watcher::Config::default().timeout(timeout.watch_secs()),
         node,
         &tx,
         health,
@@ -351,6 +507,17 @@ impl Watched for EndpointSlice {
     }
 }
 
+/// Whether a watcher's error is an answer of the server (an error status) rather than no
+/// answer (a timeout, no connection).
+fn answered(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => true,
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => matches!(e, kube::Error::Api(_)),
+    }
+}
+
 fn now() -> UnixNanos {
     UnixNanos(crate::clock::wall_ns())
 }
@@ -405,7 +572,7 @@ async fn run_watcher<K: Watched>(
                 }
             }
             Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
-            Err(error) => health.failed(K::KIND, error.to_string()),
+            Err(error) => health.failed(K::KIND, error.to_string(), answered(error)),
         }
         let update = match item {
             Ok(watcher::Event::Init) => {
@@ -575,7 +742,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn unreadable_kubeconfig_is_a_clear_error() {
         let missing = OsStr::new("/nonexistent/termscope-kubeconfig");
-        match client_from_env(Some(missing)).await {
+        match client_from_env(Some(missing), ApiTimeout::default()).await {
             Err(e @ KubeError::KubeconfigRead { .. }) => {
                 assert!(
                     e.to_string().contains("/nonexistent/termscope-kubeconfig"),
@@ -616,7 +783,7 @@ contexts:
         if let Err(e) = std::fs::write(&path, yaml) {
             panic!("{e}");
         }
-        let client = client_from_env(Some(path.as_os_str())).await;
+        let client = client_from_env(Some(path.as_os_str()), ApiTimeout::default()).await;
         let _ = std::fs::remove_file(&path);
         match client {
             Ok(Some(c)) => assert_eq!(c.default_namespace(), "shop"),
@@ -637,7 +804,9 @@ contexts:
             Err("waiting for the Kubernetes API server to list Pod".into())
         );
         let h = health.clone();
-        let task = tokio::spawn(async move { watch_pods(client, "node-a", tx, &h).await });
+        let task = tokio::spawn(async move {
+            watch_pods(client, "node-a", tx, &h, ApiTimeout::default()).await
+        });
         let (_, _, _, reply) = next_request(&mut api).await;
         respond(
             reply,
@@ -665,12 +834,139 @@ contexts:
         let _ = timeout(STEP, task).await;
     }
 
+    #[test]
+    fn api_timeout_bounds_watches_and_probes() {
+        for secs in [ApiTimeout::MIN_SECS, 3, 10, 11, 60, ApiTimeout::MAX_SECS] {
+            let t = ApiTimeout::from_secs(secs);
+            assert!(
+                u64::from(t.watch_secs()) < secs,
+                "{secs}: {}",
+                t.watch_secs()
+            );
+            assert!(t.watch_secs() >= 1);
+            assert!(t.probe_every() < t.duration());
+        }
+        assert_eq!(ApiTimeout::default().watch_secs(), 55);
+        assert_eq!(ApiTimeout::from_secs(0).duration(), Duration::from_secs(2));
+        let mut config = Config::new("http://127.0.0.1:1".parse().expect("uri"));
+        ApiTimeout::from_secs(7).apply(&mut config);
+        assert_eq!(config.read_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(config.connect_timeout, Some(Duration::from_secs(7)));
+        assert!(config.reset_reader_on_write);
+    }
+
+    /// The probe ends failures to answer from before it, not errors the server answered
+    /// with (a 403 stays until the watch works: no flapping between the watcher's retries).
+    #[test]
+    fn the_probe_ends_only_failures_to_answer() {
+        let health = ApiHealth::default();
+        health.failed("Pod", "timed out".into(), false);
+        health.failed("EndpointSlice", "403 forbidden".into(), true);
+        health.probe_answered(Instant::now());
+        assert_eq!(
+            health.check(),
+            Err("the Kubernetes API server fails the EndpointSlice watch: 403 forbidden".into())
+        );
+        health.works("EndpointSlice", false);
+        assert_eq!(health.check(), Ok(()));
+        // A failure after the probe was sent stays.
+        let sent = Instant::now();
+        health.failed("Pod", "timed out".into(), false);
+        health.probe_answered(sent);
+        assert!(health.check().is_err());
+    }
+
+    fn version_json() -> Value {
+        json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "x",
+               "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+               "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"})
+    }
+
+    /// An API server that lists, then hangs (takes requests, answers none: the watch and
+    /// the probe stay unanswered): the probe's timeout makes the health fail and say why;
+    /// when the server answers the probe again the health recovers.
+    #[tokio::test]
+    async fn a_hung_api_server_is_noticed_and_its_return_too() {
+        let (client, mut api) = mock_client();
+        let (tx, mut rx) = mpsc::channel(64);
+        let health = std::sync::Arc::new(ApiHealth::default());
+        let t = ApiTimeout::from_secs(2);
+        let h = health.clone();
+        let task = tokio::spawn(async move {
+            tokio::join!(
+                watch_pods(client.clone(), "node-a", tx.clone(), &h, t),
+                probe(client, &tx, &h, t),
+            );
+        });
+        let mut state = KubeState::new(KubeStateConfig::default());
+        // Phase 0: the server answers; 1: it hangs; 2: it answers the probe again.
+        let mut held: Vec<Reply> = Vec::new();
+        let mut listed = false;
+        let mut watch_asked = String::new();
+        for phase in 0..3 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let done = match phase {
+                    0 => listed && !watch_asked.is_empty() && health.check().is_ok(),
+                    1 => health.check().is_err_and(|e| {
+                        e == "the Kubernetes API server does not answer GET /version: \
+                              no answer within 2s"
+                    }),
+                    _ => health.check().is_ok(),
+                };
+                if done {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "phase {phase}: {:?}",
+                    health.check()
+                );
+                tokio::select! {
+                    req = api.next_request() => {
+                        let Some((req, reply)) = req else { panic!("client gone") };
+                        let uri = req.uri().to_string();
+                        if uri.contains("watch=true") {
+                            watch_asked.clone_from(&uri);
+                        }
+                        if phase == 1 {
+                            held.push(reply);
+                        } else if uri == "/version" {
+                            respond(reply, StatusCode::OK, &version_json());
+                        } else if uri.contains("watch=true") {
+                            held.push(reply);
+                        } else {
+                            respond(reply, StatusCode::OK, &list("Pod", "100", vec![]));
+                        }
+                    }
+                    update = recv(&mut rx, &mut state), if !listed => {
+                        listed = matches!(update, KubeUpdate::PodsListed { .. });
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+        // The watch asked the server to end it before the client's read timeout.
+        assert!(watch_asked.contains("timeoutSeconds=1"), "{watch_asked}");
+        drop(held);
+        drop(rx);
+        drop(api);
+        let _ = timeout(STEP, task).await;
+    }
+
     #[tokio::test]
     async fn pod_watch_lists_watches_and_relists_after_gone() {
         let (client, mut api) = mock_client();
         let (tx, mut rx) = mpsc::channel(64);
         let task = tokio::spawn(async move {
-            watch_pods(client, "node-a", tx, &ApiHealth::default()).await;
+            watch_pods(
+                client,
+                "node-a",
+                tx,
+                &ApiHealth::default(),
+                ApiTimeout::default(),
+            )
+            .await;
         });
         let mut state = KubeState::new(KubeStateConfig::default());
         let selector = "fieldSelector=spec.nodeName%3Dnode-a";
@@ -823,7 +1119,14 @@ contexts:
         let (client, mut api) = mock_client();
         let (tx, mut rx) = mpsc::channel(64);
         let task = tokio::spawn(async move {
-            watch_endpoint_slices(client, "node-a", tx, &ApiHealth::default()).await;
+            watch_endpoint_slices(
+                client,
+                "node-a",
+                tx,
+                &ApiHealth::default(),
+                ApiTimeout::default(),
+            )
+            .await;
         });
         let mut state = KubeState::new(KubeStateConfig::default());
 
@@ -901,7 +1204,13 @@ contexts:
     #[tokio::test]
     async fn run_drives_both_watchers() {
         let (client, mut api) = mock_client();
-        let (mut rx, task) = spawn(client, "node-a".into(), 8, Default::default());
+        let (mut rx, task) = spawn(
+            client,
+            "node-a".into(),
+            8,
+            Default::default(),
+            ApiTimeout::default(),
+        );
         let mut paths = Vec::new();
         for _ in 0..2 {
             let (_, uri, _, reply) = next_request(&mut api).await;

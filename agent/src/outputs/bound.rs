@@ -113,6 +113,199 @@ fn timeline(steps: &mut Vec<Step>, keep: usize) -> Option<String> {
     Some(format!("{} timeline step(s) ({kinds})", left_out.len()))
 }
 
+/// The longest line written to stdout, newline included: containerd's CRI log format splits
+/// longer lines (16 KiB), and log shippers then see pieces that are not JSON.
+pub const STDOUT_MAX_LINE: usize = 16 * 1024;
+/// The flag of a report shortened on stdout (the log file and the API have it whole).
+pub const STDOUT_TRUNCATED: &str = "stdout_truncated";
+/// The lists that are shortened on stdout, wherever they are (a pod report's containers too),
+/// in the order they give way: connections keep their head (cut ones come first), the others
+/// their first and last entries.
+const STDOUT_LISTS: [&str; 4] = ["connections", "timeline", "exits", "stop_signals"];
+/// What is kept of a report when even without its lists it does not fit.
+const STDOUT_MINIMAL: [&str; 14] = [
+    "schema",
+    "id",
+    "opened_by",
+    "node",
+    "pod",
+    "pod_uid",
+    "namespace",
+    "outcome",
+    "flags",
+    "counts",
+    "started_at",
+    "ended_at",
+    "shutdown_ms",
+    "connections_omitted",
+];
+
+/// One report (container or pod) as the JSON line written to stdout, newline included, at
+/// most [`STDOUT_MAX_LINE`] bytes whatever the report. A report that does not fit gives up
+/// its longest lists (halving them, see [`STDOUT_LISTS`]) until it fits; if it still does
+/// not, only [`STDOUT_MINIMAL`] is kept. What was left out is said: the flag
+/// [`STDOUT_TRUNCATED`], a last summary sentence, and `stdout_truncated` (how many entries of
+/// each list, which fields, and where the whole report is). Counts, flags and the summary
+/// are kept.
+pub fn stdout_line(record: &impl serde::Serialize) -> Result<String, serde_json::Error> {
+    let mut line = serde_json::to_string(record)?;
+    if line.len() < STDOUT_MAX_LINE {
+        line.push('\n');
+        return Ok(line);
+    }
+    let mut v = serde_json::to_value(record)?;
+    let id = v
+        .get("id")
+        .and_then(|i| i.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let pod = v.get("containers").is_some();
+    let mut left_out: BTreeMap<String, usize> = BTreeMap::new();
+    let fits = |v: &serde_json::Value| -> Result<bool, serde_json::Error> {
+        // Room for the marker added below.
+        Ok(serde_json::to_string(v)?.len() + 1024 < STDOUT_MAX_LINE)
+    };
+    while !fits(&v)? {
+        let Some((path, len)) = longest_list(&v) else {
+            break;
+        };
+        if let Some(list) = list_at(&mut v, &path) {
+            let keep = len / 2;
+            let dropped = if path.last().is_some_and(|k| k == "connections") {
+                list.split_off(keep).len()
+            } else {
+                keep_ends(list, keep).len()
+            };
+            *left_out
+                .entry(path.last().cloned().unwrap_or_default())
+                .or_default() += dropped;
+        }
+    }
+    let mut fields_left_out = Vec::new();
+    if !fits(&v)?
+        && let serde_json::Value::Object(map) = &mut v
+    {
+        fields_left_out = map
+            .keys()
+            .filter(|k| !STDOUT_MINIMAL.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        map.retain(|k, _| STDOUT_MINIMAL.contains(&k.as_str()));
+    }
+    let mut said: Vec<String> = left_out
+        .iter()
+        .map(|(list, n)| format!("{n} {list} entr(ies)"))
+        .collect();
+    if !fields_left_out.is_empty() {
+        said.push(format!("the fields {}", fields_left_out.join(", ")));
+    }
+    let api = if pod {
+        format!("/v1/pod-terminations/{id}")
+    } else {
+        format!("/v1/terminations/{id}")
+    };
+    let whole = format!("the whole report is in the log file (--log-file) and at {api}");
+    if let serde_json::Value::Object(map) = &mut v {
+        if let Some(serde_json::Value::Array(flags)) = map.get_mut("flags") {
+            flags.push(STDOUT_TRUNCATED.into());
+        }
+        if let Some(serde_json::Value::Array(summary)) = map.get_mut("summary") {
+            summary.push(
+                format!(
+                    "On stdout this report was shortened to {} KiB (containerd splits longer \
+                     lines): {} left out; {whole}.",
+                    STDOUT_MAX_LINE / 1024,
+                    said.join(", ")
+                )
+                .into(),
+            );
+        }
+        map.insert(
+            STDOUT_TRUNCATED.into(),
+            serde_json::json!({
+                "lists": left_out,
+                "fields": fields_left_out,
+                "whole_report": whole,
+            }),
+        );
+    }
+    let mut line = serde_json::to_string(&v)?;
+    if line.len() >= STDOUT_MAX_LINE {
+        // The summary made it too long (it is kept whole above unless it is huge itself).
+        if let serde_json::Value::Object(map) = &mut v {
+            map.retain(|k, _| STDOUT_MINIMAL.contains(&k.as_str()) || k == STDOUT_TRUNCATED);
+        }
+        line = serde_json::to_string(&v)?;
+    }
+    line.push('\n');
+    Ok(line)
+}
+
+/// The path (keys and indices as strings) and length of the longest shortenable list.
+fn longest_list(v: &serde_json::Value) -> Option<(Vec<String>, usize)> {
+    fn walk(
+        v: &serde_json::Value,
+        path: &mut Vec<String>,
+        best: &mut Option<(Vec<String>, usize)>,
+    ) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    path.push(k.clone());
+                    if let serde_json::Value::Array(a) = child
+                        && STDOUT_LISTS.contains(&k.as_str())
+                        && !a.is_empty()
+                    {
+                        let size = serde_json::to_string(child).map_or(0, |s| s.len());
+                        if best.as_ref().is_none_or(|(_, b)| size > *b) {
+                            *best = Some((path.clone(), size));
+                        }
+                    } else if k == "containers" {
+                        walk(child, path, best);
+                    }
+                    path.pop();
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    path.push(i.to_string());
+                    walk(child, path, best);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut best = None;
+    walk(v, &mut Vec::new(), &mut best);
+    let (path, _) = best?;
+    let len = path
+        .iter()
+        .try_fold(v, |v, k| match v {
+            serde_json::Value::Object(m) => m.get(k),
+            serde_json::Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
+        .and_then(|l| l.as_array())
+        .map_or(0, Vec::len);
+    Some((path, len))
+}
+
+fn list_at<'a>(
+    v: &'a mut serde_json::Value,
+    path: &[String],
+) -> Option<&'a mut Vec<serde_json::Value>> {
+    let mut v = v;
+    for k in path {
+        v = match v {
+            serde_json::Value::Object(m) => m.get_mut(k)?,
+            serde_json::Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    v.as_array_mut()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +368,129 @@ mod tests {
         let again = r.clone();
         assert!(!report(&mut r, 256));
         assert_eq!(r, again);
+    }
+
+    #[test]
+    fn a_small_report_goes_to_stdout_whole() {
+        let r = fixtures::killed();
+        let line = stdout_line(&r).expect("line");
+        assert_eq!(
+            line,
+            format!("{}\n", serde_json::to_string(&r).expect("json"))
+        );
+    }
+
+    /// A report far over 16 KiB even after the engine's bound (256 connections, 320 steps,
+    /// 100 exits): on stdout it fits, keeps its counts, flags and summary, and says what it
+    /// left out and where the whole report is.
+    #[test]
+    fn a_huge_report_fits_in_one_stdout_line_and_says_what_was_left_out() {
+        let mut r = many_cuts(3000);
+        let conn = r.connections[0].clone();
+        r.connections = vec![conn; 256];
+        let exit = r.exits[0].clone();
+        r.exits = vec![exit; 100];
+        report(&mut r, 256);
+        let whole = serde_json::to_string(&r).expect("json");
+        assert!(whole.len() > 4 * STDOUT_MAX_LINE, "{}", whole.len());
+        let line = stdout_line(&r).expect("line");
+        assert!(line.len() <= STDOUT_MAX_LINE, "{}", line.len());
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON value");
+        assert_eq!(v["counts"], serde_json::to_value(r.counts).expect("counts"));
+        assert_eq!(
+            v["outcome"],
+            serde_json::to_value(r.outcome).expect("outcome")
+        );
+        let flags = v["flags"].as_array().expect("flags");
+        assert!(flags.iter().any(|f| f == TRUNCATED));
+        assert!(flags.iter().any(|f| f == STDOUT_TRUNCATED));
+        let marker = &v[STDOUT_TRUNCATED];
+        let lists = marker["lists"].as_object().expect("lists");
+        let kept = |k: &str| v[k].as_array().map_or(0, Vec::len);
+        assert_eq!(
+            kept("connections")
+                + lists
+                    .get("connections")
+                    .and_then(|n| n.as_u64())
+                    .unwrap_or(0) as usize,
+            256
+        );
+        assert_eq!(
+            kept("timeline") + lists.get("timeline").and_then(|n| n.as_u64()).unwrap_or(0) as usize,
+            r.timeline.len()
+        );
+        assert!(
+            marker["whole_report"]
+                .as_str()
+                .is_some_and(|s| s.contains(&format!("/v1/terminations/{}", r.id))),
+            "{marker}"
+        );
+        // The summary is kept, plus one sentence on what stdout left out.
+        let summary = v["summary"].as_array().expect("summary");
+        assert_eq!(summary.len(), r.summary.len() + 1);
+        assert!(
+            summary
+                .last()
+                .and_then(|s| s.as_str())
+                .is_some_and(|s| s.contains("left out") && s.contains("--log-file")),
+            "{summary:?}"
+        );
+        // Kept connections are the first ones (cut ones are listed first); the timeline keeps
+        // its start and its end.
+        assert_eq!(v["timeline"][0]["what"], "stop_signal");
+        assert_eq!(
+            v["timeline"]
+                .as_array()
+                .and_then(|t| t.last())
+                .map(|s| &s["what"]),
+            Some(&serde_json::json!("empty"))
+        );
+    }
+
+    /// Even a report whose fields outside the lists are too long (a huge summary here) fits:
+    /// only the minimal fields are kept, and the fields left out are named.
+    #[test]
+    fn a_report_too_long_without_its_lists_keeps_the_minimal_fields() {
+        let mut r = fixtures::killed();
+        r.summary = vec!["x".repeat(40_000)];
+        let line = stdout_line(&r).expect("line");
+        assert!(line.len() <= STDOUT_MAX_LINE, "{}", line.len());
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["id"], serde_json::json!(r.id));
+        assert!(
+            v["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == STDOUT_TRUNCATED))
+        );
+        assert!(
+            v[STDOUT_TRUNCATED]["fields"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "summary")),
+            "{v}"
+        );
+    }
+
+    /// A pod report: its containers' lists give way too, and the API path is the pod one.
+    #[test]
+    fn a_huge_pod_report_fits_too() {
+        // The shape of a pod report (`containers` is what makes it one here).
+        let big = serde_json::to_value(many_cuts(3000)).expect("json");
+        let p = serde_json::json!({
+            "schema": "x", "id": "pod-1", "flags": ["cut"], "summary": ["s"],
+            "counts": {"cut": 3}, "timeline": [], "containers": [big.clone(), big],
+        });
+        let line = stdout_line(&p).expect("line");
+        assert!(line.len() <= STDOUT_MAX_LINE, "{}", line.len());
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["containers"].as_array().map(Vec::len), Some(2));
+        assert!(
+            v[STDOUT_TRUNCATED]["whole_report"]
+                .as_str()
+                .is_some_and(|s| s.contains("/v1/pod-terminations/")),
+            "{v}"
+        );
     }
 
     #[test]

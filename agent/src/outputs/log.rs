@@ -111,6 +111,8 @@ pub struct ReportLog {
     /// or the file was just opened): check before appending, so that the next report starts
     /// on a line of its own.
     check_tail: bool,
+    /// The last report written to stdout was shortened to fit one line.
+    stdout_shortened: bool,
 }
 
 impl ReportLog {
@@ -120,7 +122,13 @@ impl ReportLog {
             cfg,
             file: None,
             check_tail: true,
+            stdout_shortened: false,
         }
+    }
+
+    /// Whether a report was shortened on stdout since the last call (for the metric).
+    pub fn take_stdout_shortened(&mut self) -> bool {
+        std::mem::take(&mut self.stdout_shortened)
     }
 
     /// Opens the log file now (creating its directory), so that a path the agent cannot write
@@ -155,16 +163,26 @@ impl ReportLog {
         id: &str,
         record: &impl serde::Serialize,
     ) -> Result<(), WriteErrors> {
-        let mut line = serde_json::to_string(record).map_err(|source| {
+        let serialize = |source| {
             WriteErrors(vec![LogError::Serialize {
                 id: id.to_string(),
                 source,
             }])
-        })?;
+        };
+        let mut line = serde_json::to_string(record).map_err(serialize)?;
         line.push('\n');
         let stdout = if self.cfg.stdout {
+            // Log shippers read stdout through containerd, which splits lines over 16 KiB.
+            let short;
+            let bounded = if line.len() > super::bound::STDOUT_MAX_LINE {
+                short = super::bound::stdout_line(record).map_err(serialize)?;
+                self.stdout_shortened = true;
+                &short
+            } else {
+                &line
+            };
             let mut out = io::stdout().lock();
-            out.write_all(line.as_bytes())
+            out.write_all(bounded.as_bytes())
                 .and_then(|()| out.flush())
                 .map_err(LogError::Stdout)
         } else {

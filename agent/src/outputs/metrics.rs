@@ -100,6 +100,7 @@ pub struct Metrics {
     api_connections_closed: IntCounterVec,
     report_write_failures: IntCounterVec,
     reports_truncated: IntCounter,
+    stdout_reports_shortened: IntCounter,
     /// Registered on first use: Kubernetes mode only.
     kubernetes_api_up: std::sync::OnceLock<Result<IntGauge, String>>,
     /// The kernel counters as last seen: the counters above grow by the difference.
@@ -288,6 +289,11 @@ impl Metrics {
                 "Reports cut to size (timeline steps, exits or stop signals beyond \
                  --max-connections-per-report left out; the report says how many).",
             )?,
+            stdout_reports_shortened: r.counter(
+                "termscope_stdout_reports_shortened_total",
+                "Reports shortened on stdout to fit one 16 KiB line (the log file and the API \
+                 have them whole; the line says what it left out).",
+            )?,
             kubernetes_api_up: std::sync::OnceLock::new(),
             last_kernel: Mutex::new(KernelCounters::default()),
             registry,
@@ -463,6 +469,11 @@ impl Metrics {
     /// A report was cut to size.
     pub fn report_truncated(&self) {
         self.reports_truncated.inc();
+    }
+
+    /// A report was shortened on stdout to fit one line.
+    pub fn stdout_report_shortened(&self) {
+        self.stdout_reports_shortened.inc();
     }
 
     /// Kubernetes mode: whether the API server answers the agent's watches.
@@ -721,11 +732,12 @@ mod tests {
             "termscope_api_connections_closed_total{reason=\"evicted\"} 0",
             "termscope_report_write_failures_total{output=\"file\"} 0",
             "termscope_reports_truncated_total 0",
+            "termscope_stdout_reports_shortened_total 0",
         ] {
             has(&text, line);
         }
-        // 9 health series, 3 of the kernel state, 8 of the API and the log.
-        assert_eq!(lines(&text).len(), 9 + 3 + 8, "{text}");
+        // 9 health series, 3 of the kernel state, 9 of the API and the log.
+        assert_eq!(lines(&text).len(), 9 + 3 + 9, "{text}");
         assert!(!text.contains("termscope_kubernetes_api_up"), "standalone");
         m.set_kubernetes_api_up(false);
         m.set_kubernetes_api_up(true);
