@@ -257,7 +257,28 @@ pub struct AgentArgs {
     /// Also print every kernel event as a JSON line on stdout (`{"event": ...}`; debugging).
     #[arg(long, env = "TERMSCOPE_PRINT_EVENTS", value_parser = BoolishValueParser::new())]
     pub print_events: bool,
+    /// The terminations in progress, kept on the node (written each second and when the agent
+    /// stops) so that one spanning an agent restart is reported once, complete, flagged
+    /// `agent_restarted`.
+    #[arg(long, value_name = "PATH", env = "TERMSCOPE_STATE_FILE", default_value = DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+    /// Keep no state file: terminations in progress are reported as they stand when the
+    /// agent stops, and forgotten when it is killed.
+    #[arg(long, env = "TERMSCOPE_NO_STATE_FILE", value_parser = BoolishValueParser::new())]
+    pub no_state_file: bool,
+    /// Where the kernel maps that outlive the agent are pinned (a bpffs directory; bpffs is
+    /// mounted at /sys/fs/bpf if it is not).
+    #[arg(long, value_name = "DIR", env = "TERMSCOPE_BPF_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+    /// Pin nothing: a restarted agent starts from empty kernel maps.
+    #[arg(long, env = "TERMSCOPE_NO_PIN", value_parser = BoolishValueParser::new())]
+    pub no_pin: bool,
 }
+
+/// `--state-file`'s default.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/termscope/state";
+/// `--bpf-pin-dir`'s default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/termscope";
 
 /// Which reports: shared by `report` and `watch`.
 #[derive(Debug, Clone, clap::Args)]

@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use termscope_common::{
     EventHeader, ExecEvent, ExitEvent, RESET_RECEIVED, SignalDeliverEvent, SignalEvent,
     TcpResetEvent, TcpStateEvent, Tuple, flags, kind, tcp_state,
@@ -42,7 +42,7 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
 }
 
 /// A task as the kernel names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub pid: u32,
     pub tgid: u32,
@@ -65,7 +65,7 @@ impl Task {
 }
 
 /// What the kernel did with a generated signal (`TRACE_SIGNAL_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalResult {
     Delivered,
@@ -90,7 +90,7 @@ impl SignalResult {
 }
 
 /// How a task took a signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
     /// `SIG_DFL`: the default action (for SIGTERM: the process dies at once).
@@ -158,7 +158,7 @@ pub fn parse_signal(name: &str) -> Option<u32> {
 }
 
 /// How a process ended, from `task->exit_code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "how", rename_all = "snake_case")]
 pub enum ExitStatus {
     /// `exit(code)` or returning from main.
@@ -212,8 +212,21 @@ pub fn tcp_state_name(state: u8) -> &'static str {
     }
 }
 
+/// A TCP state's name ([`tcp_state_name`]). An alias: serde would otherwise borrow the
+/// field from its input when reading it back.
+pub type StateName = &'static str;
+
+/// A state's name read back (the restart journal): one of [`tcp_state_name`]'s.
+fn state_name<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let name = String::deserialize(d)?;
+    (0..=u8::MAX)
+        .map(tcp_state_name)
+        .find(|n| *n == name)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown TCP state {name:?}")))
+}
+
 /// A connection's addresses, local side first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Addrs {
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -236,7 +249,7 @@ impl Addrs {
 }
 
 /// Connection facts gathered in the kernel over its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnFlags {
     pub inbound: bool,
     pub closed_by_exit: bool,
@@ -261,7 +274,7 @@ impl ConnFlags {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalGenerated {
     pub ts_ns: u64,
     pub signal: u32,
@@ -279,7 +292,7 @@ pub struct SignalGenerated {
     pub watch_opened: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalDelivered {
     pub ts_ns: u64,
     pub task: Task,
@@ -289,7 +302,7 @@ pub struct SignalDelivered {
     pub disposition: Disposition,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessExit {
     pub ts_ns: u64,
     pub task: Task,
@@ -298,7 +311,7 @@ pub struct ProcessExit {
     pub raw_exit_code: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessExec {
     pub ts_ns: u64,
     /// The task, with the comm of the program it now runs.
@@ -308,15 +321,17 @@ pub struct ProcessExec {
     pub filename: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpStateChange {
     pub ts_ns: u64,
     pub cgroup_id: u64,
     pub conn_id: u64,
     pub sk: u64,
     pub addrs: Addrs,
-    pub old_state: &'static str,
-    pub new_state: &'static str,
+    #[serde(deserialize_with = "state_name")]
+    pub old_state: StateName,
+    #[serde(deserialize_with = "state_name")]
+    pub new_state: StateName,
     pub established_ns: u64,
     pub netns: u32,
     pub flags: ConnFlags,
@@ -324,14 +339,14 @@ pub struct TcpStateChange {
     pub task: Task,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResetDirection {
     Sent,
     Received,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpReset {
     pub ts_ns: u64,
     /// 0 when no socket owns the connection (`no_socket`).
@@ -345,7 +360,8 @@ pub struct TcpReset {
     pub reason_code: u32,
     /// The reset answered a segment for which there was no socket (e.g. SYN to a closed port).
     pub no_socket: bool,
-    pub state: &'static str,
+    #[serde(deserialize_with = "state_name")]
+    pub state: StateName,
     pub addrs: Addrs,
     pub netns: u32,
     pub flags: ConnFlags,
@@ -353,7 +369,7 @@ pub struct TcpReset {
 }
 
 /// A decoded event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Signal(SignalGenerated),

@@ -14,5 +14,6 @@ pub mod kube;
 pub mod outputs;
 pub mod pipeline;
 pub mod probes;
+pub mod restart;
 pub mod seccomp;
 pub mod terminations;

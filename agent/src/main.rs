@@ -26,6 +26,7 @@ use termscope::{
     },
     pipeline::Pipeline,
     probes::{self, LoadOptions, Probes},
+    restart::Journal,
     terminations::{EngineConfig, kube::PodTerminationReport, report::TerminationReport},
 };
 
@@ -232,6 +233,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
             .checked_mul(1024)
             .filter(|b| b.is_power_of_two())
             .context("--ring-buffer-kib must be a power of two")?,
+        pin_dir: (!args.no_pin).then(|| args.bpf_pin_dir.clone()),
         ..LoadOptions::default()
     };
     let engine = EngineConfig {
@@ -250,6 +252,23 @@ async fn agent(args: AgentArgs) -> Result<()> {
         stdout: !args.no_stdout_reports,
     });
     report_log.open()?;
+    let state_file = (!args.no_state_file).then(|| args.state_file.clone());
+    let journal = match &state_file {
+        Some(path) => match Journal::read(path) {
+            Ok(j) => j,
+            Err(e) => {
+                let aside = Journal::set_aside(path);
+                tracing::warn!(
+                    error = %e,
+                    set_aside = ?aside,
+                    "the state file cannot be read: the terminations in progress when the agent \
+                     last stopped are lost"
+                );
+                Journal::new()
+            }
+        },
+        None => Journal::new(),
+    };
     let kube_timeout = termscope::kube::watch::ApiTimeout::from_secs(args.kube_api_timeout_secs);
     let kube_client = termscope::kube::watch::client_from_env(
         args.kubeconfig.as_deref().map(std::path::Path::as_os_str),
@@ -339,6 +358,11 @@ async fn agent(args: AgentArgs) -> Result<()> {
         pipeline.watch_explicit(id)?;
         tracing::info!(cgroup = %path, id, "watching");
     }
+    if state_file.is_some() {
+        pipeline
+            .restore(journal)
+            .context("restoring the terminations in progress from the state file")?;
+    }
     let mut kube_health: Option<Arc<termscope::kube::watch::ApiHealth>> = None;
     let (mut kube_updates, kube_events) = match kube_client {
         Some(client) => {
@@ -404,6 +428,8 @@ async fn agent(args: AgentArgs) -> Result<()> {
     let clock = WallClock::now();
     let mut kube_state: Result<(), String> = Ok(());
     let mut failure = None;
+    // The journal's generation last written to the state file.
+    let mut written = None;
     status.set_running(true);
 
     loop {
@@ -445,6 +471,14 @@ async fn agent(args: AgentArgs) -> Result<()> {
                 match pipeline.tick() {
                     Ok(reports) => outputs.emit(reports),
                     Err(e) => tracing::warn!(error = %e, "finishing terminations"),
+                }
+                if let (Some(path), Some(journal)) = (&state_file, pipeline.journal_state())
+                    && written != Some(journal.generation)
+                {
+                    match journal.write(path) {
+                        Ok(()) => written = Some(journal.generation),
+                        Err(e) => tracing::warn!(error = %e, "writing the state file"),
+                    }
                 }
                 for mut pod in pipeline.take_pod_reports() {
                     outputs.prepare_pod(&mut pod);
@@ -525,14 +559,37 @@ async fn agent(args: AgentArgs) -> Result<()> {
     }
     status.set_running(false);
 
-    let open = pipeline.flush();
-    if !open.is_empty() {
-        tracing::info!(
-            reports = open.len(),
-            "stopping: reporting the terminations in progress"
-        );
+    // Stopping with terminations in progress: kept in the state file for the next agent
+    // (their reports come from it, complete); only without one are they reported as they
+    // stand.
+    let persisted = match (&state_file, pipeline.journal_state()) {
+        (Some(path), Some(journal)) => match journal.write(path) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the state file");
+                false
+            }
+        },
+        _ => false,
+    };
+    if persisted {
+        if pipeline.open_terminations() > 0 {
+            tracing::info!(
+                terminations = pipeline.open_terminations(),
+                "stopping: the terminations in progress are kept in the state file for the \
+                 next agent"
+            );
+        }
+    } else {
+        let open = pipeline.flush();
+        if !open.is_empty() {
+            tracing::info!(
+                reports = open.len(),
+                "stopping: reporting the terminations in progress"
+            );
+        }
+        outputs.emit(open);
     }
-    outputs.emit(open);
     tracing::info!("stopping: detaching all probes");
     drop(events);
     drop(pipeline);

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use termscope_common::{LiveConn, flags, watch_reason};
 
 use crate::{
-    attribute::{Resolver, cgroupfs},
+    attribute::{Resolver, cgroup_path::Identity, cgroupfs},
     clock::{self, WallClock},
     decode::{Addrs, Event},
     kube::{
@@ -16,6 +16,7 @@ use crate::{
         state::{KubeState, KubeStateConfig, KubeUpdate},
     },
     probes::{ProbeError, Probes},
+    restart::{Journal, Listed, Record},
     terminations::{
         Action, Engine, EngineConfig, OpenConnection,
         kube::{PodTerminationReport, enrich, p99, roll_up},
@@ -67,6 +68,16 @@ pub struct Pipeline {
     /// it is watched, so a termination opened by a stop signal counts from here (or from 0)
     /// — the kernel watched it from the signal on, before userspace heard of it.
     lost_at_unwatch: HashMap<u64, (u64, u64)>,
+    /// The inputs of the terminations in progress, for the state file (`None`: none kept).
+    journal: Option<Journal>,
+    /// Cgroups whose termination spanned an agent restart: their reports say
+    /// `agent_restarted`.
+    restarted: HashSet<u64>,
+    /// While a journal is replayed: the kernel's lists of open connections as they were
+    /// when each termination began, per cgroup in order.
+    replay_snapshots: HashMap<u64, VecDeque<Vec<Listed>>>,
+    /// While a journal is replayed: identities resolved before the restart.
+    replay_identities: HashMap<u64, Identity>,
 }
 
 impl Pipeline {
@@ -83,6 +94,138 @@ impl Pipeline {
             explicit: HashSet::new(),
             lost_at_open: HashMap::new(),
             lost_at_unwatch: HashMap::new(),
+            journal: None,
+            restarted: HashSet::new(),
+            replay_snapshots: HashMap::new(),
+            replay_identities: HashMap::new(),
+        }
+    }
+
+    /// Keeps a journal of the terminations in progress ([`Pipeline::journal`] is what goes
+    /// to the state file), starting with the one an earlier agent left (replayed now: its
+    /// terminations continue here and their reports say `agent_restarted`). Then tidies the
+    /// watches found in pinned maps: a stop signal's watch with no termination is opened by
+    /// the next reconcile; a userspace watch of nothing in progress is removed (an explicit
+    /// watch is added again by its flag).
+    pub fn restore(&mut self, journal: Journal) -> Result<(), ProbeError> {
+        self.journal = Some(Journal::new());
+        if journal.dropped > 0 {
+            tracing::warn!(
+                dropped = journal.dropped,
+                "the state file's journal was full: the restored terminations miss some events"
+            );
+        }
+        for record in &journal.records {
+            match record {
+                Record::Snapshot { cgroup_id, open } => self
+                    .replay_snapshots
+                    .entry(*cgroup_id)
+                    .or_default()
+                    .push_back(open.clone()),
+                Record::Identity {
+                    cgroup_id,
+                    identity,
+                } => {
+                    self.replay_identities.insert(*cgroup_id, identity.clone());
+                }
+                _ => {}
+            }
+        }
+        let mut seen = HashSet::new();
+        for record in journal.records {
+            match record {
+                Record::Event { event } => {
+                    seen.insert(event.cgroup_id());
+                    self.handle(&event)?;
+                }
+                Record::OpenedForDeletion {
+                    cgroup_id,
+                    identity,
+                    at_ns,
+                } => {
+                    seen.insert(cgroup_id);
+                    self.journal(Record::OpenedForDeletion {
+                        cgroup_id,
+                        identity: identity.clone(),
+                        at_ns,
+                    });
+                    let actions = self.engine.open_for_deletion(cgroup_id, identity, at_ns);
+                    self.act(actions)?;
+                }
+                Record::OpenedFromKernel {
+                    cgroup_id,
+                    identity,
+                    since_ns,
+                } => {
+                    seen.insert(cgroup_id);
+                    self.journal(Record::OpenedFromKernel {
+                        cgroup_id,
+                        identity: identity.clone(),
+                        since_ns,
+                    });
+                    let actions = self.engine.open_from_kernel(cgroup_id, identity, since_ns);
+                    self.act(actions)?;
+                }
+                Record::LostBase {
+                    cgroup_id,
+                    events_lost,
+                    untracked,
+                } => {
+                    self.lost_at_open
+                        .insert(cgroup_id, (events_lost, untracked));
+                    self.journal(Record::LostBase {
+                        cgroup_id,
+                        events_lost,
+                        untracked,
+                    });
+                }
+                // Taken above, where the replay asks for them.
+                Record::Snapshot { .. } | Record::Identity { .. } => {}
+            }
+        }
+        for (cg, identity) in std::mem::take(&mut self.replay_identities) {
+            if self.engine.is_open(cg) {
+                self.engine.set_identity(cg, identity.clone());
+                self.journal(Record::Identity {
+                    cgroup_id: cg,
+                    identity,
+                });
+            }
+        }
+        self.replay_snapshots.clear();
+        self.restarted = seen
+            .into_iter()
+            .filter(|cg| self.engine.is_open(*cg))
+            .collect();
+        if !self.restarted.is_empty() {
+            tracing::info!(
+                terminations = self.restarted.len(),
+                "restored the terminations in progress when the agent last stopped"
+            );
+        }
+        // Watches found in the pinned maps.
+        for (cg, entry) in self.probes.watched_cgroups()? {
+            if self.engine.is_open(cg) || self.explicit.contains(&cg) {
+                continue;
+            }
+            if entry.reason == watch_reason::STOP_SIGNAL {
+                // Its termination began before this agent: opened by the next reconcile.
+                self.restarted.insert(cg);
+            } else {
+                self.probes.unwatch(cg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The journal of the terminations in progress (for the state file).
+    pub fn journal_state(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    fn journal(&mut self, record: Record) {
+        if let Some(j) = &mut self.journal {
+            j.push(record);
         }
     }
 
@@ -148,6 +291,13 @@ impl Pipeline {
             };
             self.probes.watch(cg)?;
             let identity = self.resolver.resolve(cg).cloned();
+            if self.journal.is_some() {
+                self.journal(Record::OpenedForDeletion {
+                    cgroup_id: cg,
+                    identity: identity.clone(),
+                    at_ns: now,
+                });
+            }
             actions.extend(self.engine.open_for_deletion(cg, identity, now));
         }
         self.act(actions)
@@ -298,9 +448,19 @@ impl Pipeline {
             let _ = self.resolver.resolve_now(s.target_cgroup_id);
         }
         let resolver = &mut self.resolver;
-        let actions = self
-            .engine
-            .on_event(event, &mut |id| resolver.resolve(id).cloned());
+        let restored = &self.replay_identities;
+        let actions = self.engine.on_event(event, &mut |id| {
+            restored
+                .get(&id)
+                .cloned()
+                .or_else(|| resolver.resolve(id).cloned())
+        });
+        // What the terminations in progress took (an event that opened one included).
+        if self.journal.is_some() && self.engine.open_count() > 0 {
+            self.journal(Record::Event {
+                event: event.clone(),
+            });
+        }
         self.act(actions)
     }
 
@@ -312,8 +472,14 @@ impl Pipeline {
         // Before the actions: they forget the finished terminations' counts.
         for report in &mut reports {
             self.mark_incomplete(report);
+            self.mark_restarted(report);
         }
         self.act(actions)?;
+        if self.engine.open_count() == 0
+            && let Some(j) = &mut self.journal
+        {
+            j.clear();
+        }
         let mut kept = Vec::with_capacity(reports.len());
         for mut report in reports.drain(..) {
             if self.join_kube(&mut report) {
@@ -330,8 +496,16 @@ impl Pipeline {
         let mut reports = self.engine.flush(clock::boot_ns());
         for report in &mut reports {
             self.mark_incomplete(report);
+            self.mark_restarted(report);
         }
         reports
+    }
+
+    /// Flags a report whose termination spanned an agent restart.
+    fn mark_restarted(&mut self, report: &mut TerminationReport) {
+        if self.restarted.remove(&report.subject.cgroup_id) && !report.has_flag("agent_restarted") {
+            report.flags.push("agent_restarted".into());
+        }
     }
 
     /// Opens a termination for every cgroup the kernel watches because of a stop signal
@@ -355,6 +529,18 @@ impl Pipeline {
             // signal's: count them all.
             let base = self.lost_at_unwatch.get(&cg).copied().unwrap_or((0, 0));
             self.lost_at_open.insert(cg, base);
+            if self.journal.is_some() {
+                self.journal(Record::LostBase {
+                    cgroup_id: cg,
+                    events_lost: base.0,
+                    untracked: base.1,
+                });
+                self.journal(Record::OpenedFromKernel {
+                    cgroup_id: cg,
+                    identity: identity.clone(),
+                    since_ns: entry.since_ns,
+                });
+            }
             let actions = self.engine.open_from_kernel(cg, identity, entry.since_ns);
             self.act(actions)?;
         }
@@ -407,22 +593,47 @@ impl Pipeline {
                             self.lost_at_unwatch.get(&cg).copied().unwrap_or((0, 0))
                         };
                         self.lost_at_open.insert(cg, base);
+                        self.journal(Record::LostBase {
+                            cgroup_id: cg,
+                            events_lost: base.0,
+                            untracked: base.1,
+                        });
                     }
                     // The termination just opened: the cgroup exists now, and may be younger
                     // than the resolver's last index.
                     if let Some(identity) = self.resolver.resolve_now(cg).cloned() {
+                        if self.journal.is_some() {
+                            self.journal(Record::Identity {
+                                cgroup_id: cg,
+                                identity: identity.clone(),
+                            });
+                        }
                         self.engine.set_identity(cg, identity);
                     }
-                    let open: Vec<OpenConnection> = self
-                        .probes
-                        .live_connections()?
-                        .into_iter()
-                        // A connection learnt at a state change (older than the agent,
-                        // where the start-up walk could not run) has no known direction:
-                        // it enters the report through its own events.
-                        .filter(|(_, c)| c.cgroup_id == cg && c.flags & flags::UNTRACKED == 0)
-                        .map(|(_, c)| open_connection(&c))
-                        .collect();
+                    // Replaying a journal: the list as it was when the termination began.
+                    let replayed = self
+                        .replay_snapshots
+                        .get_mut(&cg)
+                        .and_then(VecDeque::pop_front);
+                    let open: Vec<OpenConnection> = match replayed {
+                        Some(listed) => listed.iter().map(OpenConnection::from).collect(),
+                        None => self
+                            .probes
+                            .live_connections()?
+                            .into_iter()
+                            // A connection learnt at a state change (older than the agent,
+                            // where the start-up walk could not run) has no known direction:
+                            // it enters the report through its own events.
+                            .filter(|(_, c)| c.cgroup_id == cg && c.flags & flags::UNTRACKED == 0)
+                            .map(|(_, c)| open_connection(&c))
+                            .collect(),
+                    };
+                    if self.journal.is_some() {
+                        self.journal(Record::Snapshot {
+                            cgroup_id: cg,
+                            open: open.iter().map(Listed::from).collect(),
+                        });
+                    }
                     tracing::debug!(cgroup = cg, open = open.len(), "termination opened");
                     self.engine.on_snapshot(cg, &open);
                 }

@@ -341,7 +341,7 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
     }
 
     // Mounts: the host's BTF, cgroup hierarchy and tracefs read-only where the agent looks for
-    // them, the log writable, and nothing else (no /sys/fs/bpf: nothing is pinned).
+    // them, the log, the pinned maps (bpffs) and the state file writable, and nothing else.
     let volumes: BTreeMap<&str, &str> = pod
         .get("volumes")
         .and_then(Value::as_array)
@@ -371,6 +371,8 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
         ("/sys/fs/cgroup", "/sys/fs/cgroup", true),
         ("/sys/kernel/tracing", "/sys/kernel/tracing", true),
         ("/var/log/termscope", "/var/log/termscope", false),
+        ("/sys/fs/bpf", "/sys/fs/bpf", false),
+        ("/var/lib/termscope", "/var/lib/termscope", false),
     ]
     .iter()
     .map(|(h, m, ro)| (h.to_string(), m.to_string(), *ro))
@@ -381,7 +383,7 @@ fn the_daemonset_has_the_least_privileges_that_work() -> Result<()> {
         Some("/var/lib/kubelet/seccomp/termscope"),
         "the init container's volume: termscope's own profile directory"
     );
-    assert_eq!(volumes.len(), 5);
+    assert_eq!(volumes.len(), 7);
 
     // Pod Security: the namespace admits the hostPath volumes and the two capabilities.
     let ns = one(&docs, "Namespace")?;

@@ -246,3 +246,77 @@ fn the_cgroup_removed_right_after_the_last_exit() -> Result<()> {
     drop(client);
     Ok(())
 }
+
+/// A `--watch-cgroup` watch outlives a reload signal: the service takes SIGHUP and reloads
+/// (no exit, nothing cut: not a termination, no report), and the kernel still sends the
+/// cgroup's connections to userspace afterwards.
+#[test]
+fn a_reload_signal_keeps_an_explicit_watch() -> Result<()> {
+    kernel_test!();
+    let mut agent = Agent::start(Duration::from_secs(2))?;
+    let peer = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let peer_port = peer.local_addr()?.port();
+    let cg = TestCgroup::new("reload")?;
+    let mut service = Proc::spawn(
+        &mut python(&format!(
+            "import signal, socket, time\n\
+             go = []\n\
+             signal.signal(signal.SIGHUP, lambda *_: print('reloaded', flush=True))\n\
+             signal.signal(signal.SIGCONT, lambda *_: go.append(1))\n\
+             print('ready', flush=True)\n\
+             while not go:\n\
+             \x20   signal.pause()\n\
+             c = socket.create_connection(('127.0.0.1', {peer_port}))\n\
+             print('connected', flush=True)\n\
+             time.sleep(120)\n"
+        )),
+        &cg,
+        None,
+    )?;
+    service.expect_line("ready")?;
+    agent.pipeline.watch_explicit(cg.id)?;
+    agent.pump(Duration::from_millis(300), None)?;
+
+    service.signal(libc::SIGHUP)?;
+    service.expect_line("reloaded")?;
+    // The reload opens a termination, which ends (only a reload) after the survive timeout.
+    let mut opened = false;
+    for _ in 0..50 {
+        agent.pump(Duration::from_millis(200), None)?;
+        opened |= agent.pipeline.open_terminations() > 0;
+        if opened && agent.pipeline.open_terminations() == 0 {
+            break;
+        }
+    }
+    ensure!(opened, "the reload signal opened no termination");
+    ensure!(
+        agent.pipeline.open_terminations() == 0,
+        "the reload's termination never ended"
+    );
+    assert!(
+        agent.reports.iter().all(|r| r.subject.cgroup_id != cg.id),
+        "a reload is not a termination: {:?}",
+        agent.reports
+    );
+    assert!(
+        agent.pipeline.probes_mut().is_watched(cg.id)?,
+        "the configured watch is gone after the reload"
+    );
+
+    // Still watched in fact: the next connection of the cgroup reaches userspace.
+    let before = agent.seen.len();
+    service.signal(libc::SIGCONT)?;
+    service.expect_line("connected")?;
+    let (_accepted, _) = peer.accept()?;
+    agent.pump(Duration::from_millis(500), None)?;
+    let seen = agent.seen[before..].iter().any(|e| {
+        matches!(e, termscope::decode::Event::TcpState(t)
+            if t.cgroup_id == cg.id && t.addrs.remote.port() == peer_port)
+    });
+    assert!(
+        seen,
+        "no event of the cgroup's new connection:\n{}",
+        agent.events_of(cg.id)?
+    );
+    Ok(())
+}

@@ -36,7 +36,7 @@ const CONTAINER_ID_LEN: usize = 64;
 const SHORT_ID_LEN: usize = 12;
 
 /// Which component created the cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     Containerd,
@@ -65,7 +65,7 @@ impl Runtime {
 }
 
 /// Kubernetes pod QoS class, as encoded in the kubelet's cgroup layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QosClass {
     Guaranteed,
@@ -74,7 +74,7 @@ pub enum QosClass {
 }
 
 /// What a cgroup path says about the workload inside it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Identity {
     pub runtime: Runtime,
     /// Full container id (64 lowercase hex), as found in the path.

@@ -89,6 +89,7 @@ pub struct Metrics {
     events_lost: IntCounter,
     control_events_lost: IntCounter,
     incomplete_reports: IntCounter,
+    restarted_reports: IntCounter,
     watch_map_failures: IntCounter,
     resets_rate_limited: IntCounter,
     live_map_failures: IntCounter,
@@ -225,6 +226,11 @@ impl Metrics {
                 "Termination reports whose collection lost events, or whose stop signal never \
                  reached the agent (the report says `incomplete`).",
             )?,
+            restarted_reports: r.counter(
+                "termscope_agent_restarted_reports_total",
+                "Termination reports of terminations that spanned an agent restart (the report \
+                 says `agent_restarted`).",
+            )?,
             watch_map_failures: r.counter(
                 "termscope_watch_map_failures_total",
                 "Stop signals for which the kernel could not start watching the container \
@@ -308,6 +314,9 @@ impl Metrics {
     pub fn observe(&self, report: &TerminationReport) {
         if report.incomplete.is_some() {
             self.incomplete_reports.inc();
+        }
+        if report.has_flag("agent_restarted") {
+            self.restarted_reports.inc();
         }
         self.terminations
             .with_label_values(&self.labels(report, &[report.outcome.as_str()]))

@@ -6,6 +6,7 @@
 
 pub mod btf;
 pub mod offsets;
+pub mod pin;
 pub mod tracefs;
 
 use std::os::fd::AsRawFd;
@@ -44,6 +45,8 @@ pub enum ProbeError {
     RingBufferTaken,
     #[error("registering the ring buffer with the event loop failed: {0}")]
     Poll(#[source] std::io::Error),
+    #[error("pinning the kernel maps: {0}")]
+    Pin(#[source] pin::PinError),
 }
 
 /// How a probe is attached.
@@ -227,7 +230,25 @@ pub struct LoadOptions {
     /// kernel memory each). When it is full, further connections are counted and flagged in
     /// their reports, never dropped silently.
     pub max_live_connections: u32,
+    /// A bpffs directory where the maps that outlive the agent are pinned and found again
+    /// at the next start ([`PINNED`]); `None`: nothing is pinned.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
+
+/// The maps pinned under [`LoadOptions::pin_dir`]: what the kernel knows that a restarted
+/// agent needs — the watches, the live connections and their id counter (so ids carry over),
+/// the listeners, the per-cgroup counts (lost events). The rings and the agent-wide counters
+/// start afresh.
+pub const PINNED: [&str; 8] = [
+    names::WATCHED,
+    names::WATCHED_NETNS,
+    names::LIVE_CONNS,
+    "RECENTLY_CLOSED",
+    names::CGROUP_STATS,
+    "LISTEN_PORTS",
+    "NEXT_CONN_ID",
+    names::WATCH_HINT,
+];
 
 /// Signals that stop services: HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH (Apache's graceful
 /// stop), PWR.
@@ -242,6 +263,7 @@ impl Default for LoadOptions {
             ring_buffer_bytes: 1 << 22,
             control_ring_bytes: 1 << 18,
             max_live_connections: 262_144,
+            pin_dir: None,
         }
     }
 }
@@ -549,6 +571,8 @@ pub struct Probes {
     hint_count: u64,
     pub support: KernelSupport,
     decoder: Decoder,
+    /// The maps were found pinned: an earlier agent's watches and connections carry over.
+    pub pins_reused: bool,
 }
 
 impl Probes {
@@ -562,13 +586,31 @@ impl Probes {
     pub fn load_with(support: KernelSupport, opts: &LoadOptions) -> Result<Self, ProbeError> {
         raise_memlock();
         let config = support.config(opts);
-        let mut ebpf = EbpfLoader::new()
+        let pins = match &opts.pin_dir {
+            Some(dir) => Some(pin::prepare(dir, opts).map_err(ProbeError::Pin)?),
+            None => None,
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(names::CONFIG, &config, true)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
             .map_max_entries(names::CONTROL, opts.control_ring_bytes)
-            .map_max_entries(names::LIVE_CONNS, opts.max_live_connections)
+            .map_max_entries(names::LIVE_CONNS, opts.max_live_connections);
+        if let Some(pins) = &pins {
+            for (name, path) in pins.paths() {
+                loader.map_pin_path(name, path);
+            }
+        }
+        let mut ebpf = loader
             .load(PROGRAMS)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        if let Some(pins) = &pins {
+            tracing::info!(
+                dir = %pins.dir.display(),
+                reused = pins.reused,
+                "kernel maps pinned (found again after a restart)"
+            );
+        }
 
         let aya_btf = aya::Btf::from_sys_fs().ok();
         let mut status = Vec::with_capacity(PROBES.len());
@@ -613,7 +655,7 @@ impl Probes {
             ),
         }
         let decoder = Decoder::new(support.reset_reasons.iter().cloned());
-        Ok(Probes {
+        let mut probes = Probes {
             ebpf,
             status,
             preexisting,
@@ -621,7 +663,11 @@ impl Probes {
             hint_count: 0,
             support,
             decoder,
-        })
+            pins_reused: pins.is_some_and(|p| p.reused),
+        };
+        // Watches found in pinned maps: the hot probe must know something is watched.
+        probes.watched_cgroups()?;
+        Ok(probes)
     }
 
     /// Whether every cgroup's events go to userspace (`--watch-all`).
