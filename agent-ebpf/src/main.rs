@@ -192,7 +192,7 @@ fn task_netns(task: u64) -> u32 {
 }
 
 /// A socket's (or timewait / request socket's: `sock_common` is shared) network namespace.
-#[inline(always)]
+#[inline(never)]
 fn sock_netns(sk: u64) -> u32 {
     match read_at::<u64>(sk, cfg!(kernel.sock_net)) {
         Some(net) => net_inum(net),
@@ -217,7 +217,7 @@ fn skb_netns(skb: u64) -> u32 {
 
 /// Whether `current` is exiting (`PF_EXITING`): a close done now is the kernel tearing down a
 /// dead process's files, not the application closing its socket.
-#[inline(always)]
+#[inline(never)]
 fn current_is_exiting() -> bool {
     if !has(feature::TASK_EXIT) {
         return false;
@@ -240,7 +240,7 @@ fn bump(index: u32) {
 
 /// Whether any cgroup may be watched now (see `WATCH_HINT`): when none is, state changes that
 /// need no map work are not looked at further.
-#[inline(always)]
+#[inline(never)]
 fn anything_watched() -> bool {
     if cfg!(watch_all) != 0 {
         return true;
@@ -549,7 +549,7 @@ fn legacy_family(ctx: &TracePointContext, family_off: u32, saddr_v6_off: u32) ->
 }
 
 /// The socket's cgroup, or `current`'s when the socket's cannot be read (flagged).
-#[inline(always)]
+#[inline(never)]
 fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
     // SAFETY: helper without preconditions.
     let current = unsafe { bpf_get_current_cgroup_id() };
@@ -564,6 +564,16 @@ fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
         *ev_flags |= flags::IN_OWNER_TASK;
     }
     cgroup_id
+}
+
+/// The connection's addresses (into `out`) and network namespace (returned), in a frame of
+/// its own: the callers' frames stay small enough for the stack limit of 5.10's and 6.1's
+/// verifiers (512 bytes over the whole call chain). It returns a scalar, never the stack
+/// pointer the verifier would refuse.
+#[inline(never)]
+fn read_addresses(ctx: &TracePointContext, sk: u64, out: &mut Tuple) -> u32 {
+    *out = state_tuple(ctx);
+    sock_netns(sk)
 }
 
 /// The connection's addresses from the tracepoint record.
@@ -662,20 +672,12 @@ fn is_close(old: u8, new: u8) -> bool {
         )
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn emit_state(
-    ev_flags: u32,
-    cgroup_id: u64,
-    conn: (u64, u64),
-    sk: u64,
-    tuple: Tuple,
-    netns: u32,
-    states: (u8, u8),
-    activity: SockActivity,
-) {
-    // Written in place in the ring buffer: the event does not fit on the stack next to the
-    // rest of the hot path.
+/// Sends a state change of `conn` (its id, cgroup, start, addresses, namespace). A
+/// subprogram of its own (BPF-to-BPF call) that writes the event straight into the ring
+/// buffer: with the callers' frames, the probe's stack stays within 512 bytes on every kernel.
+#[inline(never)]
+fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
+    // Written in place in the ring buffer: no copy of the event on the stack.
     let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 2 {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -683,23 +685,23 @@ fn emit_state(
     };
     let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
         bump(counter::RINGBUF_LOST);
-        with_stats(cgroup_id, |s| s.events_lost += 1);
+        with_stats(conn.cgroup_id, |s| s.events_lost += 1);
         return;
     };
     let e = entry.as_mut_ptr();
     // SAFETY: `e` points to a reserved ring buffer slot of the event's size; every field is
     // written before the slot is submitted.
     unsafe {
-        (*e).header = header(kind::TCP_STATE, ev_flags, cgroup_id);
-        (*e).conn_id = conn.0;
+        (*e).header = header(kind::TCP_STATE, ev_flags, conn.cgroup_id);
+        (*e).conn_id = conn.conn_id;
         (*e).skaddr = sk;
-        (*e).established_ns = conn.1;
-        (*e).tuple = tuple;
-        (*e).netns = netns;
-        (*e).old_state = states.0;
-        (*e).new_state = states.1;
+        (*e).established_ns = conn.established_ns;
+        (*e).tuple = conn.tuple;
+        (*e).netns = conn.netns;
+        (*e).old_state = old;
+        (*e).new_state = new;
         (*e)._pad = [0; 2];
-        (*e).activity = activity;
+        (*e).activity = activity_at(sk, old, new);
     }
     entry.submit(wake);
 }
@@ -759,7 +761,7 @@ fn closing_by_us(old: u8, new: u8) -> bool {
 }
 
 /// A new connection: remember it in the kernel, whether or not anyone watches.
-#[inline(always)]
+#[inline(never)]
 fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
@@ -767,8 +769,8 @@ fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
     if inbound {
         ev_flags |= flags::INBOUND;
     }
-    let tuple = state_tuple(ctx);
-    let netns = sock_netns(sk);
+    let mut tuple = Tuple::default();
+    let netns = read_addresses(ctx, sk, &mut tuple);
     let conn_id = next_conn_id();
     let established_ns = now();
     let live = LiveConn {
@@ -791,16 +793,7 @@ fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
         }
     });
     if is_watched(cgroup_id) {
-        emit_state(
-            ev_flags,
-            cgroup_id,
-            (conn_id, established_ns),
-            sk,
-            tuple,
-            netns,
-            (old, new),
-            SockActivity::default(),
-        );
+        emit_state(ev_flags, &live, sk, old, new);
     }
 }
 
@@ -809,7 +802,7 @@ fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
 /// everything is watched), and `None` is returned. Any other state change is a connection
 /// the programs did not see open (older than the agent, or evicted): it is learnt here, with
 /// a fresh connection id, so that its close is never dropped for want of an id.
-#[inline(always)]
+#[inline(never)]
 fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option<*mut LiveConn> {
     let handshake = matches!(new, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
         || matches!(old, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
@@ -822,18 +815,19 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
     }
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
+    let mut tuple = Tuple::default();
+    let netns = read_addresses(ctx, sk, &mut tuple);
     if handshake || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
         if is_watched(cgroup_id) {
-            emit_state(
-                ev_flags,
+            let conn = LiveConn {
+                conn_id: 0,
                 cgroup_id,
-                (0, 0),
-                sk,
-                state_tuple(ctx),
-                sock_netns(sk),
-                (old, new),
-                SockActivity::default(),
-            );
+                established_ns: 0,
+                tuple,
+                netns,
+                flags: 0,
+            };
+            emit_state(ev_flags, &conn, sk, old, new);
         }
         return None;
     }
@@ -841,8 +835,8 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
         conn_id: next_conn_id(),
         cgroup_id,
         established_ns: 0,
-        tuple: state_tuple(ctx),
-        netns: sock_netns(sk),
+        tuple,
+        netns,
         flags: flags::UNTRACKED | (ev_flags & flags::CGROUP_FROM_CURRENT),
     };
     if LIVE_CONNS.insert(sk, live, 0).is_err() {
@@ -854,16 +848,7 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
         None => {
             // Not even a fresh entry: still report the change, with the connection's id.
             if is_watched(cgroup_id) {
-                emit_state(
-                    ev_flags | live.flags,
-                    cgroup_id,
-                    (live.conn_id, 0),
-                    sk,
-                    live.tuple,
-                    live.netns,
-                    (old, new),
-                    SockActivity::default(),
-                );
+                emit_state(ev_flags | live.flags, &live, sk, old, new);
             }
             None
         }
@@ -871,7 +856,7 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
 }
 
 /// A state change of a connection in `LIVE_CONNS`.
-#[inline(always)]
+#[inline(never)]
 fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
     // SAFETY: the entry is only written by these programs; a racing removal (the socket's
     // close on another CPU) at worst makes us update a recycled slot's flags.
@@ -897,16 +882,7 @@ fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
         if unsafe { bpf_get_current_cgroup_id() } == snapshot.cgroup_id {
             ev_flags |= flags::IN_OWNER_TASK;
         }
-        emit_state(
-            ev_flags,
-            snapshot.cgroup_id,
-            (snapshot.conn_id, snapshot.established_ns),
-            sk,
-            snapshot.tuple,
-            snapshot.netns,
-            (old, new),
-            activity_at(sk, old, new),
-        );
+        emit_state(ev_flags, &snapshot, sk, old, new);
     }
 }
 

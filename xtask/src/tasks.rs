@@ -142,7 +142,7 @@ pub fn test(ctx: &Ctx, skip_lint: bool, no_vms: bool, args: &[String]) -> Result
         ctx.run(&mut cmd)
     })?;
     if crate::kernels::wanted_in_test(ctx.is_root, no_vms) {
-        steps.step("kernels in VMs (6.12)", || {
+        steps.step("kernels in VMs (5.10, 6.1, 6.12)", || {
             let series: Vec<String> = crate::kernels::CI_SERIES
                 .iter()
                 .map(ToString::to_string)
