@@ -602,63 +602,45 @@ fn state_tuple(ctx: &TracePointContext) -> Tuple {
 }
 
 /// What was in flight on `sk` as it is being closed: its `tcp_sock` sequence numbers (offsets
-/// in `CONFIG.activity`, resolved from BTF). Called at the close transitions only;
-/// `valid == 0` when the feature is off or a read failed. Userspace decides from these whether
-/// the peer lost something (unread data, a request not answered) or the connection was idle.
+/// in `CONFIG.activity`, resolved from BTF), written field by field into `out` (the event's
+/// slot in the ring buffer, so that no copy sits on the probe's stack, which the older
+/// verifiers bound tightly). Only at the close transitions; `out.valid` stays 0 when the
+/// feature is off, the transition is not a close or a read failed. Userspace decides from
+/// these whether the peer lost something (unread data, a request not answered) or the
+/// connection was idle.
 #[inline(always)]
-fn sock_activity(sk: u64) -> SockActivity {
-    if !has(feature::SOCK_ACTIVITY) {
-        return SockActivity::default();
+fn fill_activity(sk: u64, old: u8, new: u8, out: &mut SockActivity) {
+    out.valid = 0;
+    out._pad = 0;
+    if !is_close(old, new) || !has(feature::SOCK_ACTIVITY) {
+        return;
     }
-    let read = |off: u32| read_at::<u32>(sk, off);
+    macro_rules! read_into {
+        ($field:ident) => {
+            match read_at::<u32>(sk, cfg!(activity.$field)) {
+                Some(v) => out.$field = v,
+                None => return,
+            }
+        };
+    }
+    read_into!(rcv_nxt);
+    read_into!(copied_seq);
+    read_into!(snd_wl1);
+    read_into!(write_seq);
+    read_into!(snd_una);
     // `tcp_mstamp` is `tcp_clock_us()`, i.e. CLOCK_MONOTONIC in microseconds.
-    let mstamp = read_at::<u64>(sk, cfg!(activity.tcp_mstamp));
+    let Some(mstamp) = read_at::<u64>(sk, cfg!(activity.tcp_mstamp)) else {
+        return;
+    };
     // SAFETY: helper without preconditions.
     let now_us = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } / 1000;
-    match (
-        read(cfg!(activity.rcv_nxt)),
-        read(cfg!(activity.copied_seq)),
-        read(cfg!(activity.snd_wl1)),
-        read(cfg!(activity.write_seq)),
-        read(cfg!(activity.snd_una)),
-        mstamp,
-    ) {
-        (
-            Some(rcv_nxt),
-            Some(copied_seq),
-            Some(snd_wl1),
-            Some(write_seq),
-            Some(snd_una),
-            Some(mstamp),
-        ) => {
-            let quiet = now_us.saturating_sub(mstamp);
-            SockActivity {
-                valid: 1,
-                rcv_nxt,
-                copied_seq,
-                snd_wl1,
-                write_seq,
-                snd_una,
-                quiet_us: if quiet > u32::MAX as u64 {
-                    u32::MAX
-                } else {
-                    quiet as u32
-                },
-                _pad: 0,
-            }
-        }
-        _ => SockActivity::default(),
-    }
-}
-
-/// [`sock_activity`] at the close transitions, nothing at the others.
-#[inline(always)]
-fn activity_at(sk: u64, old: u8, new: u8) -> SockActivity {
-    if is_close(old, new) {
-        sock_activity(sk)
+    let quiet = now_us.saturating_sub(mstamp);
+    out.quiet_us = if quiet > u32::MAX as u64 {
+        u32::MAX
     } else {
-        SockActivity::default()
-    }
+        quiet as u32
+    };
+    out.valid = 1;
 }
 
 /// The close transitions: the container (or the kernel for its exiting process) closing a
@@ -701,7 +683,7 @@ fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
         (*e).old_state = old;
         (*e).new_state = new;
         (*e)._pad = [0; 2];
-        (*e).activity = activity_at(sk, old, new);
+        fill_activity(sk, old, new, &mut (*e).activity);
     }
     entry.submit(wake);
 }
