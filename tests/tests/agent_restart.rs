@@ -28,7 +28,12 @@ struct Agent {
     addr: SocketAddr,
 }
 
+/// Each agent reports every container stopped on the host, so two of these tests at once
+/// would each see (and count as restarted) the other's termination: they run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Setup {
+    _serial: std::sync::MutexGuard<'static, ()>,
     bin: PathBuf,
     dir: TempDir,
     pins: PathBuf,
@@ -37,6 +42,10 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str) -> Result<Self> {
+        // A test that failed while holding the lock leaves it poisoned; the next still runs.
+        let serial = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bin = termscope_tests::k8s_agent::agent_binary()?;
         let dir = TempDir::new(name)?;
         // Under /sys/fs/bpf (bpffs is mounted there if it is not), apart from a real agent's.
@@ -45,6 +54,7 @@ impl Setup {
             std::process::id()
         ));
         Ok(Setup {
+            _serial: serial,
             bin,
             dir,
             pins,
@@ -200,7 +210,7 @@ fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result
 
 /// A server in its own cgroup and netns holding one accepted connection. `drain`: on SIGTERM
 /// it closes its listener, waits for the client to finish, closes and exits 0. Otherwise it
-/// ignores SIGTERM (only SIGKILL ends it).
+/// ignores SIGTERM (only SIGKILL ends it) and never reads the client's request.
 fn server(prefix: &str, drain: bool) -> Result<(TestCgroup, NetNs, Proc, TcpStream)> {
     let cg = TestCgroup::new(prefix)?;
     let ns = NetNs::new(prefix)?;
@@ -234,8 +244,14 @@ fn server(prefix: &str, drain: bool) -> Result<(TestCgroup, NetNs, Proc, TcpStre
     let mut proc = Proc::spawn(&mut python(&code), &cg, Some(&ns))?;
     proc.expect_line("listening")?;
     let addr: SocketAddr = ([127, 0, 0, 1], PORT).into();
-    let client = ns.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))??;
+    let mut client =
+        ns.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))??;
     proc.expect_line("accepted")?;
+    if !drain {
+        // A request the server never reads: in flight when SIGKILL ends it, so its client
+        // loses it (an idle connection would be `closed_idle`, not cut).
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    }
     Ok((cg, ns, proc, client))
 }
 
