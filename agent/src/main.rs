@@ -25,7 +25,7 @@ use termscope::{
         store::Store,
     },
     pipeline::Pipeline,
-    probes::{self, LoadOptions, Probes},
+    probes::{LoadOptions, Probes},
     restart::Journal,
     terminations::{EngineConfig, kube::PodTerminationReport, report::TerminationReport},
 };
@@ -336,7 +336,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
     let attached = probes.attached();
     tracing::info!(
         attached,
-        total = probes::PROBES.len(),
+        needed = probes.needed(),
         "probes attached; `termscope doctor` tells what is missing"
     );
     if attached == 0 {
@@ -547,7 +547,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
                 metrics.set_health(&Health {
                     kernel: counters,
                     probes_attached: pipeline.probes().attached(),
-                    probes_total: probes::PROBES.len(),
+                    probes_total: pipeline.probes().needed(),
                     tracked_connections: tracked,
                     terminations_in_progress: pipeline.open_terminations(),
                 });

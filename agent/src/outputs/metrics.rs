@@ -267,7 +267,7 @@ impl Metrics {
                 "termscope_probes_attached",
                 "Kernel probes attached (see `termscope doctor` for the others).",
             )?,
-            probes_total: r.gauge("termscope_probes_known", "Kernel probes the agent has.")?,
+            probes_total: r.gauge("termscope_probes_known", "Kernel probes this kernel needs (those another probe stands in for here are left out).")?,
             tracked_connections: r.gauge(
                 "termscope_tracked_connections",
                 "TCP connections in the kernel's live-connection map (counted every 15 s).",

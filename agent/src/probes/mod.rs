@@ -687,6 +687,16 @@ impl Probes {
             .count()
     }
 
+    /// The probes this kernel needs: all but those another probe stands in for here (e.g.
+    /// the pre-6.8 `tcp_send_reset` layout and `skb:kfree_skb` on a newer kernel). Fewer
+    /// attached than needed means a feature is off.
+    pub fn needed(&self) -> usize {
+        self.status
+            .iter()
+            .filter(|s| !matches!(s.state, ProbeState::NotNeeded(_)))
+            .count()
+    }
+
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }
