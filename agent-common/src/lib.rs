@@ -700,6 +700,7 @@ mod tests {
             24 + size_of::<KernelOffsets>()
                 + size_of::<TracepointOffsets>()
                 + size_of::<ActivityOffsets>()
+                + size_of::<LegacyOffsets>()
         );
         for size in [
             size_of::<EventHeader>(),
