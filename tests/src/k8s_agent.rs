@@ -123,7 +123,9 @@ impl AgentProcess {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut cmd = Command::new(&bin);
+        // No maps pinned and no state file: each run starts clean, apart from other tests.
         cmd.arg("agent")
+            .args(["--no-pin", "--no-state-file"])
             .arg("--kubeconfig")
             .arg(api.kubeconfig())
             .args(["--node-name", node_name])

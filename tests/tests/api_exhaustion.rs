@@ -88,6 +88,8 @@ fn idle_and_slowloris_floods_leave_metrics_answering_and_memory_bounded() -> Res
     let agent = Agent(
         Command::new(&bin)
             .args(["agent", "--listen", &addr.to_string()])
+            // Its own run: no maps pinned, no state file shared with other tests' agents.
+            .args(["--no-pin", "--no-state-file"])
             .args(["--no-log-file", "--no-stdout-reports"])
             .args(["--api-max-connections", &CAP.to_string()])
             .stdout(Stdio::null())

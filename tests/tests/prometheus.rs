@@ -372,6 +372,8 @@ fn dashboard_queries_and_alerts_against_a_real_prometheus_scraping_the_agent() -
         name: "termscope agent",
         child: Command::new(&bin)
             .args(["agent", "--listen", &agent_addr.to_string()])
+            // Its own run: no maps pinned, no state file shared with other tests' agents.
+            .args(["--no-pin", "--no-state-file"])
             .args([
                 "--no-log-file",
                 "--no-stdout-reports",

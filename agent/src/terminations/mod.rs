@@ -295,6 +295,13 @@ impl Engine {
                         t.netns = s.target_netns;
                     }
                     t.signals.push(signal);
+                } else if s.signal == SIGKILL && s.result == SignalResult::Ignored {
+                    // SIGKILL cannot be ignored: the kernel drops it because the target is
+                    // already exiting (e.g. a runtime's cgroup.kill after the container's
+                    // termination was reported). Nothing new is stopping.
+                    if s.watch_opened {
+                        actions.push(Action::Unwatch(cg));
+                    }
                 } else if !internal {
                     let mut t =
                         Termination::new(cg, "stop_signal", identity(cg), s.target_netns, s.ts_ns);

@@ -643,6 +643,34 @@ fn the_root_cgroup_is_unwatched_again() {
     assert_eq!(r.feed(e), vec![Action::Unwatch(1)]);
 }
 
+/// A SIGKILL the kernel drops as ignored (its target is already exiting, e.g. a runtime's
+/// `cgroup.kill` after the container's termination was reported) opens nothing; the watch the
+/// kernel started for it is dropped again. The same SIGKILL during a termination stays in it.
+#[test]
+fn a_sigkill_to_an_exiting_process_opens_nothing() {
+    let mut r = Run::new();
+    let mut e = signal(T0, 9, RUNTIME_CG, SignalResult::Ignored);
+    if let Event::Signal(s) = &mut e {
+        s.watch_opened = true;
+    }
+    assert_eq!(r.feed(e), vec![Action::Unwatch(CG)]);
+    assert_eq!(r.engine.open_count(), 0);
+    // A SIGTERM the app ignores (SIG_IGN) still opens one.
+    r.feed(signal(T0 + MS, 15, RUNTIME_CG, SignalResult::Ignored));
+    assert_eq!(r.engine.open_count(), 1);
+    r.feed(signal(T0 + 2 * MS, 9, RUNTIME_CG, SignalResult::Ignored));
+    r.feed(exit(
+        T0 + 3 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    ));
+    let rep = r.finish(T0 + 3 * MS);
+    assert_eq!(rep.stop_signals.len(), 2);
+}
+
 /// A supervisor inside the container (supervisord's stopwaitsecs, gunicorn's
 /// graceful_timeout) SIGKILLs its child: an escalation, reported as killed. The kernel's
 /// SIGKILL to a PID namespace whose init died (SI_KERNEL) is not one.
