@@ -29,6 +29,14 @@ pub struct GracefulStop {
 
 /// The graceful stops of common servers, from their documentation, matched by the
 /// process's `comm` prefix. One table, used by every rule that names a signal.
+/// Apache httpd runs as `httpd` or (Debian) `apache2`.
+const APACHE_HTTPD: GracefulStop = GracefulStop {
+    program: "Apache httpd",
+    signals: &[SIGWINCH],
+    note: "Apache httpd stops gracefully on SIGWINCH (`apachectl graceful-stop`); SIGTERM \
+           stops it at once.",
+};
+
 const GRACEFUL_STOPS: [(&str, GracefulStop); 9] = [
     (
         "nginx",
@@ -67,24 +75,8 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 9] = [
                    hard-stop-after); SIGTERM and SIGINT stop it at once.",
         },
     ),
-    (
-        "httpd",
-        GracefulStop {
-            program: "Apache httpd",
-            signals: &[SIGWINCH],
-            note: "Apache httpd stops gracefully on SIGWINCH (`apachectl graceful-stop`); \
-                   SIGTERM stops it at once.",
-        },
-    ),
-    (
-        "apache2",
-        GracefulStop {
-            program: "Apache httpd",
-            signals: &[SIGWINCH],
-            note: "Apache httpd stops gracefully on SIGWINCH (`apachectl graceful-stop`); \
-                   SIGTERM stops it at once.",
-        },
-    ),
+    ("httpd", APACHE_HTTPD),
+    ("apache2", APACHE_HTTPD),
     (
         "php-fpm",
         GracefulStop {
