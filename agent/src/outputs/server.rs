@@ -27,7 +27,10 @@ use std::{
 use axum::{Router, body::Body};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{Notify, Semaphore},
+    time::Instant,
+};
 use tower::ServiceExt;
 
 use crate::outputs::metrics::Metrics;
@@ -216,6 +219,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let registry = Arc::new(Mutex::new(Registry::default()));
+    // One permit per open socket, held by its task until the socket is closed.
+    let sockets = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -231,7 +236,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let conn = Arc::new(Conn::new(Instant::now()));
-        let id = {
+        {
             let mut reg = registry.lock().unwrap_or_else(PoisonError::into_inner);
             if !reg.make_room(limits.max_connections) {
                 drop(reg);
@@ -239,6 +244,22 @@ pub async fn serve(
                 drop(stream);
                 continue;
             }
+        }
+        // An evicted connection's socket closes when its task ends: wait for that, so that the
+        // sockets open (not only the connections counted) stay within the cap however fast
+        // new ones arrive.
+        let permit = match sockets.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                permit = sockets.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            },
+        };
+        let id = {
+            let mut reg = registry.lock().unwrap_or_else(PoisonError::into_inner);
             reg.next += 1;
             let id = reg.next;
             reg.conns.insert(id, conn.clone());
@@ -255,6 +276,7 @@ pub async fn serve(
             if let Some(why) = closed {
                 metrics.api_connection_closed(why);
             }
+            drop(permit);
         });
     }
     let mut reg = registry.lock().unwrap_or_else(PoisonError::into_inner);
