@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod http;
 pub mod load;
 
 // Kubernetes test infrastructure: a real containerd driven over CRI like kubelet does, local

@@ -5,7 +5,6 @@
 //! flagged `agent_restarted` — never an early `survived`.
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -17,7 +16,11 @@ use termscope::{
     outputs::log,
     terminations::report::{Direction, Outcome, TerminationReport, Verdict},
 };
-use termscope_tests::{NetNs, Proc, TempDir, TestCgroup, kernel_test, python};
+use termscope_tests::{
+    NetNs, Proc, TempDir, TestCgroup,
+    http::{http_get, metric, wait_until},
+    kernel_test, python,
+};
 
 const PORT: u16 = 8080;
 
@@ -162,10 +165,7 @@ impl Agent {
     }
 
     fn metric(&self, series: &str) -> Result<f64> {
-        let (_, body) = http_get(self.addr, "/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .with_context(|| format!("no {series} in /metrics"))
+        metric(self.addr, series)
     }
 }
 
@@ -176,35 +176,6 @@ impl Drop for Agent {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = self.child.wait();
-    }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_string()))
-}
-
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not happen within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -5,14 +5,18 @@
 //! 238 MB and 800 slowloris connections stayed open for good.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use termscope_tests::{TempDir, kernel_test};
+use termscope_tests::{
+    TempDir,
+    http::{http_get, metric_in},
+    kernel_test,
+};
 
 const CAP: usize = 32;
 const IDLE: usize = 5000;
@@ -36,28 +40,6 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_string()))
-}
-
-fn metric(body: &str, series: &str) -> Result<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .with_context(|| format!("no {series} in /metrics"))
 }
 
 /// Resident memory of `pid` in KiB.
@@ -134,8 +116,8 @@ fn idle_and_slowloris_floods_leave_metrics_answering_and_memory_bounded() -> Res
     let (status, body) = http_get(addr, "/metrics")?;
     ensure!(status == 200);
     let (rss_after, fds_after) = (rss_kib(pid)?, fds(pid)?);
-    let open = metric(&body, "termscope_api_connections")?;
-    let evicted = metric(
+    let open = metric_in(&body, "termscope_api_connections")?;
+    let evicted = metric_in(
         &body,
         "termscope_api_connections_closed_total{reason=\"evicted\"}",
     )?;

@@ -32,7 +32,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read, Write},
+    io::Read,
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
@@ -45,6 +45,7 @@ use termscope_tests::{
     TempDir,
     containerd::Containerd,
     cri::v1,
+    http::http_get,
     images, k8s_agent, k8s_test,
     kubelet::{ContainerSpec, KubeletDriver, Pod, PodSpec, Qos},
 };
@@ -453,24 +454,6 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
         metrics_port: metrics_port.context("no container port named metrics")?,
         image,
     })
-}
-
-/// One HTTP/1.0 GET to `addr`; (status, body). Run it in the network namespace it is from.
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: termscope\r\n\r\n").as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status line in {head:?}"))?;
-    Ok((status, body.to_string()))
 }
 
 /// Runs an httpGet probe as kubelet does (from the node, to the pod IP) until it succeeds,

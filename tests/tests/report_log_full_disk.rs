@@ -5,8 +5,8 @@
 //! to the line the full disk cut short.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Write,
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -14,7 +14,11 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use termscope::{outputs::log, terminations::report::TerminationReport};
-use termscope_tests::{Proc, TempDir, TestCgroup, kernel_test};
+use termscope_tests::{
+    Proc, TempDir, TestCgroup,
+    http::{http_get, metric, wait_until},
+    kernel_test,
+};
 
 struct Agent(Child);
 
@@ -54,42 +58,6 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_string()))
-}
-
-fn metric(addr: SocketAddr, series: &str) -> Result<f64> {
-    let (_, body) = http_get(addr, "/metrics")?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .with_context(|| format!("no {series} in /metrics"))
-}
-
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not happen within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
