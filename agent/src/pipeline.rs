@@ -78,6 +78,9 @@ pub struct Pipeline {
     replay_snapshots: HashMap<u64, VecDeque<Vec<Listed>>>,
     /// While a journal is replayed: identities resolved before the restart.
     replay_identities: HashMap<u64, Identity>,
+    /// Per open termination: the cgroups below the container's own that are part of it
+    /// (watched with it, their connections listed and their losses counted with it).
+    members: HashMap<u64, Vec<u64>>,
 }
 
 impl Pipeline {
@@ -98,7 +101,23 @@ impl Pipeline {
             restarted: HashSet::new(),
             replay_snapshots: HashMap::new(),
             replay_identities: HashMap::new(),
+            members: HashMap::new(),
         }
+    }
+
+    /// The container cgroup `cg` belongs to (itself, or the container's when `cg` is one of
+    /// its descendants); the engine is told, so the events of `cg` go to the container.
+    fn container_of(&mut self, cg: u64) -> u64 {
+        if cg <= 1 {
+            return cg;
+        }
+        let key = self.engine.key(cg);
+        if key != cg {
+            return key;
+        }
+        let container = self.resolver.container_of(cg);
+        self.engine.add_member(container, cg);
+        container
     }
 
     /// Keeps a journal of the terminations in progress ([`Pipeline::journal`] is what goes
@@ -205,7 +224,7 @@ impl Pipeline {
         }
         // Watches found in the pinned maps.
         for (cg, entry) in self.probes.watched_cgroups()? {
-            if self.engine.is_open(cg) || self.explicit.contains(&cg) {
+            if self.engine.is_open(self.engine.key(cg)) || self.explicit.contains(&cg) {
                 continue;
             }
             if entry.reason == watch_reason::STOP_SIGNAL {
@@ -442,10 +461,16 @@ impl Pipeline {
     pub fn handle(&mut self, event: &Event) -> Result<(), ProbeError> {
         // A stop signal that opened a watch: resolve the target's identity now, while its
         // cgroup surely exists (runtimes remove it within milliseconds of the last exit).
-        if let Event::Signal(s) = event
-            && s.watch_opened
-        {
-            let _ = self.resolver.resolve_now(s.target_cgroup_id);
+        if let Event::Signal(s) = event {
+            if s.watch_opened {
+                let _ = self.resolver.resolve_now(s.target_cgroup_id);
+            }
+            // A container's processes may live in cgroups below its own: its termination is
+            // the container's, and a signal between its cgroups is internal.
+            self.container_of(s.target_cgroup_id);
+            if self.resolver.resolve(s.sender_cgroup_id).is_some() {
+                self.container_of(s.sender_cgroup_id);
+            }
         }
         let resolver = &mut self.resolver;
         let restored = &self.replay_identities;
@@ -455,6 +480,22 @@ impl Pipeline {
                 .cloned()
                 .or_else(|| resolver.resolve(id).cloned())
         });
+        // A stop signal to a cgroup below a container's whose termination is open: watched
+        // and counted with it from now on (and unwatched with it).
+        if let Event::Signal(s) = event {
+            let target = s.target_cgroup_id;
+            let key = self.engine.key(target);
+            if key != target && self.engine.is_open(key) {
+                let members = self.members.entry(key).or_default();
+                if !members.contains(&target) {
+                    members.push(target);
+                    self.count_losses_from_now(target)?;
+                    if !self.probes.is_watched(target)? {
+                        self.probes.watch(target)?;
+                    }
+                }
+            }
+        }
         // What the terminations in progress took (an event that opened one included).
         if self.journal.is_some() && self.engine.open_count() > 0 {
             self.journal(Record::Event {
@@ -512,11 +553,16 @@ impl Pipeline {
     /// whose event never reached userspace (nothing is left watched without a report).
     fn reconcile(&mut self, now_ns: u64) -> Result<(), ProbeError> {
         let watched = self.probes.watched_cgroups()?;
-        for (cg, entry) in watched {
+        for (watched_cg, entry) in watched {
             if entry.reason != watch_reason::STOP_SIGNAL
-                || self.engine.is_open(cg)
+                || self.engine.is_open(self.engine.key(watched_cg))
                 || now_ns < entry.since_ns.saturating_add(RECONCILE_AFTER_NS)
             {
+                continue;
+            }
+            // A cgroup below a container's: the container's termination.
+            let cg = self.container_of(watched_cg);
+            if self.engine.is_open(cg) {
                 continue;
             }
             tracing::warn!(
@@ -551,17 +597,26 @@ impl Pipeline {
     /// collected, or when its stop signal never arrived.
     fn mark_incomplete(&mut self, report: &mut TerminationReport) {
         let cg = report.subject.cgroup_id;
-        let base = self.lost_at_open.remove(&cg).unwrap_or((0, 0));
-        let now = self
-            .probes
-            .cgroup_stats(cg)
-            .inspect_err(|e| tracing::warn!(error = %e, "reading the kernel's lost-event count"))
-            .map(|s| (s.events_lost, s.untracked))
-            .unwrap_or(base);
+        let mut cgroups = vec![cg];
+        cgroups.extend(self.members.get(&cg).into_iter().flatten().copied());
+        let (mut events_lost, mut connections_untracked) = (0, 0);
+        for id in cgroups {
+            let base = self.lost_at_open.remove(&id).unwrap_or((0, 0));
+            let now = self
+                .probes
+                .cgroup_stats(id)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "reading the kernel's lost-event count"),
+                )
+                .map(|s| (s.events_lost, s.untracked))
+                .unwrap_or(base);
+            events_lost += now.0.saturating_sub(base.0);
+            connections_untracked += now.1.saturating_sub(base.1);
+        }
         let incomplete = Incomplete {
-            events_lost: now.0.saturating_sub(base.0),
+            events_lost,
             stop_signal_missed: report.opened_by == "kernel_watch",
-            connections_untracked: now.1.saturating_sub(base.1),
+            connections_untracked,
         };
         if incomplete != Incomplete::default() {
             tracing::warn!(
@@ -582,22 +637,33 @@ impl Pipeline {
         for action in actions {
             match action {
                 Action::Snapshot(cg) => {
-                    if !self.lost_at_open.contains_key(&cg) {
-                        // Watched all along (configuration, --watch-all): count from now.
-                        // Otherwise from when it was last unwatched (losses between the stop
-                        // signal and this moment are this termination's).
-                        let base = if self.explicit.contains(&cg) || self.probes.watches_all() {
-                            let stats = self.probes.cgroup_stats(cg)?;
-                            (stats.events_lost, stats.untracked)
-                        } else {
-                            self.lost_at_unwatch.get(&cg).copied().unwrap_or((0, 0))
-                        };
-                        self.lost_at_open.insert(cg, base);
-                        self.journal(Record::LostBase {
-                            cgroup_id: cg,
-                            events_lost: base.0,
-                            untracked: base.1,
-                        });
+                    // The cgroups below the container's: known members (a stop signal's
+                    // target) and those that exist now. Watched with it from here on.
+                    let mut members = self.engine.members_of(cg);
+                    for m in self.resolver.descendants(cg) {
+                        if !members.contains(&m) {
+                            members.push(m);
+                        }
+                    }
+                    if !members.is_empty() && !self.probes.is_watched(cg)? {
+                        // Its processes may live in its own cgroup too.
+                        self.probes.watch(cg)?;
+                    }
+                    for &m in &members {
+                        self.engine.add_member(cg, m);
+                        if !self.probes.is_watched(m)? {
+                            self.probes.watch(m)?;
+                        }
+                    }
+                    for id in std::iter::once(cg).chain(members.iter().copied()) {
+                        self.count_losses_from_now(id)?;
+                    }
+                    if !members.is_empty() {
+                        tracing::debug!(
+                            cgroup = cg,
+                            members = ?members,
+                            "the container's processes live in cgroups below its own"
+                        );
                     }
                     // The termination just opened: the cgroup exists now, and may be younger
                     // than the resolver's last index.
@@ -624,7 +690,10 @@ impl Pipeline {
                             // A connection learnt at a state change (older than the agent,
                             // where the start-up walk could not run) has no known direction:
                             // it enters the report through its own events.
-                            .filter(|(_, c)| c.cgroup_id == cg && c.flags & flags::UNTRACKED == 0)
+                            .filter(|(_, c)| {
+                                (c.cgroup_id == cg || members.contains(&c.cgroup_id))
+                                    && c.flags & flags::UNTRACKED == 0
+                            })
                             .map(|(_, c)| open_connection(&c))
                             .collect(),
                     };
@@ -636,6 +705,11 @@ impl Pipeline {
                     }
                     tracing::debug!(cgroup = cg, open = open.len(), "termination opened");
                     self.engine.on_snapshot(cg, &open);
+                    if members.is_empty() {
+                        self.members.remove(&cg);
+                    } else {
+                        self.members.insert(cg, members);
+                    }
                 }
                 Action::CheckPopulated(cg) => {
                     if let Some(populated) = self.resolver.populated(cg) {
@@ -643,28 +717,63 @@ impl Pipeline {
                     }
                 }
                 Action::Unwatch(cg) => {
-                    self.lost_at_open.remove(&cg);
-                    if !self.explicit.contains(&cg) {
-                        let stats = self.probes.cgroup_stats(cg)?;
-                        if self.lost_at_unwatch.len() >= MAX_UNWATCHED_COUNTS {
-                            // Cgroup ids are never reused: forgetting old ones only makes a
-                            // later termination of the same cgroup count a little more.
-                            self.lost_at_unwatch.clear();
-                        }
-                        if stats.events_lost > 0 || stats.untracked > 0 {
-                            self.lost_at_unwatch
-                                .insert(cg, (stats.events_lost, stats.untracked));
-                        }
-                    }
-                    // A configured watch outlives the termination (and a reload signal).
-                    if !self.explicit.contains(&cg) {
-                        self.probes.unwatch(cg)?;
-                        self.resolver.forget(cg);
+                    let members = self.members.remove(&cg).unwrap_or_default();
+                    for id in std::iter::once(cg).chain(members) {
+                        self.unwatch(id)?;
                     }
                 }
                 Action::UnwatchNetns(netns) => self.probes.unwatch_netns(netns)?,
             }
         }
+        Ok(())
+    }
+}
+
+impl Pipeline {
+    /// Counts the kernel's losses for cgroup `cg` from now on, for the termination that
+    /// opens (its container's or its own), unless already counted.
+    fn count_losses_from_now(&mut self, cg: u64) -> Result<(), ProbeError> {
+        if self.lost_at_open.contains_key(&cg) {
+            return Ok(());
+        }
+        // Watched all along (configuration, --watch-all): count from now. Otherwise from
+        // when it was last unwatched (losses between the stop signal and this moment are
+        // this termination's).
+        let base = if self.explicit.contains(&cg) || self.probes.watches_all() {
+            let stats = self.probes.cgroup_stats(cg)?;
+            (stats.events_lost, stats.untracked)
+        } else {
+            self.lost_at_unwatch.get(&cg).copied().unwrap_or((0, 0))
+        };
+        self.lost_at_open.insert(cg, base);
+        self.journal(Record::LostBase {
+            cgroup_id: cg,
+            events_lost: base.0,
+            untracked: base.1,
+        });
+        Ok(())
+    }
+
+    /// The termination of cgroup `cg` (a container's, or one of its cgroups) is reported:
+    /// its losses are remembered and the kernel stops watching it, unless configured to.
+    fn unwatch(&mut self, cg: u64) -> Result<(), ProbeError> {
+        self.lost_at_open.remove(&cg);
+        if self.explicit.contains(&cg) {
+            // A configured watch outlives the termination (and a reload signal).
+            return Ok(());
+        }
+        let stats = self.probes.cgroup_stats(cg)?;
+        if self.lost_at_unwatch.len() >= MAX_UNWATCHED_COUNTS {
+            // Cgroup ids are never reused: forgetting old ones only makes a later
+            // termination of the same cgroup count a little more.
+            self.lost_at_unwatch.clear();
+        }
+        if stats.events_lost > 0 || stats.untracked > 0 {
+            self.lost_at_unwatch
+                .insert(cg, (stats.events_lost, stats.untracked));
+        }
+        self.probes.unwatch(cg)?;
+        self.resolver.forget(cg);
         Ok(())
     }
 }

@@ -87,6 +87,8 @@ pub struct TestCgroup {
     pub dir: PathBuf,
     pub path: String,
     pub id: u64,
+    /// A directory made for it that is removed after it ([`TestCgroup::container`]'s slice).
+    outer: Option<PathBuf>,
 }
 
 impl TestCgroup {
@@ -100,6 +102,44 @@ impl TestCgroup {
             dir,
             path: format!("/{name}"),
             id,
+            outer: None,
+        })
+    }
+
+    /// A cgroup laid out as containerd (systemd driver) names a container's,
+    /// `/<unique>.slice/cri-containerd-<64 hex>.scope`, so that the agent recognises it as a
+    /// container (and the cgroups below it as its own).
+    pub fn container(prefix: &str) -> Result<Self> {
+        let mount = cgroupfs::Mount::detect()?;
+        let slice = format!("{}.slice", unique(prefix));
+        let id_hex = format!(
+            "{:064x}",
+            (u128::from(std::process::id()) << 32)
+                | u128::from(SEQ.fetch_add(1, Ordering::Relaxed))
+        );
+        let scope = format!("cri-containerd-{id_hex}.scope");
+        let outer = mount.path.join(&slice);
+        let dir = outer.join(&scope);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let id = cgroupfs::cgroup_id(&dir)?;
+        Ok(TestCgroup {
+            dir,
+            path: format!("/{slice}/{scope}"),
+            id,
+            outer: Some(outer),
+        })
+    }
+
+    /// A cgroup below this one (removed before it: declare it after).
+    pub fn child(&self, name: &str) -> Result<Self> {
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let id = cgroupfs::cgroup_id(&dir)?;
+        Ok(TestCgroup {
+            dir,
+            path: format!("{}/{name}", self.path),
+            id,
+            outer: None,
         })
     }
 
@@ -131,13 +171,20 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        let mut removed = false;
         for _ in 0..100 {
             if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
+                removed = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("warning: could not remove {}", self.dir.display());
+        if !removed {
+            eprintln!("warning: could not remove {}", self.dir.display());
+        }
+        if let Some(outer) = &self.outer {
+            let _ = std::fs::remove_dir(outer);
+        }
     }
 }
 
@@ -403,6 +450,28 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The pid of the first child of `pid` (waits up to 5 s for one): the PID-namespace init
+/// `unshare --pid --fork` starts, an init's app.
+pub fn child_of(pid: u32) -> Result<u32> {
+    for _ in 0..100 {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+        if let Some(first) = children.split_whitespace().next() {
+            return Ok(first.parse()?);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{pid} has no child")
+}
+
+/// Sends `sig` to `pid`.
+pub fn kill(pid: u32, sig: i32) -> Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(i32::try_from(pid)?, sig) } != 0 {
+        bail!("kill {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A python3 program run with `-u` (unbuffered) and `-c`.

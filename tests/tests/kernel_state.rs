@@ -3,6 +3,7 @@
 //! namespaces; the agent pipeline in the test process.
 
 use std::{
+    io::Write,
     net::{SocketAddr, TcpStream},
     process::Command,
     time::Duration,
@@ -10,6 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use termscope::{
+    outputs::metrics::{Metrics, MetricsConfig},
     probes::LoadOptions,
     terminations::report::{Direction, Outcome, Verdict},
 };
@@ -87,6 +89,10 @@ fn a_connection_older_than_the_agent_is_counted() -> Result<()> {
         learnt.as_ref().is_ok_and(|n| *n >= 2),
         "start-up walk: {learnt:?}"
     );
+    // Both peers are waiting for an answer (a request the container never read): what the
+    // kill cuts, however long the connections were quiet before.
+    (&client).write_all(b"request\n")?;
+    (&accepted).write_all(b"request\n")?;
     agent.pump(Duration::from_millis(200), None)?;
     cg.signal_all(libc::SIGKILL)?;
     let report = agent.report_for(cg.id, Duration::from_secs(15))?;
@@ -320,5 +326,127 @@ fn a_reload_signal_keeps_an_explicit_watch() -> Result<()> {
         "no event of the cgroup's new connection:\n{}",
         agent.events_of(cg.id)?
     );
+    Ok(())
+}
+
+/// The sum of a metric's samples in Prometheus' text format.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A container with child cgroups: its processes live in two cgroups below its own
+/// (`.../cri-containerd-<id>.scope/a` and `/b`, as a container making its own cgroups, or a
+/// systemd-style layout), each holding a client's connection. The runtime SIGKILLs every
+/// process: exactly one report, the container's, with both connections, both exits and both
+/// signals; the metrics count one termination and two cut connections.
+#[test]
+fn a_container_with_child_cgroups() -> Result<()> {
+    kernel_test!();
+    let mut agent = Agent::start(Duration::from_secs(20))?;
+    let container = TestCgroup::container("kids")?;
+    let child_a = container.child("a")?;
+    let child_b = container.child("b")?;
+    let ns = NetNs::new("kids")?;
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for (child, port) in [(&child_a, 8080u16), (&child_b, 8081)] {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-u").arg(scripts().join("tcp_server.py")).args([
+            "4",
+            "127.0.0.1",
+            &port.to_string(),
+            "hold",
+        ]);
+        let mut server = Proc::spawn(&mut cmd, child, Some(&ns))?;
+        server.expect_line("listening")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let stream =
+            ns.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))??;
+        server.expect_line("accepted")?;
+        clients.push(stream);
+        servers.push(server);
+    }
+    agent.pump(Duration::from_millis(200), None)?;
+    // The runtime kills every process of the container (as `runc kill --all` does).
+    child_a.signal_all(libc::SIGKILL)?;
+    child_b.signal_all(libc::SIGKILL)?;
+    for s in &mut servers {
+        s.child.wait()?;
+    }
+    let report = agent.report_for(container.id, Duration::from_secs(15))?;
+    // Anything else about this container would come within the linger.
+    agent.pump(Duration::from_secs(2), None)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let ours: Vec<_> = agent
+        .reports
+        .iter()
+        .filter(|r| [container.id, child_a.id, child_b.id].contains(&r.subject.cgroup_id))
+        .collect();
+    ensure!(
+        ours.len() == 1,
+        "{} reports for one container: {:?}",
+        ours.len(),
+        ours.iter()
+            .map(|r| r.subject.cgroup_path.as_str())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(report.subject.cgroup_path, container.path);
+    assert!(
+        report.subject.container_id.is_some(),
+        "{:?}",
+        report.subject
+    );
+    for client in &clients {
+        let port = client.local_addr()?.port();
+        let c = report
+            .connections
+            .iter()
+            .find(|c| c.remote.port() == port)
+            .with_context(|| format!("client port {port} not in the report"))?;
+        assert_eq!(c.verdict, Verdict::ClosedByExit, "{c:?}");
+    }
+    assert_eq!(report.connections.len(), 2, "{:?}", report.connections);
+    assert_eq!(report.counts.closed_by_exit, 2, "{:?}", report.counts);
+    assert_eq!(report.counts.cut, 2, "{:?}", report.counts);
+    assert_eq!(report.exits.len(), 2, "{:?}", report.exits);
+    assert_eq!(
+        report
+            .stop_signals
+            .iter()
+            .filter(|s| s.signal == "SIGKILL" && !s.internal)
+            .count(),
+        2,
+        "{:?}",
+        report.stop_signals
+    );
+    assert_eq!(report.outcome, Outcome::Killed);
+    assert!(report.incomplete.is_none(), "{:?}", report.incomplete);
+
+    let metrics = Metrics::new(MetricsConfig::default())?;
+    for r in &ours {
+        metrics.observe(r);
+    }
+    let text = metrics.render()?;
+    assert_eq!(
+        metric_sum(&text, "termscope_terminations_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "termscope_connections_cut_total"),
+        2.0,
+        "{text}"
+    );
+    // Nothing of the container is left watched.
+    for id in [container.id, child_a.id, child_b.id] {
+        assert!(
+            !agent.pipeline.probes_mut().is_watched(id)?,
+            "cgroup {id} is still watched"
+        );
+    }
+    drop(clients);
     Ok(())
 }

@@ -180,6 +180,39 @@ pub fn classify(path: &str) -> Identity {
     identity
 }
 
+/// The path of the cgroup that *is* the workload of `path`: the container's own cgroup for
+/// a cgroup below it (crun's `/container` child, a systemd running inside the container,
+/// an app that makes child cgroups itself: `.../cri-containerd-<id>.scope/sub`), the unit's
+/// for a cgroup below a unit. That is the shortest ancestor-or-self path that names the same
+/// workload (runtime, container id, pod, unit, namespace). A path naming nothing known is its
+/// own workload.
+pub fn container_path(path: &str) -> String {
+    let identity = classify(path);
+    let same = |other: &Identity| {
+        other.runtime == identity.runtime
+            && other.container_id == identity.container_id
+            && other.pod_uid == identity.pod_uid
+            && other.unit == identity.unit
+            && other.namespace == identity.namespace
+    };
+    let named = identity.container_id.is_some()
+        || identity.pod_uid.is_some()
+        || identity.unit.is_some()
+        || identity.runtime != Runtime::Unknown;
+    if !named {
+        return identity.cgroup_path;
+    }
+    let segments: Vec<&str> = identity
+        .cgroup_path
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .collect();
+    (1..segments.len())
+        .map(|n| format!("/{}", segments[..n].join("/")))
+        .find(|prefix| same(&classify(prefix)))
+        .unwrap_or(identity.cgroup_path)
+}
+
 struct Pod {
     uid: String,
     qos: QosClass,
@@ -449,6 +482,39 @@ mod tests {
 
     fn unknown(path: &str) -> Identity {
         ident(path, Runtime::Unknown)
+    }
+
+    #[test]
+    fn a_cgroup_below_a_container_belongs_to_it() {
+        let kube = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-{ID}.scope"
+        );
+        for (path, root) in [
+            (format!("{kube}/sub"), kube.clone()),
+            (format!("{kube}/a/b/"), kube.clone()),
+            (kube.clone(), kube.clone()),
+            (
+                format!("/system.slice/docker-{ID}.scope/system.slice/nginx.service"),
+                format!("/system.slice/docker-{ID}.scope"),
+            ),
+            (
+                format!("/system.slice/docker-{ID}.scope/init.scope"),
+                format!("/system.slice/docker-{ID}.scope"),
+            ),
+            (format!("/docker/{ID}/payload"), format!("/docker/{ID}")),
+            (
+                "/system.slice/nginx.service/workers".into(),
+                "/system.slice/nginx.service".into(),
+            ),
+            // Nothing known: its own workload, never its parent's.
+            ("/ts-test/a".into(), "/ts-test/a".into()),
+            ("/".into(), "/".into()),
+        ] {
+            assert_eq!(container_path(&path), root, "{path}");
+        }
+        // A pod's conmon beside its container is not the container.
+        let conmon = format!("/kubepods.slice/kubepods-pod{UID_US}.slice/crio-conmon-{ID}.scope");
+        assert_eq!(container_path(&conmon), conmon);
     }
 
     #[test]

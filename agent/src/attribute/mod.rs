@@ -55,11 +55,72 @@ impl Resolver {
     }
 
     /// Like [`Resolver::cgroup_of_container`], without re-indexing.
+    /// The container's own cgroup, not one of its descendants (which carry the same id).
     pub fn cgroup_of_known_container(&self, container_id: &str) -> Option<u64> {
         self.known
             .iter()
-            .find(|(_, i)| i.container_id.as_deref() == Some(container_id))
+            .filter(|(_, i)| i.container_id.as_deref() == Some(container_id))
+            .min_by_key(|(_, i)| i.cgroup_path.len())
             .map(|(id, _)| *id)
+    }
+
+    /// The cgroup of the container (or unit) that cgroup `id` belongs to: `id` itself, or
+    /// the ancestor that is the container when `id` is one of its descendants
+    /// ([`cgroup_path::container_path`]). `id` when it is not known, or its container's
+    /// cgroup is gone.
+    pub fn container_of(&mut self, id: u64) -> u64 {
+        let Some(identity) = self.resolve(id) else {
+            return id;
+        };
+        let root = cgroup_path::container_path(&identity.cgroup_path);
+        if root == identity.cgroup_path {
+            return id;
+        }
+        if let Some((root_id, _)) = self.known.iter().find(|(_, i)| i.cgroup_path == root) {
+            return *root_id;
+        }
+        if self.mount.is_none() {
+            return id;
+        }
+        match self.id_of(&root) {
+            Ok(root_id) => {
+                self.remember(root_id, &root);
+                root_id
+            }
+            Err(_) => id,
+        }
+    }
+
+    /// The cgroups below cgroup `id` that exist now (remembered, so that their identities
+    /// outlive them). Empty without a mount or when `id` is unknown or gone.
+    pub fn descendants(&mut self, id: u64) -> Vec<u64> {
+        let Some(path) = self.resolve(id).map(|i| i.cgroup_path.clone()) else {
+            return Vec::new();
+        };
+        let Some(mount) = self.mount.clone() else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        let mut stack = vec![mount.dir(&path)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let child = entry.path();
+                if let (Ok(child_id), Some(child_path)) =
+                    (cgroupfs::cgroup_id(&child), mount.cgroup_path(&child))
+                {
+                    self.remember(child_id, &child_path);
+                    found.push(child_id);
+                }
+                stack.push(child);
+            }
+        }
+        found
     }
 
     /// Like [`Resolver::resolve`], but re-indexes on a miss even within the rate limit: for the
@@ -156,6 +217,30 @@ fn populated_from_events(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A descendant cgroup resolves to its container's; the container to itself; the
+    /// container id to the container's own cgroup, not a descendant's.
+    #[test]
+    fn descendants_resolve_to_their_container() {
+        let id = "3f2a9c1b2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+        let scope = format!("/system.slice/cri-containerd-{id}.scope");
+        let mut resolver = Resolver::new(None);
+        resolver.remember(21, &format!("{scope}/sub/deeper"));
+        resolver.remember(20, &format!("{scope}/sub"));
+        resolver.remember(10, &scope);
+        resolver.remember(30, "/ts-test/a");
+        assert_eq!(resolver.container_of(20), 10);
+        assert_eq!(resolver.container_of(21), 10);
+        assert_eq!(resolver.container_of(10), 10);
+        // Unknown layout: its own; unknown id: itself.
+        assert_eq!(resolver.container_of(30), 30);
+        assert_eq!(resolver.container_of(99), 99);
+        assert_eq!(resolver.cgroup_of_known_container(id), Some(10));
+        // The container's cgroup not known (and no mount to look it up): itself.
+        let mut alone = Resolver::new(None);
+        alone.remember(20, &format!("{scope}/sub"));
+        assert_eq!(alone.container_of(20), 20);
+    }
 
     #[test]
     fn reads_populated() {

@@ -788,6 +788,12 @@ impl Probes {
     pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
         match self.watched()?.remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            // The kernel's answer for a missing key.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(ProbeError::Map {
                 name: names::WATCHED,
                 source,

@@ -10,6 +10,7 @@ const SIGINT: u32 = 2;
 const SIGQUIT: u32 = 3;
 const SIGUSR1: u32 = 10;
 const SIGUSR2: u32 = 12;
+const SIGKILL: u32 = 9;
 const SIGTERM: u32 = 15;
 const SIGWINCH: u32 = 28;
 
@@ -269,6 +270,12 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
                      --init`), or handle {sig}.",
                     cut_clause(c),
                 ));
+            } else if i.signal == Some(SIGKILL) && matches!(i.kill, KillSource::Outside { .. }) {
+                // SIGKILL was the stop signal: no grace period at all.
+                out.push(format!(
+                    "{who} was killed by SIGKILL{from} with no stop signal before it: it had no                      chance to finish its work; {}. A longer grace period would not help: send                      a stop signal first and SIGKILL only after a grace period (`docker stop`,                      not `docker kill`; no force delete with a grace period of 0).",
+                    cut_clause(c),
+                ));
             } else if let Some((proc, s)) = match &i.kill {
                 // The signal the SIGKILL followed, to the process it killed.
                 KillSource::Inside {
@@ -450,6 +457,35 @@ mod tests {
             Some(&[SIGUSR1][..])
         );
         assert!(graceful_stop("python3").is_none());
+    }
+
+    /// SIGKILL with no stop signal before it: no grace period ran out.
+    #[test]
+    fn a_sigkill_without_a_stop_signal_is_not_a_grace_period_to_lengthen() {
+        let main = p(10, "node");
+        let c = Counts {
+            closed_by_exit: 1,
+            closed_idle: 2,
+            cut: 1,
+            ..Counts::default()
+        };
+        let i = Input {
+            signal: Some(9),
+            signal_handled: false,
+            kill: KillSource::Outside {
+                sender: "containerd-shim".into(),
+                after_ms: None,
+            },
+            ..input(Outcome::Killed, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(s[0].contains("with no stop signal before it"), "{s:?}");
+        assert!(s[0].contains("1 connection(s) were cut"), "{s:?}");
+        assert!(!s[0].contains("Lengthen"), "{s:?}");
+        assert!(
+            s.iter().any(|l| l.starts_with("2 idle keep-alive")),
+            "{s:?}"
+        );
     }
 
     #[test]

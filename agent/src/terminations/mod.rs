@@ -242,6 +242,9 @@ pub struct Engine {
     cfg: EngineConfig,
     clock: WallClock,
     open: HashMap<u64, Termination>,
+    /// Descendant cgroups of containers (a child cgroup the container's processes live in)
+    /// -> the container's cgroup, which keys its termination: one report per container.
+    members: HashMap<u64, u64>,
 }
 
 impl Engine {
@@ -250,6 +253,40 @@ impl Engine {
             cfg,
             clock,
             open: HashMap::new(),
+            members: HashMap::new(),
+        }
+    }
+
+    /// Makes `member`, a cgroup below `container`'s, part of it: its signals, exits and
+    /// connections go to `container`'s termination (the agent's attribution tells which
+    /// cgroups are descendants of a container's).
+    pub fn add_member(&mut self, container: u64, member: u64) {
+        if member != container && member > ROOT_CGROUP && container > ROOT_CGROUP {
+            self.members.insert(member, container);
+        }
+    }
+
+    /// The cgroup whose termination events of cgroup `cgroup_id` belong to.
+    pub fn key(&self, cgroup_id: u64) -> u64 {
+        self.members.get(&cgroup_id).copied().unwrap_or(cgroup_id)
+    }
+
+    /// The member cgroups of `container` (see [`Engine::add_member`]).
+    pub fn members_of(&self, container: u64) -> Vec<u64> {
+        let mut members: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, c)| **c == container)
+            .map(|(m, _)| *m)
+            .collect();
+        members.sort_unstable();
+        members
+    }
+
+    /// Forgets the members of a container with no termination open.
+    fn drop_members_unless_open(&mut self, container: u64) {
+        if !self.open.contains_key(&container) {
+            self.members.retain(|_, c| *c != container);
         }
     }
 
@@ -272,14 +309,18 @@ impl Engine {
         let mut actions = Vec::new();
         match event {
             Event::Signal(s) => {
-                let cg = s.target_cgroup_id;
-                if cg == 0 || cg == ROOT_CGROUP {
-                    if s.watch_opened && cg != 0 {
-                        actions.push(Action::Unwatch(cg));
+                let target = s.target_cgroup_id;
+                if target == 0 || target == ROOT_CGROUP {
+                    if s.watch_opened && target != 0 {
+                        actions.push(Action::Unwatch(target));
                     }
                     return actions;
                 }
-                let internal = s.sender_cgroup_id == cg;
+                // A container's processes may live in cgroups below its own: the signal is
+                // the container's, and internal when it comes from any of them.
+                let cg = self.key(target);
+                let sender = self.key(s.sender_cgroup_id);
+                let internal = sender == cg;
                 let signal = Signal {
                     ts: s.ts_ns,
                     signal: s.signal,
@@ -300,7 +341,7 @@ impl Engine {
                     // already exiting (e.g. a runtime's cgroup.kill after the container's
                     // termination was reported). Nothing new is stopping.
                     if s.watch_opened {
-                        actions.push(Action::Unwatch(cg));
+                        actions.push(Action::Unwatch(target));
                     }
                 } else if !internal {
                     let mut t =
@@ -308,11 +349,18 @@ impl Engine {
                     t.signals.push(signal);
                     self.open.insert(cg, t);
                     actions.push(Action::Snapshot(cg));
+                } else if s.watch_opened {
+                    // From one of the container's cgroups to another (the kernel watches a
+                    // target outside the sender's own cgroup): nothing is stopping.
+                    actions.push(Action::Unwatch(target));
                 }
+                self.drop_members_unless_open(cg);
+                self.drop_members_unless_open(sender);
             }
             Event::SignalDelivered(d) => {
                 // Every thread of a process reports the same delivery; keep the first.
-                if let Some(t) = self.open.get_mut(&d.cgroup_id)
+                let cg = self.key(d.cgroup_id);
+                if let Some(t) = self.open.get_mut(&cg)
                     && !t
                         .deliveries
                         .iter()
@@ -327,18 +375,20 @@ impl Engine {
                 }
             }
             Event::ProcessExit(x) => {
-                if let Some(t) = self.open.get_mut(&x.cgroup_id) {
+                let cg = self.key(x.cgroup_id);
+                if let Some(t) = self.open.get_mut(&cg) {
                     t.exits
                         .push((x.ts_ns, proc_of(x.task.tgid, &x.task.comm), x.exit));
                     // An exit read after the emptiness check still belongs before "empty".
                     if let Some(emptied) = &mut t.emptied_ns {
                         *emptied = (*emptied).max(x.ts_ns);
                     }
-                    actions.push(Action::CheckPopulated(x.cgroup_id));
+                    actions.push(Action::CheckPopulated(cg));
                 }
             }
             Event::ProcessExec(x) => {
-                if let Some(t) = self.open.get_mut(&x.cgroup_id) {
+                let cg = self.key(x.cgroup_id);
+                if let Some(t) = self.open.get_mut(&cg) {
                     t.execs.push((
                         x.ts_ns,
                         proc_of(x.task.tgid, &x.task.comm),
@@ -347,7 +397,8 @@ impl Engine {
                 }
             }
             Event::TcpState(c) => {
-                let Some(t) = self.open.get_mut(&c.cgroup_id) else {
+                let cg = self.key(c.cgroup_id);
+                let Some(t) = self.open.get_mut(&cg) else {
                     return actions;
                 };
                 let (old, new) = (TcpState::parse(c.old_state), TcpState::parse(c.new_state));
@@ -407,7 +458,8 @@ impl Engine {
                     }
                     return actions;
                 }
-                let Some(t) = self.open.get_mut(&r.cgroup_id) else {
+                let cg = self.key(r.cgroup_id);
+                let Some(t) = self.open.get_mut(&cg) else {
                     return actions;
                 };
                 if r.conn_id == 0 {
@@ -533,6 +585,7 @@ impl Engine {
                     reports.push(self.report(&t, now_ns));
                 }
                 actions.push(Action::Unwatch(cg));
+                self.members.retain(|_, c| *c != cg);
                 if t.netns != 0 && !self.open.values().any(|o| o.netns == t.netns) {
                     actions.push(Action::UnwatchNetns(t.netns));
                 }
@@ -544,6 +597,7 @@ impl Engine {
     /// Reports every termination in progress now (the agent is stopping).
     pub fn flush(&mut self, now_ns: u64) -> Vec<TerminationReport> {
         let open: Vec<_> = self.open.drain().map(|(_, t)| t).collect();
+        self.members.clear();
         open.iter().map(|t| self.report(t, now_ns)).collect()
     }
 
@@ -699,16 +753,20 @@ impl Engine {
 
         // The stop signal the advice is about: the first from outside other than SIGKILL.
         let stop = outside.iter().find(|s| s.signal != SIGKILL).copied();
+        // The process the advice names: the stop signal's target, or the app it passed the
+        // signal on to (an init that forwards signals, a wrapper that traps and forwards).
+        let app = stop.map_or_else(|| main.clone(), |s| forwarded_to(&t.signals, s));
+        let took = |p: &Proc, s: &Signal| p.pid == s.target.pid || p.pid == app.pid;
         let signal_ignored = stop.is_some_and(|s| {
             s.result == SignalResult::Ignored
                 || t.deliveries.iter().any(|(_, p, sig, d)| {
-                    p.pid == s.target.pid && *sig == s.signal && *d == Disposition::Ignored
+                    took(p, s) && *sig == s.signal && *d == Disposition::Ignored
                 })
         });
         let signal_handled = stop.is_some_and(|s| {
-            t.deliveries.iter().any(|(_, p, sig, d)| {
-                p.pid == s.target.pid && *sig == s.signal && *d == Disposition::Handler
-            })
+            t.deliveries
+                .iter()
+                .any(|(_, p, sig, d)| took(p, s) && *sig == s.signal && *d == Disposition::Handler)
         });
         let kill = match (outside_kill, inside_escalation) {
             (Some(k), _) => advice::KillSource::Outside {
@@ -738,7 +796,7 @@ impl Engine {
         });
         let summary = advice::summarize(&advice::Input {
             outcome,
-            main: &main,
+            main: &app,
             signal: stop.or(first).map(|s| s.signal),
             signal_ignored,
             signal_handled,
@@ -933,6 +991,38 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// A forwarder passes the stop signal on within this long.
+const FORWARD_WITHIN_NS: u64 = 2_000_000_000;
+
+/// The process a stop signal ends up at: its target, or, when the target passed the same
+/// signal on to another program of the container right away (an init such as tini or
+/// dumb-init, a shell wrapper that traps and forwards, a supervisor), the process it passed
+/// it to, hop by hop. A program signalling its own kind (a master and its workers: the same
+/// `comm`) is the program itself, and stays named.
+fn forwarded_to(all: &[Signal], stop: &Signal) -> Proc {
+    let mut at = stop.target.clone();
+    let mut ts = stop.ts;
+    for _ in 0..4 {
+        let next = all.iter().find(|s| {
+            s.internal
+                && s.signal == stop.signal
+                && s.sender.pid == at.pid
+                && s.target.pid != at.pid
+                && s.target.comm != at.comm
+                && s.ts >= ts
+                && s.ts <= ts.saturating_add(FORWARD_WITHIN_NS)
+        });
+        match next {
+            Some(n) => {
+                at = n.target.clone();
+                ts = n.ts;
+            }
+            None => break,
+        }
+    }
+    at
 }
 
 fn round3(x: f64) -> f64 {

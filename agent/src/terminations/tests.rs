@@ -922,3 +922,267 @@ fn an_exec_pre_stop_hook_killed_at_the_deadline_is_not_the_workload() {
     assert_eq!(rep.subject.main.pid, 10);
     assert!(!rep.has_flag("killed"), "{:?}", rep.flags);
 }
+
+/// A container whose processes live in two cgroups below its own (`CG`): the signals, exits
+/// and connections of both go to one termination, keyed and reported by the container's
+/// cgroup, each counted once; a signal between its cgroups is internal.
+#[test]
+fn a_container_with_child_cgroups_is_one_termination() {
+    const CHILD_A: u64 = 5001;
+    const CHILD_B: u64 = 5002;
+    let mut r = Run::new();
+    r.engine.add_member(CG, CHILD_A);
+    r.engine.add_member(CG, CHILD_B);
+    assert_eq!(r.engine.key(CHILD_A), CG);
+    assert_eq!(r.engine.members_of(CG), vec![CHILD_A, CHILD_B]);
+    let in_child = |e: Event, cg: u64| match e {
+        Event::Signal(mut s) => {
+            s.target_cgroup_id = cg;
+            s.watch_opened = true;
+            Event::Signal(s)
+        }
+        Event::ProcessExit(mut x) => {
+            x.cgroup_id = cg;
+            Event::ProcessExit(x)
+        }
+        Event::TcpState(mut c) => {
+            c.cgroup_id = cg;
+            Event::TcpState(c)
+        }
+        other => other,
+    };
+    // SIGKILL from the runtime to a process of each child cgroup: one termination.
+    assert_eq!(
+        r.feed(in_child(
+            signal(T0, 9, RUNTIME_CG, SignalResult::Delivered),
+            CHILD_A
+        )),
+        vec![Action::Snapshot(CG)]
+    );
+    assert!(
+        r.feed(in_child(
+            signal(T0 + MS, 9, RUNTIME_CG, SignalResult::Delivered),
+            CHILD_B
+        ))
+        .is_empty()
+    );
+    assert_eq!(r.engine.open_count(), 1);
+    r.engine.on_snapshot(
+        CG,
+        &[
+            open_conn(1, "10.0.0.9:40000"),
+            open_conn(2, "10.0.0.9:40001"),
+        ],
+    );
+    for (id, child, remote) in [
+        (1, CHILD_A, "10.0.0.9:40000"),
+        (2, CHILD_B, "10.0.0.9:40001"),
+    ] {
+        let mut close = state(T0 + 5 * MS, id, remote, "ESTABLISHED", "CLOSE");
+        close.flags.closed_by_exit = true;
+        r.feed(in_child(Event::TcpState(close), child));
+    }
+    assert_eq!(
+        r.feed(in_child(
+            exit(
+                T0 + 6 * MS,
+                10,
+                ExitStatus::Signaled {
+                    signal: 9,
+                    core_dumped: false
+                }
+            ),
+            CHILD_A
+        )),
+        vec![Action::CheckPopulated(CG)]
+    );
+    assert_eq!(
+        r.feed(in_child(
+            exit(
+                T0 + 7 * MS,
+                11,
+                ExitStatus::Signaled {
+                    signal: 9,
+                    core_dumped: false
+                }
+            ),
+            CHILD_B
+        )),
+        vec![Action::CheckPopulated(CG)]
+    );
+    let rep = r.finish(T0 + 8 * MS);
+    assert_eq!(rep.subject.cgroup_id, CG);
+    assert_eq!(rep.subject.unit.as_deref(), Some("app.service"));
+    assert_eq!(rep.connections.len(), 2);
+    assert_eq!(rep.counts.closed_by_exit, 2);
+    assert_eq!(rep.counts.cut, 2);
+    assert_eq!(rep.exits.len(), 2);
+    assert_eq!(rep.stop_signals.len(), 2);
+    assert_eq!(rep.outcome, Outcome::Killed);
+    // Done: the members are forgotten with the termination.
+    assert!(r.engine.members_of(CG).is_empty());
+    assert_eq!(r.engine.key(CHILD_A), CHILD_A);
+}
+
+/// A signal from one of a container's cgroups to another (an init in one forwarding to a
+/// worker in the other) opens nothing, and the kernel's watch of the target is dropped.
+#[test]
+fn a_signal_between_a_containers_cgroups_is_internal() {
+    const CHILD_A: u64 = 5001;
+    const CHILD_B: u64 = 5002;
+    let mut r = Run::new();
+    r.engine.add_member(CG, CHILD_A);
+    r.engine.add_member(CG, CHILD_B);
+    let Event::Signal(mut s) = signal(T0, 15, CHILD_A, SignalResult::Delivered) else {
+        unreachable!()
+    };
+    s.target_cgroup_id = CHILD_B;
+    s.watch_opened = true;
+    assert_eq!(r.feed(Event::Signal(s)), vec![Action::Unwatch(CHILD_B)]);
+    assert_eq!(r.engine.open_count(), 0);
+    // Nothing open: the members are not kept.
+    assert!(r.engine.members_of(CG).is_empty());
+}
+
+/// A signal from `sender` to `target`, both in the container unless `from_cg` says.
+fn signal_between(ts: u64, sig: u32, from_cg: u64, sender: Task, target: Task) -> Event {
+    Event::Signal(SignalGenerated {
+        ts_ns: ts,
+        signal: sig,
+        signal_name: signal_name(sig),
+        code: 0,
+        group: true,
+        result: SignalResult::Delivered,
+        sender,
+        sender_cgroup_id: from_cg,
+        target,
+        target_cgroup_id: CG,
+        target_netns: NETNS,
+        watch_opened: from_cg != CG,
+    })
+}
+
+/// An init (tini) that forwards SIGTERM to the app, which drains and exits: the advice names
+/// the app, not the init; the report's `main` stays the stop signal's target.
+#[test]
+fn the_app_behind_a_forwarding_init_is_named() {
+    let mut r = Run::new();
+    r.feed(signal_between(
+        T0,
+        15,
+        RUNTIME_CG,
+        task(900, "runc"),
+        task(1000, "tini"),
+    ));
+    r.feed(signal_between(
+        T0 + MS,
+        15,
+        CG,
+        task(1000, "tini"),
+        task(10, "python3"),
+    ));
+    r.feed(Event::SignalDelivered(SignalDelivered {
+        ts_ns: T0 + 2 * MS,
+        task: task(10, "python3"),
+        cgroup_id: CG,
+        signal: 15,
+        signal_name: signal_name(15),
+        disposition: Disposition::Handler,
+    }));
+    r.feed(exit(T0 + 300 * MS, 10, ExitStatus::Exited { code: 0 }));
+    r.feed(exit(T0 + 301 * MS, 1000, ExitStatus::Exited { code: 0 }));
+    let rep = r.finish(T0 + 301 * MS);
+    assert_eq!(rep.outcome, Outcome::Graceful);
+    assert_eq!(rep.subject.main.pid, 1000);
+    assert!(
+        rep.summary[0].starts_with("python3 (pid 10) took SIGTERM"),
+        "{:?}",
+        rep.summary
+    );
+    assert!(
+        !rep.summary.iter().any(|s| s.contains("tini")),
+        "{:?}",
+        rep.summary
+    );
+}
+
+/// A master passing SIGTERM to its workers (the same program) is the one named; a signal
+/// passed on long after is not forwarding.
+#[test]
+fn a_master_signalling_its_workers_stays_named() {
+    for (worker, after) in [(task(11, "nginx"), MS), (task(12, "python3"), 5_000 * MS)] {
+        let mut r = Run::new();
+        r.feed(signal_between(
+            T0,
+            15,
+            RUNTIME_CG,
+            task(900, "runc"),
+            task(10, "nginx"),
+        ));
+        r.feed(signal_between(
+            T0 + after,
+            15,
+            CG,
+            task(10, "nginx"),
+            worker,
+        ));
+        r.feed(exit(T0 + 6_000 * MS, 10, ExitStatus::Exited { code: 0 }));
+        let rep = r.finish(T0 + 6_000 * MS);
+        assert!(
+            rep.summary[0].starts_with("nginx (pid 10) took SIGTERM"),
+            "{:?}",
+            rep.summary
+        );
+    }
+}
+
+/// SIGKILL as the only stop signal (`docker kill`, a force delete): idle keep-alive
+/// connections are `closed_idle`, the one in flight is cut, and the advice is not to
+/// lengthen a grace period there was none of.
+#[test]
+fn a_sigkill_alone_cuts_only_what_was_in_flight() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 9, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(
+        CG,
+        &[
+            open_conn(1, "10.0.0.9:40000"),
+            open_conn(2, "10.0.0.9:40001"),
+        ],
+    );
+    for (id, remote, activity) in [
+        (1, "10.0.0.9:40000", IN_FLIGHT),
+        (
+            2,
+            "10.0.0.9:40001",
+            crate::decode::CloseActivity {
+                rcv_nxt: 1100,
+                copied_seq: 1100,
+                ..IN_FLIGHT
+            },
+        ),
+    ] {
+        let mut close = state(T0 + MS, id, remote, "ESTABLISHED", "FIN_WAIT1");
+        close.flags.closed_by_exit = true;
+        close.activity = Some(activity);
+        r.feed(Event::TcpState(close));
+    }
+    r.feed(exit(
+        T0 + 2 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    ));
+    let rep = r.finish(T0 + 2 * MS);
+    assert_eq!(rep.outcome, Outcome::Killed);
+    assert_eq!(rep.counts.cut, 1, "{:?}", rep.counts);
+    assert_eq!(rep.counts.closed_idle, 1, "{:?}", rep.counts);
+    assert!(
+        rep.summary[0].contains("with no stop signal before it"),
+        "{:?}",
+        rep.summary
+    );
+    assert!(!rep.summary[0].contains("Lengthen"), "{:?}", rep.summary);
+}
