@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use termscope::terminations::report::{Direction, Outcome, TerminationReport, Verdict};
 use termscope_tests::{
-    Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
+    Agent, NetNs, Proc, TempDir, TestCgroup, child_of, kernel_test, kill,
     load::{Load, Truth, check_verdicts, show},
     scripts,
 };
@@ -328,26 +328,6 @@ fn proxy_soft_stop_cuts_no_client_whatever_its_upstream_pool() -> Result<()> {
 fn proxy_hard_stop_counts_clients_and_upstreams_apart() -> Result<()> {
     kernel_test!();
     proxy_scenario(libc::SIGTERM)
-}
-
-/// The pid of the first child of `pid`.
-fn child_of(pid: u32) -> Result<u32> {
-    for _ in 0..100 {
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
-        if let Some(first) = children.split_whitespace().next() {
-            return Ok(first.parse()?);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    anyhow::bail!("{pid} has no child")
-}
-
-fn kill(pid: u32, sig: i32) -> Result<()> {
-    // SAFETY: kill has no memory-safety preconditions.
-    if unsafe { libc::kill(i32::try_from(pid)?, sig) } != 0 {
-        anyhow::bail!("kill {pid}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[test]

@@ -57,6 +57,19 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
         why: "the supervisord scenario (stopsignal, stopwaitsecs)",
     },
     TestPackage {
+        name: "busybox-static",
+        why: "busybox `nc -ll -e` as a process-per-connection server (scenarios_truth); the \
+              same package the kernel VMs use",
+    },
+    TestPackage {
+        name: "nodejs",
+        why: "a Node.js HTTP server for the keep-alive and init scenarios",
+    },
+    TestPackage {
+        name: "tini",
+        why: "a forwarding init as PID 1 (what `docker run --init` runs) for the init scenarios",
+    },
+    TestPackage {
         name: "prometheus",
         why: "promtool, to check /metrics",
     },
