@@ -19,15 +19,12 @@ use crate::{
     restart::{Journal, Listed, Record},
     terminations::{
         Action, Engine, EngineConfig, OpenConnection,
-        kube::{PodTerminationReport, enrich, p99, roll_up},
+        kube::enrich,
+        pod::{PodNow, PodRollUps, PodTerminationReport, roll_up},
         report::{Incomplete, TerminationReport},
     },
 };
 
-/// Drain times kept per workload for the p99 in the advice.
-const DRAIN_HISTORY: usize = 100;
-/// A pod's roll-up waits at most this long after its deletion deadline for container reports.
-const ROLLUP_GRACE_NS: u64 = 60_000_000_000;
 /// A cgroup the kernel began watching on a stop signal this long ago, with no termination
 /// open in userspace, lost its signal event: a termination is opened from the kernel's
 /// watch. (Control events are read as soon as they arrive; this only leaves room for a busy
@@ -40,14 +37,8 @@ const MAX_UNWATCHED_COUNTS: usize = 65_536;
 /// deleted, and the container reports waiting to be rolled up into pod reports.
 struct KubeSide {
     state: KubeState,
-    /// Pods whose deletion has been acted on (their containers' terminations opened).
-    deleting: HashSet<String>,
-    /// Container reports per pod uid, waiting for the pod's roll-up.
-    pending: HashMap<String, Vec<TerminationReport>>,
-    /// Recent drain times (ms) per `namespace/workload`.
-    drains: HashMap<String, VecDeque<f64>>,
-    /// Pods already rolled up: a late container report does not make a second pod report.
-    rolled_up: HashSet<String>,
+    /// Pods being deleted, their container reports, drain times (the roll-up's rules).
+    pods: PodRollUps,
     pod_reports: Vec<PodTerminationReport>,
 }
 
@@ -261,10 +252,7 @@ impl Pipeline {
     pub fn enable_kube(&mut self, cfg: KubeStateConfig) {
         self.kube = Some(KubeSide {
             state: KubeState::new(cfg),
-            deleting: HashSet::new(),
-            pending: HashMap::new(),
-            drains: HashMap::new(),
-            rolled_up: HashSet::new(),
+            pods: PodRollUps::default(),
             pod_reports: Vec::new(),
         });
     }
@@ -284,26 +272,22 @@ impl Pipeline {
             _ => None,
         };
         kube.state.apply(update);
-        let Some(uid) =
-            candidate.filter(|uid| !kube.deleting.contains(uid) && !kube.rolled_up.contains(uid))
-        else {
+        let Some(uid) = candidate.filter(|uid| kube.pods.begin(uid)) else {
             return Ok(());
         };
-        let container_ids: Vec<String> = kube
+        let container_ids: Vec<(String, Option<u16>)> = kube
             .state
             .pod_by_uid(&uid)
             .map(|pod| {
                 pod.containers
                     .iter()
-                    .filter_map(|c| c.container_id.clone())
+                    .filter_map(|c| Some((c.container_id.clone()?, http_hook_port(c))))
                     .collect()
             })
             .unwrap_or_default();
-        kube.deleting.insert(uid.clone());
-        kube.pending.entry(uid).or_default();
         let now = clock::boot_ns();
         let mut actions = Vec::new();
-        for id in container_ids {
+        for (id, hook_port) in container_ids {
             let Some(cg) = self.resolver.cgroup_of_container(&id) else {
                 tracing::debug!(container = %id, "no cgroup for a deleted pod's container");
                 continue;
@@ -318,6 +302,9 @@ impl Pipeline {
                 });
             }
             actions.extend(self.engine.open_for_deletion(cg, identity, now));
+            if let Some(port) = hook_port {
+                self.engine.set_http_hook_port(cg, port);
+            }
         }
         self.act(actions)
     }
@@ -370,19 +357,9 @@ impl Pipeline {
             return true;
         };
         let key = format!("{}/{}", view.info.namespace, view.info.workload);
-        let history = kube.drains.entry(key).or_default();
-        let p99_drain = p99(history.make_contiguous());
         let container_info = container.as_deref().and_then(|n| view.info.container(n));
-        enrich(report, &view, container_info, p99_drain);
-        if !report.has_flag("survived") {
-            if history.len() == DRAIN_HISTORY {
-                history.pop_front();
-            }
-            history.push_back(report.shutdown_ms);
-        }
-        if !kube.rolled_up.contains(&uid) {
-            kube.pending.entry(uid).or_default().push(report.clone());
-        }
+        enrich(report, &view, container_info, kube.pods.p99_drain(&key));
+        kube.pods.file(&uid, &key, report);
         true
     }
 
@@ -392,35 +369,21 @@ impl Pipeline {
         let Some(kube) = &mut self.kube else {
             return;
         };
-        let now = UnixNanos(clock::wall_ns());
-        let mut done = Vec::new();
-        for (uid, reports) in &kube.pending {
-            let Some(view) = kube.state.pod_view(uid) else {
-                done.push(uid.clone());
-                continue;
-            };
-            let still_open = view.info.containers.iter().any(|c| {
-                c.container_id
-                    .as_deref()
-                    .and_then(|id| self.resolver.cgroup_of_known_container(id))
-                    .is_some_and(|cg| self.engine.is_open(cg))
-            });
-            let deleted = view.deleted_at.is_some();
-            let overdue = view
-                .info
-                .deletion
-                .is_some_and(|d| now.0 > d.deadline.0.saturating_add(ROLLUP_GRACE_NS));
-            if (!reports.is_empty() || deleted) && ((deleted && !still_open) || overdue) {
-                done.push(uid.clone());
-            }
-        }
-        for uid in done {
-            let reports = kube.pending.remove(&uid).unwrap_or_default();
-            kube.deleting.remove(&uid);
-            kube.rolled_up.insert(uid.clone());
-            if reports.is_empty() {
-                continue;
-            }
+        let (state, engine, resolver) = (&kube.state, &self.engine, &self.resolver);
+        let done = kube.pods.due(UnixNanos(clock::wall_ns()), |uid| {
+            let view = state.pod_view(uid)?;
+            Some(PodNow {
+                deleted: view.deleted_at.is_some(),
+                terminating: view.info.containers.iter().any(|c| {
+                    c.container_id
+                        .as_deref()
+                        .and_then(|id| resolver.cgroup_of_known_container(id))
+                        .is_some_and(|cg| engine.is_open(cg))
+                }),
+                deadline: view.info.deletion.map(|d| d.deadline),
+            })
+        });
+        for (uid, reports) in done {
             if let Some(view) = kube.state.pod_view(&uid) {
                 kube.pod_reports.push(roll_up(&self.node, &view, reports));
             }
@@ -432,7 +395,7 @@ impl Pipeline {
         if let Some(kube) = &mut self.kube {
             kube.state.expire(UnixNanos(clock::wall_ns()));
             let state = &kube.state;
-            kube.rolled_up.retain(|uid| state.pod_by_uid(uid).is_some());
+            kube.pods.forget(|uid| state.pod_by_uid(uid).is_some());
         }
     }
 
@@ -775,6 +738,15 @@ impl Pipeline {
         self.probes.unwatch(cg)?;
         self.resolver.forget(cg);
         Ok(())
+    }
+}
+
+/// The port of a container's httpGet preStop hook, when numeric (a named port is not
+/// resolved).
+fn http_hook_port(c: &crate::kube::pod::ContainerInfo) -> Option<u16> {
+    match &c.pre_stop {
+        Some(crate::kube::pod::PreStop::HttpGet { port, .. }) => port.parse().ok(),
+        _ => None,
     }
 }
 

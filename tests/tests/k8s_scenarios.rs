@@ -20,7 +20,7 @@ use termscope::{
     clock::parse_rfc3339,
     terminations::{
         kube::PodTerminationReport,
-        report::{Outcome, TerminationReport, Verdict},
+        report::{Internal, Outcome, TerminationReport, Verdict},
     },
 };
 use termscope_tests::{
@@ -955,4 +955,413 @@ fn nginx_pod_stopped_with_sigquit_finishes_its_downloads() -> Result<()> {
     k8s_test!();
     let _one = one_at_a_time();
     nginx_scenario(true)
+}
+
+/// A sidecar proxy: listens on PORT and relays each connection to 127.0.0.1:UPSTREAM (the
+/// app, over the pod's loopback). Exits at once on SIGTERM (`os._exit`): the kernel closes
+/// what it had open.
+const PROXY: &str = r#"
+import os, signal, socket, sys, threading
+port, upstream = int(sys.argv[1]), int(sys.argv[2])
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def serve(c):
+    try:
+        u = socket.create_connection(("127.0.0.1", upstream))
+    except OSError:
+        c.close()
+        return
+    back = threading.Thread(target=pipe, args=(u, c), daemon=True)
+    back.start()
+    pipe(c, u)
+    back.join()
+    c.close()
+    u.close()
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", port))
+listener.listen(64)
+print("listening", flush=True)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+const PROXY_PORT: u16 = 15001;
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// 5. A two-container pod whose sidecar exits first: clients reach the app through a sidecar
+///    proxy on :15001 (over the pod's loopback). On the deletion the sidecar exits at once,
+///    cutting the request it relayed; the app drains that request for 4 s more. A client keeps
+///    connecting to the sidecar's port throughout: the pod's network namespace refuses it
+///    from the sidecar's exit until the sandbox is torn down, long after the sidecar's own
+///    termination would have closed.
+///
+/// Ground truth, per connection: every refusal the client saw is in the sidecar's report
+/// (even those while the app still drained); the relayed request is cut once (in the
+/// sidecar's report), and the loopback connections between the containers are internal in
+/// both reports, not cut.
+#[test]
+fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_once() -> Result<()> {
+    k8s_test!();
+    let _one = one_at_a_time();
+    let containerd = Containerd::shared()?;
+    let api = ApiServer::start()?;
+    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
+    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
+    let sidecar = ContainerSpec::new(
+        "sidecar",
+        &[
+            "/usr/bin/python3",
+            "-u",
+            "-c",
+            PROXY,
+            &PROXY_PORT.to_string(),
+            &PORT.to_string(),
+        ],
+    )
+    .port(PROXY_PORT);
+    let mut pod = kubelet.run_pod(
+        PodSpec::new("meshed", vec![app("drain"), sidecar])
+            .grace(10)
+            .service("meshed")
+            .label("app", "meshed"),
+    )?;
+    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
+    pod.wait_for_log("sidecar", "listening", Duration::from_secs(20))?;
+    let addr = SocketAddr::new(pod.ip.parse()?, PROXY_PORT);
+    let mut load = Load::new(containerd.node_netns(), addr);
+    load.wait_ready("/", Duration::from_secs(10))?;
+    let relayed = load.in_flight("/slow?s=4", false)?;
+    pod.wait_for_log("app", "start ", Duration::from_secs(10))?;
+    let knocker = Knocker::start(containerd.node_netns(), addr, Duration::from_millis(100))?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let deletion = pod.delete_with_grace(10)?;
+    std::thread::sleep(Duration::from_millis(600));
+    let attempts = knocker.finish()?;
+    let seen = load.finish()?;
+    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
+    print_pod_report(&report)?;
+    let by_name = |name: &str| {
+        report
+            .containers
+            .iter()
+            .find(|c| c.subject.container == name)
+            .with_context(|| format!("no report of container {name}"))
+    };
+    let (side, app_report) = (by_name("sidecar")?, by_name("app")?);
+    let sidecar_exit_ns = u64::try_from(deletion.container("sidecar")?.status.finished_at)?;
+    print_attempts(&attempts, sidecar_exit_ns)?;
+    show(side, &seen)?;
+
+    // Ground truth: the sidecar exited at once, the app drained its request and exited 0.
+    ensure!(deletion.container("sidecar")?.status.exit_code == 0);
+    ensure!(deletion.container("app")?.status.exit_code == 0);
+    let app_exit_ns = u64::try_from(deletion.container("app")?.status.finished_at)?;
+    ensure!(
+        app_exit_ns > sidecar_exit_ns + 2_000_000_000,
+        "the app did not outlive the sidecar by 2 s"
+    );
+    ensure!(
+        seen.len() == 1 && matches!(seen[0].truth, Truth::EofMidResponse | Truth::Reset),
+        "{seen:?}"
+    );
+    let refused: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| a.knock == Knock::Refused)
+        .collect();
+    // Some refusals came after the sidecar's own termination would have closed (1 s linger).
+    let mut after_linger = 0;
+    for a in &refused {
+        after_linger += usize::from(ms_after(a.started, sidecar_exit_ns)? > 1_500.0);
+    }
+    ensure!(
+        after_linger > 0,
+        "no refusal later than 1.5 s after the sidecar's exit: the scenario tests nothing"
+    );
+
+    // Per connection: the client's relayed request is cut in the sidecar's report; every
+    // refusal is there; the knocks that were reset or ended early are cut.
+    check_verdicts(side, &seen, |_| Some(Verdict::ClosedByExit))?;
+    let mut wrong = Vec::new();
+    let mut cut_knocks = 0;
+    for a in &attempts {
+        let got = side.connections.iter().find(|x| x.remote.port() == a.port);
+        let ok = match &a.knock {
+            Knock::Refused => got.is_some_and(|x| x.verdict == Verdict::Refused),
+            Knock::Answered => got.is_none_or(|x| x.verdict == Verdict::Completed),
+            Knock::Reset | Knock::Eof => {
+                cut_knocks += 1;
+                got.is_some_and(|x| x.verdict.is_cut())
+            }
+            Knock::NoAnswer(_) => got.is_none(),
+        };
+        if !ok {
+            wrong.push(format!(
+                "port {} saw {:?}: report has {got:?}",
+                a.port, a.knock
+            ));
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "the sidecar's report disagrees with the client:\n{}",
+        wrong.join("\n")
+    );
+    ensure!(
+        side.counts.refused as usize == refused.len(),
+        "the client saw {} refusals, the sidecar's report counts {}",
+        refused.len(),
+        side.counts.refused
+    );
+
+    // Loopback between the containers: internal in both reports, never counted as cut.
+    for c in [side, app_report] {
+        for x in &c.connections {
+            if is_loopback(&x.local) && is_loopback(&x.remote) {
+                ensure!(
+                    x.internal == Some(Internal::Loopback),
+                    "[{}] a loopback connection between the pod's containers is not internal: \
+                     {x:?}",
+                    c.subject.container
+                );
+            }
+        }
+        ensure!(
+            c.outbound_counts.cut == 0,
+            "[{}] {:?}",
+            c.subject.container,
+            c.outbound_counts
+        );
+    }
+    ensure!(
+        app_report.internal_counts.completed
+            + app_report.internal_counts.reset_by_peer
+            + app_report.internal_counts.peer_closed_first
+            + app_report.internal_counts.cut
+            + app_report.internal_counts.closed_idle
+            >= 1,
+        "the relayed request's loopback leg is not in the app's report: {:?}",
+        app_report.connections
+    );
+    ensure!(app_report.counts.cut == 0, "{:?}", app_report.counts);
+    ensure!(
+        app_report.outcome == Outcome::Graceful,
+        "{:?}",
+        app_report.summary
+    );
+    let expected_cut = 1 + refused.len() + cut_knocks;
+    ensure!(
+        report.counts.cut as usize == expected_cut,
+        "the pod counts {} cut, the clients saw {expected_cut} (1 relayed request, {} refused, \
+         {cut_knocks} reset)",
+        report.counts.cut,
+        refused.len()
+    );
+    ensure!(report.outcome == Outcome::Cut, "{:?}", report.outcome);
+    let status = agent.stop()?;
+    ensure!(
+        status.success(),
+        "the agent exited with {status} after SIGINT"
+    );
+    Ok(())
+}
+
+/// 6. An exec preStop hook (`sleep 30`) longer than the 2 s grace period: kubelet's hook times
+///    out at the grace period (the runtime kills it), then the app gets SIGTERM with kubelet's
+///    2 s minimum and exits at once. The hook is not the workload: not the main process, not
+///    a reason to call the container killed.
+#[test]
+fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> Result<()> {
+    k8s_test!();
+    let _one = one_at_a_time();
+    let containerd = Containerd::shared()?;
+    let api = ApiServer::start()?;
+    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
+    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
+    let mut pod = kubelet.run_pod(
+        PodSpec::new(
+            "hooked",
+            vec![app("drain").pre_stop(PreStop::Exec(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "sleep 30".into(),
+            ]))],
+        )
+        .grace(2)
+        .service("hooked")
+        .label("app", "hooked"),
+    )?;
+    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
+    let app_pid_comm = "python3";
+
+    let deletion = pod.delete_with_grace(2)?;
+    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
+    print_pod_report(&report)?;
+    let c = only_container(&report)?;
+
+    // Ground truth: the hook ran out its 2 s (kubelet's timeout), the app took SIGTERM and
+    // exited 0.
+    let stop = deletion.container("app")?;
+    println!("kubelet: {stop:?}");
+    ensure!(
+        stop.pre_stop_took >= Duration::from_secs(2),
+        "the hook did not run out the grace period: {stop:?}"
+    );
+    ensure!(stop.status.exit_code == 0, "{stop:?}");
+
+    // The hook's processes, as the report saw them start.
+    let hook_pids: Vec<u32> = c
+        .timeline
+        .iter()
+        .filter(|s| s.what == "exec")
+        .filter_map(|s| {
+            let i = s.detail.find("(pid ")? + 5;
+            s.detail[i..].split(')').next()?.parse().ok()
+        })
+        .collect();
+    ensure!(
+        !hook_pids.is_empty(),
+        "the hook's exec is not in the timeline: {:#?}",
+        steps(&report)
+    );
+    ensure!(
+        c.subject.main.comm == app_pid_comm && !hook_pids.contains(&c.subject.main.pid),
+        "the main process is {:?}, not the app",
+        c.subject.main
+    );
+    for s in &c.stop_signals {
+        ensure!(
+            s.pre_stop_hook == (!s.internal && hook_pids.contains(&s.target.pid)),
+            "{s:?}"
+        );
+    }
+    ensure!(
+        c.external_signals().next().map(|s| s.signal.as_str()) == Some("SIGTERM"),
+        "{:?}",
+        c.stop_signals
+    );
+    ensure!(!c.has_flag("killed"), "{:?}", c.flags);
+    ensure!(report.outcome == Outcome::Graceful, "{:?}", report.summary);
+    ensure!(
+        !report
+            .summary
+            .iter()
+            .any(|s| s.contains("SIGKILL") || s.contains("Lengthen")),
+        "{:?}",
+        report.summary
+    );
+    // Grace used counts from the deletion, the hook included: it reached the grace period.
+    let k = &report.kubernetes;
+    ensure!(k.grace_period_seconds == 2, "{k:?}");
+    ensure!(
+        k.grace_used_ratio.is_some_and(|r| r >= 1.0),
+        "grace used {:?} although the hook alone took the grace period",
+        k.grace_used_ratio
+    );
+    ensure!(
+        k.pre_stop
+            .as_ref()
+            .or(c.kubernetes.as_deref().and_then(|k| k.pre_stop.as_ref()))
+            .is_some_and(|h| h.kind == "exec"),
+        "{k:?}"
+    );
+    let status = agent.stop()?;
+    ensure!(
+        status.success(),
+        "the agent exited with {status} after SIGINT"
+    );
+    Ok(())
+}
+
+/// 7. A force delete (`--grace-period=0`) with a request in flight: SIGKILL at once, the
+///    request is cut; the advice says a force delete did it, not a grace period to lengthen.
+#[test]
+fn a_force_delete_is_not_a_grace_period_to_lengthen() -> Result<()> {
+    k8s_test!();
+    let _one = one_at_a_time();
+    let containerd = Containerd::shared()?;
+    let api = ApiServer::start()?;
+    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
+    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
+    let mut pod = kubelet.run_pod(
+        PodSpec::new("forced", vec![app("drain")])
+            .grace(30)
+            .service("forced")
+            .label("app", "forced"),
+    )?;
+    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
+    let mut load = Load::new(containerd.node_netns(), pod_addr(&pod.ip)?);
+    load.wait_ready("/", Duration::from_secs(10))?;
+    let port = load.in_flight("/slow?s=10", false)?;
+    pod.wait_for_log("app", &format!("start {port}"), Duration::from_secs(10))?;
+
+    let deletion = pod.delete_with_grace(0)?;
+    let seen = load.finish()?;
+    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
+    print_pod_report(&report)?;
+    let c = only_container(&report)?;
+    show(c, &seen)?;
+
+    // Ground truth: SIGKILL at once (exit 137), the request never answered.
+    let stop = deletion.container("app")?;
+    ensure!(stop.status.exit_code == 137, "{stop:?}");
+    ensure!(
+        stop.stop_took < Duration::from_secs(2),
+        "no SIGKILL at once: {stop:?}"
+    );
+    ensure!(
+        seen.len() == 1 && matches!(seen[0].truth, Truth::EofMidResponse | Truth::Reset),
+        "{seen:?}"
+    );
+    check_verdicts(c, &seen, |_| Some(Verdict::ClosedByExit))?;
+    ensure!(report.outcome == Outcome::Killed, "{:?}", report.outcome);
+    ensure!(report.counts.cut == 1, "{:?}", report.counts);
+    ensure!(
+        c.external_signals().all(|s| s.signal == "SIGKILL"),
+        "{:?}",
+        c.stop_signals
+    );
+    ensure!(
+        report.kubernetes.grace_period_seconds == 0,
+        "{:?}",
+        report.kubernetes
+    );
+    ensure!(
+        report
+            .summary
+            .iter()
+            .any(|s| s.contains("force-deleted (grace period 0)")),
+        "{:?}",
+        report.summary
+    );
+    ensure!(
+        !report
+            .summary
+            .iter()
+            .any(|s| s.contains("Lengthen") || s.contains("ran out")),
+        "{:?}",
+        report.summary
+    );
+    let status = agent.stop()?;
+    ensure!(
+        status.success(),
+        "the agent exited with {status} after SIGINT"
+    );
+    Ok(())
 }

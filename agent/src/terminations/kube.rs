@@ -1,118 +1,18 @@
 //! The Kubernetes side of a termination, joined with what the kernel saw: the pod's deletion,
-//! grace period, preStop hook and endpoints, the late traffic measured against them, advice,
-//! and the roll-up of a pod's container terminations into one pod report. Pure: times and
-//! states are passed in.
-
-use serde::{Deserialize, Serialize};
-
-use super::report::{Connection, Counts, Direction, Outcome, Step, TerminationReport, Verdict};
+//! grace period, preStop hook and endpoints, the late traffic measured against them, and
+//! advice. Pure: times and states are passed in. The roll-up of a pod's container
+//! terminations into one pod report is [`super::pod`]'s.
+use super::report::{Connection, Direction, Outcome, TerminationReport, Verdict};
+pub use super::{
+    pod::{POD_SCHEMA, PodTerminationReport, p99, roll_up},
+    report::{KubeFacts, LateTraffic, PreStopHook},
+};
 use crate::{
     clock::parse_rfc3339,
-    kube::{
-        pod::{ContainerInfo, PreStop},
-        state::PodView,
-    },
+    kube::{pod::ContainerInfo, state::PodView},
 };
 
-/// Version of the pod report schema.
-pub const POD_SCHEMA: &str = "termscope/pod-termination/v2";
-
-/// Inbound traffic that still arrived, measured from one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct LateTraffic {
-    /// New connections accepted after the moment.
-    pub accepted: u32,
-    /// Connection attempts refused after the moment (the listener was gone).
-    pub refused: u32,
-    /// The latest of them, in ms after the moment.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_delay_ms: Option<f64>,
-}
-
-/// A container's preStop hook as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PreStopHook {
-    /// `exec`, `http_get`, `sleep`, `tcp_socket`.
-    pub kind: String,
-    /// The command, URL path or seconds.
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sleep_seconds: Option<i64>,
-}
-
-impl PreStopHook {
-    fn from(p: &PreStop) -> Self {
-        match p {
-            PreStop::Exec { command } => PreStopHook {
-                kind: "exec".into(),
-                detail: command.join(" "),
-                sleep_seconds: None,
-            },
-            PreStop::HttpGet { path, port, .. } => PreStopHook {
-                kind: "http_get".into(),
-                detail: format!(":{port}{}", path.as_deref().unwrap_or("/")),
-                sleep_seconds: None,
-            },
-            PreStop::Sleep { seconds } => PreStopHook {
-                kind: "sleep".into(),
-                detail: format!("{seconds} s"),
-                sleep_seconds: Some(*seconds),
-            },
-            PreStop::TcpSocket { port } => PreStopHook {
-                kind: "tcp_socket".into(),
-                detail: format!(":{port}"),
-                sleep_seconds: None,
-            },
-        }
-    }
-}
-
-/// What Kubernetes says about a termination, and what was measured against it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KubeFacts {
-    pub pod: String,
-    pub pod_uid: String,
-    pub namespace: String,
-    pub workload: String,
-    pub workload_kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    /// The grace period the deletion used (`deletionGracePeriodSeconds`, else the spec's).
-    pub grace_period_seconds: i64,
-    /// When the deletion reached the API server (`deletionTimestamp - deletionGracePeriodSeconds`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deletion_requested_at: Option<String>,
-    /// When this agent saw the deletion.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deletion_observed_at: Option<String>,
-    /// `deletionTimestamp`: the deadline after which the pod is killed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deadline: Option<String>,
-    /// When the pod's endpoints were first seen not ready, terminating, and gone (as
-    /// observed by this agent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoints_not_ready_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoints_terminating_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoints_removed_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pre_stop: Option<PreStopHook>,
-    /// From the deletion (as observed by this agent, else as requested) to the first stop
-    /// signal: kubelet runs the preStop hook in between.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deletion_to_stop_signal_ms: Option<f64>,
-    /// Shutdown duration (first stop signal to last exit) over the grace period.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grace_used_ratio: Option<f64>,
-    /// Traffic after the first stop signal.
-    pub late_after_stop_signal: LateTraffic,
-    /// Traffic after the endpoints turned not ready / terminating.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub late_after_endpoints: Option<LateTraffic>,
-}
-
-fn ns_rfc3339(ns: u64) -> String {
+pub(crate) fn ns_rfc3339(ns: u64) -> String {
     crate::clock::rfc3339(ns)
 }
 
@@ -182,7 +82,7 @@ pub fn enrich(
             });
     let pre_stop = container
         .and_then(|c| c.pre_stop.as_ref())
-        .map(PreStopHook::from);
+        .map(PreStopHook::from_pre_stop);
     // Measured from the deletion (the preStop hook included), so that 1.0 means the grace
     // period ran out; from the stop signal when the deletion was not seen.
     let ended_ns = parse_rfc3339(&report.ended_at);
@@ -231,7 +131,7 @@ pub fn enrich(
     report.kubernetes = Some(Box::new(facts));
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -303,240 +203,6 @@ pub fn advice(report: &TerminationReport, k: &KubeFacts, p99_drain_ms: Option<f6
         ));
     }
     out
-}
-
-/// Severity of an outcome, for rolling containers up into a pod.
-fn severity(o: Outcome) -> u8 {
-    match o {
-        Outcome::Graceful => 0,
-        Outcome::Cut => 1,
-        Outcome::Survived => 2,
-        Outcome::Ignored => 3,
-        Outcome::NoHandler => 4,
-        Outcome::Killed => 5,
-    }
-}
-
-/// One pod's termination: its containers' terminations rolled up, with the pod's facts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PodTerminationReport {
-    pub schema: String,
-    pub id: String,
-    pub node: String,
-    pub pod: String,
-    pub pod_uid: String,
-    pub namespace: String,
-    pub workload: String,
-    pub workload_kind: String,
-    /// The most severe of the containers' outcomes.
-    pub outcome: Outcome,
-    pub flags: Vec<String>,
-    pub summary: Vec<String>,
-    /// The connections the pod's containers served.
-    pub counts: Counts,
-    /// Their own outbound connections.
-    #[serde(default)]
-    pub outbound_counts: Counts,
-    /// The pod's Kubernetes facts (container-independent ones).
-    pub kubernetes: KubeFacts,
-    /// Deletion requested -> observed -> endpoints -> stop signals -> exits, per container.
-    pub timeline: Vec<Step>,
-    pub containers: Vec<TerminationReport>,
-}
-
-/// Rolls a pod's container reports (already [`enrich`]ed) into one pod report.
-pub fn roll_up(
-    node: &str,
-    view: &PodView<'_>,
-    containers: Vec<TerminationReport>,
-) -> PodTerminationReport {
-    let pod = view.info;
-    let outcome = containers
-        .iter()
-        .map(|c| c.outcome)
-        .max_by_key(|o| severity(*o))
-        .unwrap_or(Outcome::Graceful);
-    let mut flags: Vec<String> = Vec::new();
-    let mut summary = Vec::new();
-    let mut counts = Counts::default();
-    let mut outbound_counts = Counts::default();
-    for c in &containers {
-        for f in &c.flags {
-            if !flags.contains(f) {
-                flags.push(f.clone());
-            }
-        }
-        let name = c.subject.container.as_str();
-        for s in &c.summary {
-            summary.push(if name.is_empty() {
-                s.clone()
-            } else {
-                format!("[{name}] {s}")
-            });
-        }
-        counts.merge(&c.counts);
-        outbound_counts.merge(&c.outbound_counts);
-    }
-    let grace_used_ratio = containers
-        .iter()
-        .filter_map(|c| c.kubernetes.as_deref().and_then(|k| k.grace_used_ratio))
-        .reduce(f64::max);
-    let mut kubernetes = containers
-        .iter()
-        .find_map(|c| c.kubernetes.as_deref().cloned())
-        .unwrap_or_else(|| KubeFacts {
-            pod: pod.name.clone(),
-            pod_uid: pod.uid.clone(),
-            namespace: pod.namespace.clone(),
-            workload: pod.workload.clone(),
-            workload_kind: pod.workload_kind.as_str().to_string(),
-            container: None,
-            grace_period_seconds: pod.termination_grace_period_seconds,
-            deletion_requested_at: None,
-            deletion_observed_at: view.deletion_observed_at.map(|t| ns_rfc3339(t.0)),
-            deadline: pod.deletion.map(|d| ns_rfc3339(d.deadline.0)),
-            endpoints_not_ready_at: None,
-            endpoints_terminating_at: None,
-            endpoints_removed_at: None,
-            pre_stop: None,
-            deletion_to_stop_signal_ms: None,
-            grace_used_ratio: None,
-            late_after_stop_signal: LateTraffic::default(),
-            late_after_endpoints: None,
-        });
-    kubernetes.container = None;
-    kubernetes.pre_stop = None;
-    // The pod's own facts as last seen (after a watch resumed or re-listed), not as the first
-    // container's report had them; its grace used is the largest of its containers'.
-    kubernetes.pod = pod.name.clone();
-    kubernetes.namespace = pod.namespace.clone();
-    kubernetes.workload = pod.workload.clone();
-    kubernetes.workload_kind = pod.workload_kind.as_str().to_string();
-    kubernetes.grace_period_seconds = pod
-        .deletion
-        .and_then(|d| d.grace_period_seconds)
-        .unwrap_or(pod.termination_grace_period_seconds);
-    if let Some(d) = pod.deletion {
-        kubernetes.deadline = Some(ns_rfc3339(d.deadline.0));
-    }
-    if let Some(t) = view.deletion_observed_at {
-        kubernetes.deletion_observed_at = Some(ns_rfc3339(t.0));
-    }
-    kubernetes.grace_used_ratio = grace_used_ratio;
-
-    // The pod's timeline: Kubernetes steps, then every container's, by time.
-    let mut steps: Vec<(u64, Step)> = Vec::new();
-    let origin = kubernetes
-        .deletion_requested_at
-        .as_deref()
-        .or(kubernetes.deletion_observed_at.as_deref())
-        .and_then(parse_rfc3339)
-        .or_else(|| {
-            containers
-                .iter()
-                .filter_map(|c| parse_rfc3339(&c.started_at))
-                .min()
-        })
-        .unwrap_or(0);
-    let k8s_step = |at: &Option<String>, what: &str, detail: String| {
-        at.as_deref().and_then(parse_rfc3339).map(|ns| {
-            (
-                ns,
-                Step {
-                    t_ms: round3((ns as f64 - origin as f64) / 1e6),
-                    at: ns_rfc3339(ns),
-                    what: what.into(),
-                    detail,
-                },
-            )
-        })
-    };
-    steps.extend(k8s_step(
-        &kubernetes.deletion_requested_at,
-        "deletion_requested",
-        format!("grace period {} s", kubernetes.grace_period_seconds),
-    ));
-    steps.extend(k8s_step(
-        &kubernetes.deletion_observed_at,
-        "deletion_observed",
-        "this agent saw the deletion".into(),
-    ));
-    steps.extend(k8s_step(
-        &kubernetes.endpoints_not_ready_at,
-        "endpoints_not_ready",
-        "the pod's endpoints turned not ready".into(),
-    ));
-    steps.extend(k8s_step(
-        &kubernetes.endpoints_terminating_at,
-        "endpoints_terminating",
-        "the pod's endpoints turned terminating".into(),
-    ));
-    steps.extend(k8s_step(
-        &kubernetes.endpoints_removed_at,
-        "endpoints_removed",
-        "the pod left its endpoint slices".into(),
-    ));
-    for c in &containers {
-        let name = c.subject.container.clone();
-        for s in &c.timeline {
-            if let Some(ns) = parse_rfc3339(&s.at) {
-                steps.push((
-                    ns,
-                    Step {
-                        t_ms: round3((ns as f64 - origin as f64) / 1e6),
-                        at: s.at.clone(),
-                        what: s.what.clone(),
-                        detail: if name.is_empty() {
-                            s.detail.clone()
-                        } else {
-                            format!("[{name}] {}", s.detail)
-                        },
-                    },
-                ));
-            }
-        }
-    }
-    // The deadline only matters when the pod lived up to it.
-    let last = steps.iter().map(|(ns, _)| *ns).max().unwrap_or(0);
-    if let Some(step) = k8s_step(
-        &kubernetes.deadline,
-        "deadline",
-        "the grace period ended".into(),
-    ) && step.0 <= last
-    {
-        steps.push(step);
-    }
-    steps.sort_by_key(|(ns, _)| *ns);
-
-    PodTerminationReport {
-        schema: POD_SCHEMA.into(),
-        id: format!("{}-{:x}", pod.uid, origin),
-        node: node.into(),
-        pod: pod.name.clone(),
-        pod_uid: pod.uid.clone(),
-        namespace: pod.namespace.clone(),
-        workload: pod.workload.clone(),
-        workload_kind: pod.workload_kind.as_str().to_string(),
-        outcome,
-        flags,
-        summary,
-        counts,
-        outbound_counts,
-        kubernetes,
-        timeline: steps.into_iter().map(|(_, s)| s).collect(),
-        containers,
-    }
-}
-
-/// The p99 of a workload's recent drain times (shutdown durations), in ms.
-pub fn p99(samples: &[f64]) -> Option<f64> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    let idx = ((v.len() as f64) * 0.99).ceil() as usize;
-    v.get(idx.saturating_sub(1).min(v.len() - 1)).copied()
 }
 
 #[cfg(test)]

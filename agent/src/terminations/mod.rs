@@ -11,11 +11,12 @@ pub mod activity;
 pub mod advice;
 pub mod kube;
 pub mod outcome;
+pub mod pod;
 pub mod report;
 pub mod verdict;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -34,6 +35,9 @@ use crate::{
 };
 
 const SIGKILL: u32 = 9;
+/// kubelet's preStop httpGet request may precede this agent's view of the pod's deletion by
+/// the API watch's delay.
+const HOOK_REQUEST_SLACK_NS: u64 = 1_000_000_000;
 /// The root cgroup: not a container.
 const ROOT_CGROUP: u64 = 1;
 
@@ -148,6 +152,12 @@ struct Termination {
     conns: HashMap<u64, Conn>,
     refusals: Vec<Refusal>,
     emptied_ns: Option<u64>,
+    /// When the network namespace's inode was seen naming another namespace: after every
+    /// process of the pod had exited, a cgroup outside the pod showed up in it. Refusals from
+    /// then on are not this termination's.
+    netns_ended_ns: Option<u64>,
+    /// Kubernetes: the port of the container's httpGet preStop hook (kubelet's own request).
+    http_hook_port: Option<u16>,
 }
 
 impl Termination {
@@ -173,7 +183,44 @@ impl Termination {
             conns: HashMap::new(),
             refusals: Vec::new(),
             emptied_ns: None,
+            netns_ended_ns: None,
+            http_hook_port: None,
         }
+    }
+
+    fn pod_uid(&self) -> Option<&str> {
+        self.identity.as_ref().and_then(|i| i.pod_uid.as_deref())
+    }
+
+    /// Whether `other` is a container of the same pod (or, outside Kubernetes, a container
+    /// sharing this one's network namespace): while one of them runs, the network namespace
+    /// lives, and refusals in it belong to the pod.
+    fn is_sibling(&self, other: &Termination) -> bool {
+        if self.cgroup_id == other.cgroup_id {
+            return true;
+        }
+        match (self.pod_uid(), other.pod_uid()) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => {
+                let container = |t: &Termination| {
+                    t.identity
+                        .as_ref()
+                        .is_some_and(|i| i.container_id.is_some())
+                };
+                self.netns != 0 && self.netns == other.netns && container(self) && container(other)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a segment to `local` in network namespace `netns` at `ts` reached this
+    /// termination's namespace while it was the one the inode named, at one of its listening
+    /// addresses.
+    fn refused_here(&self, netns: u32, ts: u64, local: SocketAddr) -> bool {
+        self.netns != 0
+            && self.netns == netns
+            && self.netns_ended_ns.is_none_or(|end| ts < end)
+            && self.listened_on(local)
     }
 
     fn last_signal_ns(&self) -> u64 {
@@ -215,6 +262,58 @@ impl Termination {
         }
     }
 
+    /// Kubernetes: the processes of an exec preStop hook, not the workload: programs started
+    /// in the container after its pod's deletion and before the first stop signal from
+    /// outside to the workload (a signal to a process started so is kubelet's timeout of the
+    /// hook).
+    fn hook_pids(&self) -> Vec<u32> {
+        if self.opened_by != "pod_deletion" {
+            return Vec::new();
+        }
+        let started_before =
+            |pid: u32, ts: u64| self.execs.iter().any(|(e, p, _)| p.pid == pid && *e < ts);
+        let first_stop = self
+            .signals
+            .iter()
+            .filter(|s| !s.internal)
+            .find(|s| !started_before(s.target.pid, s.ts))
+            .map(|s| s.ts);
+        let mut pids: Vec<u32> = self
+            .execs
+            .iter()
+            .filter(|(ts, _, _)| first_stop.is_none_or(|stop| *ts < stop))
+            .map(|(_, p, _)| p.pid)
+            .collect();
+        pids.dedup();
+        pids
+    }
+
+    /// Kubernetes: kubelet's request of the container's httpGet preStop hook: the first
+    /// connection accepted on the hook's port from the deletion (as observed, less a second
+    /// for the watch's delay) to the first stop signal, as (local, remote).
+    fn http_hook_request(&self, first_stop_ns: Option<u64>) -> Option<(SocketAddr, SocketAddr)> {
+        let port = self.http_hook_port?;
+        let from = self.opened_ns.saturating_sub(HOOK_REQUEST_SLACK_NS);
+        self.conns
+            .values()
+            .filter(|c| {
+                c.inbound == Some(true)
+                    && c.local.port() == port
+                    && c.established_ns >= from
+                    && first_stop_ns.is_none_or(|stop| c.established_ns < stop)
+            })
+            .min_by_key(|c| (c.established_ns, c.remote))
+            .map(|c| (c.local, c.remote))
+    }
+
+    /// Its connections with both ends on loopback, as (local, remote).
+    fn loopback_pairs(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
+        self.conns
+            .values()
+            .filter(|c| is_loopback(c.local.ip()) && is_loopback(c.remote.ip()))
+            .map(|c| (c.local, c.remote))
+    }
+
     /// Whether a segment to `local` would have reached one of this container's listeners.
     fn listened_on(&self, local: SocketAddr) -> bool {
         self.listen_addrs.iter().any(|l| {
@@ -223,6 +322,16 @@ impl Termination {
                     || l.ip().is_unspecified()
                     || mapped_eq(l.ip(), local.ip()))
         })
+    }
+}
+
+/// A loopback address, `::ffff:127.x.y.z` included.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -245,6 +354,9 @@ pub struct Engine {
     /// Descendant cgroups of containers (a child cgroup the container's processes live in)
     /// -> the container's cgroup, which keys its termination: one report per container.
     members: HashMap<u64, u64>,
+    /// Loopback connections (local, remote) of reported terminations, per network namespace
+    /// still used by one in progress: the other end of an internal connection.
+    loopback_reported: HashMap<u32, HashSet<(SocketAddr, SocketAddr)>>,
 }
 
 impl Engine {
@@ -254,6 +366,7 @@ impl Engine {
             clock,
             open: HashMap::new(),
             members: HashMap::new(),
+            loopback_reported: HashMap::new(),
         }
     }
 
@@ -307,6 +420,15 @@ impl Engine {
         identity: &mut dyn FnMut(u64) -> Option<Identity>,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
+        // Who else lives in a network namespace a stopped pod left.
+        let netns_use = match event {
+            Event::Signal(s) => Some((s.target_cgroup_id, s.target_netns, s.ts_ns)),
+            Event::TcpState(c) => Some((c.cgroup_id, c.netns, c.ts_ns)),
+            _ => None,
+        };
+        if let Some((cg, netns, ts)) = netns_use {
+            self.note_netns_use(self.key(cg), netns, ts, identity);
+        }
         match event {
             Event::Signal(s) => {
                 let target = s.target_cgroup_id;
@@ -401,6 +523,9 @@ impl Engine {
                 let Some(t) = self.open.get_mut(&cg) else {
                     return actions;
                 };
+                if t.netns == 0 {
+                    t.netns = c.netns;
+                }
                 let (old, new) = (TcpState::parse(c.old_state), TcpState::parse(c.new_state));
                 if old == TcpState::Listen && new == TcpState::Close {
                     t.listeners_closed.push((c.ts_ns, c.addrs.local));
@@ -448,7 +573,7 @@ impl Engine {
                     if let Some(t) = self
                         .open
                         .values_mut()
-                        .find(|t| t.netns == r.netns && t.listened_on(r.addrs.local))
+                        .find(|t| t.refused_here(r.netns, ts, r.addrs.local))
                     {
                         t.refusals.push(Refusal {
                             ts,
@@ -484,6 +609,63 @@ impl Engine {
             }
         }
         actions
+    }
+
+    /// Cgroup `cg` has a process or socket in network namespace `netns` at `ts`. A pod's
+    /// namespace lives while any of its processes does (and until its sandbox is torn down);
+    /// once every container of the pod has exited, a cgroup from outside the pod in the same
+    /// inode means the inode was freed and names a new namespace: refusals there from then on
+    /// are not the old pod's.
+    fn note_netns_use(
+        &mut self,
+        cg: u64,
+        netns: u32,
+        ts: u64,
+        identity: &mut dyn FnMut(u64) -> Option<Identity>,
+    ) {
+        if netns == 0 {
+            return;
+        }
+        let ended: Vec<u64> = self
+            .open
+            .values()
+            .filter(|t| {
+                t.netns == netns
+                    && t.netns_ended_ns.is_none()
+                    && t.cgroup_id != cg
+                    && self
+                        .open
+                        .values()
+                        .filter(|o| o.is_sibling(t))
+                        .all(|o| o.emptied_ns.is_some_and(|e| e <= ts))
+            })
+            .map(|t| t.cgroup_id)
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        let pod_uid = match self.open.get(&cg) {
+            Some(o) => o.pod_uid().map(str::to_string),
+            None => identity(cg).and_then(|i| i.pod_uid),
+        };
+        for id in ended {
+            let Some(t) = self.open.get(&id) else {
+                continue;
+            };
+            let same_pod = pod_uid.is_some() && t.pod_uid() == pod_uid.as_deref();
+            let sibling = self.open.get(&cg).is_some_and(|o| o.is_sibling(t));
+            if !same_pod
+                && !sibling
+                && let Some(t) = self.open.get_mut(&id)
+            {
+                tracing::debug!(
+                    cgroup = id,
+                    netns,
+                    "the network namespace's inode names another namespace now"
+                );
+                t.netns_ended_ns = Some(ts);
+            }
+        }
     }
 
     /// Opens a termination before any stop signal: the container's pod is being deleted.
@@ -522,6 +704,14 @@ impl Engine {
             Termination::new(cgroup_id, "kernel_watch", identity, 0, since_ns),
         );
         vec![Action::Snapshot(cgroup_id)]
+    }
+
+    /// Kubernetes: the container of termination `cgroup_id` has an httpGet preStop hook on
+    /// `port`; kubelet's request to it is not a client's connection.
+    pub fn set_http_hook_port(&mut self, cgroup_id: u64, port: u16) {
+        if let Some(t) = self.open.get_mut(&cgroup_id) {
+            t.http_hook_port = Some(port);
+        }
     }
 
     /// Gives an open termination the identity of its cgroup when it opened without one.
@@ -566,58 +756,114 @@ impl Engine {
     pub fn tick(&mut self, now_ns: u64) -> (Vec<TerminationReport>, Vec<Action>) {
         let linger = self.cfg.linger.as_nanos() as u64;
         let survive = self.cfg.survive_after.as_nanos() as u64;
-        let mut done = Vec::new();
+        let mut finished = Vec::new();
         let mut actions = Vec::new();
         for (cg, t) in &self.open {
             match t.emptied_ns {
-                Some(emptied) if now_ns >= emptied.saturating_add(linger) => done.push(*cg),
+                Some(emptied) if now_ns >= emptied.saturating_add(linger) => finished.push(*cg),
                 Some(_) => {}
-                None if now_ns >= t.last_signal_ns().saturating_add(survive) => done.push(*cg),
+                None if now_ns >= t.last_signal_ns().saturating_add(survive) => finished.push(*cg),
                 None => actions.push(Action::CheckPopulated(*cg)),
             }
         }
+        // A container of a pod whose other containers still run stays open: the pod's network
+        // namespace lives until the last of them has exited, and refusals of late traffic to
+        // its ports until then are still its own.
+        let done: Vec<u64> = finished
+            .iter()
+            .copied()
+            .filter(|cg| {
+                self.open.get(cg).is_some_and(|t| {
+                    !self
+                        .open
+                        .values()
+                        .any(|o| o.is_sibling(t) && !finished.contains(&o.cgroup_id))
+                })
+            })
+            .collect();
+        let peers = self.loopback_peers();
         let mut reports = Vec::new();
         for cg in done {
             if let Some(t) = self.open.remove(&cg) {
                 if t.was_only_a_reload() {
                     tracing::debug!(cgroup = cg, "not a termination: a reload signal");
                 } else {
-                    reports.push(self.report(&t, now_ns));
+                    reports.push(self.report(&t, now_ns, &peers));
                 }
                 actions.push(Action::Unwatch(cg));
                 self.members.retain(|_, c| *c != cg);
                 if t.netns != 0 && !self.open.values().any(|o| o.netns == t.netns) {
                     actions.push(Action::UnwatchNetns(t.netns));
+                    self.loopback_reported.remove(&t.netns);
+                } else if t.netns != 0 {
+                    self.loopback_reported
+                        .entry(t.netns)
+                        .or_default()
+                        .extend(t.loopback_pairs());
                 }
             }
         }
         (reports, actions)
     }
 
-    /// Reports every termination in progress now (the agent is stopping).
-    pub fn flush(&mut self, now_ns: u64) -> Vec<TerminationReport> {
-        let open: Vec<_> = self.open.drain().map(|(_, t)| t).collect();
-        self.members.clear();
-        open.iter().map(|t| self.report(t, now_ns)).collect()
+    /// The loopback connections of every termination in progress (and of those already
+    /// reported whose network namespace another still uses), by network namespace.
+    fn loopback_peers(&self) -> HashSet<(u32, SocketAddr, SocketAddr)> {
+        let mut peers: HashSet<(u32, SocketAddr, SocketAddr)> = self
+            .open
+            .values()
+            .filter(|t| t.netns != 0)
+            .flat_map(|t| {
+                t.loopback_pairs()
+                    .map(move |(local, remote)| (t.netns, local, remote))
+            })
+            .collect();
+        for (netns, pairs) in &self.loopback_reported {
+            peers.extend(pairs.iter().map(|(l, r)| (*netns, *l, *r)));
+        }
+        peers
     }
 
-    fn report(&self, t: &Termination, now_ns: u64) -> TerminationReport {
+    /// Reports every termination in progress now (the agent is stopping).
+    pub fn flush(&mut self, now_ns: u64) -> Vec<TerminationReport> {
+        let peers = self.loopback_peers();
+        let open: Vec<_> = self.open.drain().map(|(_, t)| t).collect();
+        self.members.clear();
+        self.loopback_reported.clear();
+        open.iter()
+            .map(|t| self.report(t, now_ns, &peers))
+            .collect()
+    }
+
+    fn report(
+        &self,
+        t: &Termination,
+        now_ns: u64,
+        peers: &HashSet<(u32, SocketAddr, SocketAddr)>,
+    ) -> TerminationReport {
         let at = |ns: u64| self.clock.rfc3339(ns);
         // Timeline times count from the opening (a stop signal, or a pod's deletion); delays
         // and the shutdown's duration count from the first stop signal from outside.
         let rel = |ns: u64| (ns as f64 - t.opened_ns as f64) / 1e6;
-        let stop_ns = t
+        // Signals from outside to the workload: not those to an exec preStop hook's processes
+        // (kubelet's timeout of the hook kills them), which are no trigger and name no main
+        // process.
+        let hook_pids = t.hook_pids();
+        let outside: Vec<&Signal> = t
             .signals
             .iter()
-            .find(|s| !s.internal)
-            .map_or(t.opened_ns, |s| s.ts);
+            .filter(|s| !s.internal && !hook_pids.contains(&s.target.pid))
+            .collect();
+        let first = outside.first().copied();
+        let stop_ns = first.map_or(t.opened_ns, |s| s.ts);
         let since_stop = |ns: u64| (ns as f64 - stop_ns as f64) / 1e6;
-        let first = t.signals.iter().find(|s| !s.internal);
         let main = first.map_or_else(|| proc_of(0, ""), |s| s.target.clone());
+        let hook_request = t.http_hook_request(first.map(|s| s.ts));
 
         // Connections and their verdicts, counted on the side they belong to.
         let mut served = Counts::default();
         let mut outbound = Counts::default();
+        let mut internal_counts = Counts::default();
         let mut connections = Vec::new();
         let mut conns: Vec<_> = t
             .conns
@@ -634,14 +880,29 @@ impl Engine {
                 Some(false) => Direction::Outbound,
                 None => Direction::Unknown,
             };
-            let side = if t.serves(c) {
+            // Both ends in the pod (or the container) over loopback: the connection that
+            // reaches the outside is counted, this one is not counted again.
+            let internal = if t.netns != 0
+                && is_loopback(c.local.ip())
+                && is_loopback(c.remote.ip())
+                && peers.contains(&(t.netns, c.remote, c.local))
+            {
+                Some(report::Internal::Loopback)
+            } else if hook_request == Some((c.local, c.remote)) {
+                Some(report::Internal::PreStopHook)
+            } else {
+                None
+            };
+            let side = if internal.is_some() {
+                &mut internal_counts
+            } else if t.serves(c) {
                 &mut served
             } else {
                 &mut outbound
             };
             side.add(verdict);
-            activity_missing |= c.activity_missing() && verdict.is_cut();
-            let late = c.inbound == Some(true) && c.established_ns > stop_ns;
+            activity_missing |= internal.is_none() && c.activity_missing() && verdict.is_cut();
+            let late = internal.is_none() && c.inbound == Some(true) && c.established_ns > stop_ns;
             if late {
                 served.accepted_late += 1;
                 late_delays.push(since_stop(c.established_ns));
@@ -658,6 +919,7 @@ impl Engine {
                 reset_reason: c.reset_reason.clone(),
                 closed_by: c.closed_by.clone(),
                 in_flight: c.in_flight,
+                internal,
             });
         }
         for r in &t.refusals {
@@ -674,6 +936,7 @@ impl Engine {
                 reset_reason: Some("no_socket".into()),
                 closed_by: None,
                 in_flight: None,
+                internal: None,
             });
         }
         let total = connections.len();
@@ -682,20 +945,8 @@ impl Engine {
         connections.truncate(self.cfg.max_connections);
         let omitted = (total - connections.len()) as u32;
 
-        // Outcome.
-        let outside: Vec<&Signal> = t.signals.iter().filter(|s| !s.internal).collect();
-        // Programs started in the container after its pod's deletion and before the first stop
-        // signal are an exec preStop hook's, not the workload: a hook killed when the grace
-        // period ends does not make the container `killed`.
-        let first_stop_ns = outside.first().map(|s| s.ts);
-        let hook_pids: Vec<u32> = t
-            .execs
-            .iter()
-            .filter(|(ts, _, _)| {
-                t.opened_by == "pod_deletion" && first_stop_ns.is_none_or(|stop| *ts < stop)
-            })
-            .map(|(_, p, _)| p.pid)
-            .collect();
+        // Outcome. A hook killed when the grace period ends does not make the container
+        // `killed`.
         let died_of_sigkill = |pid: Option<u32>| {
             t.exits.iter().any(|(_, p, e)| {
                 !hook_pids.contains(&p.pid)
@@ -725,8 +976,9 @@ impl Engine {
             .collect();
         // The process that died of a stop signal's default action: the one to name (a
         // worker, not the master or init that forwarded the signal to it).
-        let no_handler_exit = t.exits.iter().find(|(_, _, e)| {
-            matches!(e, ExitStatus::Signaled { signal, .. } if stop_sigs.contains(signal))
+        let no_handler_exit = t.exits.iter().find(|(_, p, e)| {
+            !hook_pids.contains(&p.pid)
+                && matches!(e, ExitStatus::Signaled { signal, .. } if stop_sigs.contains(signal))
         });
         let ignored = outside
             .iter()
@@ -749,7 +1001,7 @@ impl Engine {
         let end_ns = t.emptied_ns.unwrap_or(now_ns);
         let shutdown_ms = since_stop(end_ns).max(0.0);
 
-        let timeline = self.timeline(t, &conns, stop_ns, rel);
+        let timeline = self.timeline(t, &conns, stop_ns, &hook_pids, rel);
 
         // The stop signal the advice is about: the first from outside other than SIGKILL.
         let stop = outside.iter().find(|s| s.signal != SIGKILL).copied();
@@ -836,11 +1088,13 @@ impl Engine {
                     target: s.target.clone(),
                     result: result_str(s.result).to_string(),
                     internal: s.internal,
+                    pre_stop_hook: !s.internal && hook_pids.contains(&s.target.pid),
                 })
                 .collect(),
             timeline,
             counts: served,
             outbound_counts: outbound,
+            internal_counts,
             connections,
             connections_omitted: omitted,
             incomplete: None,
@@ -876,12 +1130,15 @@ impl Engine {
         t: &Termination,
         conns: &[&Conn],
         stop_ns: u64,
+        hook_pids: &[u32],
         rel: impl Fn(u64) -> f64,
     ) -> Vec<Step> {
         let at = |ns: u64| self.clock.rfc3339(ns);
         let mut steps: Vec<(u64, &str, String)> = Vec::new();
         for s in &t.signals {
-            let what = if s.signal == SIGKILL && (!s.internal || s.is_inside_escalation()) {
+            let what = if !s.internal && hook_pids.contains(&s.target.pid) {
+                "pre_stop_hook_signal"
+            } else if s.signal == SIGKILL && (!s.internal || s.is_inside_escalation()) {
                 "sigkill"
             } else {
                 "stop_signal"

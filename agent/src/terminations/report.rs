@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kube::pod::PreStop;
+
 fn default_opened_by() -> String {
     "stop_signal".into()
 }
@@ -153,6 +155,30 @@ pub struct Connection {
     /// read it, or the peer closed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<crate::terminations::activity::InFlight>,
+    /// Shown, but not a client's: not in `counts` nor `outbound_counts` (see
+    /// [`Internal`]); counted in `internal_counts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<Internal>,
+}
+
+/// Why a connection is not counted as a client's or an upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Internal {
+    /// Both ends on loopback, the other end in the same container or pod (a sidecar proxy
+    /// to the app): counted once, where it reaches the outside, not twice.
+    Loopback,
+    /// Kubernetes: kubelet's own request of the container's httpGet preStop hook.
+    PreStopHook,
+}
+
+impl Internal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Internal::Loopback => "loopback",
+            Internal::PreStopHook => "pre_stop_hook",
+        }
+    }
 }
 
 /// One stop signal sent to the container.
@@ -170,6 +196,10 @@ pub struct StopSignal {
     pub result: String,
     /// From inside the container (not a trigger).
     pub internal: bool,
+    /// Kubernetes: sent to a process of the container's exec preStop hook (kubelet's timeout
+    /// of the hook), not to the workload: not a trigger either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pre_stop_hook: bool,
 }
 
 /// A timeline entry.
@@ -289,7 +319,7 @@ pub struct TerminationReport {
     pub stop_signal_at: Option<String>,
     /// What Kubernetes says about the container's pod, when the agent watches the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<Box<crate::terminations::kube::KubeFacts>>,
+    pub kubernetes: Option<Box<KubeFacts>>,
     pub node: String,
     pub subject: Subject,
     pub outcome: Outcome,
@@ -311,6 +341,10 @@ pub struct TerminationReport {
     /// The container's own outbound connections (its upstreams, connection pools).
     #[serde(default)]
     pub outbound_counts: Counts,
+    /// Connections shown but not counted above: between the container and another of its
+    /// pod over loopback, kubelet's httpGet preStop hook request.
+    #[serde(default)]
+    pub internal_counts: Counts,
     /// Bounded; `connections_omitted` says how many were left out.
     pub connections: Vec<Connection>,
     pub connections_omitted: u32,
@@ -394,7 +428,9 @@ impl TerminationReport {
 
     /// The stop signals sent from outside the container (the triggers), in order.
     pub fn external_signals(&self) -> impl Iterator<Item = &StopSignal> {
-        self.stop_signals.iter().filter(|s| !s.internal)
+        self.stop_signals
+            .iter()
+            .filter(|s| !s.internal && !s.pre_stop_hook)
     }
 
     /// SIGKILL ended it after a different first stop signal: the grace period ran out.
@@ -456,4 +492,101 @@ impl TerminationReport {
     pub fn started_unix_ns(&self) -> Option<u64> {
         crate::clock::parse_rfc3339(&self.started_at)
     }
+}
+
+// Kubernetes: what the API says about a container's pod, and what was measured against it
+// (filled by `super::kube`).
+/// Inbound traffic that still arrived, measured from one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LateTraffic {
+    /// New connections accepted after the moment.
+    pub accepted: u32,
+    /// Connection attempts refused after the moment (the listener was gone).
+    pub refused: u32,
+    /// The latest of them, in ms after the moment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_delay_ms: Option<f64>,
+}
+
+/// A container's preStop hook as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreStopHook {
+    /// `exec`, `http_get`, `sleep`, `tcp_socket`.
+    pub kind: String,
+    /// The command, URL path or seconds.
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sleep_seconds: Option<i64>,
+}
+
+impl PreStopHook {
+    pub(crate) fn from_pre_stop(p: &PreStop) -> Self {
+        match p {
+            PreStop::Exec { command } => PreStopHook {
+                kind: "exec".into(),
+                detail: command.join(" "),
+                sleep_seconds: None,
+            },
+            PreStop::HttpGet { path, port, .. } => PreStopHook {
+                kind: "http_get".into(),
+                detail: format!(":{port}{}", path.as_deref().unwrap_or("/")),
+                sleep_seconds: None,
+            },
+            PreStop::Sleep { seconds } => PreStopHook {
+                kind: "sleep".into(),
+                detail: format!("{seconds} s"),
+                sleep_seconds: Some(*seconds),
+            },
+            PreStop::TcpSocket { port } => PreStopHook {
+                kind: "tcp_socket".into(),
+                detail: format!(":{port}"),
+                sleep_seconds: None,
+            },
+        }
+    }
+}
+
+/// What Kubernetes says about a termination, and what was measured against it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubeFacts {
+    pub pod: String,
+    pub pod_uid: String,
+    pub namespace: String,
+    pub workload: String,
+    pub workload_kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The grace period the deletion used (`deletionGracePeriodSeconds`, else the spec's).
+    pub grace_period_seconds: i64,
+    /// When the deletion reached the API server (`deletionTimestamp - deletionGracePeriodSeconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_requested_at: Option<String>,
+    /// When this agent saw the deletion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_observed_at: Option<String>,
+    /// `deletionTimestamp`: the deadline after which the pod is killed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// When the pod's endpoints were first seen not ready, terminating, and gone (as
+    /// observed by this agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints_not_ready_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints_terminating_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints_removed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<PreStopHook>,
+    /// From the deletion (as observed by this agent, else as requested) to the first stop
+    /// signal: kubelet runs the preStop hook in between.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_to_stop_signal_ms: Option<f64>,
+    /// Shutdown duration (first stop signal to last exit) over the grace period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_used_ratio: Option<f64>,
+    /// Traffic after the first stop signal.
+    pub late_after_stop_signal: LateTraffic,
+    /// Traffic after the endpoints turned not ready / terminating.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_after_endpoints: Option<LateTraffic>,
 }

@@ -1186,3 +1186,4 @@ fn a_sigkill_alone_cuts_only_what_was_in_flight() {
     );
     assert!(!rep.summary[0].contains("Lengthen"), "{:?}", rep.summary);
 }
+mod pods;
