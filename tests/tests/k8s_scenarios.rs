@@ -1046,7 +1046,7 @@ fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_on
     let addr = SocketAddr::new(pod.ip.parse()?, PROXY_PORT);
     let mut load = Load::new(containerd.node_netns(), addr);
     load.wait_ready("/", Duration::from_secs(10))?;
-    let relayed = load.in_flight("/slow?s=4", false)?;
+    load.in_flight("/slow?s=4", false)?;
     pod.wait_for_log("app", "start ", Duration::from_secs(10))?;
     let knocker = Knocker::start(containerd.node_netns(), addr, Duration::from_millis(100))?;
     std::thread::sleep(Duration::from_millis(300));
@@ -1182,9 +1182,9 @@ fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_on
     Ok(())
 }
 
-/// 6. An exec preStop hook (`sleep 30`) longer than the 2 s grace period: kubelet's hook times
-///    out at the grace period (the runtime kills it), then the app gets SIGTERM with kubelet's
-///    2 s minimum and exits at once. The hook is not the workload: not the main process, not
+/// 6. An exec preStop hook (`exec sleep 30`) longer than the 2 s grace period: kubelet's hook
+///    times out at the grace period (the runtime kills it with SIGKILL), then the app gets
+///    SIGTERM with kubelet's 2 s minimum and exits at once. The hook is not the workload: not the main process, not
 ///    a reason to call the container killed.
 #[test]
 fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> Result<()> {
@@ -1200,7 +1200,7 @@ fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> R
             vec![app("drain").pre_stop(PreStop::Exec(vec![
                 "/bin/sh".into(),
                 "-c".into(),
-                "sleep 30".into(),
+                "exec sleep 30".into(),
             ]))],
         )
         .grace(2)
