@@ -273,7 +273,10 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
             } else if i.signal == Some(SIGKILL) && matches!(i.kill, KillSource::Outside { .. }) {
                 // SIGKILL was the stop signal: no grace period at all.
                 out.push(format!(
-                    "{who} was killed by SIGKILL{from} with no stop signal before it: it had no                      chance to finish its work; {}. A longer grace period would not help: send                      a stop signal first and SIGKILL only after a grace period (`docker stop`,                      not `docker kill`; no force delete with a grace period of 0).",
+                    "{who} was killed by SIGKILL{from} with no stop signal before it: it had no \
+                     chance to finish its work; {}. A longer grace period would not help: send \
+                     a stop signal first and SIGKILL only after a grace period (`docker stop`, \
+                     not `docker kill`; no force delete with a grace period of 0).",
                     cut_clause(c),
                 ));
             } else if let Some((proc, s)) = match &i.kill {
