@@ -47,6 +47,74 @@ impl WallClock {
     pub fn rfc3339(&self, boot_ns: u64) -> String {
         rfc3339(self.wall_ns(boot_ns))
     }
+
+    /// The wall-clock instant of a boot-time stamp, to the microsecond (what reports keep).
+    pub fn timestamp(&self, boot_ns: u64) -> jiff::Timestamp {
+        timestamp(self.wall_ns(boot_ns))
+    }
+}
+
+/// The instant of Unix-epoch nanoseconds, to the microsecond: reports write microseconds, so
+/// an instant read back from one is the same.
+pub fn timestamp(unix_ns: u64) -> jiff::Timestamp {
+    let micros = i64::try_from(unix_ns / 1_000).unwrap_or(i64::MAX);
+    jiff::Timestamp::from_microsecond(micros).unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// The RFC 3339 UTC text of an instant, as reports write it.
+pub fn text(t: jiff::Timestamp) -> String {
+    rfc3339(unix_ns(t))
+}
+
+/// Unix-epoch nanoseconds of an instant (0 before the epoch).
+pub fn unix_ns(t: jiff::Timestamp) -> u64 {
+    u64::try_from(t.as_nanosecond()).unwrap_or(0)
+}
+
+/// Serde for report times: an instant travels as the RFC 3339 UTC text [`rfc3339`] writes,
+/// and is read back from it (`#[serde(with = "crate::clock::serde_rfc3339")]`).
+pub mod serde_rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &jiff::Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339(super::unix_ns(*t)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<jiff::Timestamp, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_rfc3339(&text)
+            .map(super::timestamp)
+            .ok_or_else(|| D::Error::custom(format!("not an RFC 3339 UTC time: {text:?}")))
+    }
+
+    /// The same for an optional time (`null` when absent).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<jiff::Timestamp>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&super::super::rfc3339(super::super::unix_ns(*t))),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<jiff::Timestamp>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| {
+                    super::super::parse_rfc3339(&text)
+                        .map(super::super::timestamp)
+                        .ok_or_else(|| {
+                            D::Error::custom(format!("not an RFC 3339 UTC time: {text:?}"))
+                        })
+                })
+                .transpose()
+        }
+    }
 }
 
 /// Formats Unix-epoch nanoseconds as RFC 3339 UTC with microseconds
@@ -103,6 +171,36 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Report times are instants inside and the same RFC 3339 text outside: microseconds,
+    /// `Z`; read back to the same instant; anything else is refused.
+    #[test]
+    fn report_times_serialize_as_before() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct T {
+            #[serde(with = "serde_rfc3339")]
+            at: jiff::Timestamp,
+            #[serde(default, with = "serde_rfc3339::option")]
+            maybe: Option<jiff::Timestamp>,
+        }
+        let ns = 1_795_236_791_123_456_789;
+        let t = T {
+            at: timestamp(ns),
+            maybe: None,
+        };
+        let json = serde_json::to_string(&t).expect("serializes");
+        assert_eq!(json, r#"{"at":"2026-11-21T04:53:11.123456Z","maybe":null}"#);
+        assert_eq!(text(t.at), rfc3339(ns));
+        assert_eq!(unix_ns(t.at), ns - 789);
+        let back: T = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, t);
+        let some: T = serde_json::from_str(
+            r#"{"at":"2026-11-21T04:53:11Z","maybe":"2026-11-21T04:53:12.5Z"}"#,
+        )
+        .expect("parses");
+        assert_eq!(some.maybe.map(unix_ns), Some(1_795_236_792_500_000_000));
+        assert!(serde_json::from_str::<T>(r#"{"at":"yesterday"}"#).is_err());
+    }
 
     #[test]
     fn formats_wall_clock_times() {

@@ -386,7 +386,10 @@ fn late_connections_are_refused_without_a_pre_stop_hook() -> Result<()> {
     let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
     print_pod_report(&report)?;
     let c = only_container(&report)?;
-    let stop_ns = ns(c.stop_signal_at.as_deref(), "stop_signal_at")?;
+    let stop_ns = ns(
+        c.stop_signal_at.map(termscope::clock::text).as_deref(),
+        "stop_signal_at",
+    )?;
     print_attempts(&attempts, stop_ns)?;
     ensure!(deletion.container("app")?.status.exit_code == 0);
 
@@ -541,7 +544,10 @@ fn pre_stop_scenario(check_late_after_endpoints: bool) -> Result<()> {
     let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
     print_pod_report(&report)?;
     let c = only_container(&report)?;
-    let stop_ns = ns(c.stop_signal_at.as_deref(), "stop_signal_at")?;
+    let stop_ns = ns(
+        c.stop_signal_at.map(termscope::clock::text).as_deref(),
+        "stop_signal_at",
+    )?;
     print_attempts(&attempts, stop_ns)?;
 
     // Ground truth: every attempt was answered, all of them before SIGTERM; the hook slept 2 s.

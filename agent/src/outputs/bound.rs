@@ -104,7 +104,7 @@ fn timeline(steps: &mut Vec<Step>, keep: usize) -> Option<String> {
         .join(", ");
     let omitted = Step {
         t_ms: first.t_ms,
-        at: first.at.clone(),
+        at: first.at,
         what: "omitted".into(),
         detail: format!("{} step(s) not listed: {kinds}", left_out.len()),
     };

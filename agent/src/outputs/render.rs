@@ -46,7 +46,7 @@ pub fn list_line(r: &TerminationReport) -> String {
     };
     let mut line = format!(
         "{}  {:<10}  cut {:>4}  {}  {}",
-        r.started_at,
+        crate::clock::text(r.started_at),
         r.outcome.as_str(),
         r.counts.cut,
         r.id,
@@ -60,7 +60,10 @@ pub fn list_line(r: &TerminationReport) -> String {
 
 /// One line per pod report.
 pub fn pod_list_line(p: &PodTerminationReport) -> String {
-    let start = p.timeline.first().map_or("-", |s| s.at.as_str());
+    let start = p
+        .timeline
+        .first()
+        .map_or_else(|| "-".to_string(), |s| crate::clock::text(s.at));
     let mut line = format!(
         "{start}  {:<10}  cut {:>4}  {}  pod {}/{} ({} container(s))",
         p.outcome.as_str(),
@@ -107,7 +110,10 @@ pub fn pod_report(p: &PodTerminationReport) -> String {
 
 fn write_pod_report(out: &mut String, p: &PodTerminationReport) -> std::fmt::Result {
     let k = &p.kubernetes;
-    let start = p.timeline.first().map_or("-", |s| s.at.as_str());
+    let start = p
+        .timeline
+        .first()
+        .map_or_else(|| "-".to_string(), |s| crate::clock::text(s.at));
     write!(
         out,
         "{start}  pod {}/{}  {}",
@@ -200,7 +206,13 @@ fn timeline(out: &mut String, steps: &[Step]) -> std::fmt::Result {
 
 fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
     let s = &r.subject;
-    write!(out, "{}  {}  {}", r.started_at, s.label, r.outcome.as_str())?;
+    write!(
+        out,
+        "{}  {}  {}",
+        crate::clock::text(r.started_at),
+        s.label,
+        r.outcome.as_str()
+    )?;
     if !r.flags.is_empty() {
         write!(out, "  [{}]", r.flags.join(", "))?;
     }
@@ -232,7 +244,7 @@ fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
     writeln!(
         out,
         "  {shutdown}, ended {}, node {}, cgroup {}, id {}",
-        r.ended_at,
+        crate::clock::text(r.ended_at),
         if r.node.is_empty() { "-" } else { &r.node },
         if s.cgroup_path.is_empty() {
             "-"

@@ -7,8 +7,10 @@ pub use super::{
     pod::{POD_SCHEMA, PodTerminationReport, p99, roll_up},
     report::{KubeFacts, LateTraffic, PreStopHook},
 };
+use jiff::Timestamp;
+
 use crate::{
-    clock::parse_rfc3339,
+    clock::unix_ns,
     kube::{pod::ContainerInfo, state::PodView},
 };
 
@@ -19,8 +21,8 @@ pub(crate) fn ns_rfc3339(ns: u64) -> String {
 /// Inbound connections accepted and refusals after `since_ns` (Unix ns).
 fn late_since(connections: &[Connection], since_ns: u64) -> LateTraffic {
     let mut late = LateTraffic::default();
-    let mut note = |at: Option<&String>, refused: bool| {
-        let Some(ns) = at.and_then(|a| parse_rfc3339(a)) else {
+    let mut note = |at: Option<&Timestamp>, refused: bool| {
+        let Some(ns) = at.map(|t| unix_ns(*t)) else {
             return;
         };
         if ns <= since_ns {
@@ -70,7 +72,7 @@ pub fn enrich(
         .unwrap_or(pod.termination_grace_period_seconds);
     let requested = pod.deletion.and_then(|d| d.requested_at).map(|t| t.0);
     let observed = view.deletion_observed_at.map(|t| t.0);
-    let stop_ns = report.stop_signal_at.as_deref().and_then(parse_rfc3339);
+    let stop_ns = report.stop_signal_at.map(unix_ns);
     // The deletion as this agent observed it: `deletionTimestamp` (and so the request time
     // derived from it) has whole-second precision; the watch is near-real-time.
     let deletion_ns = observed.or(requested);
@@ -85,7 +87,7 @@ pub fn enrich(
         .map(PreStopHook::from_pre_stop);
     // Measured from the deletion (the preStop hook included), so that 1.0 means the grace
     // period ran out; from the stop signal when the deletion was not seen.
-    let ended_ns = parse_rfc3339(&report.ended_at);
+    let ended_ns = Some(unix_ns(report.ended_at));
     let grace_used_ratio = (grace > 0)
         .then(|| match (deletion_ns, ended_ns) {
             (Some(del), Some(end)) if end >= del => Some((end - del) as f64 / 1e9 / grace as f64),

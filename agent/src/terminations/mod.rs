@@ -841,7 +841,7 @@ impl Engine {
         now_ns: u64,
         peers: &HashSet<(u32, SocketAddr, SocketAddr)>,
     ) -> TerminationReport {
-        let at = |ns: u64| self.clock.rfc3339(ns);
+        let at = |ns: u64| self.clock.timestamp(ns);
         // Timeline times count from the opening (a stop signal, or a pod's deletion); delays
         // and the shutdown's duration count from the first stop signal from outside.
         let rel = |ns: u64| (ns as f64 - t.opened_ns as f64) / 1e6;
@@ -1133,7 +1133,7 @@ impl Engine {
         hook_pids: &[u32],
         rel: impl Fn(u64) -> f64,
     ) -> Vec<Step> {
-        let at = |ns: u64| self.clock.rfc3339(ns);
+        let at = |ns: u64| self.clock.timestamp(ns);
         let mut steps: Vec<(u64, &str, String)> = Vec::new();
         for s in &t.signals {
             let what = if !s.internal && hook_pids.contains(&s.target.pid) {

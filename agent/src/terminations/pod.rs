@@ -13,7 +13,7 @@ use super::{
     report::{Counts, KubeFacts, LateTraffic, Outcome, Step, TerminationReport},
 };
 use crate::{
-    clock::parse_rfc3339,
+    clock::{parse_rfc3339, unix_ns},
     kube::{UnixNanos, state::PodView},
 };
 
@@ -152,12 +152,7 @@ pub fn roll_up(
         .as_deref()
         .or(kubernetes.deletion_observed_at.as_deref())
         .and_then(parse_rfc3339)
-        .or_else(|| {
-            containers
-                .iter()
-                .filter_map(|c| parse_rfc3339(&c.started_at))
-                .min()
-        })
+        .or_else(|| containers.iter().map(|c| unix_ns(c.started_at)).min())
         .unwrap_or(0);
     let k8s_step = |at: &Option<String>, what: &str, detail: String| {
         at.as_deref().and_then(parse_rfc3339).map(|ns| {
@@ -165,7 +160,7 @@ pub fn roll_up(
                 ns,
                 Step {
                     t_ms: round3((ns as f64 - origin as f64) / 1e6),
-                    at: ns_rfc3339(ns),
+                    at: crate::clock::timestamp(ns),
                     what: what.into(),
                     detail,
                 },
@@ -200,21 +195,20 @@ pub fn roll_up(
     for c in &containers {
         let name = c.subject.container.clone();
         for s in &c.timeline {
-            if let Some(ns) = parse_rfc3339(&s.at) {
-                steps.push((
-                    ns,
-                    Step {
-                        t_ms: round3((ns as f64 - origin as f64) / 1e6),
-                        at: s.at.clone(),
-                        what: s.what.clone(),
-                        detail: if name.is_empty() {
-                            s.detail.clone()
-                        } else {
-                            format!("[{name}] {}", s.detail)
-                        },
+            let ns = unix_ns(s.at);
+            steps.push((
+                ns,
+                Step {
+                    t_ms: round3((ns as f64 - origin as f64) / 1e6),
+                    at: s.at,
+                    what: s.what.clone(),
+                    detail: if name.is_empty() {
+                        s.detail.clone()
+                    } else {
+                        format!("[{name}] {}", s.detail)
                     },
-                ));
-            }
+                },
+            ));
         }
     }
     // The deadline only matters when the pod lived up to it.

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::kube::pod::PreStop;
@@ -141,10 +142,18 @@ pub struct Connection {
     /// For late connections and refusals: how long after the first stop signal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub established_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub closed_at: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::serde_rfc3339::option"
+    )]
+    pub established_at: Option<Timestamp>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::serde_rfc3339::option"
+    )]
+    pub closed_at: Option<Timestamp>,
     /// The kernel's reason for a reset it sent (`tcp_abort_on_close`, `no_socket`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_reason: Option<String>,
@@ -184,7 +193,8 @@ impl Internal {
 /// One stop signal sent to the container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopSignal {
-    pub at: String,
+    #[serde(with = "crate::clock::serde_rfc3339")]
+    pub at: Timestamp,
     pub t_ms: f64,
     pub signal: String,
     pub sender: Proc,
@@ -207,7 +217,8 @@ pub struct StopSignal {
 pub struct Step {
     /// Milliseconds since the first stop signal (negative: before it).
     pub t_ms: f64,
-    pub at: String,
+    #[serde(with = "crate::clock::serde_rfc3339")]
+    pub at: Timestamp,
     /// `stop_signal`, `handler`, `default_action`, `ignored`, `listener_closed`,
     /// `accepted_late`, `refused`, `connection_cut`, `last_connection_closed`, `sigkill`,
     /// `exit`, `empty`.
@@ -315,8 +326,12 @@ pub struct TerminationReport {
     #[serde(default = "default_opened_by")]
     pub opened_by: String,
     /// The first stop signal from outside, if one came.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_signal_at: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::serde_rfc3339::option"
+    )]
+    pub stop_signal_at: Option<Timestamp>,
     /// What Kubernetes says about the container's pod, when the agent watches the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<Box<KubeFacts>>,
@@ -328,8 +343,10 @@ pub struct TerminationReport {
     pub flags: Vec<String>,
     /// Sentences a person can act on.
     pub summary: Vec<String>,
-    pub started_at: String,
-    pub ended_at: String,
+    #[serde(with = "crate::clock::serde_rfc3339")]
+    pub started_at: Timestamp,
+    #[serde(with = "crate::clock::serde_rfc3339")]
+    pub ended_at: Timestamp,
     /// First stop signal to the last process's exit (or to the report, if it survived).
     pub shutdown_ms: f64,
     pub stop_signals: Vec<StopSignal>,
@@ -377,7 +394,8 @@ pub struct Incomplete {
 /// A process that exited during the termination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
-    pub at: String,
+    #[serde(with = "crate::clock::serde_rfc3339")]
+    pub at: Timestamp,
     pub pid: u32,
     pub comm: String,
     /// `exited` or `signaled`.
@@ -489,8 +507,8 @@ impl TerminationReport {
     }
 
     /// When the termination began, in Unix-epoch nanoseconds.
-    pub fn started_unix_ns(&self) -> Option<u64> {
-        crate::clock::parse_rfc3339(&self.started_at)
+    pub fn started_unix_ns(&self) -> u64 {
+        crate::clock::unix_ns(self.started_at)
     }
 }
 

@@ -386,7 +386,7 @@ fn a_hook_killed_before_the_stop_signal_is_not_the_main_process() {
     assert!(!rep.has_flag("killed"), "{:?}", rep.flags);
     assert_eq!(rep.shutdown_ms, 301.0);
     assert_eq!(
-        rep.stop_signal_at.as_deref(),
+        rep.stop_signal_at.map(crate::clock::text).as_deref(),
         Some(
             WallClock::with_offset(1_795_236_791_000_000_000)
                 .rfc3339(T0)
