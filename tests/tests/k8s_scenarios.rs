@@ -1124,7 +1124,10 @@ fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_on
                 None => true,
                 Some(x) => {
                     let in_teardown = x.verdict == Verdict::Refused
-                        && ns(x.closed_at.as_deref(), "closed_at")? >= app_exit_ns;
+                        && x.closed_at
+                            .map(termscope::clock::unix_ns)
+                            .context("no closed_at")?
+                            >= app_exit_ns;
                     lost_resets += usize::from(in_teardown);
                     in_teardown
                 }
