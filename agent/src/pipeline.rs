@@ -152,14 +152,19 @@ impl Pipeline {
                     cgroup_id,
                     identity,
                     at_ns,
+                    http_hook_port,
                 } => {
                     seen.insert(cgroup_id);
                     self.journal(Record::OpenedForDeletion {
                         cgroup_id,
                         identity: identity.clone(),
                         at_ns,
+                        http_hook_port,
                     });
                     let actions = self.engine.open_for_deletion(cgroup_id, identity, at_ns);
+                    if let Some(port) = http_hook_port {
+                        self.engine.set_http_hook_port(cgroup_id, port);
+                    }
                     self.act(actions)?;
                 }
                 Record::OpenedFromKernel {
@@ -299,6 +304,7 @@ impl Pipeline {
                     cgroup_id: cg,
                     identity: identity.clone(),
                     at_ns: now,
+                    http_hook_port: hook_port,
                 });
             }
             actions.extend(self.engine.open_for_deletion(cg, identity, now));

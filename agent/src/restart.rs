@@ -72,6 +72,10 @@ pub enum Record {
         cgroup_id: u64,
         identity: Option<Identity>,
         at_ns: u64,
+        /// The port of the container's httpGet preStop hook (kubelet's request is not a
+        /// client's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_hook_port: Option<u16>,
     },
     /// The kernel's watch opened it (its stop signal never reached the agent).
     OpenedFromKernel {
