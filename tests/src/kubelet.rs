@@ -103,6 +103,9 @@ pub enum PreStop {
     Exec(Vec<String>),
     /// `lifecycle.preStop.sleep.seconds` (run by kubelet itself).
     Sleep(Duration),
+    /// `lifecycle.preStop.httpGet` on the container's port and path: kubelet itself sends
+    /// `GET path` to the pod IP from the node and waits for the answer (or the grace period).
+    HttpGet { port: u16, path: String },
 }
 
 /// One container of a test pod.
@@ -452,6 +455,9 @@ impl<'a> KubeletDriver<'a> {
                     }
                     Some(PreStop::Sleep(d)) => {
                         v["lifecycle"] = json!({ "preStop": { "sleep": { "seconds": d.as_secs() } } });
+                    }
+                    Some(PreStop::HttpGet { port, path }) => {
+                        v["lifecycle"] = json!({ "preStop": { "httpGet": { "port": port, "path": path } } });
                     }
                     None => {}
                 }
@@ -875,11 +881,12 @@ impl Pod<'_> {
 
         // 2. Kill the containers, in parallel as kubelet does.
         let cri = k.cri();
+        let node = (k.containerd.node_netns(), self.ip.as_str());
         let stops: Vec<Result<ContainerStop>> = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .containers
                 .iter()
-                .map(|c| s.spawn(move || kill_container(cri, c, grace)))
+                .map(|c| s.spawn(move || kill_container(cri, node, c, grace)))
                 .collect();
             handles
                 .into_iter()
@@ -973,7 +980,12 @@ impl Drop for Pod<'_> {
 }
 
 /// kubelet's killContainer: the preStop hook, then StopContainer with the rest of the grace.
-fn kill_container(cri: &Cri, c: &RunningContainer, grace: i64) -> Result<ContainerStop> {
+fn kill_container(
+    cri: &Cri,
+    (node, pod_ip): (&crate::NetNs, &str),
+    c: &RunningContainer,
+    grace: i64,
+) -> Result<ContainerStop> {
     let t = Instant::now();
     let mut pre_stop_error = None;
     if grace > 0
@@ -996,6 +1008,11 @@ fn kill_container(cri: &Cri, c: &RunningContainer, grace: i64) -> Result<Contain
                 }
             }
             PreStop::Sleep(d) => std::thread::sleep((*d).min(budget)),
+            PreStop::HttpGet { port, path } => {
+                if let Err(e) = http_get_hook(node, pod_ip, *port, path, budget) {
+                    pre_stop_error = Some(format!("{e:#}"));
+                }
+            }
         }
     }
     let pre_stop_took = t.elapsed();
@@ -1020,6 +1037,36 @@ fn kill_container(cri: &Cri, c: &RunningContainer, grace: i64) -> Result<Contain
         stop_took,
         status,
     })
+}
+
+/// kubelet's httpGet hook: `GET path` to the pod from the node, the answer read until the
+/// server closes (or `budget` runs out); an error when there was no whole answer.
+fn http_get_hook(
+    node: &crate::NetNs,
+    pod_ip: &str,
+    port: u16,
+    path: &str,
+    budget: Duration,
+) -> Result<()> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::new(pod_ip.parse()?, port);
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-lifecycle/1.31\r\nConnection: close\r\n\r\n"
+    );
+    node.enter(move || -> Result<()> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, budget)?;
+        s.set_read_timeout(Some(budget))?;
+        s.write_all(request.as_bytes())?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)?;
+        if !answer.starts_with(b"HTTP/1.1 2") {
+            bail!(
+                "the hook got {:?}",
+                String::from_utf8_lossy(&answer[..answer.len().min(40)])
+            );
+        }
+        Ok(())
+    })?
 }
 
 fn ns_rfc3339(ns: i64) -> String {

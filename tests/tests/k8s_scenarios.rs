@@ -38,12 +38,14 @@ use termscope_tests::{
 /// `Connection: close` and closes the connection itself (no idle keep-alive connection is
 /// left for an exit to cut). `/slow?s=N` sleeps N s first and prints `start <client port>`.
 /// PID 1 of its container, so it handles SIGTERM itself (the kernel drops a signal PID 1 has
-/// no handler for). On SIGTERM, by MODE:
+/// no handler for). `/quit?s=N` (a drain endpoint for an httpGet preStop hook, as Envoy's
+/// `/quitquitquit`) waits N s and ends the process at once, answering nothing.
+/// On SIGTERM, by MODE:
 /// - `drain`: waits until no request is in flight, then exits 0;
 /// - `close-listener`: closes the listening socket at once (new connections are refused),
 ///   keeps serving what it accepted for 1.5 s, then exits 0.
 const APP: &str = r#"
-import signal, socket, sys, threading, time
+import os, signal, socket, sys, threading, time
 from urllib.parse import parse_qs, urlsplit
 port, mode = int(sys.argv[1]), sys.argv[2]
 busy = 0
@@ -60,6 +62,9 @@ def serve(conn, peer):
                 return
             buf += data
         url = urlsplit(buf.split(b" ", 2)[1].decode())
+        if url.path == "/quit":
+            time.sleep(float(parse_qs(url.query).get("s", ["1"])[0]))
+            os._exit(0)
         if url.path == "/slow":
             print("start", peer[1], flush=True)
             time.sleep(float(parse_qs(url.query).get("s", ["2"])[0]))
@@ -1381,6 +1386,97 @@ fn a_force_delete_is_not_a_grace_period_to_lengthen() -> Result<()> {
         "{:?}",
         report.summary
     );
+    let status = agent.stop()?;
+    ensure!(
+        status.success(),
+        "the agent exited with {status} after SIGINT"
+    );
+    Ok(())
+}
+
+/// 8. An httpGet preStop hook on the app's own port (`/quit?s=1`, a drain endpoint that ends
+///    the process, as Envoy's `/quitquitquit`): the app exits while answering kubelet's hook
+///    request, and the kernel closes it together with a client's request in flight. kubelet's
+///    own hook connection is listed, not counted as a client cut; the client's is.
+#[test]
+fn kubelets_http_get_hook_request_is_not_a_client_cut() -> Result<()> {
+    k8s_test!();
+    let _one = one_at_a_time();
+    let containerd = Containerd::shared()?;
+    let api = ApiServer::start()?;
+    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
+    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
+    let mut pod = kubelet.run_pod(
+        PodSpec::new(
+            "quitter",
+            vec![app("drain").pre_stop(PreStop::HttpGet {
+                port: PORT,
+                path: "/quit?s=1".into(),
+            })],
+        )
+        .grace(10)
+        .service("quitter")
+        .label("app", "quitter"),
+    )?;
+    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
+    let mut load = Load::new(containerd.node_netns(), pod_addr(&pod.ip)?);
+    load.wait_ready("/", Duration::from_secs(10))?;
+    let client = load.in_flight("/slow?s=10", false)?;
+    pod.wait_for_log("app", &format!("start {client}"), Duration::from_secs(10))?;
+    // The client's request began well before the deletion (kubelet's hook request is told by
+    // when it came: from the deletion on).
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let deletion = pod.delete_with_grace(10)?;
+    let seen = load.finish()?;
+    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
+    print_pod_report(&report)?;
+    let c = only_container(&report)?;
+    show(c, &seen)?;
+
+    // Ground truth: the hook's request got no answer (the app ended while serving it), the
+    // client's request was cut, the app exited 0 of its own.
+    let stop = deletion.container("app")?;
+    println!("kubelet: {stop:?}");
+    ensure!(
+        stop.pre_stop_error.is_some(),
+        "the hook's request was answered: {stop:?}"
+    );
+    ensure!(stop.status.exit_code == 0, "{stop:?}");
+    ensure!(
+        seen.len() == 1 && matches!(seen[0].truth, Truth::EofMidResponse | Truth::Reset),
+        "{seen:?}"
+    );
+    check_verdicts(c, &seen, |_| Some(Verdict::ClosedByExit))?;
+    let hook: Vec<_> = c
+        .connections
+        .iter()
+        .filter(|x| x.remote.port() != client && x.local.port() == PORT)
+        .filter(|x| x.verdict.is_cut())
+        .collect();
+    ensure!(
+        hook.len() == 1,
+        "expected kubelet's hook request among the cut connections: {:?}",
+        c.connections
+    );
+    ensure!(
+        hook[0].internal == Some(Internal::PreStopHook),
+        "kubelet's hook request is not told apart: {:?}",
+        hook[0]
+    );
+    let client_conn = c
+        .connections
+        .iter()
+        .find(|x| x.remote.port() == client)
+        .context("the client's connection is not in the report")?;
+    ensure!(client_conn.internal.is_none(), "{client_conn:?}");
+    ensure!(report.counts.cut == 1, "{:?}", report.counts);
+    ensure!(
+        report.internal_counts.cut == 1,
+        "{:?}",
+        report.internal_counts
+    );
+    ensure!(report.outcome == Outcome::Cut, "{:?}", report.outcome);
     let status = agent.stop()?;
     ensure!(
         status.success(),
