@@ -19,7 +19,7 @@
 //!    `deletionGracePeriodSeconds = grace`; the endpoints controller at once turns its endpoint
 //!    `ready=false, serving=true, terminating=true`;
 //! 2. kubelet kills the containers, all at once, each: the preStop hook (exec through
-//!    `ExecSync`, or sleep), then `StopContainer` with what is left of the grace period (at
+//!    `ExecSync`, sleep, or httpGet: `GET` to the pod IP from the node), then `StopContainer` with what is left of the grace period (at
 //!    least 2 s, kubelet's minimum; 0 kills at once) — containerd sends the image's stop
 //!    signal, then SIGKILL at the deadline;
 //! 3. the final status is reported (terminated, exit codes), the sandbox is stopped and
