@@ -471,7 +471,9 @@ pub struct KernelOffsets {
     pub skc_state: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
-    pub _pad: u32,
+    /// `sock.sk_protocol` (a `u16` since 5.6): the BTF tracepoint of the hot probe has no
+    /// record to read the protocol from.
+    pub sk_protocol: u32,
 }
 
 impl KernelOffsets {
@@ -502,7 +504,7 @@ impl KernelOffsets {
         skc_state: OFFSET_MISSING,
         skc_v6_daddr: OFFSET_MISSING,
         skc_v6_rcv_saddr: OFFSET_MISSING,
-        _pad: 0,
+        sk_protocol: OFFSET_MISSING,
     };
 }
 

@@ -6,7 +6,9 @@
 //! - `signal_deliver` — what the target did with the signal (default action, its own handler);
 //! - `sched_process_exit` — a thread group died, with its exit code;
 //! - `inet_sock_set_state` — TCP state changes, the hot path: live connections and per-cgroup
-//!   counters stay in kernel maps, and only watched cgroups' events reach userspace;
+//!   counters stay in kernel maps, and only watched cgroups' events reach userspace. A BTF
+//!   tracepoint (its arguments are the socket and both states) where the kernel allows it,
+//!   else the classic tracepoint (its record);
 //! - `tcp_send_reset` / `tcp_receive_reset` — resets, including those for a SYN to a port with
 //!   no listener.
 //!
@@ -254,10 +256,12 @@ fn anything_watched() -> bool {
     slot(1) != 0 || slot(0) != slot(2)
 }
 
+/// Whether `cgroup_id`'s events go to userspace. With nothing watched (the hint says so) no
+/// hash lookup is made: a busy node's state changes cost no map work for it.
 #[inline(always)]
 fn is_watched(cgroup_id: u64) -> bool {
     // SAFETY: the value is only tested for presence.
-    cfg!(watch_all) != 0 || unsafe { WATCHED.get(cgroup_id) }.is_some()
+    cfg!(watch_all) != 0 || (anything_watched() && unsafe { WATCHED.get(cgroup_id) }.is_some())
 }
 
 /// Applies `update` to the per-CPU counters of `cgroup_id`, creating them on first use.
@@ -345,6 +349,16 @@ fn header(kind: u32, flags: u32, cgroup_id: u64) -> EventHeader {
     }
 }
 
+/// Counts a watch the kernel makes (`WATCH_HINT[0]`).
+#[inline(always)]
+fn bump_watch_hint() {
+    if let Some(made) = WATCH_HINT.get_ptr_mut(0) {
+        // SAFETY: a valid, aligned u64 in the map. Not atomic: two CPUs racing here may add 1
+        // instead of 2, but the value still changes, which is all the hint needs.
+        unsafe { made.write_volatile(made.read_volatile().wrapping_add(1)) };
+    }
+}
+
 #[inline(always)]
 fn is_stop_signal(sig: i32) -> bool {
     (1..64).contains(&sig) && cfg!(stop_signal_mask) & (1u64 << sig) != 0
@@ -392,17 +406,17 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
                 reason: watch_reason::STOP_SIGNAL,
                 _pad: 0,
             };
+            // The hint changes before the insert (so that no CPU can find the watch in
+            // `WATCHED` while the hint still says nothing is watched, as `is_watched` looks
+            // at the hint first) and after it (so that userspace's count, which includes the
+            // watches made up to the hint it read first, never misses this one).
+            bump_watch_hint();
             if WATCHED.insert(target_cgroup, entry, 0).is_ok() {
                 ev_flags |= flags::WATCH_OPENED;
-                if let Some(made) = WATCH_HINT.get_ptr_mut(0) {
-                    // SAFETY: a valid, aligned u64 in the map. Not atomic: two CPUs racing
-                    // here may add 1 instead of 2, but the value still changes after the
-                    // insert, which is all the hint needs.
-                    unsafe { made.write_volatile(made.read_volatile().wrapping_add(1)) };
-                }
             } else {
                 bump(counter::WATCH_MAP_FAILED);
             }
+            bump_watch_hint();
         }
         if target_netns != 0 {
             let _ = WATCHED_NETNS.insert(target_netns, now(), 0);
@@ -571,9 +585,63 @@ fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
 /// verifiers (512 bytes over the whole call chain). It returns a scalar, never the stack
 /// pointer the verifier would refuse.
 #[inline(never)]
-fn read_addresses(ctx: &TracePointContext, sk: u64, out: &mut Tuple) -> u32 {
-    *out = state_tuple(ctx);
+fn read_addresses<A: Addresses>(src: &A, sk: u64, out: &mut Tuple) -> u32 {
+    *out = src.tuple(sk);
     sock_netns(sk)
+}
+
+/// Where the hot probe reads a connection's addresses: the record of
+/// `tracepoint/sock/inet_sock_set_state` (the fallback program), or the socket itself for
+/// `tp_btf/inet_sock_set_state`, which has no record.
+trait Addresses {
+    fn tuple(&self, sk: u64) -> Tuple;
+}
+
+impl Addresses for TracePointContext {
+    #[inline(always)]
+    fn tuple(&self, _sk: u64) -> Tuple {
+        state_tuple(self)
+    }
+}
+
+/// The BTF tracepoint's addresses: `sock_common`, as the start-up walk reads them (userspace
+/// attaches that program only when those members are resolved, [`feature::SOCK_TUPLE`]).
+struct FromSock;
+
+impl Addresses for FromSock {
+    #[inline(always)]
+    fn tuple(&self, sk: u64) -> Tuple {
+        let family = read_at::<u16>(sk, cfg!(kernel.skc_family)).unwrap_or(0);
+        let dport = cfg!(kernel.skc_dport);
+        let daddr = cfg!(kernel.skc_daddr);
+        // `skc_portpair` (remote port in network order, then the local port) and
+        // `skc_addrpair` (remote, then local IPv4 address) are adjacent pairs in every
+        // kernel's `sock_common`: one read each where the offsets say so.
+        if cfg!(kernel.skc_num) != dport.wrapping_add(2)
+            || cfg!(kernel.skc_rcv_saddr) != daddr.wrapping_add(4)
+        {
+            let local_port = read_at::<u16>(sk, cfg!(kernel.skc_num)).unwrap_or(0);
+            return sock_tuple(sk, family, local_port);
+        }
+        let ports = read_at::<[u8; 4]>(sk, dport).unwrap_or([0; 4]);
+        let mut t = Tuple {
+            family,
+            local_port: u16::from_ne_bytes([ports[2], ports[3]]),
+            remote_port: u16::from_be_bytes([ports[0], ports[1]]),
+            _pad: 0,
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+        };
+        if family == AF_INET6 {
+            t.local_addr = read_at(sk, cfg!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+            t.remote_addr = read_at(sk, cfg!(kernel.skc_v6_daddr)).unwrap_or([0; 16]);
+        } else {
+            let addrs = read_at::<[u8; 8]>(sk, daddr).unwrap_or([0; 8]);
+            t.remote_addr[..4].copy_from_slice(&addrs[..4]);
+            t.local_addr[..4].copy_from_slice(&addrs[4..]);
+        }
+        t
+    }
 }
 
 /// The connection's addresses from the tracepoint record.
@@ -688,23 +756,37 @@ fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
     entry.submit(wake);
 }
 
-/// The hot path. Most state changes belong to a connection already in `LIVE_CONNS`: they
-/// read four fields of the record and one map entry, and reach userspace only when the
-/// connection's cgroup is watched. Addresses and the socket's cgroup are read once, when the
-/// connection is established (or first seen, for a connection older than the programs).
+/// The hot path, as the BTF tracepoint (preferred): its arguments are the socket and the two
+/// states, so the state-first filter reads nothing from memory, and only the changes that
+/// pass it read the socket's protocol. Most state changes belong to a connection already in
+/// `LIVE_CONNS`: they cost one map lookup, and reach userspace only when the connection's
+/// cgroup is watched. Addresses and the socket's cgroup are read once, when the connection is
+/// established (or first seen, for a connection older than the programs).
+///
+/// `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let old = ctx.arg::<i32>(1) as u8;
+    let new = ctx.arg::<i32>(2) as u8;
+    if !worth_a_look(old, new) {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    // The tracepoint fires for other protocols' sockets too (MPTCP, SCTP).
+    if read_at::<u16>(sk, cfg!(kernel.sk_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    on_state_change(&FromSock, sk, old, new);
+    0
+}
+
+/// The hot path on kernels where the BTF tracepoint cannot be attached: the same, with the
+/// states, protocol, socket and addresses read from the tracepoint's record.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // The states first: with nothing watched, only the changes that keep `LIVE_CONNS` right
-    // (established, closed, closed by a dying process) need more than this.
     let old = field::<i32>(&ctx, cfg!(tracepoints.state_oldstate)).unwrap_or(0) as u8;
     let new = field::<i32>(&ctx, cfg!(tracepoints.state_newstate)).unwrap_or(0) as u8;
-    let established =
-        new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV);
-    if !established
-        && new != tcp_state::CLOSE
-        && !anything_watched()
-        && !(closing_by_us(old, new) && current_is_exiting())
-    {
+    if !worth_a_look(old, new) {
         return 0;
     }
     if field::<u16>(&ctx, cfg!(tracepoints.state_protocol)) != Some(IPPROTO_TCP) {
@@ -713,20 +795,46 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let Some(sk) = field::<u64>(&ctx, cfg!(tracepoints.state_skaddr)) else {
         return 0;
     };
+    on_state_change(&ctx, sk, old, new);
+    0
+}
 
-    if established {
-        on_established(&ctx, sk, old, new);
-        return 0;
+/// The state-first filter: whether a change needs more than its two states. With nothing
+/// watched, only the changes that keep `LIVE_CONNS` right need more: a connection
+/// established, the close of one that was (never a handshake's or a listener's, which have no
+/// entry), and a close begun by a dying process (`CLOSED_BY_EXIT`).
+#[inline(always)]
+fn worth_a_look(old: u8, new: u8) -> bool {
+    is_established(old, new)
+        || (new == tcp_state::CLOSE
+            && !matches!(
+                old,
+                tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::LISTEN | tcp_state::CLOSE
+            ))
+        || anything_watched()
+        || (closing_by_us(old, new) && current_is_exiting())
+}
+
+#[inline(always)]
+fn is_established(old: u8, new: u8) -> bool {
+    new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV)
+}
+
+/// A TCP state change that passed the filter, whichever program saw it.
+#[inline(always)]
+fn on_state_change<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
+    if is_established(old, new) {
+        on_established(src, sk, old, new);
+        return;
     }
     let live = match LIVE_CONNS.get_ptr_mut(sk) {
         Some(live) => live,
-        None => match learn_untracked(&ctx, sk, old, new) {
+        None => match learn_untracked(src, sk, old, new) {
             Some(live) => live,
-            None => return 0,
+            None => return,
         },
     };
     on_known_connection(sk, live, old, new);
-    0
 }
 
 /// A close the socket's owner began (or its death did): the changes where `CLOSED_BY_EXIT` is
@@ -744,7 +852,7 @@ fn closing_by_us(old: u8, new: u8) -> bool {
 
 /// A new connection: remember it in the kernel, whether or not anyone watches.
 #[inline(never)]
-fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
+fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
     let inbound = old == tcp_state::SYN_RECV;
@@ -752,7 +860,7 @@ fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
         ev_flags |= flags::INBOUND;
     }
     let mut tuple = Tuple::default();
-    let netns = read_addresses(ctx, sk, &mut tuple);
+    let netns = read_addresses(src, sk, &mut tuple);
     let conn_id = next_conn_id();
     let established_ns = now();
     let live = LiveConn {
@@ -785,7 +893,7 @@ fn on_established(ctx: &TracePointContext, sk: u64, old: u8, new: u8) {
 /// the programs did not see open (older than the agent, or evicted): it is learnt here, with
 /// a fresh connection id, so that its close is never dropped for want of an id.
 #[inline(never)]
-fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option<*mut LiveConn> {
+fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*mut LiveConn> {
     let handshake = matches!(new, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
         || matches!(old, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
     if handshake && cfg!(watch_all) == 0 {
@@ -798,7 +906,7 @@ fn learn_untracked(ctx: &TracePointContext, sk: u64, old: u8, new: u8) -> Option
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
     let mut tuple = Tuple::default();
-    let netns = read_addresses(ctx, sk, &mut tuple);
+    let netns = read_addresses(src, sk, &mut tuple);
     if handshake || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
         if is_watched(cgroup_id) {
             let conn = LiveConn {

@@ -4,14 +4,25 @@
 //! 2. kernel (root only): the real programs attached, N loopback TCP connections opened and
 //!    closed as fast as two threads can, with the kernel's own per-program accounting
 //!    (`BPF_ENABLE_STATS`): ns per run of each program, and how many events reached userspace
-//!    — with nothing watched (the default on a busy node), with the churning cgroup watched
-//!    and with everything watched; next to the same churn with no agent, with a bpftrace
-//!    one-liner on the same tracepoint, and with libbpf-tools' `tcpstates` + `sigsnoop`, in
-//!    rounds whose order rotates so that drifts of a shared machine hit every configuration.
+//!    — with nothing watched (the default on a busy node; also with the hot probe's tracepoint
+//!    fallback), with the churning cgroup watched and with everything watched; next to the
+//!    same churn with no agent, with a bpftrace one-liner on the same tracepoint, and with
+//!    libbpf-tools' `tcpstates` + `sigsnoop`.
+//!
+//! The machine is shared, so the throughput comparison is built to resist drift: many short
+//! rounds; in each, every configuration runs once (the order rotated) between two no-agent
+//! runs, and its ratio is against the mean of those two neighbours; the summary gives the
+//! median of those per-round ratios with their interquartile range, next to the same
+//! statistic for no-agent runs against their own neighbours (the noise floor). Throughput is
+//! given by wall time and by CPU time: the CPU time of the churn's two threads (on this kernel,
+//! without IRQ-time accounting, it includes the softirq TCP work and the probes run in their
+//! context) plus that of the tool's own processes (a reference tool's userspace is part of its
+//! cost). CPU time does not count the time the churn waits for a CPU that another build holds,
+//! which is most of the wall-time noise here.
 //!
 //! Run with `cargo xtask bench` (it installs bpftrace and libbpf-tools), or
-//! `cargo bench -p termscope`. `TERMSCOPE_BENCH_CONNS` sets N, `TERMSCOPE_BENCH_ROUNDS` the
-//! rounds (3).
+//! `cargo bench -p termscope --bench hot_path`. `TERMSCOPE_BENCH_CONNS` sets N (5 000),
+//! `TERMSCOPE_BENCH_ROUNDS` the rounds (9).
 
 use std::{
     hint::black_box,
@@ -40,8 +51,8 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let conns = env("TERMSCOPE_BENCH_CONNS", 20_000);
-    let rounds = env("TERMSCOPE_BENCH_ROUNDS", 3).max(1);
+    let conns = env("TERMSCOPE_BENCH_CONNS", 5_000);
+    let rounds = env("TERMSCOPE_BENCH_ROUNDS", 9).max(1);
     let stats_fd = match probes::enable_run_time_stats() {
         Ok(fd) => Some(fd),
         Err(e) => {
@@ -50,8 +61,8 @@ fn main() {
         }
     };
     let configs = [
-        Config::NoAgent,
         Config::Agent(Mode::NothingWatched),
+        Config::AgentTracepoint,
         Config::Agent(Mode::OwnCgroupWatched),
         Config::Agent(Mode::WatchAll),
         Config::Bpftrace,
@@ -60,10 +71,29 @@ fn main() {
     let mut results: Vec<RunResult> = Vec::new();
     let mut unavailable: Vec<(Config, String)> = Vec::new();
     println!(
-        "kernel: {rounds} rounds of {conns} loopback connections per configuration, the order \
-         rotated each round; ratios are against the no-agent run of the same round"
+        "kernel: {rounds} rounds of {conns} loopback connections per run; in each round every \
+         configuration runs once (order rotated) between two runs with no agent, and its \
+         ratios are against the mean of those two"
     );
+    // A warm-up run: the first churn after start-up is slower (page cache, TIME_WAIT table).
+    let _ = churn(conns, &mut || {});
+    let mut seq = 0usize;
+    let mut baseline = |round: usize, results: &mut Vec<RunResult>, seq: &mut usize| {
+        match run_config(Config::NoAgent, conns) {
+            Ok(r) => {
+                println!("  round {}: {}", round + 1, r.line(conns));
+                results.push(RunResult {
+                    round,
+                    seq: *seq,
+                    ..r
+                });
+            }
+            Err(e) => println!("  round {}: no agent: not measured: {e}", round + 1),
+        }
+        *seq += 1;
+    };
     for round in 0..rounds {
+        baseline(round, &mut results, &mut seq);
         for i in 0..configs.len() {
             let config = configs[(i + round) % configs.len()];
             if unavailable.iter().any(|(c, _)| *c == config) {
@@ -72,7 +102,7 @@ fn main() {
             match run_config(config, conns) {
                 Ok(r) => {
                     println!("  round {}: {}", round + 1, r.line(conns));
-                    results.push(RunResult { round, ..r });
+                    results.push(RunResult { round, seq, ..r });
                 }
                 Err(e) => {
                     println!(
@@ -80,11 +110,13 @@ fn main() {
                         round + 1,
                         config.label()
                     );
-                    if round == 0 && config != Config::NoAgent {
+                    if round == 0 {
                         unavailable.push((config, e.to_string()));
                     }
                 }
             }
+            seq += 1;
+            baseline(round, &mut results, &mut seq);
         }
     }
     drop(stats_fd);
@@ -97,6 +129,9 @@ enum Config {
     NoAgent,
     /// termscope's programs.
     Agent(Mode),
+    /// termscope's programs, nothing watched, with the hot probe's fallback (the tracepoint
+    /// program) instead of its BTF tracepoint.
+    AgentTracepoint,
     /// A bpftrace one-liner counting state changes on the same tracepoint.
     Bpftrace,
     /// libbpf-tools' `tcpstates` and `sigsnoop`, both running (what termscope's TCP and
@@ -113,6 +148,7 @@ impl Config {
         match self {
             Config::NoAgent => "no agent",
             Config::Agent(Mode::NothingWatched) => "termscope, nothing watched",
+            Config::AgentTracepoint => "termscope, nothing watched, tracepoint",
             Config::Agent(Mode::OwnCgroupWatched) => "termscope, churning cgroup watched",
             Config::Agent(Mode::WatchAll) => "termscope, --watch-all",
             Config::Bpftrace => "bpftrace one-liner",
@@ -121,11 +157,23 @@ impl Config {
     }
 }
 
+/// What one churn cost.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    wall: Duration,
+    /// CPU time of the churn's two threads (all they ran, the kernel's TCP work and the
+    /// probes in their context included: this kernel has no separate IRQ-time accounting) and
+    /// of the tool's own processes, if any, over the churn.
+    cpu: Duration,
+}
+
 #[derive(Debug, Clone)]
 struct RunResult {
     config: Config,
     round: usize,
-    rate: f64,
+    /// Position in the whole sequence of runs: a run's no-agent neighbours are `seq ± 1`.
+    seq: usize,
+    cost: Cost,
     /// Mean ns per run of the programs on `inet_sock_set_state` (for libbpf-tools and
     /// bpftrace: of all their programs that ran), when statistics were on.
     ns_per_run: Option<f64>,
@@ -136,10 +184,11 @@ struct RunResult {
 impl RunResult {
     fn line(&self, conns: usize) -> String {
         format!(
-            "{:<38} {:>7.0} conn/s ({:.2} s){}{}",
+            "{:<40} {:>7.0} conn/s ({:.3} s), {:>6.1} µs CPU/conn{}{}",
             self.config.label(),
-            self.rate,
-            conns as f64 / self.rate,
+            conns as f64 / self.cost.wall.as_secs_f64(),
+            self.cost.wall.as_secs_f64(),
+            self.cost.cpu.as_secs_f64() * 1e6 / conns as f64,
             self.ns_per_run
                 .map_or(String::new(), |ns| format!(", {ns:.0} ns/run")),
             self.detail
@@ -147,70 +196,185 @@ impl RunResult {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+fn quantile(mut v: Vec<f64>, q: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+}
+
+fn median(v: Vec<f64>) -> Option<f64> {
+    quantile(v, 0.5)
+}
+
+/// Median, interquartile range and extremes of `v`, as `0.98 [0.96-0.99] (0.90-1.02)`.
+fn spread(v: &[f64]) -> String {
+    match (
+        median(v.to_vec()),
+        quantile(v.to_vec(), 0.25),
+        quantile(v.to_vec(), 0.75),
+        v.iter().copied().reduce(f64::min),
+        v.iter().copied().reduce(f64::max),
+    ) {
+        (Some(m), Some(q1), Some(q3), Some(lo), Some(hi)) => {
+            format!("{m:.3} [{q1:.3}-{q3:.3}] ({lo:.2}-{hi:.2})")
+        }
+        _ => String::from("n/a"),
+    }
+}
+
+/// Throughput of `r` against its no-agent neighbours (the runs just before and after it):
+/// by wall time (connections per second) and by CPU time (connections per CPU second).
+fn ratios(r: &RunResult, results: &[RunResult]) -> Option<(f64, f64)> {
+    let neighbours: Vec<&RunResult> = results
+        .iter()
+        .filter(|b| b.config == Config::NoAgent && b.seq.abs_diff(r.seq) == 1)
+        .collect();
+    if neighbours.is_empty() {
+        return None;
+    }
+    let n = neighbours.len() as f64;
+    let wall = neighbours
+        .iter()
+        .map(|b| b.cost.wall.as_secs_f64())
+        .sum::<f64>()
+        / n;
+    let cpu = neighbours
+        .iter()
+        .map(|b| b.cost.cpu.as_secs_f64())
+        .sum::<f64>()
+        / n;
+    Some((
+        wall / r.cost.wall.as_secs_f64(),
+        cpu / r.cost.cpu.as_secs_f64(),
+    ))
 }
 
 fn summary(configs: &[Config], results: &[RunResult], unavailable: &[(Config, String)]) {
     println!();
     println!(
-        "{:<38} {:>10} {:>22} {:>10}",
-        "summary (median over rounds)", "conn/s", "vs no agent (min-max)", "ns/run"
+        "summary: throughput against the no-agent runs just before and after, per round: \
+         median [interquartile range] (min-max)"
     );
+    println!(
+        "{:<40} {:>3} {:>34} {:>34} {:>7}",
+        "", "n", "by CPU time (conn per CPU s)", "by wall time (conn/s)", "ns/run"
+    );
+    // The noise floor: each no-agent run against its own no-agent neighbours (two runs
+    // apart, with one configuration in between).
+    let noise: Vec<(f64, f64)> = results
+        .iter()
+        .filter(|r| r.config == Config::NoAgent)
+        .filter_map(|r| {
+            let around: Vec<&RunResult> = results
+                .iter()
+                .filter(|b| b.config == Config::NoAgent && b.seq.abs_diff(r.seq) == 2)
+                .collect();
+            if around.len() != 2 {
+                return None;
+            }
+            let wall = around
+                .iter()
+                .map(|b| b.cost.wall.as_secs_f64())
+                .sum::<f64>()
+                / 2.0;
+            let cpu = around.iter().map(|b| b.cost.cpu.as_secs_f64()).sum::<f64>() / 2.0;
+            Some((
+                wall / r.cost.wall.as_secs_f64(),
+                cpu / r.cost.cpu.as_secs_f64(),
+            ))
+        })
+        .collect();
+    let cpu: Vec<f64> = noise.iter().map(|r| r.1).collect();
+    let wall: Vec<f64> = noise.iter().map(|r| r.0).collect();
+    println!(
+        "{:<40} {:>3} {:>34} {:>34} {:>7}",
+        "no agent vs no agent (the noise)",
+        noise.len(),
+        spread(&cpu),
+        spread(&wall),
+        "-"
+    );
+    let mut per_round: Vec<(Config, usize, f64, f64)> = Vec::new();
     for &config in configs {
         if let Some((_, why)) = unavailable.iter().find(|(c, _)| *c == config) {
-            println!("{:<38} not measured: {why}", config.label());
+            println!("{:<40} not measured: {why}", config.label());
             continue;
         }
         let runs: Vec<&RunResult> = results.iter().filter(|r| r.config == config).collect();
-        let Some(rate) = median(runs.iter().map(|r| r.rate).collect()) else {
-            continue;
-        };
-        let ratios: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| {
-                let base = results
-                    .iter()
-                    .find(|b| b.config == Config::NoAgent && b.round == r.round)?;
-                Some(r.rate / base.rate)
-            })
-            .collect();
-        let ratio = match (
-            median(ratios.clone()),
-            ratios.iter().copied().reduce(f64::min),
-            ratios.iter().copied().reduce(f64::max),
-        ) {
-            (Some(m), Some(lo), Some(hi)) => format!("{m:.2} ({lo:.2}-{hi:.2})"),
-            _ => String::from("n/a"),
-        };
+        let rs: Vec<(f64, f64)> = runs.iter().filter_map(|r| ratios(r, results)).collect();
+        for r in &runs {
+            if let Some((w, c)) = ratios(r, results) {
+                per_round.push((config, r.round, w, c));
+            }
+        }
+        let cpu: Vec<f64> = rs.iter().map(|r| r.1).collect();
+        let wall: Vec<f64> = rs.iter().map(|r| r.0).collect();
         let ns = median(runs.iter().filter_map(|r| r.ns_per_run).collect())
             .map_or(String::from("-"), |ns| format!("{ns:.0}"));
-        println!("{:<38} {rate:>10.0} {ratio:>22} {ns:>10}", config.label());
+        println!(
+            "{:<40} {:>3} {:>34} {:>34} {:>7}",
+            config.label(),
+            rs.len(),
+            spread(&cpu),
+            spread(&wall),
+            ns
+        );
+    }
+    // Ahead of the references in the same round?
+    let ours = Config::Agent(Mode::NothingWatched);
+    for reference in [Config::Bpftrace, Config::LibbpfTools] {
+        let mut cpu_diffs = Vec::new();
+        let mut wall_diffs = Vec::new();
+        for &(c, round, w, cpu) in &per_round {
+            if c != ours {
+                continue;
+            }
+            if let Some(&(_, _, rw, rc)) = per_round
+                .iter()
+                .find(|(rc, rr, _, _)| *rc == reference && *rr == round)
+            {
+                cpu_diffs.push(cpu - rc);
+                wall_diffs.push(w - rw);
+            }
+        }
+        if cpu_diffs.is_empty() {
+            continue;
+        }
+        let ahead = |d: &[f64]| d.iter().filter(|x| **x > 0.0).count();
+        println!(
+            "{} minus {}, same round: by CPU {} (ahead in {} of {} rounds); by wall {} (ahead \
+             in {} of {})",
+            ours.label(),
+            reference.label(),
+            spread(&cpu_diffs),
+            ahead(&cpu_diffs),
+            cpu_diffs.len(),
+            spread(&wall_diffs),
+            ahead(&wall_diffs),
+            wall_diffs.len()
+        );
     }
 }
 
 fn run_config(config: Config, conns: usize) -> Result<RunResult, Box<dyn std::error::Error>> {
     match config {
         Config::NoAgent => {
-            let wall = churn(conns, &mut || {})?;
+            let cost = churn(conns, &mut || {})?;
             Ok(RunResult {
                 config,
                 round: 0,
-                rate: conns as f64 / wall.as_secs_f64(),
+                seq: 0,
+                cost,
                 ns_per_run: None,
                 detail: String::new(),
             })
         }
-        Config::Agent(mode) => kernel_bench(conns, mode),
+        Config::Agent(mode) => kernel_bench(conns, config, mode, false),
+        Config::AgentTracepoint => kernel_bench(conns, config, Mode::NothingWatched, true),
         Config::Bpftrace => {
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-e", BPFTRACE_PROGRAM]);
@@ -222,6 +386,30 @@ fn run_config(config: Config, conns: usize) -> Result<RunResult, Box<dyn std::er
             vec![Command::new("tcpstates"), Command::new("sigsnoop")],
         ),
     }
+}
+
+/// CPU time the calling thread has run.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid pointer to a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time every thread of process `pid` has run (`/proc/<pid>/task/*/schedstat`, in ns).
+fn process_cpu(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map(Duration::from_nanos)
+        .sum()
 }
 
 /// Ids and (runs, run time) of every BPF program loaded on the node.
@@ -317,7 +505,17 @@ fn tool_bench(
         .into_iter()
         .filter(|p| !before.contains(&p.0))
         .collect();
-    let wall = churn(conns, &mut || {})?;
+    let tools_cpu = |tools: &Tools| {
+        tools
+            .0
+            .iter()
+            .map(|c| process_cpu(c.id()))
+            .sum::<Duration>()
+    };
+    let tools_before = tools_cpu(&tools);
+    let mut cost = churn(conns, &mut || {})?;
+    let tools_spent = tools_cpu(&tools).saturating_sub(tools_before);
+    cost.cpu += tools_spent;
     let end_stats = all_programs();
     let (mut runs, mut time, mut names) = (0u64, Duration::ZERO, Vec::new());
     for (id, name, r0, t0) in &start_stats {
@@ -334,9 +532,14 @@ fn tool_bench(
     Ok(RunResult {
         config,
         round: 0,
-        rate: conns as f64 / wall.as_secs_f64(),
+        seq: 0,
+        cost,
         ns_per_run: (runs > 0 && !time.is_zero()).then(|| time.as_nanos() as f64 / runs as f64),
-        detail: format!("; its programs: {}", names.join(", ")),
+        detail: format!(
+            "; its processes' CPU {:.1} µs/conn; its programs: {}",
+            tools_spent.as_secs_f64() * 1e6 / conns as f64,
+            names.join(", ")
+        ),
     })
 }
 
@@ -351,32 +554,50 @@ enum Mode {
 }
 
 /// Opens and closes `conns` loopback connections (one request each) as fast as a client and
-/// a server thread can; `between` runs every 256 connections. Returns the wall time.
-fn churn(conns: usize, between: &mut dyn FnMut()) -> Result<Duration, Box<dyn std::error::Error>> {
+/// a server thread can; `between` runs every 256 connections (in the client thread). Returns
+/// the wall time and the CPU time of both threads.
+///
+/// The server closes first (as an HTTP/1.0 server does) and the client closes once it has
+/// read the end: the TIME_WAIT sockets are the server's, on its one port. Were they the
+/// client's, the tens of thousands a bench leaves for a minute would hold most ephemeral
+/// ports, and each `connect` would search them: a workload that slows down run after run
+/// (it did, by a factor of four) and thrashes the caches the probes run in.
+fn churn(conns: usize, between: &mut dyn FnMut()) -> Result<Cost, Box<dyn std::error::Error>> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
+    let server = std::thread::spawn(move || -> std::io::Result<Duration> {
+        let cpu0 = thread_cpu();
         for _ in 0..conns {
             let (mut s, _) = listener.accept()?;
             let mut b = [0u8; 4];
             s.read_exact(&mut b)?;
             s.write_all(b"pong")?;
+            drop(s);
         }
-        Ok(())
+        Ok(thread_cpu().saturating_sub(cpu0))
     });
     let start = Instant::now();
+    let cpu0 = thread_cpu();
     for i in 0..conns {
         let mut c = TcpStream::connect(addr)?;
         c.write_all(b"ping")?;
         let mut b = [0u8; 4];
         c.read_exact(&mut b)?;
+        // The server's close: read returns 0.
+        if c.read(&mut b)? != 0 {
+            return Err("the server sent more than its answer".into());
+        }
         drop(c);
         if i % 256 == 0 {
             between();
         }
     }
-    server.join().map_err(|_| "server thread panicked")??;
-    Ok(start.elapsed())
+    let client_cpu = thread_cpu().saturating_sub(cpu0);
+    let server_cpu = server.join().map_err(|_| "server thread panicked")??;
+    Ok(Cost {
+        wall: start.elapsed(),
+        cpu: client_cpu + server_cpu,
+    })
 }
 
 /// This process's cgroup v2 id.
@@ -432,22 +653,32 @@ fn decode_bench() {
     println!("decode: {per:.0} ns per TCP state event ({n} events)");
 }
 
-fn kernel_bench(conns: usize, mode: Mode) -> Result<RunResult, Box<dyn std::error::Error>> {
+fn kernel_bench(
+    conns: usize,
+    config: Config,
+    mode: Mode,
+    tracepoint: bool,
+) -> Result<RunResult, Box<dyn std::error::Error>> {
     let mut probes = Probes::load(&LoadOptions {
         watch_all: mode == Mode::WatchAll,
+        tracepoint_hot_probe: tracepoint,
         ..LoadOptions::default()
     })?;
+    let attach_point = probes
+        .status
+        .iter()
+        .find(|s| s.program == probes::HOT_PROBE)
+        .map_or_else(|| String::from("?"), |s| s.attach_point.clone());
     if mode == Mode::OwnCgroupWatched {
         probes.watch(own_cgroup()?)?;
     }
     let mut events = probes.events()?;
     let before = probes.program_stats();
     let mut received = 0usize;
-    let wall = churn(conns, &mut || received += events.drain().len())?;
+    let cost = churn(conns, &mut || received += events.drain().len())?;
     let after = probes.program_stats();
     std::thread::sleep(Duration::from_millis(200));
     received += events.drain().len();
-    let rate = conns as f64 / wall.as_secs_f64();
     let mut ns_per_run = None;
     let mut programs = Vec::new();
     for a in &after {
@@ -458,19 +689,21 @@ fn kernel_bench(conns: usize, mode: Mode) -> Result<RunResult, Box<dyn std::erro
         let time = a.run_time.saturating_sub(b.run_time);
         if runs > 0 {
             let ns = time.as_nanos() as f64 / runs as f64;
-            if a.program == "inet_sock_set_state" {
+            // Either of the hot probe's programs, whichever is attached.
+            if a.program.starts_with(probes::HOT_PROBE) {
                 ns_per_run = Some(ns);
             }
             programs.push(format!("{} {runs} runs {ns:.0} ns/run", a.program));
         }
     }
     Ok(RunResult {
-        config: Config::Agent(mode),
+        config,
         round: 0,
-        rate,
+        seq: 0,
+        cost,
         ns_per_run,
         detail: format!(
-            "; events to userspace {:.2}/conn, ring lost {}; {}",
+            "; hot probe {attach_point}; events to userspace {:.2}/conn, ring lost {}; {}",
             received as f64 / conns as f64,
             probes.counters()?.ringbuf_lost,
             programs.join(", ")

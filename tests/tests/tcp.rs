@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use termscope::decode::{Event, ExitStatus, ResetDirection, TcpReset, TcpStateChange};
+use termscope::{
+    decode::{Event, ExitStatus, ResetDirection, TcpReset, TcpStateChange},
+    probes::{AttachPoint, HOT_PROBE, HOT_PROBE_BTF, LoadOptions},
+};
 use termscope_tests::{Kernel, NetNs, Proc, TestCgroup, kernel_test, scripts};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -174,7 +177,28 @@ fn conn_id(states: &[TcpStateChange]) -> Result<u64> {
 }
 
 fn accept_and_orderly_close(family: Family) -> Result<()> {
-    let mut k = Kernel::load()?;
+    accept_and_orderly_close_with(family, &LoadOptions::default(), HOT_PROBE_BTF.attach)
+}
+
+/// The hot probe's attach point in `k`.
+fn hot_probe_attach_point(k: &Kernel) -> Option<&str> {
+    k.probes
+        .status
+        .iter()
+        .find(|s| s.program == HOT_PROBE)
+        .map(|s| s.attach_point.as_str())
+}
+
+/// The same connection seen by the hot probe attached as `expected` (every supported kernel
+/// has the BTF tracepoint; the tracepoint program is its fallback).
+fn accept_and_orderly_close_with(
+    family: Family,
+    opts: &LoadOptions,
+    expected: AttachPoint,
+) -> Result<()> {
+    let mut k = Kernel::load_with(opts)?;
+    let expected = expected.to_string();
+    assert_eq!(hot_probe_attach_point(&k), Some(expected.as_str()));
     let mut s = server(&mut k, family, "echo")?;
     let mut c = connect(&s)?;
     let client_port = c.local_addr()?.port();
@@ -211,6 +235,35 @@ fn accept_and_orderly_close_v4() -> Result<()> {
 fn accept_and_orderly_close_v6() -> Result<()> {
     kernel_test!();
     accept_and_orderly_close(Family::V6)
+}
+
+/// The hot probe's fallback, the tracepoint program (kernels where the BTF tracepoint cannot
+/// be attached), sees the same: the addresses from its record, not from the socket.
+#[test]
+fn accept_and_orderly_close_tracepoint_fallback_v4() -> Result<()> {
+    kernel_test!();
+    let opts = LoadOptions {
+        tracepoint_hot_probe: true,
+        ..LoadOptions::default()
+    };
+    accept_and_orderly_close_with(Family::V4, &opts, fallback_attach_point())
+}
+
+#[test]
+fn accept_and_orderly_close_tracepoint_fallback_v6() -> Result<()> {
+    kernel_test!();
+    let opts = LoadOptions {
+        tracepoint_hot_probe: true,
+        ..LoadOptions::default()
+    };
+    accept_and_orderly_close_with(Family::V6, &opts, fallback_attach_point())
+}
+
+fn fallback_attach_point() -> AttachPoint {
+    AttachPoint::TracePoint {
+        category: "sock",
+        name: "inet_sock_set_state",
+    }
 }
 
 /// The server closes with the request unread (`close-unread`), or reads it and closes with

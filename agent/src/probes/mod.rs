@@ -185,6 +185,24 @@ pub const PROBES: &[ProbeSpec] = &[
 /// The program that sees refusals where `tcp_send_reset` cannot.
 pub const KFREE_SKB: &str = "kfree_skb";
 
+/// The hot probe: its entry in [`PROBES`] is the tracepoint program, which reads the
+/// tracepoint's record; where the kernel allows it, [`HOT_PROBE_BTF`] is attached instead.
+pub const HOT_PROBE: &str = "inet_sock_set_state";
+
+/// The hot probe as a BTF tracepoint: the socket and both states are its arguments (no record
+/// is built for it, nor read), the protocol and addresses come from the socket. Preferred;
+/// chosen at load time when the kernel has the BTF tracepoint and the socket members it
+/// reads, and the load and attach succeed.
+pub const HOT_PROBE_BTF: ProbeSpec = ProbeSpec {
+    program: "inet_sock_set_state_btf",
+    attach: AttachPoint::BtfTracePoint {
+        name: "inet_sock_set_state",
+    },
+    purpose: "TCP state changes per socket cgroup; live connections kept in the kernel",
+    required_fields: &[],
+    wanted_features: feature::SOCK_CGROUP | feature::TASK_EXIT | feature::SOCK_ACTIVITY,
+};
+
 /// Where a probe stands after loading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "snake_case")]
@@ -233,6 +251,9 @@ pub struct LoadOptions {
     /// A bpffs directory where the maps that outlive the agent are pinned and found again
     /// at the next start ([`PINNED`]); `None`: nothing is pinned.
     pub pin_dir: Option<std::path::PathBuf>,
+    /// Attach the hot probe's tracepoint program even where its BTF tracepoint
+    /// ([`HOT_PROBE_BTF`]) would do: to measure or test the fallback.
+    pub tracepoint_hot_probe: bool,
 }
 
 /// The maps pinned under [`LoadOptions::pin_dir`]: what the kernel knows that a restarted
@@ -264,6 +285,7 @@ impl Default for LoadOptions {
             control_ring_bytes: 1 << 18,
             max_live_connections: 262_144,
             pin_dir: None,
+            tracepoint_hot_probe: false,
         }
     }
 }
@@ -308,6 +330,7 @@ impl KernelSupport {
             support.kernel = Some(offsets::resolve_kernel(btf));
             support.btf_tracepoints = PROBES
                 .iter()
+                .chain([&HOT_PROBE_BTF])
                 .filter_map(|p| match p.attach {
                     AttachPoint::BtfTracePoint { name } => btf
                         .has_typedef(&format!("btf_trace_{name}"))
@@ -400,6 +423,37 @@ impl KernelSupport {
         })
     }
 
+    /// Why the hot probe's BTF tracepoint program ([`HOT_PROBE_BTF`]) cannot be tried here,
+    /// if it cannot (the tracepoint program is attached instead).
+    pub fn hot_probe_btf(&self) -> Result<(), String> {
+        if let Err(e) = &self.btf {
+            return Err(format!("no kernel BTF: {e}"));
+        }
+        if !self.btf_tracepoints.contains(&HOT_PROBE) {
+            return Err(format!("kernel has no BTF tracepoint {HOT_PROBE}"));
+        }
+        let Some(kernel) = &self.kernel else {
+            return Err("kernel BTF not resolved".into());
+        };
+        if kernel.offsets.sk_protocol == OFFSET_MISSING {
+            return Err("sock.sk_protocol (a u16) not resolved from BTF".into());
+        }
+        if kernel.features & feature::SOCK_TUPLE == 0 {
+            return Err("sock_common addresses and ports not resolved from BTF".into());
+        }
+        Ok(())
+    }
+
+    /// What a probe wanting `wanted` lacks here.
+    fn lacking(&self, wanted: u64) -> Vec<String> {
+        let lacking = wanted & !self.features();
+        FEATURE_NAMES
+            .iter()
+            .filter(|(bit, _)| lacking & bit != 0)
+            .map(|(_, name)| format!("{name} unavailable"))
+            .collect()
+    }
+
     /// Why `spec` cannot run here, if it cannot; and what it lacks if it runs degraded.
     fn check(&self, spec: &ProbeSpec) -> (Option<String>, Vec<String>) {
         match spec.attach {
@@ -444,12 +498,7 @@ impl KernelSupport {
                 vec![],
             );
         }
-        let lacking = spec.wanted_features & !self.features();
-        let mut degraded: Vec<String> = FEATURE_NAMES
-            .iter()
-            .filter(|(bit, _)| lacking & bit != 0)
-            .map(|(_, name)| format!("{name} unavailable"))
-            .collect();
+        let mut degraded = self.lacking(spec.wanted_features);
         if spec.program == "tcp_send_reset" && !self.reset_reasons() {
             degraded.push("no reset reasons before 6.10 (reports name none)".to_string());
         }
@@ -620,7 +669,53 @@ impl Probes {
         let aya_btf = aya::Btf::from_sys_fs().ok();
         let mut status = Vec::with_capacity(PROBES.len());
         for spec in PROBES {
-            let (disabled, degraded) = support.check(spec);
+            // The hot probe: the BTF tracepoint first, the tracepoint program where it cannot
+            // be attached (the reason is in `doctor`).
+            let mut fallback = None;
+            if spec.program == HOT_PROBE {
+                let wanted = if opts.tracepoint_hot_probe {
+                    Err("not tried: the tracepoint program was asked for".to_string())
+                } else {
+                    support.hot_probe_btf()
+                };
+                let tried = wanted.and_then(|()| {
+                    attach(
+                        &mut ebpf,
+                        &HOT_PROBE_BTF,
+                        HOT_PROBE_BTF.program,
+                        aya_btf.as_ref(),
+                    )
+                });
+                match tried {
+                    Ok(()) => {
+                        tracing::debug!(probe = spec.program, "attached as a BTF tracepoint");
+                        status.push(ProbeStatus {
+                            program: spec.program,
+                            attach_point: HOT_PROBE_BTF.attach.to_string(),
+                            purpose: spec.purpose,
+                            state: ProbeState::Attached,
+                            degraded: support.lacking(HOT_PROBE_BTF.wanted_features),
+                        });
+                        continue;
+                    }
+                    Err(reason) => {
+                        tracing::info!(
+                            probe = spec.program,
+                            %reason,
+                            "the BTF tracepoint cannot be used: attaching the tracepoint program"
+                        );
+                        fallback = Some(reason);
+                    }
+                }
+            }
+            let (disabled, mut degraded) = support.check(spec);
+            if let Some(reason) = fallback {
+                degraded.push(format!(
+                    "{} unavailable ({reason}): the tracepoint program, which reads the \
+                     tracepoint's record, costs more per state change",
+                    HOT_PROBE_BTF.attach
+                ));
+            }
             let state = match (support.not_needed(spec), disabled) {
                 (Some(why), _) => ProbeState::NotNeeded(why),
                 (None, Some(reason)) => ProbeState::Disabled(reason),
@@ -773,15 +868,18 @@ impl Probes {
             reason: watch_reason::USERSPACE,
             _pad: 0,
         };
+        // The hot probe looks at `WATCHED` only while the hint says something may be
+        // watched: the hint goes up first, so that no state change of this cgroup is missed
+        // between the two writes. A failed insert leaves the hint one too high until the
+        // next count (which only costs the probe a lookup).
+        self.hint_count += 1;
+        self.set_hint(1, self.hint_count)?;
         self.watched()?
             .insert(cgroup_id, entry, 0)
             .map_err(|source| ProbeError::Map {
                 name: names::WATCHED,
                 source,
-            })?;
-        // The hot probe looks further only while something is watched.
-        self.hint_count += 1;
-        self.set_hint(1, self.hint_count)
+            })
     }
 
     /// Stops sending this cgroup's events (a missing entry is not an error).
@@ -1194,6 +1292,74 @@ mod tests {
         assert_eq!(signal_mask(&[15]), 1 << 15);
         assert_eq!(signal_mask(&[0, 64, 99]), 0);
         assert_eq!(signal_mask(&[1, 9]), (1 << 1) | (1 << 9));
+    }
+
+    #[test]
+    fn the_hot_probe_uses_its_btf_tracepoint_only_with_what_it_reads() {
+        use termscope_common::{ActivityOffsets, KernelOffsets, LegacyOffsets};
+        let mut offsets = KernelOffsets::MISSING;
+        offsets.sk_protocol = 516;
+        let kernel = offsets::ResolvedKernel {
+            offsets,
+            activity: ActivityOffsets::MISSING,
+            legacy: LegacyOffsets::MISSING,
+            features: feature::SOCK_TUPLE | feature::SOCK_CGROUP,
+            unresolved: vec![],
+        };
+        let support = KernelSupport {
+            btf: Ok(()),
+            tracefs: Ok("/sys/kernel/tracing".into()),
+            kernel: Some(kernel.clone()),
+            tracepoints: None,
+            btf_tracepoints: vec![HOT_PROBE],
+            reset_reasons: vec![],
+        };
+        assert_eq!(support.hot_probe_btf(), Ok(()));
+
+        let without_typedef = KernelSupport {
+            btf_tracepoints: vec![],
+            ..support.clone()
+        };
+        assert_eq!(
+            without_typedef.hot_probe_btf(),
+            Err("kernel has no BTF tracepoint inet_sock_set_state".into())
+        );
+        let mut no_protocol = support.clone();
+        if let Some(k) = &mut no_protocol.kernel {
+            k.offsets.sk_protocol = OFFSET_MISSING;
+        }
+        assert!(
+            no_protocol
+                .hot_probe_btf()
+                .is_err_and(|e| e.contains("sk_protocol"))
+        );
+        let mut no_tuple = support.clone();
+        if let Some(k) = &mut no_tuple.kernel {
+            k.features = feature::SOCK_CGROUP;
+        }
+        assert!(
+            no_tuple
+                .hot_probe_btf()
+                .is_err_and(|e| e.contains("sock_common"))
+        );
+        let no_btf = KernelSupport {
+            btf: Err("no /sys/kernel/btf/vmlinux".into()),
+            ..support.clone()
+        };
+        assert!(
+            no_btf
+                .hot_probe_btf()
+                .is_err_and(|e| e.contains("no kernel BTF"))
+        );
+        // The BTF program lacks what the tracepoint program would lack (here: the exit and
+        // activity features), nothing about record fields.
+        assert_eq!(
+            support.lacking(HOT_PROBE_BTF.wanted_features),
+            vec![
+                "exit code and PF_EXITING (task_struct) unavailable".to_string(),
+                "idle / in flight at a close (tcp_sock sequence numbers) unavailable".to_string()
+            ]
+        );
     }
 
     #[test]

@@ -96,7 +96,9 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         skc_state: member(btf, &m("sock_common", "skc_state", 1), &mut un),
         skc_v6_daddr: member(btf, &m("sock_common", "skc_v6_daddr", 16), &mut un),
         skc_v6_rcv_saddr: member(btf, &m("sock_common", "skc_v6_rcv_saddr", 16), &mut un),
-        _pad: 0,
+        // Only the BTF tracepoint of the hot probe needs it; without it the tracepoint
+        // program (which reads the record) is attached: not reported as unresolved here.
+        sk_protocol: member(btf, &m("sock", "sk_protocol", 2), &mut Vec::new()),
     };
     let all = |offs: &[u32]| offs.iter().all(|&x| x != OFFSET_MISSING);
     let mut features = 0;
