@@ -78,7 +78,7 @@ fn main() {
     // A warm-up run: the first churn after start-up is slower (page cache, TIME_WAIT table).
     let _ = churn(conns, &mut || {});
     let mut seq = 0usize;
-    let mut baseline = |round: usize, results: &mut Vec<RunResult>, seq: &mut usize| {
+    let baseline = |round: usize, results: &mut Vec<RunResult>, seq: &mut usize| {
         match run_config(Config::NoAgent, conns) {
             Ok(r) => {
                 println!("  round {}: {}", round + 1, r.line(conns));
