@@ -92,6 +92,13 @@ pub mod flags {
     /// the kernel's sockets; its direction comes from the listeners of its network namespace
     /// (inbound when one listens on its local port).
     pub const PREEXISTING: u32 = 1 << 10;
+    /// Kept connection ([`crate::KeptConn`]): the container's close (its first close
+    /// transition) is in the record: `close_ns`, `activity`, `closer_tgid`.
+    pub const CLOSE_SEEN: u32 = 1 << 11;
+    /// Kept connection: that close came after the peer's FIN (from CLOSE_WAIT).
+    pub const PEER_CLOSED_FIRST: u32 = 1 << 12;
+    /// Kept connection: the socket reached CLOSE (`closed_ns`).
+    pub const CLOSED: u32 = 1 << 13;
 }
 
 /// Value of [`WatchEntry::reason`].
@@ -304,6 +311,31 @@ pub struct LiveConn {
     pub flags: u32,
 }
 
+/// What the kernel keeps of a watched cgroup's connection for userspace (`KEPT_CONNS`, by
+/// connection id): the connection as in `LIVE_CONNS`, and what happened to it since it was
+/// opened or the watch began — its close, its reset, its end. One record per connection,
+/// merged by the programs at each change and taken (read and deleted) by userspace, so a mass
+/// close of a watched container never depends on the TCP ring buffer. Every field is a fact
+/// that only ever gets set: a record taken early and one made again later merge.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeptConn {
+    /// The connection; `conn.flags` also carries [`flags::CLOSE_SEEN`],
+    /// [`flags::PEER_CLOSED_FIRST`] and [`flags::CLOSED`].
+    pub conn: LiveConn,
+    /// When the container closed it (boot ns; with `CLOSE_SEEN`).
+    pub close_ns: u64,
+    /// When the socket reached CLOSE (boot ns; with `CLOSED`).
+    pub closed_ns: u64,
+    /// What was in flight at the container's close (`valid == 0`: not read).
+    pub activity: SockActivity,
+    /// The task that closed it, when the close ran in a task of the socket's own cgroup (0
+    /// otherwise).
+    pub closer_tgid: u32,
+    /// `enum sk_rst_reason` of a reset sent on it (0: none, or before 6.10).
+    pub reset_reason: u32,
+}
+
 /// An entry of the `WATCHED` map: a cgroup whose per-connection events go to userspace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -348,8 +380,16 @@ pub mod counter {
     /// Watched-cgroup map inserts that failed (the map is a plain hash: it never evicts a
     /// watch silently).
     pub const WATCH_MAP_FAILED: u32 = 4;
+    /// Records written to `KEPT_CONNS` (userspace takes them when this moves).
+    pub const KEPT: u32 = 5;
+    /// `KEPT_CONNS` writes that failed (it was full): the change went through the TCP ring
+    /// instead, as an event that counts as lost if the ring cannot take it either.
+    pub const KEPT_MAP_FAILED: u32 = 6;
+    /// TCP events of watched connections not sent because the ring was half full or more:
+    /// what they said is in `KEPT_CONNS` (not lost).
+    pub const LEFT_TO_KEPT: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 8;
 }
 
 /// Offsets of the fields the programs read from tracepoint records, from the tracepoints'
@@ -626,6 +666,8 @@ pub mod names {
     /// stop signal).
     pub const CONTROL: &str = "CONTROL";
     pub const LIVE_CONNS: &str = "LIVE_CONNS";
+    /// What the kernel keeps of watched cgroups' connections ([`crate::KeptConn`]).
+    pub const KEPT_CONNS: &str = "KEPT_CONNS";
     pub const WATCHED: &str = "WATCHED";
     pub const WATCHED_NETNS: &str = "WATCHED_NETNS";
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
@@ -650,6 +692,7 @@ mod pod {
     unsafe impl aya::Pod for TcpStateEvent {}
     unsafe impl aya::Pod for TcpResetEvent {}
     unsafe impl aya::Pod for LiveConn {}
+    unsafe impl aya::Pod for KeptConn {}
     unsafe impl aya::Pod for WatchEntry {}
     unsafe impl aya::Pod for CgroupStats {}
     unsafe impl aya::Pod for TracepointOffsets {}
@@ -691,6 +734,10 @@ mod tests {
             size_of::<EventHeader>() + 16 + size_of::<Tuple>() + 16
         );
         assert_eq!(size_of::<LiveConn>(), 24 + size_of::<Tuple>() + 8);
+        assert_eq!(
+            size_of::<KeptConn>(),
+            size_of::<LiveConn>() + 16 + size_of::<SockActivity>() + 8
+        );
         assert_eq!(size_of::<TracepointOffsets>(), 32 * 4);
         assert_eq!(
             size_of::<ExecEvent>(),
@@ -713,6 +760,7 @@ mod tests {
             size_of::<TcpStateEvent>(),
             size_of::<TcpResetEvent>(),
             size_of::<LiveConn>(),
+            size_of::<KeptConn>(),
             size_of::<Config>(),
         ] {
             assert_eq!(size % 8, 0, "size {size} is not a multiple of 8");

@@ -30,10 +30,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use termscope_common::{
-    CgroupStats, Config, EventHeader, ExecEvent, ExitEvent, FILENAME_LEN, LiveConn, OFFSET_MISSING,
-    RESET_RECEIVED, RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent, SockActivity,
-    TcpResetEvent, TcpStateEvent, Tuple, WatchEntry, counter, feature, flags, kind, tcp_state,
-    watch_reason,
+    CgroupStats, Config, EventHeader, ExecEvent, ExitEvent, FILENAME_LEN, KeptConn, LiveConn,
+    OFFSET_MISSING, RESET_RECEIVED, RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent,
+    SockActivity, TcpResetEvent, TcpStateEvent, Tuple, WatchEntry, counter, feature, flags, kind,
+    tcp_state, watch_reason,
 };
 
 /// Written by userspace at load time (`EbpfLoader::override_global`).
@@ -63,6 +63,15 @@ static CONTROL: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
 /// per cgroup) and its report says so; its events still reach userspace with an id.
 #[map(name = "LIVE_CONNS")]
 static LIVE_CONNS: HashMap<u64, LiveConn> = HashMap::with_max_entries(262144, 0);
+
+/// What the programs keep of watched cgroups' connections for userspace, by connection id
+/// (sized by userspace): one record per connection, merged at each change that matters to a
+/// report (opened, the container's close, a reset, CLOSE) and taken by userspace. A mass close
+/// of a watched container therefore never depends on the TCP ring: its events are sent only
+/// while the ring has room. A write that fails (full) is counted, and the change goes through
+/// the ring as an event that counts as lost if the ring cannot take it.
+#[map(name = "KEPT_CONNS")]
+static KEPT_CONNS: HashMap<u64, KeptConn> = HashMap::with_max_entries(131072, 0);
 
 /// Connections that just reached CLOSE. The kernel sets CLOSE *before* sending the reset of an
 /// abortive close (unread data, SO_LINGER 0), so the reset finds its connection here.
@@ -304,19 +313,46 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_RING_SIZE: u64 = 1;
 
+/// Internal bit of `ev_flags`, never sent: what the event says is kept in `KEPT_CONNS`, so
+/// the ring may do without it.
+const KEPT_IN_MAP: u32 = 1 << 31;
+
+/// Whether the TCP ring is half full or more.
+#[inline(always)]
+fn ring_half_full() -> bool {
+    EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 2
+}
+
+/// Counts a TCP event the ring did not take: lost, unless `KEPT_CONNS` has what it said.
+#[inline(always)]
+fn not_sent(kept: bool, cgroup_id: u64) {
+    if kept {
+        bump(counter::LEFT_TO_KEPT);
+    } else {
+        bump(counter::RINGBUF_LOST);
+        with_stats(cgroup_id, |s| s.events_lost += 1);
+    }
+}
+
 /// Sends a TCP event. No wake-up per event (a wake-up costs more than the rest of the probe):
 /// userspace drains the ring on a short timer, and is woken only once the ring is half full.
-/// An event the ring cannot take is counted, globally and for its cgroup.
+/// An event the ring cannot take is counted, globally and for its cgroup — unless `kept`: its
+/// connection's record in `KEPT_CONNS` says it, and such events are sent only while the ring
+/// is less than half full.
 #[inline(always)]
-fn emit<T: 'static>(event: &T, cgroup_id: u64) {
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 2 {
+fn emit<T: 'static>(event: &T, cgroup_id: u64, kept: bool) {
+    let half = ring_half_full();
+    if kept && half {
+        bump(counter::LEFT_TO_KEPT);
+        return;
+    }
+    let wake = if half {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     if EVENTS.output::<T>(event, wake).is_err() {
-        bump(counter::RINGBUF_LOST);
-        with_stats(cgroup_id, |s| s.events_lost += 1);
+        not_sent(kept, cgroup_id);
     }
 }
 
@@ -728,21 +764,26 @@ fn is_close(old: u8, new: u8) -> bool {
 #[inline(never)]
 fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
     // Written in place in the ring buffer: no copy of the event on the stack.
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 2 {
+    let kept = ev_flags & KEPT_IN_MAP != 0;
+    let half = ring_half_full();
+    if kept && half {
+        bump(counter::LEFT_TO_KEPT);
+        return;
+    }
+    let wake = if half {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
-        bump(counter::RINGBUF_LOST);
-        with_stats(conn.cgroup_id, |s| s.events_lost += 1);
+        not_sent(kept, conn.cgroup_id);
         return;
     };
     let e = entry.as_mut_ptr();
     // SAFETY: `e` points to a reserved ring buffer slot of the event's size; every field is
     // written before the slot is submitted.
     unsafe {
-        (*e).header = header(kind::TCP_STATE, ev_flags, conn.cgroup_id);
+        (*e).header = header(kind::TCP_STATE, ev_flags & !KEPT_IN_MAP, conn.cgroup_id);
         (*e).conn_id = conn.conn_id;
         (*e).skaddr = sk;
         (*e).established_ns = conn.established_ns;
@@ -754,6 +795,55 @@ fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
         fill_activity(sk, old, new, &mut (*e).activity);
     }
     entry.submit(wake);
+}
+
+/// Merges a change of a watched cgroup's connection into its record in `KEPT_CONNS`: the
+/// connection and its flags, and — at its first close transition — the close (time, what was
+/// in flight, the closing task, whether the peer had closed first), at CLOSE its end, and a
+/// sent reset's reason. Read, merged on the stack and written back whole (not in place): a
+/// record userspace takes meanwhile is written again with everything, never half-updated.
+/// Returns [`KEPT_IN_MAP`] when the record was written, 0 when not (counted; the caller's
+/// event then must go through the ring).
+#[inline(never)]
+fn keep(sk: u64, conn: &LiveConn, old: u8, new: u8, reset_reason: u32) -> u32 {
+    let id = conn.conn_id;
+    if id == 0 {
+        return 0;
+    }
+    // SAFETY: a plain copy of the map value.
+    let mut rec = match unsafe { KEPT_CONNS.get(id) } {
+        Some(prev) => *prev,
+        None => KeptConn {
+            conn: *conn,
+            ..KeptConn::default()
+        },
+    };
+    rec.conn.flags |= conn.flags;
+    if is_close(old, new) && rec.conn.flags & flags::CLOSE_SEEN == 0 {
+        rec.conn.flags |= flags::CLOSE_SEEN;
+        if old == tcp_state::CLOSE_WAIT {
+            rec.conn.flags |= flags::PEER_CLOSED_FIRST;
+        }
+        rec.close_ns = now();
+        // SAFETY: helper without preconditions.
+        if unsafe { bpf_get_current_cgroup_id() } == conn.cgroup_id {
+            rec.closer_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        }
+        fill_activity(sk, old, new, &mut rec.activity);
+    }
+    if new == tcp_state::CLOSE && rec.conn.flags & flags::CLOSED == 0 {
+        rec.conn.flags |= flags::CLOSED;
+        rec.closed_ns = now();
+    }
+    if reset_reason != 0 {
+        rec.reset_reason = reset_reason;
+    }
+    if KEPT_CONNS.insert(id, rec, 0).is_err() {
+        bump(counter::KEPT_MAP_FAILED);
+        return 0;
+    }
+    bump(counter::KEPT);
+    KEPT_IN_MAP
 }
 
 /// The hot path, as the BTF tracepoint (preferred): its arguments are the socket and the two
@@ -871,7 +961,8 @@ fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
         netns,
         flags: ev_flags & (flags::INBOUND | flags::CGROUP_FROM_CURRENT),
     };
-    if LIVE_CONNS.insert(sk, live, 0).is_err() {
+    let tracked = LIVE_CONNS.insert(sk, live, 0).is_ok();
+    if !tracked {
         bump(counter::LIVE_MAP_FAILED);
         with_stats(cgroup_id, |s| s.untracked += 1);
     }
@@ -883,7 +974,13 @@ fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
         }
     });
     if is_watched(cgroup_id) {
-        emit_state(ev_flags, &live, sk, old, new);
+        // Opened while its cgroup is watched (e.g. accepted after the stop signal): kept.
+        let kept = if tracked {
+            keep(sk, &live, old, new, 0)
+        } else {
+            0
+        };
+        emit_state(ev_flags | kept, &live, sk, old, new);
     }
 }
 
@@ -955,24 +1052,32 @@ fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
         live.flags |= flags::CLOSED_BY_EXIT;
         with_stats(live.cgroup_id, |s| s.closed_by_exit += 1);
     }
-    let snapshot = *live;
+    let cgroup_id = live.cgroup_id;
+    if is_watched(cgroup_id) {
+        // The changes a report needs are kept in `KEPT_CONNS`; the others say nothing it
+        // needs. Either way the event goes through the ring only while it has room.
+        let mut ev_flags = if is_close(old, new) || new == tcp_state::CLOSE {
+            keep(sk, live, old, new, 0)
+        } else {
+            KEPT_IN_MAP
+        };
+        ev_flags |= live.flags;
+        // SAFETY: helper without preconditions.
+        if unsafe { bpf_get_current_cgroup_id() } == cgroup_id {
+            ev_flags |= flags::IN_OWNER_TASK;
+        }
+        // Sent before the entry may go below (read from the map, no copy on the stack).
+        emit_state(ev_flags, live, sk, old, new);
+    }
     if new == tcp_state::CLOSE {
         // The close transition: the connection leaves the kernel's state here.
-        with_stats(snapshot.cgroup_id, |s| s.closed += 1);
+        with_stats(cgroup_id, |s| s.closed += 1);
         // Straight from ESTABLISHED / CLOSE_WAIT to CLOSE is an abort: the kernel sends
         // the reset right after this change.
         if matches!(old, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT) {
-            let _ = RECENTLY_CLOSED.insert(sk, snapshot, 0);
+            let _ = RECENTLY_CLOSED.insert(sk, &*live, 0);
         }
         let _ = LIVE_CONNS.remove(sk);
-    }
-    if is_watched(snapshot.cgroup_id) {
-        let mut ev_flags = snapshot.flags;
-        // SAFETY: helper without preconditions.
-        if unsafe { bpf_get_current_cgroup_id() } == snapshot.cgroup_id {
-            ev_flags |= flags::IN_OWNER_TASK;
-        }
-        emit_state(ev_flags, &snapshot, sk, old, new);
     }
 }
 
@@ -1029,6 +1134,7 @@ fn mark_reset(
     sk: u64,
     flag: u32,
     also_recently_closed: bool,
+    conn: &mut *mut LiveConn,
     conn_id: &mut u64,
     ev_flags: &mut u32,
 ) -> u64 {
@@ -1040,6 +1146,7 @@ fn mark_reset(
     let Some(live) = live else {
         return owner_cgroup(sk, ev_flags);
     };
+    *conn = live;
     // SAFETY: see inet_sock_set_state.
     let live = unsafe { &mut *live };
     live.flags |= flag;
@@ -1110,12 +1217,25 @@ fn send_reset(ctx: &TracePointContext, tuple: Tuple) -> u32 {
     let full_sock = sk != 0 && state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV;
     let mut ev_flags = 0u32;
     let mut conn_id = 0;
+    let mut kept = 0;
     let (cgroup_id, netns) = if full_sock {
         // The kernel sets CLOSE before the reset of an abortive close: look there too.
-        let cgroup_id = mark_reset(sk, flags::RESET_SENT, true, &mut conn_id, &mut ev_flags);
+        let mut conn: *mut LiveConn = core::ptr::null_mut();
+        let cgroup_id = mark_reset(
+            sk,
+            flags::RESET_SENT,
+            true,
+            &mut conn,
+            &mut conn_id,
+            &mut ev_flags,
+        );
         with_stats(cgroup_id, |s| s.resets_sent += 1);
         if !is_watched(cgroup_id) {
             return 0;
+        }
+        if !conn.is_null() {
+            // SAFETY: a map value found just above.
+            kept = keep(sk, unsafe { &*conn }, 0, 0, reason);
         }
         (cgroup_id, sock_netns(sk))
     } else {
@@ -1142,7 +1262,7 @@ fn send_reset(ctx: &TracePointContext, tuple: Tuple) -> u32 {
         direction: RESET_SENT,
         _pad: [0; 6],
     };
-    emit(&event, cgroup_id);
+    emit(&event, cgroup_id, kept != 0);
     0
 }
 
@@ -1153,10 +1273,12 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     };
     let mut ev_flags = 0u32;
     let mut conn_id = 0;
+    let mut conn: *mut LiveConn = core::ptr::null_mut();
     let cgroup_id = mark_reset(
         sk,
         flags::RESET_RECEIVED,
         false,
+        &mut conn,
         &mut conn_id,
         &mut ev_flags,
     );
@@ -1164,6 +1286,12 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if !is_watched(cgroup_id) {
         return 0;
     }
+    let kept = if conn.is_null() {
+        0
+    } else {
+        // SAFETY: a map value found just above.
+        keep(sk, unsafe { &*conn }, 0, 0, 0)
+    };
     // No `family` before 5.13.
     let family = legacy_family(
         &ctx,
@@ -1199,7 +1327,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         direction: RESET_RECEIVED,
         _pad: [0; 6],
     };
-    emit(&event, cgroup_id);
+    emit(&event, cgroup_id, kept != 0);
     0
 }
 
@@ -1294,7 +1422,7 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
         direction: RESET_SENT,
         _pad: [0; 6],
     };
-    emit(&event, 0);
+    emit(&event, 0, false);
     0
 }
 

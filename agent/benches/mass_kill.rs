@@ -12,7 +12,9 @@
 //!    lost (kernel counters and the report's `incomplete`), the agent's RSS (now and peak),
 //!    and how long after the kill the report came out, next to the linger.
 //!
-//! Root only. Run with `cargo xtask bench` (or `cargo bench -p termscope --bench mass_kill`).
+//! Also printed: what the kernel kept of the connections (`KEPT_CONNS`) and what the agent
+//! took of it. Root only. Run with `cargo xtask bench` (or `cargo bench -p termscope --bench
+//! mass_kill`).
 //! `TERMSCOPE_BENCH_KILL_CONNS` sets N (100,000), `TERMSCOPE_BENCH_RING_KIB` the TCP ring's
 //! size (default: the agent's).
 
@@ -251,7 +253,8 @@ impl AgentLoop {
                 self.pipeline.handle(&e?)?;
                 self.events += 1;
             }
-            if self.last_tick.elapsed() >= Duration::from_secs(1) {
+            self.pipeline.take_kept()?;
+            if self.last_tick.elapsed() >= Duration::from_secs(1) || self.pipeline.tick_due() {
                 self.last_tick = Instant::now();
                 let reports = self.pipeline.tick()?;
                 if done(&reports) {
@@ -362,17 +365,26 @@ fn bench(conns: usize) -> Result<(), Error> {
         .into());
     };
     let c = &report.counts;
-    let counted = c.completed + c.reset_by_app + c.closed_by_exit + c.reset_by_peer + c.open;
+    let counted = c.completed
+        + c.reset_by_app
+        + c.closed_by_exit
+        + c.closed_idle
+        + c.peer_closed_first
+        + c.reset_by_peer
+        + c.open;
     println!(
-        "  report out {:.2} s after the kill (linger {:.1} s, ticks 1 s): {counted} of {conns} \
-         connections counted ({} closed by exit, {} reset by app, {} open), {} listed, {} omitted",
+        "  report out {:.2} s after the kill (linger {:.1} s; a tick when one is due): {counted} \
+         of {conns} connections counted ({} closed by exit, {} closed idle, {} reset by app, {} \
+         open), {} listed, {} omitted, {} timeline steps",
         out_after.as_secs_f64(),
         linger.as_secs_f64(),
         c.closed_by_exit,
+        c.closed_idle,
         c.reset_by_app,
         c.open,
         report.connections.len(),
         report.connections_omitted,
+        report.timeline.len(),
     );
     println!(
         "  events lost: {} (TCP ring), {} (control ring); live-map insert failures: {}; \
@@ -384,6 +396,16 @@ fn bench(conns: usize) -> Result<(), Error> {
             .incomplete
             .as_ref()
             .map_or(String::from("no"), |i| format!("{i:?}")),
+    );
+    let kept = agent.pipeline.kept_stats();
+    println!(
+        "  kernel-kept records: {} written, {} taken into the report, {} reaped, {} write \
+         failures; {} TCP events left to them (ring half full)",
+        counters_after.kept - counters_before.kept,
+        kept.taken,
+        kept.reaped,
+        counters_after.kept_map_failed - counters_before.kept_map_failed,
+        counters_after.left_to_kept - counters_before.left_to_kept,
     );
     println!(
         "  agent RSS: {rss_done:.1} MiB after the report, peak {rss_peak:.1} MiB; {} events handled",

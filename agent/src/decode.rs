@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize};
 use termscope_common::{
-    EventHeader, ExecEvent, ExitEvent, RESET_RECEIVED, SignalDeliverEvent, SignalEvent,
+    EventHeader, ExecEvent, ExitEvent, KeptConn, RESET_RECEIVED, SignalDeliverEvent, SignalEvent,
     TcpResetEvent, TcpStateEvent, Tuple, flags, kind, tcp_state,
 };
 
@@ -397,6 +397,41 @@ pub struct TcpReset {
     pub task: Task,
 }
 
+/// The container's close of a kept connection ([`KeptConnection::close`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptClose {
+    pub ts_ns: u64,
+    /// The close came after the peer's FIN (the socket was in CLOSE_WAIT).
+    pub peer_closed_first: bool,
+    /// What was in flight, when the kernel could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<CloseActivity>,
+    /// The closing process, when the close ran in a task of the socket's own cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closer_tgid: Option<u32>,
+}
+
+/// What the kernel kept of a watched cgroup's connection (`KEPT_CONNS`): the connection and
+/// what happened to it so far. The same facts as its state-change and reset events, which the
+/// ring may not have carried; the engine merges both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptConnection {
+    pub cgroup_id: u64,
+    pub conn_id: u64,
+    pub addrs: Addrs,
+    pub established_ns: u64,
+    pub netns: u32,
+    pub flags: ConnFlags,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<KeptClose>,
+    /// When the socket reached CLOSE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_ns: Option<u64>,
+    /// The kernel's reason for a reset sent on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_reason: Option<String>,
+}
+
 /// A decoded event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -459,6 +494,30 @@ impl Decoder {
             })
             .collect();
         Decoder { reset_reasons }
+    }
+
+    /// A record of `KEPT_CONNS`.
+    pub fn kept(&self, k: &KeptConn) -> KeptConnection {
+        let f = k.conn.flags;
+        let close = (f & flags::CLOSE_SEEN != 0).then(|| KeptClose {
+            ts_ns: k.close_ns,
+            peer_closed_first: f & flags::PEER_CLOSED_FIRST != 0,
+            activity: CloseActivity::from_raw(&k.activity),
+            closer_tgid: (k.closer_tgid != 0).then_some(k.closer_tgid),
+        });
+        KeptConnection {
+            cgroup_id: k.conn.cgroup_id,
+            conn_id: k.conn.conn_id,
+            addrs: Addrs::from_raw(&k.conn.tuple),
+            established_ns: k.conn.established_ns,
+            netns: k.conn.netns,
+            flags: ConnFlags::from_raw(f),
+            close,
+            closed_ns: (f & flags::CLOSED != 0).then_some(k.closed_ns),
+            reset_reason: (k.reset_reason != 0)
+                .then(|| self.reset_reasons.get(&k.reset_reason).cloned())
+                .flatten(),
+        }
     }
 
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {

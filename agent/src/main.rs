@@ -425,6 +425,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
     let mut last_count: Option<Instant> = None;
     let mut last_expire = Instant::now();
     let mut lost_reported = 0;
+    let mut kept_failed_reported = 0;
     let clock = WallClock::now();
     let mut kube_state: Result<(), String> = Ok(());
     let mut failure = None;
@@ -461,6 +462,13 @@ async fn agent(args: AgentArgs) -> Result<()> {
                     }
                 }
                 metrics.add_events(processed, undecodable);
+                if let Err(e) = pipeline.take_kept() {
+                    tracing::warn!(error = %e, "taking the kernel's records of watched connections");
+                }
+                // A report due now (its linger is over) goes out now, not at the next tick.
+                if pipeline.tick_due() {
+                    tick.reset_immediately();
+                }
             }
             Some(update) = next_kube_update(&mut kube_updates) => {
                 if let Err(e) = pipeline.apply_kube(update) {
@@ -520,6 +528,17 @@ async fn agent(args: AgentArgs) -> Result<()> {
                         "a ring buffer was full: events were lost (the affected reports say `incomplete`)"
                     );
                     lost_reported = c.ringbuf_lost + c.control_lost;
+                }
+                if let Some(c) = counters
+                    && c.kept_map_failed > kept_failed_reported
+                {
+                    tracing::warn!(
+                        failed = c.kept_map_failed,
+                        "the kernel's records of watched connections were full: those changes \
+                         went through the TCP ring (the affected reports say `incomplete` if it \
+                         could not take them either)"
+                    );
+                    kept_failed_reported = c.kept_map_failed;
                 }
                 // Counting the live-connection map walks it: at most every 15 s.
                 let tracked = if last_count.is_none_or(|t| t.elapsed() >= Duration::from_secs(15)) {

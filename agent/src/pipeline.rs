@@ -10,7 +10,7 @@ use termscope_common::{LiveConn, flags, watch_reason};
 use crate::{
     attribute::{Resolver, cgroup_path::Identity, cgroupfs},
     clock::{self, WallClock},
-    decode::{Addrs, Event},
+    decode::{Addrs, Event, KeptConnection},
     kube::{
         UnixNanos,
         state::{KubeState, KubeStateConfig, KubeUpdate},
@@ -72,6 +72,23 @@ pub struct Pipeline {
     /// Per open termination: the cgroups below the container's own that are part of it
     /// (watched with it, their connections listed and their losses counted with it).
     members: HashMap<u64, Vec<u64>>,
+    /// The kernel's count of records written to `KEPT_CONNS` when they were last taken.
+    kept_seen: u64,
+    /// Records left in `KEPT_CONNS` at the last take (their termination was about to open).
+    kept_left: usize,
+    /// What was done with the kernel's records of watched connections.
+    kept: KeptStats,
+}
+
+/// What the agent did with the kernel's records of watched connections (`KEPT_CONNS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeptStats {
+    /// Taken into a termination in progress.
+    pub taken: u64,
+    /// Deleted without use: no termination of their cgroup is in progress and none is about
+    /// to open (the cgroup was unwatched since, or is watched for another reason, e.g.
+    /// `--watch-all`). Nothing is left behind in the kernel.
+    pub reaped: u64,
 }
 
 impl Pipeline {
@@ -93,7 +110,81 @@ impl Pipeline {
             replay_snapshots: HashMap::new(),
             replay_identities: HashMap::new(),
             members: HashMap::new(),
+            kept_seen: 0,
+            kept_left: 0,
+            kept: KeptStats::default(),
         }
+    }
+
+    /// What was done so far with the kernel's records of watched connections.
+    pub fn kept_stats(&self) -> KeptStats {
+        self.kept
+    }
+
+    /// Takes what the kernel kept of watched connections (`KEPT_CONNS`) since the last call
+    /// into the terminations in progress, and deletes it from the map; records of cgroups
+    /// with no termination in progress are deleted too (counted as reaped), except those of a
+    /// cgroup the kernel began watching on a stop signal, whose termination opens within
+    /// moments. Cheap when nothing was written: call it after every batch of events and on
+    /// the drain timer.
+    pub fn take_kept(&mut self) -> Result<(), ProbeError> {
+        let written = self.probes.kept_written()?;
+        if written == self.kept_seen && self.kept_left == 0 {
+            return Ok(());
+        }
+        // Read before the walk: a record written during it makes the next call walk again.
+        self.kept_seen = written;
+        let soon: HashSet<u64> = self
+            .probes
+            .watched_cgroups()?
+            .into_iter()
+            .filter(|(cg, e)| {
+                e.reason == watch_reason::STOP_SIGNAL
+                    && !self.engine.is_open(*cg)
+                    && !self.explicit.contains(cg)
+            })
+            .map(|(cg, _)| cg)
+            .collect();
+        let Pipeline {
+            probes,
+            engine,
+            journal,
+            kept,
+            ..
+        } = self;
+        let decoder = probes.decoder();
+        let mut left = 0;
+        let mut journalled: HashMap<u64, Vec<KeptConnection>> = HashMap::new();
+        probes.take_kept(|rec| {
+            let k = decoder.kept(rec);
+            if engine.on_kept(&k) {
+                kept.taken += 1;
+                if journal.is_some() {
+                    journalled.entry(k.cgroup_id).or_default().push(k);
+                }
+                true
+            } else if soon.contains(&k.cgroup_id) {
+                left += 1;
+                false
+            } else {
+                kept.reaped += 1;
+                true
+            }
+        })?;
+        self.kept_left = left;
+        for (cgroup_id, conns) in journalled {
+            self.journal(Record::Kept { cgroup_id, conns });
+        }
+        Ok(())
+    }
+
+    /// Whether a termination in progress is due to be reported now: the agent calls
+    /// [`Pipeline::tick`] then, besides its one-second tick, so a report comes out when its
+    /// linger ends rather than up to a tick later.
+    pub fn tick_due(&self) -> bool {
+        self.engine
+            .next_due_ns()
+            .is_some_and(|due| clock::boot_ns() >= due)
     }
 
     /// The container cgroup `cg` belongs to (itself, or the container's when `cg` is one of
@@ -147,6 +238,13 @@ impl Pipeline {
                 Record::Event { event } => {
                     seen.insert(event.cgroup_id());
                     self.handle(&event)?;
+                }
+                Record::Kept { cgroup_id, conns } => {
+                    seen.insert(cgroup_id);
+                    for k in &conns {
+                        self.engine.on_kept(k);
+                    }
+                    self.journal(Record::Kept { cgroup_id, conns });
                 }
                 Record::OpenedForDeletion {
                     cgroup_id,
@@ -478,6 +576,8 @@ impl Pipeline {
     /// pod reports (Kubernetes) from [`Pipeline::take_pod_reports`].
     pub fn tick(&mut self) -> Result<Vec<TerminationReport>, ProbeError> {
         self.reconcile(clock::boot_ns())?;
+        // Everything the kernel kept up to now goes into the reports due now.
+        self.take_kept()?;
         let (mut reports, actions) = self.engine.tick(clock::boot_ns());
         // Before the actions: they forget the finished terminations' counts.
         for report in &mut reports {
@@ -650,30 +750,46 @@ impl Pipeline {
                         .replay_snapshots
                         .get_mut(&cg)
                         .and_then(VecDeque::pop_front);
-                    let open: Vec<OpenConnection> = match replayed {
-                        Some(listed) => listed.iter().map(OpenConnection::from).collect(),
-                        None => self
-                            .probes
-                            .live_connections()?
-                            .into_iter()
-                            // A connection learnt at a state change (older than the agent,
-                            // where the start-up walk could not run) has no known direction:
-                            // it enters the report through its own events.
-                            .filter(|(_, c)| {
-                                (c.cgroup_id == cg || members.contains(&c.cgroup_id))
+                    let journal_on = self.journal.is_some();
+                    let mut listed: Vec<Listed> = Vec::new();
+                    let mut count = 0usize;
+                    match replayed {
+                        Some(replayed) => {
+                            let open: Vec<OpenConnection> =
+                                replayed.iter().map(OpenConnection::from).collect();
+                            count = open.len();
+                            self.engine.on_snapshot(cg, &open);
+                            listed = replayed;
+                        }
+                        None => {
+                            // Walked a batch at a time, each of this cgroup's straight into
+                            // the engine: no list of the node's connections in memory.
+                            let engine = &mut self.engine;
+                            self.probes.for_each_live_connection(|_, c| {
+                                // A connection learnt at a state change (older than the
+                                // agent, where the start-up walk could not run) has no
+                                // known direction: it enters the report through its own
+                                // events.
+                                if (c.cgroup_id == cg || members.contains(&c.cgroup_id))
                                     && c.flags & flags::UNTRACKED == 0
-                            })
-                            .map(|(_, c)| open_connection(&c))
-                            .collect(),
-                    };
-                    if self.journal.is_some() {
+                                {
+                                    let open = open_connection(c);
+                                    engine.on_snapshot(cg, std::slice::from_ref(&open));
+                                    count += 1;
+                                    if journal_on {
+                                        listed.push(Listed::from(&open));
+                                    }
+                                }
+                            })?;
+                        }
+                    }
+                    if journal_on {
                         self.journal(Record::Snapshot {
                             cgroup_id: cg,
-                            open: open.iter().map(Listed::from).collect(),
+                            open: listed,
                         });
                     }
-                    tracing::debug!(cgroup = cg, open = open.len(), "termination opened");
-                    self.engine.on_snapshot(cg, &open);
+                    tracing::debug!(cgroup = cg, open = count, "termination opened");
                     if members.is_empty() {
                         self.members.remove(&cg);
                     } else {

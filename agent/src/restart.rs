@@ -18,7 +18,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{attribute::cgroup_path::Identity, decode::Event, terminations::OpenConnection};
+use crate::{
+    attribute::cgroup_path::Identity,
+    decode::{Event, KeptConnection},
+    terminations::OpenConnection,
+};
 
 /// The state file's format; a file of another format is set aside, not misread.
 pub const FORMAT: u32 = 1;
@@ -92,6 +96,12 @@ pub enum Record {
     Identity {
         cgroup_id: u64,
         identity: Identity,
+    },
+    /// What the kernel kept of some of its connections (`KEPT_CONNS`), taken from the
+    /// kernel (and deleted there) at once.
+    Kept {
+        cgroup_id: u64,
+        conns: Vec<KeptConnection>,
     },
     /// The kernel's counts of the cgroup's lost events and untracked connections when it
     /// opened (the `incomplete` flag is measured from them).

@@ -163,15 +163,18 @@ fn a_lost_stop_signal_is_reported_from_the_kernel_watch() -> Result<()> {
     Ok(())
 }
 
-/// A flood of TCP events from a watched container fills the TCP ring while nobody reads. Two
-/// other containers are stopped meanwhile: one without connections, one holding a connection
-/// whose close falls into the full ring. Both are reported (the stop signals have their own
-/// ring); only the second is `incomplete`, with the count of its own lost events.
+/// A flood of TCP events from a watched container fills the TCP ring — and the kernel's
+/// records of watched connections (`KEPT_CONNS`, made tiny here), which would otherwise keep
+/// what the ring cannot take — while nobody reads. Two other containers are stopped
+/// meanwhile: one without connections, one holding a connection whose close falls into the
+/// full ring and finds no room in the records either. Both are reported (the stop signals have
+/// their own ring); only the second is `incomplete`, with the count of its own lost events.
 #[test]
 fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> Result<()> {
     kernel_test!();
     let opts = LoadOptions {
         ring_buffer_bytes: 4096,
+        max_kept_connections: 16,
         ..LoadOptions::default()
     };
     let mut agent = Agent::start_with(&opts, Duration::from_secs(20))?;
@@ -206,8 +209,8 @@ fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> R
     holder_proc.child.wait()?;
     let counters = agent.pipeline.probes().counters()?;
     ensure!(
-        counters.ringbuf_lost > 0,
-        "the TCP ring never filled: {counters:?}"
+        counters.ringbuf_lost > 0 && counters.kept_map_failed > 0,
+        "the TCP ring and the records never filled: {counters:?}"
     );
     assert_eq!(counters.control_lost, 0);
 
@@ -226,6 +229,83 @@ fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> R
         .context("the holder's close was lost, but its report is not incomplete")?;
     assert!(incomplete.events_lost >= 1, "{incomplete:?}");
     assert!(!incomplete.stop_signal_missed);
+    drop(client);
+    Ok(())
+}
+
+/// The same flood with the records at their default size: the TCP ring is full while nobody
+/// reads, and the connections of a container killed meanwhile close into it. Their events are
+/// not sent (not lost: counted as left to the records), and the report still has each of them,
+/// closed by the exit, with nothing `incomplete` — from what the kernel kept of them alone.
+#[test]
+fn closes_into_a_full_tcp_ring_are_kept_by_the_kernel() -> Result<()> {
+    kernel_test!();
+    let opts = LoadOptions {
+        ring_buffer_bytes: 4096,
+        ..LoadOptions::default()
+    };
+    let mut agent = Agent::start_with(&opts, Duration::from_secs(20))?;
+    let noisy = TestCgroup::new("keptflood")?;
+    let noisy_ns = NetNs::new("keptflood")?;
+    agent.pipeline.watch_explicit(noisy.id)?;
+    let (holder, holder_ns, mut holder_proc) = holding_server("kept")?;
+    let client = connect(&holder_ns, &mut holder_proc)?;
+    let client_port = client.local_addr()?.port();
+    agent.pump(Duration::from_millis(300), None)?;
+    let before = agent.pipeline.probes().counters()?;
+
+    let mut flood = Proc::spawn(
+        &mut python(
+            "import socket\n\
+             ls = socket.socket()\n\
+             ls.bind(('127.0.0.1', 9000))\n\
+             ls.listen(512)\n\
+             for i in range(300):\n\
+             \x20   c = socket.create_connection(('127.0.0.1', 9000))\n\
+             \x20   a, _ = ls.accept()\n\
+             \x20   c.close()\n\
+             \x20   a.close()\n\
+             print('done', flush=True)\n",
+        ),
+        &noisy,
+        Some(&noisy_ns),
+    )?;
+    flood.expect_line("done")?;
+    holder_proc.signal(libc::SIGKILL)?;
+    holder_proc.child.wait()?;
+    let counters = agent.pipeline.probes().counters()?;
+    ensure!(
+        counters.left_to_kept > before.left_to_kept,
+        "the TCP ring never filled: {counters:?}"
+    );
+    assert_eq!(counters.ringbuf_lost, 0, "{counters:?}");
+    assert_eq!(counters.kept_map_failed, 0, "{counters:?}");
+
+    let report = agent.report_for(holder.id, Duration::from_secs(15))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    // The close never came through the ring...
+    let through_ring = agent.seen.iter().any(|e| {
+        matches!(e, termscope::decode::Event::TcpState(t)
+            if t.cgroup_id == holder.id && t.addrs.remote.port() == client_port
+                && t.old_state == "ESTABLISHED")
+    });
+    assert!(
+        !through_ring,
+        "the close went through the ring: the test did not fill it"
+    );
+    // ...and the report has it, with its verdict, from the kernel's record.
+    let conn = report
+        .connections
+        .iter()
+        .find(|c| c.remote.port() == client_port)
+        .with_context(|| format!("client port {client_port} not in the report"))?;
+    assert_eq!(conn.direction, Direction::Inbound, "{conn:?}");
+    assert_eq!(conn.verdict, Verdict::ClosedByExit, "{conn:?}");
+    assert!(conn.closed_by.is_some(), "{conn:?}");
+    assert_eq!(report.counts.closed_by_exit, 1);
+    assert_eq!(report.outcome, Outcome::Killed);
+    assert!(report.incomplete.is_none(), "{:?}", report.incomplete);
+    assert!(agent.pipeline.kept_stats().taken >= 1);
     drop(client);
     Ok(())
 }

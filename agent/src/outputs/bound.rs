@@ -39,7 +39,11 @@ fn keep_ends<T>(v: &mut Vec<T>, keep: usize) -> Vec<T> {
 pub fn report(r: &mut TerminationReport, max: usize) -> bool {
     let max = max.max(MIN_KEPT);
     let mut said = Vec::new();
-    let steps = timeline(&mut r.timeline, max + TIMELINE_EXTRA);
+    // The engine may have cut the timeline already (it never builds a huge one).
+    let steps = r
+        .timeline_left_out
+        .take()
+        .or_else(|| timeline(&mut r.timeline, max + TIMELINE_EXTRA));
     if let Some(s) = steps {
         said.push(s);
     }
@@ -83,34 +87,66 @@ fn mark(flags: &mut Vec<String>, summary: &mut Vec<String>, said: &[String], max
     ));
 }
 
-/// Cuts a timeline to `keep` steps, the left-out ones replaced by one `omitted` step;
-/// returns what was left out, in words.
-fn timeline(steps: &mut Vec<Step>, keep: usize) -> Option<String> {
+/// What [`cut_steps`] left out of a list of timeline steps.
+pub struct LeftOut<T> {
+    /// Where the `omitted` step goes.
+    pub at: usize,
+    /// The first step left out (its time is the `omitted` step's).
+    pub first: T,
+    /// The `omitted` step's detail.
+    pub detail: String,
+    /// What was left out, in words (for the summary).
+    pub said: String,
+}
+
+/// Cuts timeline steps (of any form: `what` names each one's kind) to `keep`, the `omitted`
+/// step that replaces the left-out ones included: the first and last are kept.
+pub fn cut_steps<T>(
+    steps: &mut Vec<T>,
+    keep: usize,
+    what: impl Fn(&T) -> &str,
+) -> Option<LeftOut<T>> {
     let keep = keep.max(3);
     if steps.len() <= keep {
         return None;
     }
     // One of the kept places goes to the `omitted` step.
     let left_out = keep_ends(steps, keep - 1);
-    let first = left_out.first()?;
-    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    for s in &left_out {
-        *kinds.entry(s.what.as_str()).or_default() += 1;
-    }
-    let kinds = kinds
-        .iter()
-        .map(|(what, n)| format!("{n} {what}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let omitted = Step {
-        t_ms: first.t_ms,
-        at: first.at,
-        what: "omitted".into(),
-        detail: format!("{} step(s) not listed: {kinds}", left_out.len()),
+    let kinds = {
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &left_out {
+            *kinds.entry(what(s)).or_default() += 1;
+        }
+        kinds
+            .iter()
+            .map(|(what, n)| format!("{n} {what}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let at = (keep - 1).div_ceil(2);
-    steps.insert(at, omitted);
-    Some(format!("{} timeline step(s) ({kinds})", left_out.len()))
+    let n = left_out.len();
+    let detail = format!("{n} step(s) not listed: {kinds}");
+    let said = format!("{n} timeline step(s) ({kinds})");
+    let first = left_out.into_iter().next()?;
+    Some(LeftOut {
+        at: (keep - 1).div_ceil(2),
+        first,
+        detail,
+        said,
+    })
+}
+
+/// Cuts a timeline to `keep` steps, the left-out ones replaced by one `omitted` step;
+/// returns what was left out, in words.
+fn timeline(steps: &mut Vec<Step>, keep: usize) -> Option<String> {
+    let cut = cut_steps(steps, keep, |s| s.what.as_str())?;
+    let omitted = Step {
+        t_ms: cut.first.t_ms,
+        at: cut.first.at,
+        what: "omitted".into(),
+        detail: cut.detail,
+    };
+    steps.insert(cut.at, omitted);
+    Some(cut.said)
 }
 
 /// The longest line written to stdout, newline included: containerd's CRI log format splits

@@ -765,6 +765,7 @@ mod tests {
                 resets_rate_limited: limited,
                 live_map_failed: 0,
                 watch_map_failed: 1,
+                ..KernelCounters::default()
             }),
             probes_attached: 5,
             probes_total: 6,

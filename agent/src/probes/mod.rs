@@ -4,21 +4,22 @@
 //! off with its reason (see [`ProbeStatus`]) and the rest keep running. Offsets come from the
 //! running kernel's BTF ([`btf`]) and tracefs ([`tracefs`]), resolved in [`offsets`].
 
+pub mod batch;
 pub mod btf;
 pub mod offsets;
 pub mod pin;
 pub mod tracefs;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, Iter, TracePoint},
 };
 use serde::Serialize;
 use termscope_common::{
-    CgroupStats, Config, LiveConn, OFFSET_MISSING, WatchEntry, counter, feature, names,
+    CgroupStats, Config, KeptConn, LiveConn, OFFSET_MISSING, WatchEntry, counter, feature, names,
     watch_reason,
 };
 use tokio::io::unix::AsyncFd;
@@ -47,6 +48,12 @@ pub enum ProbeError {
     Poll(#[source] std::io::Error),
     #[error("pinning the kernel maps: {0}")]
     Pin(#[source] pin::PinError),
+    #[error("map {name}: {source}")]
+    Batch {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How a probe is attached.
@@ -248,6 +255,13 @@ pub struct LoadOptions {
     /// kernel memory each). When it is full, further connections are counted and flagged in
     /// their reports, never dropped silently.
     pub max_live_connections: u32,
+    /// Capacity of `KEPT_CONNS`, what the kernel keeps of watched cgroups' connections until
+    /// the agent takes it (preallocated: about 190 bytes of kernel memory each, 24 MiB at the
+    /// default). The agent takes the records every 50 ms; it must hold the closes of a
+    /// container killed at once while the agent is busy opening its termination (100,000 in
+    /// ~1 s on a 2-CPU node: 65,536 overflowed there). When the map is full a change goes
+    /// through the TCP ring instead (and counts as lost if the ring cannot take it either).
+    pub max_kept_connections: u32,
     /// A bpffs directory where the maps that outlive the agent are pinned and found again
     /// at the next start ([`PINNED`]); `None`: nothing is pinned.
     pub pin_dir: Option<std::path::PathBuf>,
@@ -260,10 +274,11 @@ pub struct LoadOptions {
 /// agent needs — the watches, the live connections and their id counter (so ids carry over),
 /// the listeners, the per-cgroup counts (lost events). The rings and the agent-wide counters
 /// start afresh.
-pub const PINNED: [&str; 8] = [
+pub const PINNED: [&str; 9] = [
     names::WATCHED,
     names::WATCHED_NETNS,
     names::LIVE_CONNS,
+    names::KEPT_CONNS,
     "RECENTLY_CLOSED",
     names::CGROUP_STATS,
     "LISTEN_PORTS",
@@ -284,6 +299,7 @@ impl Default for LoadOptions {
             ring_buffer_bytes: 1 << 22,
             control_ring_bytes: 1 << 18,
             max_live_connections: 262_144,
+            max_kept_connections: 131_072,
             pin_dir: None,
             tracepoint_hot_probe: false,
         }
@@ -610,6 +626,15 @@ pub struct KernelCounters {
     /// Watches the kernel could not record (its watched-cgroup map was full).
     #[serde(default)]
     pub watch_map_failed: u64,
+    /// Records of watched connections written to `KEPT_CONNS`.
+    #[serde(default)]
+    pub kept: u64,
+    /// `KEPT_CONNS` writes that failed (full): the change went through the TCP ring.
+    #[serde(default)]
+    pub kept_map_failed: u64,
+    /// TCP events not sent because the ring was half full: `KEPT_CONNS` has what they said.
+    #[serde(default)]
+    pub left_to_kept: u64,
 }
 
 /// The loaded, attached kernel programs.
@@ -649,7 +674,8 @@ impl Probes {
             .override_global(names::CONFIG, &config, true)
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
             .map_max_entries(names::CONTROL, opts.control_ring_bytes)
-            .map_max_entries(names::LIVE_CONNS, opts.max_live_connections);
+            .map_max_entries(names::LIVE_CONNS, opts.max_live_connections)
+            .map_max_entries(names::KEPT_CONNS, opts.max_kept_connections);
         if let Some(pins) = &pins {
             for (name, path) in pins.paths() {
                 loader.map_pin_path(name, path);
@@ -1001,7 +1027,80 @@ impl Probes {
             resets_rate_limited: sum(counter::RESETS_RATE_LIMITED),
             live_map_failed: sum(counter::LIVE_MAP_FAILED),
             watch_map_failed: sum(counter::WATCH_MAP_FAILED),
+            kept: sum(counter::KEPT),
+            kept_map_failed: sum(counter::KEPT_MAP_FAILED),
+            left_to_kept: sum(counter::LEFT_TO_KEPT),
         })
+    }
+
+    /// Records written to `KEPT_CONNS` so far (summed over CPUs): when it moves, there is
+    /// something to take.
+    pub fn kept_written(&self) -> Result<u64, ProbeError> {
+        let map = self
+            .ebpf
+            .map(names::COUNTERS)
+            .ok_or(ProbeError::MissingMap(names::COUNTERS))?;
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: names::COUNTERS,
+                source,
+            })?;
+        Ok(map
+            .get(&counter::KEPT, 0)
+            .map(|v| v.iter().sum::<u64>())
+            .unwrap_or(0))
+    }
+
+    /// The data of hash map `name`.
+    fn hash_map_data(&self, name: &'static str) -> Result<&MapData, ProbeError> {
+        match self.ebpf.map(name) {
+            Some(Map::HashMap(data)) => Ok(data),
+            Some(_) => Err(ProbeError::Map {
+                name,
+                source: aya::maps::MapError::InvalidMapType { map_type: 0 },
+            }),
+            None => Err(ProbeError::MissingMap(name)),
+        }
+    }
+
+    /// Walks the live connections the kernel knows (socket address, connection), a batch at
+    /// a time, without copying the map.
+    pub fn for_each_live_connection(
+        &self,
+        mut f: impl FnMut(u64, &LiveConn),
+    ) -> Result<(), ProbeError> {
+        let data = self.hash_map_data(names::LIVE_CONNS)?;
+        batch::for_each::<u64, LiveConn>(data.fd().as_fd(), |keys, values| {
+            for (k, v) in keys.iter().zip(values) {
+                f(*k, v);
+            }
+        })
+        .map_err(|source| ProbeError::Batch {
+            name: names::LIVE_CONNS,
+            source,
+        })
+    }
+
+    /// Takes what the kernel keeps of watched connections (`KEPT_CONNS`): `f` says of each
+    /// record whether it is done with (deleted from the map) or to be left for later. Returns
+    /// how many were deleted.
+    pub fn take_kept(&self, mut f: impl FnMut(&KeptConn) -> bool) -> Result<usize, ProbeError> {
+        let data = self.hash_map_data(names::KEPT_CONNS)?;
+        let fd = data.fd().as_fd();
+        let err = |source| ProbeError::Batch {
+            name: names::KEPT_CONNS,
+            source,
+        };
+        let mut done = Vec::new();
+        batch::for_each::<u64, KeptConn>(fd, |keys, values| {
+            for (k, v) in keys.iter().zip(values) {
+                if f(v) {
+                    done.push(*k);
+                }
+            }
+        })
+        .map_err(err)?;
+        batch::delete(fd, &done).map_err(err)
     }
 }
 
@@ -1263,20 +1362,24 @@ pub struct AsyncEventStream {
 
 impl AsyncEventStream {
     /// Waits for a control event, a half-full TCP ring or the drain timer, and returns all
-    /// events that are ready.
+    /// events that are ready — after each tick of the drain timer even when there are none:
+    /// the caller then also takes what the kernel kept of watched connections
+    /// (`Pipeline::take_kept`), which no event announces.
     pub async fn next_batch(&mut self) -> Result<Vec<Result<Event, DecodeError>>, ProbeError> {
         loop {
-            tokio::select! {
+            let timer = tokio::select! {
                 guard = self.control.readable_mut() => {
                     guard.map_err(ProbeError::Poll)?.clear_ready();
+                    false
                 }
                 guard = self.ring.readable_mut() => {
                     guard.map_err(ProbeError::Poll)?.clear_ready();
+                    false
                 }
-                _ = self.timer.tick() => {}
-            }
+                _ = self.timer.tick() => true,
+            };
             let out = drain_rings(self.ring.get_mut(), self.control.get_mut(), &self.decoder);
-            if !out.is_empty() {
+            if !out.is_empty() || timer {
                 return Ok(out);
             }
         }

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use termscope_common::{CgroupStats, LiveConn, WatchEntry};
+use termscope_common::{CgroupStats, KeptConn, LiveConn, WatchEntry};
 
 use super::{LoadOptions, PINNED};
 
@@ -59,6 +59,8 @@ pub fn layout_tag(opts: &LoadOptions) -> String {
         std::mem::size_of::<WatchEntry>(),
         std::mem::size_of::<CgroupStats>(),
         opts.max_live_connections,
+        std::mem::size_of::<KeptConn>(),
+        opts.max_kept_connections,
         PINNED.as_slice(),
     )
         .hash(&mut h);

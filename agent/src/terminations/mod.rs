@@ -30,8 +30,10 @@ use verdict::{Conn, TcpState};
 use crate::{
     attribute::cgroup_path::Identity,
     decode::{
-        Disposition, Event, ExitStatus, ResetDirection, SignalResult, WallClock, signal_name,
+        Disposition, Event, ExitStatus, KeptConnection, ResetDirection, SignalResult, WallClock,
+        signal_name,
     },
+    outputs::bound,
 };
 
 const SIGKILL: u32 = 9;
@@ -150,6 +152,10 @@ struct Termination {
     listeners_closed: Vec<(u64, SocketAddr)>,
     listen_addrs: Vec<SocketAddr>,
     conns: HashMap<u64, Conn>,
+    /// Names of the processes that closed connections (by tgid), from their events.
+    comms: HashMap<u32, String>,
+    /// Reset reasons named by the kernel, each once ([`Conn::reset_reason`] indexes it).
+    reasons: Vec<String>,
     refusals: Vec<Refusal>,
     emptied_ns: Option<u64>,
     /// When the network namespace's inode was seen naming another namespace: after every
@@ -181,6 +187,8 @@ impl Termination {
             listeners_closed: Vec::new(),
             listen_addrs: Vec::new(),
             conns: HashMap::new(),
+            comms: HashMap::new(),
+            reasons: Vec::new(),
             refusals: Vec::new(),
             emptied_ns: None,
             netns_ended_ns: None,
@@ -221,6 +229,53 @@ impl Termination {
             && self.netns == netns
             && self.netns_ended_ns.is_none_or(|end| ts < end)
             && self.listened_on(local)
+    }
+
+    /// The index ([`Conn::reset_reason`]) of a reset reason.
+    fn reason_index(&mut self, reason: Option<&str>) -> u16 {
+        let Some(reason) = reason else {
+            return 0;
+        };
+        let i = match self.reasons.iter().position(|r| r == reason) {
+            Some(i) => i,
+            None => {
+                self.reasons.push(reason.to_string());
+                self.reasons.len() - 1
+            }
+        };
+        u16::try_from(i + 1).unwrap_or(0)
+    }
+
+    fn reason(&self, index: u16) -> Option<String> {
+        (index as usize)
+            .checked_sub(1)
+            .and_then(|i| self.reasons.get(i))
+            .cloned()
+    }
+
+    /// The process `tgid` as the report names it: from the events of its closes, else from
+    /// its exit; `None` when neither named it.
+    fn proc_named(&self, tgid: u32) -> Option<Proc> {
+        if tgid == 0 {
+            return None;
+        }
+        let comm = self.comms.get(&tgid).cloned().or_else(|| {
+            self.exits
+                .iter()
+                .find(|(_, p, _)| p.pid == tgid)
+                .map(|(_, p, _)| p.comm.clone())
+        })?;
+        Some(Proc { pid: tgid, comm })
+    }
+
+    /// Records that `tgid` (named `comm`) closed `conn` as it exited.
+    fn closed_by(&mut self, conn_id: u64, tgid: u32, comm: &str) {
+        if let Some(conn) = self.conns.get_mut(&conn_id)
+            && conn.closed_by == 0
+        {
+            conn.closed_by = tgid;
+            self.comms.entry(tgid).or_insert_with(|| comm.to_string());
+        }
     }
 
     fn last_signal_ns(&self) -> u64 {
@@ -553,16 +608,15 @@ impl Engine {
                 if TcpState::is_close(old, new) {
                     conn.on_close(old, c.activity.as_ref());
                 }
-                if c.flags.closed_by_exit && !conn.closed_by_exit {
-                    conn.closed_by_exit = true;
-                    if c.flags.in_owner_task {
-                        conn.closed_by = Some(proc_of(c.task.tgid, &c.task.comm));
-                    }
-                }
+                let named = c.flags.closed_by_exit && !conn.closed_by_exit && c.flags.in_owner_task;
+                conn.closed_by_exit |= c.flags.closed_by_exit;
                 conn.reset_sent |= c.flags.reset_sent;
                 conn.reset_received |= c.flags.reset_received;
                 if new == TcpState::Close {
                     conn.closed_ns = Some(c.ts_ns);
+                }
+                if named {
+                    t.closed_by(c.conn_id, c.task.tgid, &c.task.comm);
                 }
             }
             Event::TcpReset(r) => {
@@ -593,18 +647,20 @@ impl Engine {
                 let conn = t.conns.entry(r.conn_id).or_insert_with(|| {
                     Conn::new(r.addrs.local, r.addrs.remote, Some(r.flags.inbound), 0)
                 });
+                let named = r.flags.closed_by_exit && conn.closed_by == 0 && r.flags.in_owner_task;
+                conn.closed_by_exit |= r.flags.closed_by_exit;
                 match r.direction {
                     ResetDirection::Sent => {
                         conn.reset_sent = true;
-                        conn.reset_reason = r.reason.clone();
+                        let index = t.reason_index(r.reason.as_deref());
+                        if let Some(conn) = t.conns.get_mut(&r.conn_id) {
+                            conn.reset_reason = index;
+                        }
                     }
                     ResetDirection::Received => conn.reset_received = true,
                 }
-                if r.flags.closed_by_exit {
-                    conn.closed_by_exit = true;
-                    if conn.closed_by.is_none() && r.flags.in_owner_task {
-                        conn.closed_by = Some(proc_of(r.task.tgid, &r.task.comm));
-                    }
+                if named {
+                    t.closed_by(r.conn_id, r.task.tgid, &r.task.comm);
                 }
             }
         }
@@ -666,6 +722,68 @@ impl Engine {
                 t.netns_ended_ns = Some(ts);
             }
         }
+    }
+
+    /// Takes what the kernel kept of a connection of a watched cgroup (`KEPT_CONNS`): the
+    /// same facts its events carry, merged the same way (a fact seen twice counts once).
+    /// `false` when no termination of its cgroup is open (nothing to add it to).
+    pub fn on_kept(&mut self, k: &KeptConnection) -> bool {
+        let key = self.key(k.cgroup_id);
+        let Some(t) = self.open.get_mut(&key) else {
+            return false;
+        };
+        if k.flags.inbound {
+            t.learn_listen_addr(k.addrs.local);
+        }
+        let conn = t.conns.entry(k.conn_id).or_insert_with(|| {
+            Conn::new(
+                k.addrs.local,
+                k.addrs.remote,
+                Some(k.flags.inbound).filter(|_| !k.flags.untracked),
+                k.established_ns,
+            )
+        });
+        if let Some(close) = &k.close {
+            let old = if close.peer_closed_first {
+                TcpState::CloseWait
+            } else {
+                TcpState::Established
+            };
+            conn.on_close(old, close.activity.as_ref());
+            if k.flags.closed_by_exit
+                && conn.closed_by == 0
+                && let Some(tgid) = close.closer_tgid
+            {
+                conn.closed_by = tgid;
+            }
+        }
+        conn.closed_by_exit |= k.flags.closed_by_exit;
+        conn.reset_sent |= k.flags.reset_sent;
+        conn.reset_received |= k.flags.reset_received;
+        if conn.closed_ns.is_none() {
+            conn.closed_ns = k.closed_ns;
+        }
+        if conn.reset_reason == 0 && k.reset_reason.is_some() {
+            let index = t.reason_index(k.reset_reason.as_deref());
+            if let Some(conn) = t.conns.get_mut(&k.conn_id) {
+                conn.reset_reason = index;
+            }
+        }
+        true
+    }
+
+    /// The earliest moment (boot ns) a termination in progress is due to be reported, if any
+    /// is known: the agent ticks then, not only on its one-second tick.
+    pub fn next_due_ns(&self) -> Option<u64> {
+        let linger = self.cfg.linger.as_nanos() as u64;
+        let survive = self.cfg.survive_after.as_nanos() as u64;
+        self.open
+            .values()
+            .map(|t| match t.emptied_ns {
+                Some(emptied) => emptied.saturating_add(linger),
+                None => t.last_signal_ns().saturating_add(survive),
+            })
+            .min()
     }
 
     /// Opens a termination before any stop signal: the container's pod is being deleted.
@@ -864,7 +982,6 @@ impl Engine {
         let mut served = Counts::default();
         let mut outbound = Counts::default();
         let mut internal_counts = Counts::default();
-        let mut connections = Vec::new();
         let mut conns: Vec<_> = t
             .conns
             .values()
@@ -873,16 +990,14 @@ impl Engine {
         conns.sort_by_key(|c| (c.established_ns, c.local, c.remote));
         let mut late_delays = Vec::new();
         let mut activity_missing = false;
-        for c in &conns {
-            let verdict = c.verdict();
-            let direction = match c.inbound {
-                Some(true) => Direction::Inbound,
-                Some(false) => Direction::Outbound,
-                None => Direction::Unknown,
-            };
-            // Both ends in the pod (or the container) over loopback: the connection that
-            // reaches the outside is counted, this one is not counted again.
-            let internal = if t.netns != 0
+        // Which connections to list: the cut ones first (what the report is for), then the
+        // others, completed last, each group in the order above. Only those listed become
+        // report entries: a termination may hold hundreds of thousands.
+        let rank = |v: Verdict| u8::from(!v.is_cut()) * 2 + u8::from(v == Verdict::Completed);
+        // Both ends in the pod (or the container) over loopback: the connection that reaches
+        // the outside is counted, this one is not counted again.
+        let internal_of = |c: &Conn| {
+            if t.netns != 0
                 && is_loopback(c.local.ip())
                 && is_loopback(c.remote.ip())
                 && peers.contains(&(t.netns, c.remote, c.local))
@@ -892,7 +1007,12 @@ impl Engine {
                 Some(report::Internal::PreStopHook)
             } else {
                 None
-            };
+            }
+        };
+        let mut listed: Vec<(u8, u32)> = Vec::with_capacity(conns.len() + t.refusals.len());
+        for (i, c) in conns.iter().enumerate() {
+            let verdict = c.verdict();
+            let internal = internal_of(c);
             let side = if internal.is_some() {
                 &mut internal_counts
             } else if t.serves(c) {
@@ -902,48 +1022,64 @@ impl Engine {
             };
             side.add(verdict);
             activity_missing |= internal.is_none() && c.activity_missing() && verdict.is_cut();
-            let late = internal.is_none() && c.inbound == Some(true) && c.established_ns > stop_ns;
-            if late {
+            if internal.is_none() && c.inbound == Some(true) && c.established_ns > stop_ns {
                 served.accepted_late += 1;
                 late_delays.push(since_stop(c.established_ns));
             }
-            connections.push(Connection {
-                local: c.local,
-                remote: c.remote,
-                direction,
-                verdict,
-                accepted_late: late,
-                delay_ms: late.then(|| round3(since_stop(c.established_ns))),
-                established_at: (c.established_ns > 0).then(|| at(c.established_ns)),
-                closed_at: c.closed_ns.map(at),
-                reset_reason: c.reset_reason.clone(),
-                closed_by: c.closed_by.clone(),
-                in_flight: c.in_flight,
-                internal,
-            });
+            listed.push((rank(verdict), i as u32));
         }
-        for r in &t.refusals {
+        for i in 0..t.refusals.len() {
             served.add(Verdict::Refused);
-            connections.push(Connection {
-                local: r.local,
-                remote: r.remote,
-                direction: Direction::Inbound,
-                verdict: Verdict::Refused,
-                accepted_late: false,
-                delay_ms: Some(round3(since_stop(r.ts))),
-                established_at: None,
-                closed_at: Some(at(r.ts)),
-                reset_reason: Some("no_socket".into()),
-                closed_by: None,
-                in_flight: None,
-                internal: None,
-            });
+            listed.push((rank(Verdict::Refused), (conns.len() + i) as u32));
         }
-        let total = connections.len();
-        // Keep the cut ones first when trimming: they are what the report is for.
-        connections.sort_by_key(|c| (!c.verdict.is_cut(), c.verdict == Verdict::Completed));
-        connections.truncate(self.cfg.max_connections);
-        let omitted = (total - connections.len()) as u32;
+        let total = listed.len();
+        listed.sort_by_key(|(rank, _)| *rank);
+        listed.truncate(self.cfg.max_connections);
+        let omitted = (total - listed.len()) as u32;
+        let connections: Vec<Connection> = listed
+            .iter()
+            .filter_map(|&(_, i)| {
+                let i = i as usize;
+                if let Some(c) = conns.get(i) {
+                    let internal = internal_of(c);
+                    let late =
+                        internal.is_none() && c.inbound == Some(true) && c.established_ns > stop_ns;
+                    return Some(Connection {
+                        local: c.local,
+                        remote: c.remote,
+                        direction: match c.inbound {
+                            Some(true) => Direction::Inbound,
+                            Some(false) => Direction::Outbound,
+                            None => Direction::Unknown,
+                        },
+                        verdict: c.verdict(),
+                        accepted_late: late,
+                        delay_ms: late.then(|| round3(since_stop(c.established_ns))),
+                        established_at: (c.established_ns > 0).then(|| at(c.established_ns)),
+                        closed_at: c.closed_ns.map(at),
+                        reset_reason: t.reason(c.reset_reason),
+                        closed_by: t.proc_named(c.closed_by),
+                        in_flight: c.in_flight,
+                        internal,
+                    });
+                }
+                let r = t.refusals.get(i - conns.len())?;
+                Some(Connection {
+                    local: r.local,
+                    remote: r.remote,
+                    direction: Direction::Inbound,
+                    verdict: Verdict::Refused,
+                    accepted_late: false,
+                    delay_ms: Some(round3(since_stop(r.ts))),
+                    established_at: None,
+                    closed_at: Some(at(r.ts)),
+                    reset_reason: Some("no_socket".into()),
+                    closed_by: None,
+                    in_flight: None,
+                    internal: None,
+                })
+            })
+            .collect();
 
         // Outcome. A hook killed when the grace period ends does not make the container
         // `killed`.
@@ -1001,7 +1137,7 @@ impl Engine {
         let end_ns = t.emptied_ns.unwrap_or(now_ns);
         let shutdown_ms = since_stop(end_ns).max(0.0);
 
-        let timeline = self.timeline(t, &conns, stop_ns, &hook_pids, rel);
+        let (timeline, timeline_left_out) = self.timeline(t, &conns, stop_ns, &hook_pids, rel);
 
         // The stop signal the advice is about: the first from outside other than SIGKILL.
         let stop = outside.iter().find(|s| s.signal != SIGKILL).copied();
@@ -1098,6 +1234,7 @@ impl Engine {
             connections,
             connections_omitted: omitted,
             incomplete: None,
+            timeline_left_out,
             exits: t
                 .exits
                 .iter()
@@ -1124,7 +1261,10 @@ impl Engine {
         }
     }
 
-    /// The timeline: every step in time order.
+    /// The timeline: every step in time order — at most `--max-connections-per-report` + 64
+    /// of them, the first and the last (as `outputs::bound` cuts a report), with what was left
+    /// out in words. Steps are ordered and cut before any is written out: a termination of
+    /// many connections never builds its whole timeline.
     fn timeline(
         &self,
         t: &Termination,
@@ -1132,10 +1272,10 @@ impl Engine {
         stop_ns: u64,
         hook_pids: &[u32],
         rel: impl Fn(u64) -> f64,
-    ) -> Vec<Step> {
+    ) -> (Vec<Step>, Option<String>) {
         let at = |ns: u64| self.clock.timestamp(ns);
-        let mut steps: Vec<(u64, &str, String)> = Vec::new();
-        for s in &t.signals {
+        let mut steps: Vec<(u64, &'static str, StepOf)> = Vec::new();
+        for (i, s) in t.signals.iter().enumerate() {
             let what = if !s.internal && hook_pids.contains(&s.target.pid) {
                 "pre_stop_hook_signal"
             } else if s.signal == SIGKILL && (!s.internal || s.is_inside_escalation()) {
@@ -1143,110 +1283,139 @@ impl Engine {
             } else {
                 "stop_signal"
             };
-            steps.push((
-                s.ts,
-                what,
-                format!(
-                    "{} from {} (pid {}){} to {} (pid {}): {}",
-                    signal_name(s.signal),
-                    s.sender.comm,
-                    s.sender.pid,
-                    if s.internal {
-                        ", inside the container"
-                    } else {
-                        ""
-                    },
-                    s.target.comm,
-                    s.target.pid,
-                    result_str(s.result)
-                ),
-            ));
+            steps.push((s.ts, what, StepOf::Signal(i)));
         }
-        for (ts, p, sig, disp) in &t.deliveries {
-            let detail = match disp {
-                Disposition::Handler => format!("its own handler took {}", signal_name(*sig)),
-                // A fatal default action shows up as SIGKILL's delivery: the kernel turns it
-                // into a group exit.
-                Disposition::Default if *sig == SIGKILL => {
-                    "a fatal signal: the kernel ends the whole process".into()
-                }
-                Disposition::Default => {
-                    format!("the default action of {} took over", signal_name(*sig))
-                }
-                Disposition::Ignored => format!("ignored {}", signal_name(*sig)),
-            };
+        for (i, (ts, _, _, disp)) in t.deliveries.iter().enumerate() {
             let what = match disp {
                 Disposition::Handler => "handler",
                 Disposition::Default => "default_action",
                 Disposition::Ignored => "ignored",
             };
-            steps.push((*ts, what, format!("{} (pid {}): {detail}", p.comm, p.pid)));
+            steps.push((*ts, what, StepOf::Delivery(i)));
         }
-        for (ts, addr) in &t.listeners_closed {
-            steps.push((
-                *ts,
-                "listener_closed",
-                format!("stopped listening on {addr}"),
-            ));
+        for (i, (ts, _)) in t.listeners_closed.iter().enumerate() {
+            steps.push((*ts, "listener_closed", StepOf::Listener(i)));
         }
-        for c in conns {
+        for (i, c) in conns.iter().enumerate() {
             if c.inbound == Some(true) && c.established_ns > stop_ns {
-                steps.push((
-                    c.established_ns,
-                    "accepted_late",
-                    format!("accepted {} -> {} after the stop signal", c.remote, c.local),
-                ));
+                steps.push((c.established_ns, "accepted_late", StepOf::Late(i)));
             }
             if c.verdict().is_cut()
                 && let Some(closed) = c.closed_ns
             {
-                steps.push((
-                    closed,
-                    "connection_cut",
-                    format!("{} <-> {}: {}", c.local, c.remote, c.verdict().as_str()),
-                ));
+                steps.push((closed, "connection_cut", StepOf::Cut(i)));
             }
         }
         if let Some(last) = conns.iter().filter_map(|c| c.closed_ns).max() {
-            steps.push((last, "last_connection_closed", String::new()));
+            steps.push((last, "last_connection_closed", StepOf::Last));
         }
-        for r in &t.refusals {
-            steps.push((
-                r.ts,
-                "refused",
-                format!(
-                    "{} -> {} refused: nothing listened any more",
-                    r.remote, r.local
-                ),
-            ));
+        for (i, r) in t.refusals.iter().enumerate() {
+            steps.push((r.ts, "refused", StepOf::Refusal(i)));
         }
-        for (ts, p, e) in &t.exits {
-            steps.push((
-                *ts,
-                "exit",
-                format!("{} (pid {}) {}", p.comm, p.pid, exit_str(e)),
-            ));
+        for (i, (ts, _, _)) in t.exits.iter().enumerate() {
+            steps.push((*ts, "exit", StepOf::Exit(i)));
         }
-        for (ts, p, filename) in &t.execs {
-            steps.push((
-                *ts,
-                "exec",
-                format!("{} (pid {}) started {filename}", p.comm, p.pid),
-            ));
+        for (i, (ts, _, _)) in t.execs.iter().enumerate() {
+            steps.push((*ts, "exec", StepOf::Exec(i)));
         }
         if let Some(emptied) = t.emptied_ns {
-            steps.push((emptied, "empty", "no process left".into()));
+            steps.push((emptied, "empty", StepOf::Empty));
         }
         steps.sort_by_key(|(ts, what, _)| (*ts, *what == "empty"));
-        steps
-            .into_iter()
-            .map(|(ts, what, detail)| Step {
-                t_ms: round3(rel(ts)),
-                at: at(ts),
-                what: what.to_string(),
-                detail,
+        let keep = self.cfg.max_connections.max(bound::MIN_KEPT) + bound::TIMELINE_EXTRA;
+        let cut = bound::cut_steps(&mut steps, keep, |s| s.1);
+        let detail = |of: &StepOf| -> String {
+            match *of {
+                StepOf::Signal(i) => {
+                    let s = &t.signals[i];
+                    format!(
+                        "{} from {} (pid {}){} to {} (pid {}): {}",
+                        signal_name(s.signal),
+                        s.sender.comm,
+                        s.sender.pid,
+                        if s.internal {
+                            ", inside the container"
+                        } else {
+                            ""
+                        },
+                        s.target.comm,
+                        s.target.pid,
+                        result_str(s.result)
+                    )
+                }
+                StepOf::Delivery(i) => {
+                    let (_, p, sig, disp) = &t.deliveries[i];
+                    let detail = match disp {
+                        Disposition::Handler => {
+                            format!("its own handler took {}", signal_name(*sig))
+                        }
+                        // A fatal default action shows up as SIGKILL's delivery: the kernel
+                        // turns it into a group exit.
+                        Disposition::Default if *sig == SIGKILL => {
+                            "a fatal signal: the kernel ends the whole process".into()
+                        }
+                        Disposition::Default => {
+                            format!("the default action of {} took over", signal_name(*sig))
+                        }
+                        Disposition::Ignored => format!("ignored {}", signal_name(*sig)),
+                    };
+                    format!("{} (pid {}): {detail}", p.comm, p.pid)
+                }
+                StepOf::Listener(i) => {
+                    format!("stopped listening on {}", t.listeners_closed[i].1)
+                }
+                StepOf::Late(i) => {
+                    let c = conns[i];
+                    format!("accepted {} -> {} after the stop signal", c.remote, c.local)
+                }
+                StepOf::Cut(i) => {
+                    let c = conns[i];
+                    format!("{} <-> {}: {}", c.local, c.remote, c.verdict().as_str())
+                }
+                StepOf::Last | StepOf::Empty => match of {
+                    StepOf::Empty => "no process left".into(),
+                    _ => String::new(),
+                },
+                StepOf::Refusal(i) => {
+                    let r = &t.refusals[i];
+                    format!(
+                        "{} -> {} refused: nothing listened any more",
+                        r.remote, r.local
+                    )
+                }
+                StepOf::Exit(i) => {
+                    let (_, p, e) = &t.exits[i];
+                    format!("{} (pid {}) {}", p.comm, p.pid, exit_str(e))
+                }
+                StepOf::Exec(i) => {
+                    let (_, p, filename) = &t.execs[i];
+                    format!("{} (pid {}) started {filename}", p.comm, p.pid)
+                }
+            }
+        };
+        let mut out: Vec<Step> = steps
+            .iter()
+            .map(|(ts, what, of)| Step {
+                t_ms: round3(rel(*ts)),
+                at: at(*ts),
+                what: (*what).to_string(),
+                detail: detail(of),
             })
-            .collect()
+            .collect();
+        let said = cut.map(|cut| {
+            let ts = cut.first.0;
+            out.insert(
+                cut.at,
+                Step {
+                    t_ms: round3(rel(ts)),
+                    at: at(ts),
+                    what: "omitted".into(),
+                    detail: cut.detail,
+                },
+            );
+            cut.said
+        });
+        (out, said)
     }
 }
 
@@ -1280,6 +1449,22 @@ fn forwarded_to(all: &[Signal], stop: &Signal) -> Proc {
         }
     }
     at
+}
+
+/// What a timeline step is about (an index into the termination's lists), for steps that are
+/// ordered and cut before they are written out.
+#[derive(Debug, Clone, Copy)]
+enum StepOf {
+    Signal(usize),
+    Delivery(usize),
+    Listener(usize),
+    Late(usize),
+    Cut(usize),
+    Last,
+    Refusal(usize),
+    Exit(usize),
+    Exec(usize),
+    Empty,
 }
 
 fn round3(x: f64) -> f64 {

@@ -372,6 +372,11 @@ pub struct TerminationReport {
     /// goes with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incomplete: Option<Incomplete>,
+    /// Timeline steps the engine already left out (in words, as `outputs::bound` says it): a
+    /// termination of many connections never builds its whole timeline. Not serialised: the
+    /// report says it through its `omitted` step, flag and summary.
+    #[serde(skip)]
+    pub timeline_left_out: Option<String>,
 }
 
 /// What a report may miss (see [`TerminationReport::incomplete`]).

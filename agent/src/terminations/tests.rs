@@ -1190,3 +1190,188 @@ fn a_sigkill_alone_cuts_only_what_was_in_flight() {
     assert!(!rep.summary[0].contains("Lengthen"), "{:?}", rep.summary);
 }
 mod pods;
+
+/// A record of `KEPT_CONNS` as the kernel writes it: an inbound connection of `CG`, closed
+/// by the exit of pid 10 with a request in flight, then CLOSE.
+fn kept_record(conn_id: u64, remote_port: u16) -> termscope_common::KeptConn {
+    use termscope_common::{KeptConn, LiveConn, SockActivity, Tuple, flags};
+    let mut tuple = Tuple {
+        family: 2,
+        local_port: 8080,
+        remote_port,
+        ..Tuple::default()
+    };
+    tuple.local_addr[..4].copy_from_slice(&[10, 0, 0, 5]);
+    tuple.remote_addr[..4].copy_from_slice(&[10, 0, 0, 9]);
+    KeptConn {
+        conn: LiveConn {
+            conn_id,
+            cgroup_id: CG,
+            established_ns: T0 - 50 * MS,
+            tuple,
+            netns: NETNS,
+            flags: flags::INBOUND
+                | flags::CLOSED_BY_EXIT
+                | flags::CLOSE_SEEN
+                | flags::CLOSED
+                | flags::RESET_SENT,
+        },
+        close_ns: T0 + 3 * MS,
+        closed_ns: T0 + 4 * MS,
+        activity: SockActivity {
+            valid: 1,
+            rcv_nxt: IN_FLIGHT.rcv_nxt,
+            copied_seq: IN_FLIGHT.copied_seq,
+            snd_wl1: IN_FLIGHT.snd_wl1,
+            write_seq: IN_FLIGHT.write_seq,
+            snd_una: IN_FLIGHT.snd_una,
+            quiet_us: IN_FLIGHT.quiet_us,
+            _pad: 0,
+        },
+        closer_tgid: 10,
+        reset_reason: 3,
+    }
+}
+
+#[test]
+fn a_kept_record_decodes_into_the_close_facts() {
+    let decoder = crate::decode::Decoder::new([("SK_RST_REASON_TCP_ABORT_ON_CLOSE".into(), 3)]);
+    let k = decoder.kept(&kept_record(7, 40000));
+    assert_eq!(k.cgroup_id, CG);
+    assert_eq!(k.conn_id, 7);
+    assert_eq!(k.addrs.local, addr("10.0.0.5:8080"));
+    assert_eq!(k.addrs.remote, addr("10.0.0.9:40000"));
+    assert!(k.flags.inbound && k.flags.closed_by_exit && k.flags.reset_sent);
+    let close = k.close.expect("the close is in the record");
+    assert_eq!(close.ts_ns, T0 + 3 * MS);
+    assert!(!close.peer_closed_first);
+    assert_eq!(close.activity, Some(IN_FLIGHT));
+    assert_eq!(close.closer_tgid, Some(10));
+    assert_eq!(k.closed_ns, Some(T0 + 4 * MS));
+    assert_eq!(k.reset_reason.as_deref(), Some("tcp_abort_on_close"));
+
+    // A record made again after userspace took the first (only the end is new): no close in
+    // it, and no facts it does not have.
+    let mut later = kept_record(7, 40000);
+    later.conn.flags = termscope_common::flags::INBOUND | termscope_common::flags::CLOSED;
+    later.activity = termscope_common::SockActivity::default();
+    later.closer_tgid = 0;
+    later.reset_reason = 0;
+    let k = decoder.kept(&later);
+    assert_eq!(k.close, None);
+    assert!(!k.flags.closed_by_exit);
+    assert_eq!(k.closed_ns, Some(T0 + 4 * MS));
+    assert_eq!(k.reset_reason, None);
+}
+
+/// The connections of a mass kill whose events the ring never carried: their records alone
+/// give the report every connection with its verdict, the process that closed it, the reset's
+/// reason; a record taken twice, or with the events too, counts once.
+#[test]
+fn kept_records_alone_make_the_report() {
+    let decoder = crate::decode::Decoder::new([("SK_RST_REASON_TCP_ABORT_ON_CLOSE".into(), 3)]);
+    let mut r = Run::new();
+    r.feed(signal(T0, 9, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(
+        CG,
+        &[
+            open_conn(1, "10.0.0.9:40000"),
+            open_conn(2, "10.0.0.9:40001"),
+        ],
+    );
+    r.feed(exit(
+        T0 + 2 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    ));
+    // Connection 1: cut with a request in flight.
+    assert!(r.engine.on_kept(&decoder.kept(&kept_record(1, 40000))));
+    // The same again (taken twice): nothing changes.
+    assert!(r.engine.on_kept(&decoder.kept(&kept_record(1, 40000))));
+    // Connection 2: the peer had closed first and was idle; its CLOSE came in a later record.
+    let mut idle = kept_record(2, 40001);
+    idle.conn.flags = termscope_common::flags::INBOUND
+        | termscope_common::flags::CLOSED_BY_EXIT
+        | termscope_common::flags::CLOSE_SEEN
+        | termscope_common::flags::PEER_CLOSED_FIRST;
+    idle.activity.copied_seq = idle.activity.rcv_nxt; // everything read...
+    idle.activity.snd_wl1 = idle.activity.rcv_nxt; // ...and answered
+    idle.reset_reason = 0;
+    assert!(r.engine.on_kept(&decoder.kept(&idle)));
+    let mut end = idle;
+    end.conn.flags = termscope_common::flags::INBOUND | termscope_common::flags::CLOSED;
+    assert!(r.engine.on_kept(&decoder.kept(&end)));
+    // Connection 3: accepted after the stop signal, known only from its record.
+    let mut late = kept_record(3, 40002);
+    late.conn.established_ns = T0 + MS;
+    assert!(r.engine.on_kept(&decoder.kept(&late)));
+    // A record of another cgroup: no termination takes it.
+    let mut other = kept_record(4, 40003);
+    other.conn.cgroup_id = CG + 1;
+    assert!(!r.engine.on_kept(&decoder.kept(&other)));
+
+    let rep = r.finish(T0 + 5 * MS);
+    assert_eq!(rep.counts.closed_by_exit, 2, "{:?}", rep.counts);
+    assert_eq!(rep.counts.peer_closed_first, 1);
+    assert_eq!(rep.counts.accepted_late, 1);
+    assert_eq!(rep.connections.len(), 3);
+    let cut = &rep.connections[0];
+    assert_eq!(cut.verdict, Verdict::ClosedByExit);
+    assert_eq!(
+        cut.closed_by,
+        Some(Proc {
+            pid: 10,
+            comm: "app".into()
+        })
+    );
+    assert_eq!(cut.reset_reason.as_deref(), Some("tcp_abort_on_close"));
+    assert!(cut.closed_at.is_some());
+    let idle = rep
+        .connections
+        .iter()
+        .find(|c| c.remote == addr("10.0.0.9:40001"))
+        .expect("listed");
+    assert_eq!(idle.verdict, Verdict::PeerClosedFirst);
+    assert!(idle.closed_at.is_some(), "the later record's CLOSE");
+}
+
+/// A termination of many connections never builds its whole timeline: it is cut as the
+/// outputs cut reports (first and last steps, an `omitted` step), and says so.
+#[test]
+fn a_huge_timeline_is_cut_in_the_engine() {
+    let decoder = crate::decode::Decoder::new([]);
+    let mut r = Run::new();
+    r.feed(signal(T0, 9, RUNTIME_CG, SignalResult::Delivered));
+    for id in 1..=2000u64 {
+        let mut k = kept_record(id, 10_000 + id as u16);
+        k.closed_ns = T0 + 3 * MS + id;
+        assert!(r.engine.on_kept(&decoder.kept(&k)));
+    }
+    let mut rep = r.finish(T0 + 5 * MS);
+    assert_eq!(rep.counts.closed_by_exit, 2000);
+    assert_eq!(rep.connections.len(), 100);
+    assert_eq!(rep.connections_omitted, 1900);
+    // max_connections (100) + 64, the `omitted` step included.
+    assert_eq!(rep.timeline.len(), 164);
+    let omitted = rep
+        .timeline
+        .iter()
+        .find(|s| s.what == "omitted")
+        .expect("an omitted step");
+    assert!(omitted.detail.contains("connection_cut"), "{omitted:?}");
+    assert_eq!(rep.timeline.last().map(|s| s.what.as_str()), Some("empty"));
+    // The outputs say it as for any report cut to size.
+    assert!(crate::outputs::bound::report(&mut rep, 100));
+    assert!(rep.has_flag("truncated"));
+    assert_eq!(rep.timeline.len(), 164);
+    assert!(
+        rep.summary
+            .last()
+            .is_some_and(|s| s.contains("timeline step(s)")),
+        "{:?}",
+        rep.summary
+    );
+}

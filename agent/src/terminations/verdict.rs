@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{activity::InFlight, report::Proc, report::Verdict};
+use super::{activity::InFlight, report::Verdict};
 use crate::decode::CloseActivity;
 
 /// TCP states the rules look at (`include/net/tcp_states.h`), parsed once from the decoded
@@ -53,25 +53,30 @@ impl TcpState {
     }
 }
 
-/// What the engine knows of one connection.
+/// What the engine knows of one connection. Kept small (a termination may hold hundreds of
+/// thousands): no string of its own — the closing process is a pid named from the
+/// termination's processes, a reset reason an index into the termination's reasons.
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    pub inbound: Option<bool>,
     pub established_ns: u64,
     pub closed_ns: Option<u64>,
+    /// What was in flight at the container's close, when the kernel could read it.
+    pub in_flight: Option<InFlight>,
+    /// The process (tgid) whose exit closed it, when the close ran in it; 0 unknown.
+    pub closed_by: u32,
+    /// The kernel's reason for the reset sent on it: 1 + its index in the termination's
+    /// reasons; 0 none.
+    pub reset_reason: u16,
+    pub inbound: Option<bool>,
     pub closed_by_exit: bool,
-    pub closed_by: Option<Proc>,
     pub reset_sent: bool,
     pub reset_received: bool,
-    pub reset_reason: Option<String>,
     /// The container's close came after the peer's FIN (from CLOSE_WAIT).
     pub peer_closed_first: bool,
     /// Whether the container's first close transition was seen (with or without activity).
     pub close_seen: bool,
-    /// What was in flight at the container's close, when the kernel could read it.
-    pub in_flight: Option<InFlight>,
 }
 
 impl Conn {
@@ -87,14 +92,14 @@ impl Conn {
             inbound,
             established_ns,
             closed_ns: None,
+            in_flight: None,
+            closed_by: 0,
+            reset_reason: 0,
             closed_by_exit: false,
-            closed_by: None,
             reset_sent: false,
             reset_received: false,
-            reset_reason: None,
             peer_closed_first: false,
             close_seen: false,
-            in_flight: None,
         }
     }
 
