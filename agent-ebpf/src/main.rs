@@ -73,6 +73,11 @@ static LIVE_CONNS: HashMap<u64, LiveConn> = HashMap::with_max_entries(262144, 0)
 #[map(name = "KEPT_CONNS")]
 static KEPT_CONNS: HashMap<u64, KeptConn> = HashMap::with_max_entries(131072, 0);
 
+/// Where `keep` merges a record (one per CPU): off the stack, which the older verifiers bound
+/// to 512 bytes over the whole call chain.
+#[map(name = "KEPT_SCRATCH")]
+static KEPT_SCRATCH: PerCpuArray<KeptConn> = PerCpuArray::with_max_entries(1, 0);
+
 /// Connections that just reached CLOSE. The kernel sets CLOSE *before* sending the reset of an
 /// abortive close (unread data, SO_LINGER 0), so the reset finds its connection here.
 #[map(name = "RECENTLY_CLOSED")]
@@ -810,14 +815,23 @@ fn keep(sk: u64, conn: &LiveConn, old: u8, new: u8, reset_reason: u32) -> u32 {
     if id == 0 {
         return 0;
     }
-    // SAFETY: a plain copy of the map value.
-    let mut rec = match unsafe { KEPT_CONNS.get(id) } {
-        Some(prev) => *prev,
-        None => KeptConn {
-            conn: *conn,
-            ..KeptConn::default()
-        },
+    let Some(rec) = KEPT_SCRATCH.get_ptr_mut(0) else {
+        return 0;
     };
+    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
+    let rec = unsafe { &mut *rec };
+    // SAFETY: a plain copy of the map value.
+    match unsafe { KEPT_CONNS.get(id) } {
+        Some(prev) => *rec = *prev,
+        None => {
+            rec.conn = *conn;
+            rec.close_ns = 0;
+            rec.closed_ns = 0;
+            rec.activity.valid = 0;
+            rec.closer_tgid = 0;
+            rec.reset_reason = 0;
+        }
+    }
     rec.conn.flags |= conn.flags;
     if is_close(old, new) && rec.conn.flags & flags::CLOSE_SEEN == 0 {
         rec.conn.flags |= flags::CLOSE_SEEN;
@@ -838,7 +852,7 @@ fn keep(sk: u64, conn: &LiveConn, old: u8, new: u8, reset_reason: u32) -> u32 {
     if reset_reason != 0 {
         rec.reset_reason = reset_reason;
     }
-    if KEPT_CONNS.insert(id, rec, 0).is_err() {
+    if KEPT_CONNS.insert(id, &*rec, 0).is_err() {
         bump(counter::KEPT_MAP_FAILED);
         return 0;
     }
@@ -1217,7 +1231,7 @@ fn send_reset(ctx: &TracePointContext, tuple: Tuple) -> u32 {
     let full_sock = sk != 0 && state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV;
     let mut ev_flags = 0u32;
     let mut conn_id = 0;
-    let mut kept = 0;
+    let kept = 0;
     let (cgroup_id, netns) = if full_sock {
         // The kernel sets CLOSE before the reset of an abortive close: look there too.
         let mut conn: *mut LiveConn = core::ptr::null_mut();
@@ -1233,10 +1247,10 @@ fn send_reset(ctx: &TracePointContext, tuple: Tuple) -> u32 {
         if !is_watched(cgroup_id) {
             return 0;
         }
-        if !conn.is_null() {
-            // SAFETY: a map value found just above.
-            kept = keep(sk, unsafe { &*conn }, 0, 0, reason);
-        }
+        // Not merged into the record here (the older verifiers' stack bound): the flag is on
+        // the live entry, which the connection's CLOSE merges; a reset after CLOSE goes
+        // through the ring as before.
+        let _ = conn;
         (cgroup_id, sock_netns(sk))
     } else {
         ev_flags |= flags::NO_SOCKET;
@@ -1286,12 +1300,10 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if !is_watched(cgroup_id) {
         return 0;
     }
-    let kept = if conn.is_null() {
-        0
-    } else {
-        // SAFETY: a map value found just above.
-        keep(sk, unsafe { &*conn }, 0, 0, 0)
-    };
+    // The flag is on the live entry: the CLOSE that follows a received reset merges it into
+    // the record (not merged here: the older verifiers' stack bound).
+    let _ = conn;
+    let kept = 0;
     // No `family` before 5.13.
     let family = legacy_family(
         &ctx,
