@@ -1009,17 +1009,21 @@ impl Probes {
             .collect()
     }
 
-    /// The kernel programs' own counters, summed over CPUs.
-    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+    /// The per-CPU `COUNTERS` array the kernel programs bump.
+    fn counters_map(&self) -> Result<PerCpuArray<&MapData, u64>, ProbeError> {
         let map = self
             .ebpf
             .map(names::COUNTERS)
             .ok_or(ProbeError::MissingMap(names::COUNTERS))?;
-        let map: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                name: names::COUNTERS,
-                source,
-            })?;
+        PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+            name: names::COUNTERS,
+            source,
+        })
+    }
+
+    /// The kernel programs' own counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let map = self.counters_map()?;
         let sum = |i: u32| map.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         Ok(KernelCounters {
             ringbuf_lost: sum(counter::RINGBUF_LOST),
@@ -1036,15 +1040,7 @@ impl Probes {
     /// Records written to `KEPT_CONNS` so far (summed over CPUs): when it moves, there is
     /// something to take.
     pub fn kept_written(&self) -> Result<u64, ProbeError> {
-        let map = self
-            .ebpf
-            .map(names::COUNTERS)
-            .ok_or(ProbeError::MissingMap(names::COUNTERS))?;
-        let map: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                name: names::COUNTERS,
-                source,
-            })?;
+        let map = self.counters_map()?;
         Ok(map
             .get(&counter::KEPT, 0)
             .map(|v| v.iter().sum::<u64>())
