@@ -569,6 +569,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
                     probes_total: pipeline.probes().needed(),
                     tracked_connections: tracked,
                     terminations_in_progress: pipeline.open_terminations(),
+                    kept_records: pipeline.kept_stats(),
                 });
             }
             _ = sigint.recv() => break,

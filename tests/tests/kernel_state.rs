@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use termscope::{
-    outputs::metrics::{Metrics, MetricsConfig},
+    outputs::metrics::{Health, Metrics, MetricsConfig},
     probes::LoadOptions,
     terminations::report::{Direction, Outcome, Verdict},
 };
@@ -229,8 +229,30 @@ fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> R
         .context("the holder's close was lost, but its report is not incomplete")?;
     assert!(incomplete.events_lost >= 1, "{incomplete:?}");
     assert!(!incomplete.stop_signal_missed);
+    // The failed writes and the losses are in the metrics too.
+    let text = health_metrics(&agent)?;
+    assert!(
+        metric_sum(&text, "termscope_kept_map_failures_total") > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric_sum(&text, "termscope_events_lost_total") > 0.0,
+        "{text}"
+    );
     drop(client);
     Ok(())
+}
+
+/// The agent-health metrics as `termscope agent` exposes them on `/metrics` (the same
+/// `Metrics::set_health` its health tick calls), from this agent's kernel counters.
+fn health_metrics(agent: &Agent) -> Result<String> {
+    let metrics = Metrics::new(MetricsConfig::default())?;
+    metrics.set_health(&Health {
+        kernel: Some(agent.pipeline.probes().counters()?),
+        kept_records: agent.pipeline.kept_stats(),
+        ..Health::default()
+    });
+    Ok(metrics.render()?)
 }
 
 /// The same flood with the records at their default size: the TCP ring is full while nobody
@@ -306,6 +328,20 @@ fn closes_into_a_full_tcp_ring_are_kept_by_the_kernel() -> Result<()> {
     assert_eq!(report.outcome, Outcome::Killed);
     assert!(report.incomplete.is_none(), "{:?}", report.incomplete);
     assert!(agent.pipeline.kept_stats().taken >= 1);
+    // What the kernel kept, what it left to the records and what the agent took: counted.
+    let text = health_metrics(&agent)?;
+    for name in [
+        "termscope_kept_records_written_total",
+        "termscope_events_left_to_kept_total",
+        "termscope_kept_records_taken_total",
+    ] {
+        assert!(metric_sum(&text, name) >= 1.0, "{name}:\n{text}");
+    }
+    assert_eq!(
+        metric_sum(&text, "termscope_kept_map_failures_total"),
+        0.0,
+        "{text}"
+    );
     drop(client);
     Ok(())
 }

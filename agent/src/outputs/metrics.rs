@@ -14,6 +14,7 @@ use prometheus::{
 
 use crate::{
     outputs::server::Closed,
+    pipeline::KeptStats,
     probes::KernelCounters,
     terminations::report::{TerminationReport, Verdict},
 };
@@ -67,6 +68,8 @@ pub struct Health {
     /// is O(n), so the agent does it at most every 15 s).
     pub tracked_connections: Option<usize>,
     pub terminations_in_progress: usize,
+    /// What the agent did so far with the kernel's records of watched connections.
+    pub kept_records: KeptStats,
 }
 
 /// The metrics, in their own registry.
@@ -95,6 +98,11 @@ pub struct Metrics {
     watch_map_failures: IntCounter,
     resets_rate_limited: IntCounter,
     live_map_failures: IntCounter,
+    kept_records_written: IntCounter,
+    kept_map_failures: IntCounter,
+    events_left_to_kept: IntCounter,
+    kept_records_taken: IntCounter,
+    kept_records_reaped: IntCounter,
     probes_attached: IntGauge,
     probes_total: IntGauge,
     tracked_connections: IntGauge,
@@ -106,8 +114,9 @@ pub struct Metrics {
     stdout_reports_shortened: IntCounter,
     /// Registered on first use: Kubernetes mode only.
     kubernetes_api_up: std::sync::OnceLock<Result<IntGauge, String>>,
-    /// The kernel counters as last seen: the counters above grow by the difference.
-    last_kernel: Mutex<KernelCounters>,
+    /// The kernel's counters and the kept-record totals as last seen: the counters above
+    /// grow by the difference.
+    last: Mutex<(KernelCounters, KeptStats)>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -263,6 +272,33 @@ impl Metrics {
                 "Connections the kernel could not track because its live-connection map was \
                  full.",
             )?,
+            kept_records_written: r.counter(
+                "termscope_kept_records_written_total",
+                "Writes of the kernel's records of watched connections (KEPT_CONNS): each \
+                 change that matters to a report, merged into its connection's record.",
+            )?,
+            kept_map_failures: r.counter(
+                "termscope_kept_map_failures_total",
+                "Changes of watched connections the kernel could not keep because its \
+                 kept-connection map was full: they went through the TCP ring instead (lost, \
+                 and the report says incomplete, only if the ring could not take them either).",
+            )?,
+            events_left_to_kept: r.counter(
+                "termscope_events_left_to_kept_total",
+                "TCP events of watched connections not sent because the TCP ring was half \
+                 full or more: the kernel's record of the connection has what they said (not \
+                 lost).",
+            )?,
+            kept_records_taken: r.counter(
+                "termscope_kept_records_taken_total",
+                "Records of watched connections the agent took from the kernel into a \
+                 termination in progress.",
+            )?,
+            kept_records_reaped: r.counter(
+                "termscope_kept_records_reaped_total",
+                "Records of watched connections the agent deleted unused: no termination of \
+                 their cgroup was in progress or about to open.",
+            )?,
             probes_attached: r.gauge(
                 "termscope_probes_attached",
                 "Kernel probes attached (see `termscope doctor` for the others).",
@@ -318,7 +354,7 @@ impl Metrics {
                  have them whole; the line says what it left out).",
             )?,
             kubernetes_api_up: std::sync::OnceLock::new(),
-            last_kernel: Mutex::new(KernelCounters::default()),
+            last: Mutex::new((KernelCounters::default(), KeptStats::default())),
             registry,
         })
     }
@@ -452,11 +488,12 @@ impl Metrics {
 
     /// Updates the agent-health metrics.
     pub fn set_health(&self, h: &Health) {
+        let mut seen = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, handled) = &mut *seen;
         if let Some(now) = h.kernel {
-            let mut last = self
-                .last_kernel
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
             advance(&self.events_lost, &mut last.ringbuf_lost, now.ringbuf_lost);
             let before = last.control_lost;
             advance(&self.events_lost, &mut last.control_lost, now.control_lost);
@@ -481,7 +518,29 @@ impl Metrics {
                 &mut last.live_map_failed,
                 now.live_map_failed,
             );
+            advance(&self.kept_records_written, &mut last.kept, now.kept);
+            advance(
+                &self.kept_map_failures,
+                &mut last.kept_map_failed,
+                now.kept_map_failed,
+            );
+            advance(
+                &self.events_left_to_kept,
+                &mut last.left_to_kept,
+                now.left_to_kept,
+            );
         }
+        advance(
+            &self.kept_records_taken,
+            &mut handled.taken,
+            h.kept_records.taken,
+        );
+        advance(
+            &self.kept_records_reaped,
+            &mut handled.reaped,
+            h.kept_records.reaped,
+        );
+        drop(seen);
         self.probes_attached.set(gauge_value(h.probes_attached));
         self.probes_total.set(gauge_value(h.probes_total));
         if let Some(n) = h.tracked_connections {
@@ -765,12 +824,18 @@ mod tests {
                 resets_rate_limited: limited,
                 live_map_failed: 0,
                 watch_map_failed: 1,
-                ..KernelCounters::default()
+                kept: 10 * lost,
+                kept_map_failed: lost / 2,
+                left_to_kept: lost + limited,
             }),
             probes_attached: 5,
             probes_total: 6,
             tracked_connections: tracked,
             terminations_in_progress: 2,
+            kept_records: KeptStats {
+                taken: 5 * lost,
+                reaped: lost - 1,
+            },
         };
         m.set_health(&health(3, 10, Some(42)));
         m.set_health(&health(7, 10, None));
@@ -784,6 +849,12 @@ mod tests {
             "termscope_watch_map_failures_total 1",
             "termscope_resets_rate_limited_total 10",
             "termscope_live_map_failures_total 0",
+            // The kernel's records of watched connections, and what the agent did with them.
+            "termscope_kept_records_written_total 70",
+            "termscope_kept_map_failures_total 3",
+            "termscope_events_left_to_kept_total 17",
+            "termscope_kept_records_taken_total 35",
+            "termscope_kept_records_reaped_total 6",
             "termscope_events_processed_total 120",
             "termscope_events_undecodable_total 1",
             "termscope_probes_attached 5",
@@ -796,10 +867,20 @@ mod tests {
         // Unreadable kernel counters leave the totals alone.
         m.set_health(&Health {
             kernel: None,
-            ..health(0, 0, None)
+            ..health(7, 0, None)
         });
         let text = m.render().expect("renders");
         has(&text, "termscope_events_lost_total 9");
+        has(&text, "termscope_kept_records_written_total 70");
+        // The agent's totals are its own: they go on growing.
+        m.set_health(&Health {
+            kernel: None,
+            ..health(9, 0, None)
+        });
+        let text = m.render().expect("renders");
+        has(&text, "termscope_kept_records_written_total 70");
+        has(&text, "termscope_kept_records_taken_total 45");
+        has(&text, "termscope_kept_records_reaped_total 8");
         // And the API's and the log's series, at zero from the start.
         for line in [
             "termscope_api_connections 0",
@@ -810,8 +891,9 @@ mod tests {
         ] {
             has(&text, line);
         }
-        // 9 health series, 3 of the kernel state and 1 of restarts, 9 of the API and the log.
-        assert_eq!(lines(&text).len(), 9 + 3 + 1 + 9, "{text}");
+        // 9 health series, 3 of the kernel state and 1 of restarts, 5 of the kept records,
+        // 9 of the API and the log.
+        assert_eq!(lines(&text).len(), 9 + 3 + 1 + 5 + 9, "{text}");
         assert!(!text.contains("termscope_kubernetes_api_up"), "standalone");
         m.set_kubernetes_api_up(false);
         m.set_kubernetes_api_up(true);
@@ -853,6 +935,10 @@ mod tests {
                 probes_total: 6,
                 tracked_connections: Some(3),
                 terminations_in_progress: 0,
+                kept_records: KeptStats {
+                    taken: 4,
+                    reaped: 1,
+                },
             });
             m.add_events(10, 0);
             let text = m.render().expect("renders");
