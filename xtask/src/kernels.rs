@@ -338,11 +338,11 @@ struct Executable {
 }
 
 /// Builds the agent and the test binaries of [`TESTS`], and finds their paths.
-fn build(ctx: &Ctx) -> Result<(PathBuf, Vec<Executable>)> {
+fn build(ctx: &Ctx, runs: &[&TestRun]) -> Result<(PathBuf, Vec<Executable>)> {
     ctx.run(&mut ctx.cargo(&["build", "-p", "termscope"]))?;
     let agent = ctx.target_dir().join("debug/termscope");
     let mut out = Vec::new();
-    for t in TESTS {
+    for t in runs {
         let mut args = vec!["test", "-p", t.package, "--no-run", "--message-format=json"];
         match t.target {
             Some(target) => args.extend(["--test", target]),
@@ -388,8 +388,28 @@ fn build(ctx: &Ctx) -> Result<(PathBuf, Vec<Executable>)> {
     Ok((agent, out))
 }
 
-/// The script the guest runs: doctor, then each test binary, each result in `results`.
-fn guest_script(agent: &Path, tests: &[Executable], results: &Path) -> String {
+/// The test runs `--only` names (a `--test` target, or `lib`), all of [`TESTS`] if none.
+fn selected(only: &[String]) -> Result<Vec<&'static TestRun>> {
+    if only.is_empty() {
+        return Ok(TESTS.iter().collect());
+    }
+    let key = |t: &TestRun| t.target.unwrap_or("lib");
+    only.iter()
+        .map(|o| {
+            TESTS.iter().find(|t| key(t) == o).with_context(|| {
+                format!(
+                    "no VM test run named {o}; known: {}",
+                    TESTS.iter().map(key).collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// The script the guest runs: doctor, then each test binary `repeat` times (to hunt a
+/// flaky test: the log keeps every run, the exit code the first failing one's), each
+/// result in `results`.
+fn guest_script(agent: &Path, tests: &[Executable], results: &Path, repeat: u32) -> String {
     let q = |p: &Path| crate::util::shell_quote(&p.to_string_lossy());
     let mut s = String::from(
         "#!/bin/sh\n# Written by cargo xtask test-kernels; run inside the VM.\nset -u\n\
@@ -412,8 +432,9 @@ fn guest_script(agent: &Path, tests: &[Executable], results: &Path) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "start=$(date +%s); (cd {cwd} && CARGO_MANIFEST_DIR={cwd} {exe} {filters} \
-             --test-threads=2) > {r}/test-{i}.log 2>&1; echo $? > {r}/test-{i}.rc; \
+            "start=$(date +%s); rc=0; for n in $(seq {repeat}); do (cd {cwd} && \
+             CARGO_MANIFEST_DIR={cwd} {exe} {filters} --test-threads=2) >> {r}/test-{i}.log 2>&1 \
+             || {{ r=$?; [ $rc = 0 ] && rc=$r; }}; done; echo $rc > {r}/test-{i}.rc; \
              echo $(( $(date +%s) - start )) > {r}/test-{i}.secs",
             cwd = q(&t.cwd),
             exe = q(&t.path),
@@ -430,7 +451,13 @@ pub struct BinaryResult {
     pub passed: u32,
     pub failed: Vec<String>,
     pub ok: bool,
+    /// What the failed tests printed (libtest's first `failures:` section), its last lines
+    /// only: CI shows it, so a failure in a VM can be read without the VM's files.
+    pub failures: String,
 }
+
+/// Lines of a failed binary's output the summary keeps.
+const FAILURE_LINES: usize = 60;
 
 /// Reads libtest's output: the `test result:` counts and the names of failed tests.
 pub fn parse_test_log(log: &str, exit_ok: bool) -> BinaryResult {
@@ -459,7 +486,41 @@ pub fn parse_test_log(log: &str, exit_ok: bool) -> BinaryResult {
         passed,
         failed,
         ok: exit_ok,
+        failures: failure_excerpt(log),
     }
+}
+
+/// libtest prints `failures:`, each failed test's output, then `failures:` again with the
+/// names: the text between the two, its last [`FAILURE_LINES`] lines. A binary that died
+/// without that section (a crash, a timeout) gives its log's last lines instead.
+fn failure_excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let marks: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim_end() == "failures:")
+        .map(|(i, _)| i)
+        .collect();
+    let section = match marks.as_slice() {
+        [first, second, ..] => &lines[first + 1..*second],
+        [only] => &lines[only + 1..],
+        [] if log.contains("test result: ok.") => &[][..],
+        [] => &lines[..],
+    };
+    let section: Vec<&str> = section
+        .iter()
+        .copied()
+        .skip_while(|l| l.trim().is_empty())
+        .collect();
+    let cut = section.len().saturating_sub(FAILURE_LINES);
+    let mut out = String::new();
+    if cut > 0 {
+        let _ = writeln!(out, "[{cut} earlier line(s) in the log]");
+    }
+    for l in &section[cut..] {
+        let _ = writeln!(out, "{l}");
+    }
+    out.trim_end().to_string()
 }
 
 /// What one kernel gave.
@@ -485,12 +546,13 @@ fn run_kernel(
     agent: &Path,
     tests: &[Executable],
     root: &Path,
+    repeat: u32,
 ) -> Result<KernelResult> {
     let results = root.join(&k.release);
     let _ = fs::remove_dir_all(&results);
     fs::create_dir_all(&results)?;
     let script = results.join("run.sh");
-    fs::write(&script, guest_script(agent, tests, &results))?;
+    fs::write(&script, guest_script(agent, tests, &results, repeat))?;
     let console = fs::File::create(results.join("console.log"))?;
     let mut cmd = ctx.command("timeout");
     cmd.arg(PER_KERNEL_TIMEOUT.as_secs().to_string())
@@ -602,6 +664,13 @@ fn summary(results: &[KernelResult], results_dir: &Path) -> String {
                     b.passed
                 );
             }
+            if !b.ok && !b.failures.is_empty() {
+                let _ = writeln!(s, "\n  ```");
+                for l in b.failures.lines() {
+                    let _ = writeln!(s, "  {l}");
+                }
+                let _ = writeln!(s, "  ```");
+            }
         }
         s.push('\n');
     }
@@ -609,7 +678,7 @@ fn summary(results: &[KernelResult], results_dir: &Path) -> String {
 }
 
 /// `cargo xtask test-kernels`.
-pub fn test_kernels(ctx: &Ctx, only: &[String]) -> Result<()> {
+pub fn test_kernels(ctx: &Ctx, only: &[String], tests_only: &[String], repeat: u32) -> Result<()> {
     if !ctx.is_root {
         bail!(
             "booting kernels needs root (it installs packages and kernel modules under \
@@ -631,16 +700,18 @@ pub fn test_kernels(ctx: &Ctx, only: &[String]) -> Result<()> {
         }
         v
     };
+    let runs = selected(tests_only)?;
+    let repeat = repeat.max(1);
     let start = Instant::now();
     tools(ctx)?;
     let cache = cache_dir();
     let kernels = kernels(ctx, &cache, &wanted)?;
-    let (agent, tests) = build(ctx)?;
+    let (agent, tests) = build(ctx, &runs)?;
     let results_dir = ctx.target_dir().join("kernel-tests");
     fs::create_dir_all(&results_dir)?;
     let mut results = Vec::new();
     for k in &kernels {
-        let r = run_kernel(ctx, k, &agent, &tests, &results_dir)?;
+        let r = run_kernel(ctx, k, &agent, &tests, &results_dir, repeat)?;
         println!(
             "==> {} ({}): {} ({})",
             k.series,
@@ -745,6 +816,55 @@ test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
         let r = parse_test_log("test result: ok. 5 passed; 0 failed; 0 ignored", true);
         assert_eq!((r.passed, r.ok), (5, true));
         assert_eq!(parse_test_log("", false).passed, 0);
+    }
+
+    #[test]
+    fn failure_output_is_kept() {
+        let log = "running 2 tests
+test a ... ok
+test b ... FAILED
+
+failures:
+
+---- b stdout ----
+report: {}
+thread 'b' panicked at tests/b.rs:3:5:
+too few refusals
+
+failures:
+    b
+
+test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
+";
+        let r = parse_test_log(log, false);
+        assert_eq!(
+            r.failures,
+            "---- b stdout ----\nreport: {}\nthread 'b' panicked at tests/b.rs:3:5:\ntoo few refusals"
+        );
+        assert!(
+            parse_test_log("test result: ok. 5 passed", true)
+                .failures
+                .is_empty()
+        );
+        // A binary killed mid-run keeps its last lines.
+        let long: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let r = parse_test_log(&long, false);
+        assert!(
+            r.failures
+                .starts_with("[40 earlier line(s) in the log]\nline 40")
+        );
+        assert!(r.failures.ends_with("line 99"));
+    }
+
+    #[test]
+    fn test_runs_by_target() -> Result<()> {
+        assert_eq!(selected(&[])?.len(), TESTS.len());
+        let only = selected(&["lib".into(), "scenarios_late_traffic".into()])?;
+        assert_eq!(only[0].target, None);
+        assert_eq!(only[1].target, Some("scenarios_late_traffic"));
+        let err = selected(&["nope".into()]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("known: lib, tcp")));
+        Ok(())
     }
 
     #[test]

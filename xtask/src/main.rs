@@ -119,10 +119,17 @@ enum Command {
     /// target/kernel-tests/summary.md, with every log). `cargo xtask test` runs it as root.
     ///   cargo xtask test-kernels             # all three
     ///   cargo xtask test-kernels 5.10 6.1    # only these
+    ///   cargo xtask test-kernels 5.10 --only scenarios_late_traffic --repeat 10
     #[command(verbatim_doc_comment)]
     TestKernels {
         /// Kernel series to boot (default: all).
         series: Vec<String>,
+        /// Run only these test runs: a `--test` target (`tcp`, `signals`, ...) or `lib`.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Run each test binary this many times in each VM (to hunt a flaky test).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// Run setup, install the references (bpftrace, libbpf-tools), then the agent's
     /// benchmarks (`cargo bench -p termscope`).
@@ -195,7 +202,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             no_vms,
             args,
         } => tasks::test(&ctx, skip_lint, no_vms, &args),
-        Command::TestKernels { series } => kernels::test_kernels(&ctx, &series),
+        Command::TestKernels {
+            series,
+            only,
+            repeat,
+        } => kernels::test_kernels(&ctx, &series, &only, repeat),
         Command::Bench { args } => tasks::bench(&ctx, &args),
         Command::Demo { signal } => demo::demo(&ctx, &signal),
         Command::GenAlerts { check } => deploy::gen_alerts(&ctx, check),

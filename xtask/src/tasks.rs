@@ -147,7 +147,7 @@ pub fn test(ctx: &Ctx, skip_lint: bool, no_vms: bool, args: &[String]) -> Result
                 .iter()
                 .map(ToString::to_string)
                 .collect();
-            crate::kernels::test_kernels(ctx, &series)
+            crate::kernels::test_kernels(ctx, &series, &[], 1)
         })?;
     } else {
         println!(
