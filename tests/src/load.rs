@@ -71,6 +71,9 @@ pub struct Seen {
     pub expected: Option<usize>,
     /// When the connection was attempted.
     pub started: Instant,
+    /// When `connect()` returned (connected or refused). The server's side of the handshake
+    /// happened between `started` and this.
+    pub connected: Instant,
 }
 
 /// A parsed response head.
@@ -315,6 +318,7 @@ impl<'a> Load<'a> {
     pub fn idle(&mut self, path: &str) -> Result<u16> {
         let started = Instant::now();
         let (port, mut s) = self.connect()?;
+        let connected = Instant::now();
         s.write_all(&request(path, false))?;
         let mut reader = ResponseReader::default();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -347,6 +351,7 @@ impl<'a> Load<'a> {
                 body,
                 expected,
                 started,
+                connected,
             }])
         }));
         Ok(port)
@@ -358,6 +363,7 @@ impl<'a> Load<'a> {
     pub fn in_flight(&mut self, path: &str, wait_head: bool) -> Result<u16> {
         let started = Instant::now();
         let (port, mut s) = self.connect()?;
+        let connected = Instant::now();
         s.write_all(&request(path, false))?;
         let stop = self.stop.clone();
         let (tx, rx) = mpsc::channel();
@@ -380,6 +386,7 @@ impl<'a> Load<'a> {
                 body: reader.body,
                 expected: reader.head.as_ref().map(|h| h.content_length),
                 started,
+                connected,
             }])
         }));
         if wait_head {
@@ -400,6 +407,7 @@ impl<'a> Load<'a> {
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let (port, res) = connect_from_known_port(addr)?;
+                let connected = Instant::now();
                 let (truth, body, expected) = match res {
                     Err(e) if e.kind() == ErrorKind::ConnectionRefused => (Truth::Refused, 0, None),
                     Err(e) => return Err(e.into()),
@@ -439,6 +447,7 @@ impl<'a> Load<'a> {
                     body,
                     expected,
                     started,
+                    connected,
                 });
                 std::thread::sleep(every.saturating_sub(started.elapsed()));
             }
@@ -511,7 +520,8 @@ pub fn check_verdicts(
 /// - a refused attempt came after the signal and is in the report as `refused` (the kernel's
 ///   reset for a SYN nothing listened for);
 /// - an answered one is in the report only if it ended after the signal; then as
-///   `completed`, and as accepted late if it began after the signal;
+///   `completed`, and as accepted late only if its handshake can have ended after the signal
+///   (`connect()` returned after it), as not late only if it began before it;
 /// - a reset one (a SYN that reached the accept queue just before the listener closed) is
 ///   in the report as cut.
 ///
@@ -521,16 +531,22 @@ pub fn check_knocks(
     seen: &[Seen],
     signalled: Instant,
 ) -> Result<usize> {
-    // Attempts this close to the signal may have connected on either side of it.
-    let after = signalled + Duration::from_millis(5);
+    // The server's side of a handshake happened between `started` and `connected`: an
+    // attempt whose window spans the signal (or starts within 5 ms after it, the clocks of
+    // the kernel and of this process being read at different instants) may have been
+    // accepted on either side of it, or refused.
+    let slack = Duration::from_millis(5);
     let mut refused = 0;
     let mut wrong = Vec::new();
     for s in seen.iter().filter(|s| s.kind == Kind::Knock) {
         let c = connection(report, s.port);
+        let maybe_before = s.started < signalled + slack;
+        let maybe_after = s.connected >= signalled;
+        let late_fits = |late: bool| if late { maybe_after } else { maybe_before };
         let ok = match s.truth {
             Truth::Refused => {
                 refused += 1;
-                s.started >= signalled
+                maybe_after
                     && c.is_some_and(|c| {
                         c.verdict == Verdict::Refused
                             && c.reset_reason.as_deref() == Some("no_socket")
@@ -538,15 +554,11 @@ pub fn check_knocks(
                     })
             }
             Truth::Completed => match c {
-                None => s.started < signalled,
-                Some(c) => {
-                    c.verdict == Verdict::Completed
-                        && (s.started < after || c.accepted_late)
-                        && (s.started >= signalled || !c.accepted_late)
-                }
+                None => maybe_before,
+                Some(c) => c.verdict == Verdict::Completed && late_fits(c.accepted_late),
             },
             Truth::Reset | Truth::EofMidResponse => {
-                c.is_some_and(|c| c.verdict.is_cut() && (s.started < after || c.accepted_late))
+                c.is_some_and(|c| c.verdict.is_cut() && late_fits(c.accepted_late))
             }
             Truth::EofIdle | Truth::Open => false,
         };

@@ -45,8 +45,10 @@ fn connections_refused_after_the_listener_closed() -> Result<()> {
 
     // Every refusal the client saw is in the report, under its port, and none other.
     let refused = check_knocks(&report, &seen, signalled)?;
-    // About ten attempts in the app's 1 s after SIGTERM (fewer on a starved machine).
-    assert!(refused >= 3, "too few refusals: {seen:?}");
+    // About ten attempts in the app's 1 s after SIGTERM, but on a starved machine (5.10 under
+    // TCG) the client's attempt that the listener's close resets can take most of that second:
+    // the scenario only needs late traffic to have been refused at all.
+    assert!(refused >= 1, "no refusals: {seen:?}");
     assert_eq!(report.outcome, Outcome::Cut);
     for flag in ["cut", "late_traffic"] {
         assert!(
