@@ -1,27 +1,21 @@
 //! Reports for the outputs' tests, made by the real engine from hand-written events so that
 //! their timeline and summary have exactly the engine's wording.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use crate::{
     attribute::cgroup_path::classify,
-    clock::WallClock,
     decode::{
-        Addrs, ConnFlags, Disposition, Event, ExitStatus, ProcessExit, ResetDirection,
-        SignalDelivered, SignalGenerated, SignalResult, Task, TcpReset, TcpStateChange,
-        signal_name,
+        Addrs, ConnFlags, Disposition, Event, ExitStatus, ResetDirection, SignalDelivered,
+        SignalGenerated, SignalResult, TcpReset, TcpStateChange, signal_name,
     },
-    terminations::{Engine, EngineConfig, OpenConnection, report::TerminationReport},
-};
-
-/// A socket at its close with a request read and not answered: in flight.
-const IN_FLIGHT: crate::decode::CloseActivity = crate::decode::CloseActivity {
-    rcv_nxt: 1180,
-    copied_seq: 1180,
-    snd_wl1: 1100,
-    write_seq: 9,
-    snd_una: 9,
-    quiet_us: 5_000_000,
+    terminations::{
+        Engine, OpenConnection,
+        report::TerminationReport,
+        test_events::{
+            MS, T0, addr, engine, inbound_state, process_exit, refusal_reset, stop_signal, task,
+        },
+    },
 };
 
 pub const POD_UID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
@@ -30,8 +24,6 @@ const POD_CG: u64 = 4242;
 const SVC_CG: u64 = 4343;
 const RUNTIME_CG: u64 = 77;
 const NETNS: u32 = 4026532000;
-const MS: u64 = 1_000_000;
-const T0: u64 = 1_000_000 * MS;
 
 fn pod_path() -> String {
     format!(
@@ -39,19 +31,6 @@ fn pod_path() -> String {
          cri-containerd-{CONTAINER_ID}.scope",
         POD_UID.replace('-', "_")
     )
-}
-
-fn task(pid: u32, comm: &str) -> Task {
-    Task {
-        pid,
-        tgid: pid,
-        comm: comm.into(),
-    }
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 struct Run {
@@ -63,15 +42,7 @@ struct Run {
 impl Run {
     fn new(cg: u64, comm: &'static str) -> Self {
         Run {
-            engine: Engine::new(
-                EngineConfig {
-                    linger: Duration::from_millis(500),
-                    survive_after: Duration::from_secs(120),
-                    max_connections: 100,
-                    node: "node-1".into(),
-                },
-                WallClock::with_offset(1_795_236_791_000_000_000),
-            ),
+            engine: engine(Duration::from_secs(120)),
             cg,
             comm,
         }
@@ -89,18 +60,8 @@ impl Run {
 
     fn signal(&mut self, ts: u64, sig: u32, result: SignalResult) {
         self.feed(Event::Signal(SignalGenerated {
-            ts_ns: ts,
-            signal: sig,
-            signal_name: signal_name(sig),
-            code: 0,
-            group: true,
             result,
-            sender: task(900, "containerd-shim"),
-            sender_cgroup_id: RUNTIME_CG,
-            target: task(10, self.comm),
-            target_cgroup_id: self.cg,
-            target_netns: NETNS,
-            watch_opened: true,
+            ..stop_signal(ts, sig, RUNTIME_CG, task(10, self.comm), self.cg, NETNS)
         }));
     }
 
@@ -116,36 +77,18 @@ impl Run {
     }
 
     fn exit(&mut self, ts: u64, exit: ExitStatus) {
-        self.feed(Event::ProcessExit(ProcessExit {
-            ts_ns: ts,
-            task: task(10, self.comm),
-            cgroup_id: self.cg,
-            exit,
-            raw_exit_code: 0,
-        }));
+        self.feed(process_exit(ts, self.cg, task(10, self.comm), exit));
     }
 
     fn state(&mut self, ts: u64, conn_id: u64, remote: &str, new: &'static str, by_exit: bool) {
         self.feed(Event::TcpState(TcpStateChange {
-            ts_ns: ts,
-            cgroup_id: self.cg,
-            conn_id,
-            sk: 0xffff_0000 + conn_id,
-            addrs: Addrs {
-                local: addr("10.0.0.5:8080"),
-                remote: addr(remote),
-            },
-            old_state: "ESTABLISHED",
-            new_state: new,
-            established_ns: T0 - 50 * MS,
-            netns: NETNS,
             flags: ConnFlags {
                 inbound: true,
                 closed_by_exit: by_exit,
                 ..ConnFlags::default()
             },
             task: task(10, self.comm),
-            activity: Some(IN_FLIGHT),
+            ..inbound_state(ts, self.cg, NETNS, conn_id, remote, "ESTABLISHED", new)
         }));
     }
 
@@ -200,24 +143,16 @@ pub fn killed() -> TerminationReport {
     r.delivered(T0 + MS, 15, Disposition::Handler);
     // Accepted late, 300 ms after SIGTERM.
     r.feed(Event::TcpState(TcpStateChange {
-        ts_ns: T0 + 300 * MS,
-        cgroup_id: SVC_CG,
-        conn_id: 3,
-        sk: 0xffff_0003,
-        addrs: Addrs {
-            local: addr("10.0.0.5:8080"),
-            remote: addr("10.0.0.9:40002"),
-        },
-        old_state: "SYN_RECV",
-        new_state: "ESTABLISHED",
         established_ns: T0 + 300 * MS,
-        netns: NETNS,
-        flags: ConnFlags {
-            inbound: true,
-            ..ConnFlags::default()
-        },
-        task: task(0, "swapper/0"),
-        activity: Some(IN_FLIGHT),
+        ..inbound_state(
+            T0 + 300 * MS,
+            SVC_CG,
+            NETNS,
+            3,
+            "10.0.0.9:40002",
+            "SYN_RECV",
+            "ESTABLISHED",
+        )
     }));
     // The peer resets connection 2.
     r.feed(Event::TcpReset(TcpReset {
@@ -239,23 +174,12 @@ pub fn killed() -> TerminationReport {
     }));
     r.state(T0 + 400 * MS, 2, "10.0.0.9:40001", "CLOSE", false);
     // A SYN 2 s after SIGTERM finds no socket: refused.
-    r.feed(Event::TcpReset(TcpReset {
-        ts_ns: T0 + 2_000 * MS,
-        cgroup_id: 0,
-        conn_id: 0,
-        direction: ResetDirection::Sent,
-        reason: Some("no_socket".into()),
-        reason_code: 1,
-        no_socket: true,
-        state: "NONE",
-        addrs: Addrs {
-            local: addr("10.0.0.5:8080"),
-            remote: addr("10.0.0.9:40003"),
-        },
-        netns: NETNS,
-        flags: ConnFlags::default(),
-        task: task(0, "swapper/1"),
-    }));
+    r.feed(Event::TcpReset(refusal_reset(
+        T0 + 2_000 * MS,
+        NETNS,
+        "10.0.0.5:8080",
+        "10.0.0.9:40003",
+    )));
     r.signal(T0 + 10_000 * MS, 9, SignalResult::Delivered);
     r.delivered(T0 + 10_001 * MS, 9, Disposition::Default);
     r.state(T0 + 10_001 * MS, 1, "10.0.0.9:40000", "CLOSE", true);

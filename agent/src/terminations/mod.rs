@@ -1556,4 +1556,6 @@ fn subject(t: &Termination, main: Proc) -> Subject {
 }
 
 #[cfg(test)]
+pub(crate) mod test_events;
+#[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! The engine's rules, event by event, without a kernel.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use super::*;
 use crate::{
@@ -11,45 +11,20 @@ use crate::{
     },
 };
 use report::Outcome;
-
-/// A socket at its close with a request read and not answered: in flight.
-const IN_FLIGHT: crate::decode::CloseActivity = crate::decode::CloseActivity {
-    rcv_nxt: 1180,
-    copied_seq: 1180,
-    snd_wl1: 1100,
-    write_seq: 9,
-    snd_una: 9,
-    quiet_us: 5_000_000,
+use test_events::{
+    IN_FLIGHT, MS, T0, addr, engine, inbound_state, process_exit, refusal_reset, stop_signal, task,
 };
 
 const CG: u64 = 4242;
 const RUNTIME_CG: u64 = 77;
 const NETNS: u32 = 4026532000;
-const MS: u64 = 1_000_000;
-const T0: u64 = 1_000_000 * MS;
-
-fn task(pid: u32, comm: &str) -> Task {
-    Task {
-        pid,
-        tgid: pid,
-        comm: comm.into(),
-    }
-}
 
 fn signal(ts: u64, sig: u32, from_cg: u64, result: SignalResult) -> Event {
     Event::Signal(SignalGenerated {
-        ts_ns: ts,
-        signal: sig,
-        signal_name: signal_name(sig),
-        code: 0,
-        group: true,
         result,
         sender: task(900, "runc"),
-        sender_cgroup_id: from_cg,
-        target: task(10, "app"),
-        target_cgroup_id: CG,
-        target_netns: NETNS,
         watch_opened: from_cg != CG,
+        ..stop_signal(ts, sig, from_cg, task(10, "app"), CG, NETNS)
     })
 }
 
@@ -65,17 +40,12 @@ fn delivered(ts: u64, sig: u32, disposition: Disposition) -> Event {
 }
 
 fn exit(ts: u64, pid: u32, exit: ExitStatus) -> Event {
-    Event::ProcessExit(ProcessExit {
-        ts_ns: ts,
-        task: task(pid, "app"),
-        cgroup_id: CG,
-        exit,
-        raw_exit_code: 0,
-    })
+    process_exit(ts, CG, task(pid, "app"), exit)
 }
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("test address")
+/// A SYN refused in `netns` (see [`refusal_reset`]).
+fn refusal(ts: u64, netns: u32, local: &str, remote: &str) -> Event {
+    Event::TcpReset(refusal_reset(ts, netns, local, remote))
 }
 
 fn state(
@@ -85,26 +55,7 @@ fn state(
     old: &'static str,
     new: &'static str,
 ) -> TcpStateChange {
-    TcpStateChange {
-        ts_ns: ts,
-        cgroup_id: CG,
-        conn_id,
-        sk: 0xffff_0000 + conn_id,
-        addrs: Addrs {
-            local: addr("10.0.0.5:8080"),
-            remote: addr(remote),
-        },
-        old_state: old,
-        new_state: new,
-        established_ns: T0 - 50 * MS,
-        netns: NETNS,
-        flags: ConnFlags {
-            inbound: true,
-            ..ConnFlags::default()
-        },
-        task: task(0, "swapper/0"),
-        activity: Some(IN_FLIGHT),
-    }
+    inbound_state(ts, CG, NETNS, conn_id, remote, old, new)
 }
 
 fn open_conn(conn_id: u64, remote: &str) -> OpenConnection {
@@ -124,15 +75,7 @@ struct Run {
 impl Run {
     fn new() -> Self {
         Run {
-            engine: Engine::new(
-                EngineConfig {
-                    linger: Duration::from_millis(500),
-                    survive_after: Duration::from_secs(30),
-                    max_connections: 100,
-                    node: "node-1".into(),
-                },
-                WallClock::with_offset(1_795_236_791_000_000_000),
-            ),
+            engine: engine(Duration::from_secs(30)),
         }
     }
 
@@ -428,28 +371,11 @@ fn refused_and_late_connections_measure_the_propagation_gap() {
     let mut l = state(T0 + 500 * MS, 0, "0.0.0.0:0", "LISTEN", "CLOSE");
     l.addrs.local = addr("0.0.0.0:8080");
     r.feed(Event::TcpState(l));
-    let refusal = |netns: u32, port: u16| {
-        Event::TcpReset(TcpReset {
-            ts_ns: T0 + 1_200 * MS,
-            cgroup_id: 0,
-            conn_id: 0,
-            direction: ResetDirection::Sent,
-            reason: Some("no_socket".into()),
-            reason_code: 1,
-            no_socket: true,
-            state: "NONE",
-            addrs: Addrs {
-                local: SocketAddr::new("10.0.0.5".parse().expect("ip"), port),
-                remote: addr("10.0.0.9:41001"),
-            },
-            netns,
-            flags: ConnFlags::default(),
-            task: task(0, "swapper/1"),
-        })
-    };
-    r.feed(refusal(NETNS, 8080));
-    r.feed(refusal(NETNS + 1, 8080)); // another namespace: not ours
-    r.feed(refusal(NETNS, 9090)); // a port we never listened on
+    let refused_syn =
+        |netns: u32, local: &str| refusal(T0 + 1_200 * MS, netns, local, "10.0.0.9:41001");
+    r.feed(refused_syn(NETNS, "10.0.0.5:8080"));
+    r.feed(refused_syn(NETNS + 1, "10.0.0.5:8080")); // another namespace: not ours
+    r.feed(refused_syn(NETNS, "10.0.0.5:9090")); // a port we never listened on
     r.feed(exit(T0 + 600 * MS, 10, ExitStatus::Exited { code: 0 }));
     let rep = r.finish(T0 + 600 * MS);
     assert_eq!(rep.counts.refused, 1);
@@ -1050,18 +976,9 @@ fn a_signal_between_a_containers_cgroups_is_internal() {
 /// A signal from `sender` to `target`, both in the container unless `from_cg` says.
 fn signal_between(ts: u64, sig: u32, from_cg: u64, sender: Task, target: Task) -> Event {
     Event::Signal(SignalGenerated {
-        ts_ns: ts,
-        signal: sig,
-        signal_name: signal_name(sig),
-        code: 0,
-        group: true,
-        result: SignalResult::Delivered,
         sender,
-        sender_cgroup_id: from_cg,
-        target,
-        target_cgroup_id: CG,
-        target_netns: NETNS,
         watch_opened: from_cg != CG,
+        ..stop_signal(ts, sig, from_cg, target, CG, NETNS)
     })
 }
 

@@ -9,12 +9,12 @@ use crate::kube::pod::PodInfo;
 use crate::{
     attribute::cgroup_path::classify,
     clock::WallClock,
-    decode::{
-        Addrs, ConnFlags, Event, ExitStatus, ProcessExit, ResetDirection, SignalGenerated,
-        SignalResult, Task, TcpReset,
-    },
+    decode::{Addrs, ConnFlags, Event, ExitStatus, TcpReset},
     kube::{UnixNanos, endpoints::PodEndpoints, pod::from_pod},
-    terminations::{Engine, EngineConfig},
+    terminations::{
+        Engine, EngineConfig,
+        test_events::{process_exit, refusal_reset, stop_signal, task},
+    },
 };
 
 const S: u64 = 1_000_000_000;
@@ -48,14 +48,6 @@ fn pod(pre_stop: serde_json::Value) -> PodInfo {
     from_pod(&pod).expect("valid pod")
 }
 
-fn task(pid: u32, comm: &str) -> Task {
-    Task {
-        pid,
-        tgid: pid,
-        comm: comm.into(),
-    }
-}
-
 /// A container report: SIGTERM at 12 s (boot), a refusal 2.4 s later, exit at 15 s.
 fn report(refusal_after: Option<u64>, killed: bool) -> TerminationReport {
     let path = format!(
@@ -70,22 +62,7 @@ fn report(refusal_after: Option<u64>, killed: bool) -> TerminationReport {
         WallClock::with_offset(i128::from(WALL0)),
     );
     let mut id = |cg| (cg == 5).then(|| classify(&path));
-    let sig = |ts, signal| {
-        Event::Signal(SignalGenerated {
-            ts_ns: ts,
-            signal,
-            signal_name: crate::decode::signal_name(signal),
-            code: 0,
-            group: true,
-            result: SignalResult::Delivered,
-            sender: task(900, "containerd-shim"),
-            sender_cgroup_id: 2,
-            target: task(10, "app"),
-            target_cgroup_id: 5,
-            target_netns: 7,
-            watch_opened: true,
-        })
-    };
+    let sig = |ts, signal| Event::Signal(stop_signal(ts, signal, 2, task(10, "app"), 5, 7));
     engine.on_event(&sig(12 * S, 15), &mut id);
     let mut listener = crate::decode::TcpStateChange {
         ts_ns: 12 * S + 1000,
@@ -109,21 +86,8 @@ fn report(refusal_after: Option<u64>, killed: bool) -> TerminationReport {
     if let Some(after) = refusal_after {
         engine.on_event(
             &Event::TcpReset(TcpReset {
-                ts_ns: 12 * S + after,
-                cgroup_id: 0,
-                conn_id: 0,
-                direction: ResetDirection::Sent,
-                reason: Some("no_socket".into()),
-                reason_code: 1,
-                no_socket: true,
-                state: "NONE",
-                addrs: Addrs {
-                    local: "10.1.0.5:8080".parse().expect("addr"),
-                    remote: "10.1.0.9:40000".parse().expect("addr"),
-                },
-                netns: 7,
-                flags: ConnFlags::default(),
                 task: task(0, "swapper"),
+                ..refusal_reset(12 * S + after, 7, "10.1.0.5:8080", "10.1.0.9:40000")
             }),
             &mut id,
         );
@@ -131,23 +95,16 @@ fn report(refusal_after: Option<u64>, killed: bool) -> TerminationReport {
     if killed {
         engine.on_event(&sig(42 * S, 9), &mut id);
     }
-    engine.on_event(
-        &Event::ProcessExit(ProcessExit {
-            ts_ns: if killed { 42 * S + 1000 } else { 15 * S },
-            task: task(10, "app"),
-            cgroup_id: 5,
-            exit: if killed {
-                ExitStatus::Signaled {
-                    signal: 9,
-                    core_dumped: false,
-                }
-            } else {
-                ExitStatus::Exited { code: 0 }
-            },
-            raw_exit_code: 0,
-        }),
-        &mut id,
-    );
+    let exit = if killed {
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        }
+    } else {
+        ExitStatus::Exited { code: 0 }
+    };
+    let exit_at = if killed { 42 * S + 1000 } else { 15 * S };
+    engine.on_event(&process_exit(exit_at, 5, task(10, "app"), exit), &mut id);
     engine.on_population(5, false, 50 * S);
     let (mut reports, _) = engine.tick(60 * S);
     reports.remove(0)

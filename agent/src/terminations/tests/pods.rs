@@ -25,16 +25,8 @@ fn identity_of(id: u64) -> Option<Identity> {
     }
 }
 
-fn engine() -> Engine {
-    Engine::new(
-        EngineConfig {
-            linger: Duration::from_millis(500),
-            survive_after: Duration::from_secs(30),
-            max_connections: 100,
-            node: "node-1".into(),
-        },
-        WallClock::with_offset(1_795_236_791_000_000_000),
-    )
+fn pod_engine() -> Engine {
+    engine(Duration::from_secs(30))
 }
 
 fn feed(e: &mut Engine, ev: Event) -> Vec<Action> {
@@ -42,30 +34,11 @@ fn feed(e: &mut Engine, ev: Event) -> Vec<Action> {
 }
 
 fn sig_to(ts: u64, sig: u32, cg: u64, pid: u32, comm: &str, netns: u32) -> Event {
-    Event::Signal(SignalGenerated {
-        ts_ns: ts,
-        signal: sig,
-        signal_name: signal_name(sig),
-        code: 0,
-        group: true,
-        result: SignalResult::Delivered,
-        sender: task(900, "containerd-shim"),
-        sender_cgroup_id: RUNTIME_CG,
-        target: task(pid, comm),
-        target_cgroup_id: cg,
-        target_netns: netns,
-        watch_opened: true,
-    })
+    Event::Signal(stop_signal(ts, sig, RUNTIME_CG, task(pid, comm), cg, netns))
 }
 
 fn exit_of(ts: u64, cg: u64, pid: u32, comm: &str, exit: ExitStatus) -> Event {
-    Event::ProcessExit(ProcessExit {
-        ts_ns: ts,
-        task: task(pid, comm),
-        cgroup_id: cg,
-        exit,
-        raw_exit_code: 0,
-    })
+    process_exit(ts, cg, task(pid, comm), exit)
 }
 
 /// A connection of `cg` closed by its owner's exit with a request in flight (a cut).
@@ -86,26 +59,6 @@ fn listener_closed(ts: u64, cg: u64, local: &str) -> Event {
     Event::TcpState(l)
 }
 
-fn refusal(ts: u64, netns: u32, local: &str, remote: &str) -> Event {
-    Event::TcpReset(TcpReset {
-        ts_ns: ts,
-        cgroup_id: 0,
-        conn_id: 0,
-        direction: ResetDirection::Sent,
-        reason: Some("no_socket".into()),
-        reason_code: 1,
-        no_socket: true,
-        state: "NONE",
-        addrs: Addrs {
-            local: addr(local),
-            remote: addr(remote),
-        },
-        netns,
-        flags: ConnFlags::default(),
-        task: task(0, "swapper/1"),
-    })
-}
-
 fn exited(code: i32) -> ExitStatus {
     ExitStatus::Exited { code }
 }
@@ -117,7 +70,7 @@ fn exited(code: i32) -> ExitStatus {
 /// sidecar served is cut once.
 #[test]
 fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_once() {
-    let mut e = engine();
+    let mut e = pod_engine();
     for cg in [APP, SIDECAR] {
         assert_eq!(
             e.open_for_deletion(cg, identity_of(cg), T0 - 10 * MS),
@@ -267,7 +220,7 @@ fn loopback_from_outside_the_pod_is_a_client() {
 /// (host network).
 #[test]
 fn containers_of_other_pods_are_not_held() {
-    let mut e = engine();
+    let mut e = pod_engine();
     feed(&mut e, sig_to(T0, 15, APP, 10, "app", NETNS));
     feed(&mut e, sig_to(T0, 15, STRANGER, 30, "other", NETNS));
     feed(&mut e, exit_of(T0 + MS, APP, 10, "app", exited(0)));
@@ -282,7 +235,7 @@ fn containers_of_other_pods_are_not_held() {
 /// namespace's, not the old pod's; one before is still the pod's.
 #[test]
 fn a_reused_netns_inode_is_not_the_old_pods() {
-    let mut e = engine();
+    let mut e = pod_engine();
     feed(&mut e, sig_to(T0, 15, APP, 10, "app", NETNS));
     e.on_snapshot(APP, &[]);
     feed(&mut e, listener_closed(T0 + 10 * MS, APP, "0.0.0.0:8080"));
@@ -315,7 +268,7 @@ fn a_reused_netns_inode_is_not_the_old_pods() {
 /// being stopped) is no sign of a new namespace.
 #[test]
 fn the_pods_own_sandbox_does_not_end_its_namespace() {
-    let mut e = engine();
+    let mut e = pod_engine();
     feed(&mut e, sig_to(T0, 15, APP, 10, "app", NETNS));
     e.on_snapshot(APP, &[]);
     feed(&mut e, listener_closed(T0 + 10 * MS, APP, "0.0.0.0:8080"));
@@ -354,7 +307,7 @@ fn the_pods_own_sandbox_does_not_end_its_namespace() {
 /// the app's SIGTERM.
 #[test]
 fn a_hook_killed_before_the_stop_signal_is_not_the_main_process() {
-    let mut e = engine();
+    let mut e = pod_engine();
     e.open_for_deletion(APP, identity_of(APP), T0 - 2_000 * MS);
     e.on_snapshot(APP, &[]);
     for (pid, comm, file) in [(40, "sh", "/bin/sh"), (41, "sleep", "/bin/sleep")] {
@@ -414,7 +367,7 @@ fn a_hook_killed_before_the_stop_signal_is_not_the_main_process() {
 /// not counted as a client cut. A client's connection on the same port, accepted later, is.
 #[test]
 fn kubelets_http_get_hook_request_is_not_a_client() {
-    let mut e = engine();
+    let mut e = pod_engine();
     e.open_for_deletion(APP, identity_of(APP), T0 - 1_000 * MS);
     e.set_http_hook_port(APP, 8080);
     e.on_snapshot(APP, &[]);
