@@ -23,25 +23,69 @@ const PORT: u16 = 8080;
 fn holding_server(prefix: &str) -> Result<(TestCgroup, NetNs, Proc)> {
     let cg = TestCgroup::new(prefix)?;
     let ns = NetNs::new(prefix)?;
+    let proc = hold_on(&cg, &ns, PORT)?;
+    Ok((cg, ns, proc))
+}
+
+/// A server in `cg` and `ns`, listening on 127.0.0.1:`port`, that accepts one connection and
+/// holds it.
+fn hold_on(cg: &TestCgroup, ns: &NetNs, port: u16) -> Result<Proc> {
     let mut cmd = Command::new("python3");
     cmd.arg("-u").arg(scripts().join("tcp_server.py")).args([
         "4",
         "127.0.0.1",
-        &PORT.to_string(),
+        &port.to_string(),
         "hold",
     ]);
-    let mut proc = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
+    let mut proc = Proc::spawn(&mut cmd, cg, Some(ns))?;
     proc.expect_line("listening")?;
-    Ok((cg, ns, proc))
+    Ok(proc)
 }
 
 /// Connects to the holding server from its netns (from outside its cgroup) and waits until
 /// the server has accepted.
 fn connect(ns: &NetNs, server: &mut Proc) -> Result<TcpStream> {
-    let addr: SocketAddr = ([127, 0, 0, 1], PORT).into();
+    connect_to(ns, PORT, server)
+}
+
+/// [`connect`] to the holding server on `port`.
+fn connect_to(ns: &NetNs, port: u16, server: &mut Proc) -> Result<TcpStream> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let stream = ns.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))??;
     server.expect_line("accepted")?;
     Ok(stream)
+}
+
+/// A container (`prefix`) in its own cgroup and netns that the agent watches explicitly
+/// (`--watch-cgroup`), to make traffic in.
+fn watched_noisy(agent: &mut Agent, prefix: &str) -> Result<(TestCgroup, NetNs)> {
+    let cg = TestCgroup::new(prefix)?;
+    let ns = NetNs::new(prefix)?;
+    agent.pipeline.watch_explicit(cg.id)?;
+    Ok((cg, ns))
+}
+
+/// A flood of TCP events in `cg` and `ns`: 300 loopback connections opened and closed at
+/// once. Returns when it is done (the process, to keep until the test ends).
+fn tcp_flood(cg: &TestCgroup, ns: &NetNs) -> Result<Proc> {
+    let mut flood = Proc::spawn(
+        &mut python(
+            "import socket\n\
+             ls = socket.socket()\n\
+             ls.bind(('127.0.0.1', 9000))\n\
+             ls.listen(512)\n\
+             for i in range(300):\n\
+             \x20   c = socket.create_connection(('127.0.0.1', 9000))\n\
+             \x20   a, _ = ls.accept()\n\
+             \x20   c.close()\n\
+             \x20   a.close()\n\
+             print('done', flush=True)\n",
+        ),
+        cg,
+        Some(ns),
+    )?;
+    flood.expect_line("done")?;
+    Ok(flood)
 }
 
 /// A process that sleeps until a signal ends it (no handler: the default action kills it).
@@ -178,31 +222,13 @@ fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> R
         ..LoadOptions::default()
     };
     let mut agent = Agent::start_with(&opts, Duration::from_secs(20))?;
-    let noisy = TestCgroup::new("flood")?;
-    let noisy_ns = NetNs::new("flood")?;
-    agent.pipeline.watch_explicit(noisy.id)?;
+    let (noisy, noisy_ns) = watched_noisy(&mut agent, "flood")?;
     let (quiet, mut quiet_proc) = sleeper("quiet")?;
     let (holder, holder_ns, mut holder_proc) = holding_server("holder")?;
     let client = connect(&holder_ns, &mut holder_proc)?;
     agent.pump(Duration::from_millis(300), None)?;
 
-    let mut flood = Proc::spawn(
-        &mut python(
-            "import socket\n\
-             ls = socket.socket()\n\
-             ls.bind(('127.0.0.1', 9000))\n\
-             ls.listen(512)\n\
-             for i in range(300):\n\
-             \x20   c = socket.create_connection(('127.0.0.1', 9000))\n\
-             \x20   a, _ = ls.accept()\n\
-             \x20   c.close()\n\
-             \x20   a.close()\n\
-             print('done', flush=True)\n",
-        ),
-        &noisy,
-        Some(&noisy_ns),
-    )?;
-    flood.expect_line("done")?;
+    let _flood = tcp_flood(&noisy, &noisy_ns)?;
     quiet_proc.signal(libc::SIGKILL)?;
     holder_proc.signal(libc::SIGKILL)?;
     quiet_proc.child.wait()?;
@@ -267,32 +293,14 @@ fn closes_into_a_full_tcp_ring_are_kept_by_the_kernel() -> Result<()> {
         ..LoadOptions::default()
     };
     let mut agent = Agent::start_with(&opts, Duration::from_secs(20))?;
-    let noisy = TestCgroup::new("keptflood")?;
-    let noisy_ns = NetNs::new("keptflood")?;
-    agent.pipeline.watch_explicit(noisy.id)?;
+    let (noisy, noisy_ns) = watched_noisy(&mut agent, "keptflood")?;
     let (holder, holder_ns, mut holder_proc) = holding_server("kept")?;
     let client = connect(&holder_ns, &mut holder_proc)?;
     let client_port = client.local_addr()?.port();
     agent.pump(Duration::from_millis(300), None)?;
     let before = agent.pipeline.probes().counters()?;
 
-    let mut flood = Proc::spawn(
-        &mut python(
-            "import socket\n\
-             ls = socket.socket()\n\
-             ls.bind(('127.0.0.1', 9000))\n\
-             ls.listen(512)\n\
-             for i in range(300):\n\
-             \x20   c = socket.create_connection(('127.0.0.1', 9000))\n\
-             \x20   a, _ = ls.accept()\n\
-             \x20   c.close()\n\
-             \x20   a.close()\n\
-             print('done', flush=True)\n",
-        ),
-        &noisy,
-        Some(&noisy_ns),
-    )?;
-    flood.expect_line("done")?;
+    let _flood = tcp_flood(&noisy, &noisy_ns)?;
     holder_proc.signal(libc::SIGKILL)?;
     holder_proc.child.wait()?;
     let counters = agent.pipeline.probes().counters()?;
@@ -469,20 +477,8 @@ fn a_container_with_child_cgroups() -> Result<()> {
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for (child, port) in [(&child_a, 8080u16), (&child_b, 8081)] {
-        let mut cmd = Command::new("python3");
-        cmd.arg("-u").arg(scripts().join("tcp_server.py")).args([
-            "4",
-            "127.0.0.1",
-            &port.to_string(),
-            "hold",
-        ]);
-        let mut server = Proc::spawn(&mut cmd, child, Some(&ns))?;
-        server.expect_line("listening")?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let stream =
-            ns.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))??;
-        server.expect_line("accepted")?;
-        clients.push(stream);
+        let mut server = hold_on(child, &ns, port)?;
+        clients.push(connect_to(&ns, port, &mut server)?);
         servers.push(server);
     }
     agent.pump(Duration::from_millis(200), None)?;
