@@ -30,7 +30,7 @@ use termscope_tests::{
     images::{self, rw_mount},
     k8s_agent::{AgentProcess, Attempt, Knock, Knocker},
     k8s_test,
-    kubelet::{ContainerSpec, KubeletDriver, PodSpec, PreStop},
+    kubelet::{ContainerSpec, KubeletDriver, Pod, PodSpec, PreStop},
     load::{Kind, Load, Truth, check_verdicts, show},
 };
 
@@ -193,6 +193,62 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A scenario's node: the tests' containerd, the kubelet stand-in posting to `api`, and an
+/// agent watching that node (ready: it sees every change made from then on).
+fn node(api: &ApiServer) -> Result<(&'static Containerd, KubeletDriver<'_>, AgentProcess)> {
+    let containerd = Containerd::shared()?;
+    let kubelet = KubeletDriver::new(containerd, Some(api))?;
+    let agent = AgentProcess::start(api, &kubelet.node_name)?;
+    Ok((containerd, kubelet, agent))
+}
+
+/// Pod `name` with `containers` and a grace period of `grace` s, behind Service `name`
+/// (selecting `app=name`).
+fn app_pod(name: &str, containers: Vec<ContainerSpec>, grace: i64) -> PodSpec {
+    PodSpec::new(name, containers)
+        .grace(grace)
+        .service(name)
+        .label("app", name)
+}
+
+/// Runs `spec` and waits until its `app` container ([`APP`]) listens.
+fn run_listening<'k>(kubelet: &'k KubeletDriver<'_>, spec: PodSpec) -> Result<Pod<'k>> {
+    let pod = kubelet.run_pod(spec)?;
+    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
+    Ok(pod)
+}
+
+/// A client's request to `path` on the pod's [`APP`], in flight once the app printed
+/// `start <client port>`: the load holding it, and the client's port.
+fn request_in_flight(
+    containerd: &'static Containerd,
+    pod: &Pod<'_>,
+    path: &str,
+) -> Result<(Load<'static>, u16)> {
+    let mut load = Load::new(containerd.node_netns(), pod_addr(&pod.ip)?);
+    load.wait_ready("/", Duration::from_secs(10))?;
+    let port = load.in_flight(path, false)?;
+    pod.wait_for_log("app", &format!("start {port}"), Duration::from_secs(10))?;
+    Ok((load, port))
+}
+
+/// Waits for `pod`'s report, and prints it.
+fn pod_report(agent: &mut AgentProcess, pod: &Pod<'_>) -> Result<PodTerminationReport> {
+    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
+    print_pod_report(&report)?;
+    Ok(report)
+}
+
+/// Stops the agent with SIGINT: it must exit successfully.
+fn stop_agent(agent: AgentProcess) -> Result<()> {
+    let status = agent.stop()?;
+    ensure!(
+        status.success(),
+        "the agent exited with {status} after SIGINT"
+    );
+    Ok(())
+}
+
 /// Waits for a `ConnectionsCutOnShutdown` Event (posted after the pod report, from a task).
 fn wait_for_cut_event(api: &ApiServer) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -220,27 +276,15 @@ fn wait_for_cut_event(api: &ApiServer) -> Result<Value> {
 fn graceful_pod_finishes_its_request_in_flight() -> Result<()> {
     k8s_test!();
     let _one = one_at_a_time();
-    let containerd = Containerd::shared()?;
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
-    let mut pod = kubelet.run_pod(
-        PodSpec::new("web", vec![app("drain")])
-            .grace(10)
-            .service("web")
-            .label("app", "web"),
-    )?;
-    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
+    let (containerd, kubelet, mut agent) = node(&api)?;
+    let mut pod = run_listening(&kubelet, app_pod("web", vec![app("drain")], 10))?;
     let container_id = pod.container("app")?.id.clone();
-    let mut load = Load::new(containerd.node_netns(), pod_addr(&pod.ip)?);
-    load.wait_ready("/", Duration::from_secs(10))?;
-    let port = load.in_flight("/slow?s=2", false)?;
-    pod.wait_for_log("app", &format!("start {port}"), Duration::from_secs(10))?;
+    let (load, _) = request_in_flight(containerd, &pod, "/slow?s=2")?;
 
     let deletion = pod.delete_with_grace(10)?;
     let seen = load.finish()?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let c = only_container(&report)?;
     show(c, &seen)?;
 
@@ -344,12 +388,7 @@ fn graceful_pod_finishes_its_request_in_flight() -> Result<()> {
         "an Event for a graceful shutdown: {:?}",
         api.events()
     );
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
 
 /// 2. No preStop hook, and clients keep connecting after SIGTERM (the endpoints take time to
@@ -368,17 +407,9 @@ fn graceful_pod_finishes_its_request_in_flight() -> Result<()> {
 fn late_connections_are_refused_without_a_pre_stop_hook() -> Result<()> {
     k8s_test!();
     let _one = one_at_a_time();
-    let containerd = Containerd::shared()?;
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
-    let mut pod = kubelet.run_pod(
-        PodSpec::new("late", vec![app("close-listener")])
-            .grace(10)
-            .service("late")
-            .label("app", "late"),
-    )?;
-    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
+    let (containerd, kubelet, mut agent) = node(&api)?;
+    let mut pod = run_listening(&kubelet, app_pod("late", vec![app("close-listener")], 10))?;
     let addr = pod_addr(&pod.ip)?;
     Load::new(containerd.node_netns(), addr).wait_ready("/", Duration::from_secs(10))?;
 
@@ -388,8 +419,7 @@ fn late_connections_are_refused_without_a_pre_stop_hook() -> Result<()> {
     // The sandbox is gone: a few more attempts find nothing there.
     std::thread::sleep(Duration::from_millis(600));
     let attempts = knocker.finish()?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let c = only_container(&report)?;
     let stop_ns = ns(
         c.stop_signal_at.map(termscope::clock::text).as_deref(),
@@ -488,12 +518,7 @@ fn late_connections_are_refused_without_a_pre_stop_hook() -> Result<()> {
         event["involvedObject"]["kind"] == "Pod" && event["involvedObject"]["name"] == "late",
         "{event}"
     );
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
 
 /// 3. The same app with `preStop: sleep: 2`: the endpoints turn at the deletion, the clients
@@ -517,20 +542,16 @@ fn a_pre_stop_sleep_counts_the_traffic_after_the_endpoints_turned() -> Result<()
 }
 
 fn pre_stop_scenario(check_late_after_endpoints: bool) -> Result<()> {
-    let containerd = Containerd::shared()?;
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
-    let mut pod = kubelet.run_pod(
-        PodSpec::new(
+    let (containerd, kubelet, mut agent) = node(&api)?;
+    let mut pod = run_listening(
+        &kubelet,
+        app_pod(
             "covered",
             vec![app("close-listener").pre_stop(PreStop::Sleep(Duration::from_secs(2)))],
-        )
-        .grace(10)
-        .service("covered")
-        .label("app", "covered"),
+            10,
+        ),
     )?;
-    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
     let addr = pod_addr(&pod.ip)?;
     Load::new(containerd.node_netns(), addr).wait_ready("/", Duration::from_secs(10))?;
 
@@ -546,8 +567,7 @@ fn pre_stop_scenario(check_late_after_endpoints: bool) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the stopping thread panicked"))?;
     let attempts = knocker.finish()?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let c = only_container(&report)?;
     let stop_ns = ns(
         c.stop_signal_at.map(termscope::clock::text).as_deref(),
@@ -632,12 +652,7 @@ fn pre_stop_scenario(check_late_after_endpoints: bool) -> Result<()> {
              connections after the endpoints turned"
         );
     }
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
 
 /// 4. The grace period runs out: the app handles SIGTERM by waiting for its 10 s request, the
@@ -647,10 +662,8 @@ fn pre_stop_scenario(check_late_after_endpoints: bool) -> Result<()> {
 fn grace_period_runs_out_and_sigkill_cuts() -> Result<()> {
     k8s_test!();
     let _one = one_at_a_time();
-    let containerd = Containerd::shared()?;
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
+    let (containerd, kubelet, mut agent) = node(&api)?;
 
     // Deployment web -> ReplicaSet web-<hash> -> pod web-<hash>-<suffix>, as the controllers
     // name them.
@@ -692,15 +705,11 @@ fn grace_period_runs_out_and_sigkill_cuts() -> Result<()> {
         }]);
     })?;
     pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
-    let mut load = Load::new(containerd.node_netns(), pod_addr(&pod.ip)?);
-    load.wait_ready("/", Duration::from_secs(10))?;
-    let port = load.in_flight("/slow?s=10", false)?;
-    pod.wait_for_log("app", &format!("start {port}"), Duration::from_secs(10))?;
+    let (load, _) = request_in_flight(containerd, &pod, "/slow?s=10")?;
 
     let deletion = pod.delete_with_grace(2)?;
     let seen = load.finish()?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let c = only_container(&report)?;
     show(c, &seen)?;
 
@@ -756,12 +765,7 @@ fn grace_period_runs_out_and_sigkill_cuts() -> Result<()> {
         event["related"]["kind"] == "Pod" && event["related"]["name"] == pod_name.as_str(),
         "{event}"
     );
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
 
 /// The slow file: 384 KiB at 128 KiB/s, about 3 s per download.
@@ -822,8 +826,7 @@ fn nginx_scenario(quit: bool) -> Result<()> {
         termscope_tests::images::APP
     };
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
+    let (_, kubelet, mut agent) = node(&api)?;
     let dir = TempDir::new("k8s-nginx")?;
     nginx_files(&dir)?;
     let host_dir = dir.path.to_string_lossy().into_owned();
@@ -870,8 +873,7 @@ fn nginx_scenario(quit: bool) -> Result<()> {
 
     let deletion = pod.delete_with_grace(10)?;
     let seen = load.finish()?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let c = only_container(&report)?;
     show(c, &seen)?;
     println!(
@@ -946,12 +948,7 @@ fn nginx_scenario(quit: bool) -> Result<()> {
         let event = wait_for_cut_event(&api)?;
         ensure!(event["involvedObject"]["name"] == "nginx", "{event}");
     }
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
 
 #[test]
@@ -1031,10 +1028,8 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_once() -> Result<()> {
     k8s_test!();
     let _one = one_at_a_time();
-    let containerd = Containerd::shared()?;
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
+    let (containerd, kubelet, mut agent) = node(&api)?;
     let sidecar = ContainerSpec::new(
         "sidecar",
         &[
@@ -1047,13 +1042,7 @@ fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_on
         ],
     )
     .port(PROXY_PORT);
-    let mut pod = kubelet.run_pod(
-        PodSpec::new("meshed", vec![app("drain"), sidecar])
-            .grace(10)
-            .service("meshed")
-            .label("app", "meshed"),
-    )?;
-    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
+    let mut pod = run_listening(&kubelet, app_pod("meshed", vec![app("drain"), sidecar], 10))?;
     pod.wait_for_log("sidecar", "listening", Duration::from_secs(20))?;
     let addr = SocketAddr::new(pod.ip.parse()?, PROXY_PORT);
     let mut load = Load::new(containerd.node_netns(), addr);
@@ -1067,8 +1056,7 @@ fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_on
     std::thread::sleep(Duration::from_millis(600));
     let attempts = knocker.finish()?;
     let seen = load.finish()?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let by_name = |name: &str| {
         report
             .containers
@@ -1202,12 +1190,7 @@ fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_on
         refused.len()
     );
     ensure!(report.outcome == Outcome::Cut, "{:?}", report.outcome);
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
 
 /// 6. An exec preStop hook (`exec sleep 30`) longer than the 2 s grace period: kubelet's hook
@@ -1218,29 +1201,24 @@ fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_on
 fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> Result<()> {
     k8s_test!();
     let _one = one_at_a_time();
-    let containerd = Containerd::shared()?;
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
-    let mut pod = kubelet.run_pod(
-        PodSpec::new(
+    let (_, kubelet, mut agent) = node(&api)?;
+    let mut pod = run_listening(
+        &kubelet,
+        app_pod(
             "hooked",
             vec![app("drain").pre_stop(PreStop::Exec(vec![
                 "/bin/sh".into(),
                 "-c".into(),
                 "exec sleep 30".into(),
             ]))],
-        )
-        .grace(2)
-        .service("hooked")
-        .label("app", "hooked"),
+            2,
+        ),
     )?;
-    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
     let app_pid_comm = "python3";
 
     let deletion = pod.delete_with_grace(2)?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let c = only_container(&report)?;
 
     // Ground truth: the hook ran out its 2 s (kubelet's timeout), the app took SIGTERM and
@@ -1309,12 +1287,7 @@ fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> R
             .is_some_and(|h| h.kind == "exec"),
         "{k:?}"
     );
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
 
 /// 7. A force delete (`--grace-period=0`) with a request in flight: SIGKILL at once, the
@@ -1323,26 +1296,14 @@ fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> R
 fn a_force_delete_is_not_a_grace_period_to_lengthen() -> Result<()> {
     k8s_test!();
     let _one = one_at_a_time();
-    let containerd = Containerd::shared()?;
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
-    let mut pod = kubelet.run_pod(
-        PodSpec::new("forced", vec![app("drain")])
-            .grace(30)
-            .service("forced")
-            .label("app", "forced"),
-    )?;
-    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
-    let mut load = Load::new(containerd.node_netns(), pod_addr(&pod.ip)?);
-    load.wait_ready("/", Duration::from_secs(10))?;
-    let port = load.in_flight("/slow?s=10", false)?;
-    pod.wait_for_log("app", &format!("start {port}"), Duration::from_secs(10))?;
+    let (containerd, kubelet, mut agent) = node(&api)?;
+    let mut pod = run_listening(&kubelet, app_pod("forced", vec![app("drain")], 30))?;
+    let (load, _) = request_in_flight(containerd, &pod, "/slow?s=10")?;
 
     let deletion = pod.delete_with_grace(0)?;
     let seen = load.finish()?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let c = only_container(&report)?;
     show(c, &seen)?;
 
@@ -1386,12 +1347,7 @@ fn a_force_delete_is_not_a_grace_period_to_lengthen() -> Result<()> {
         "{:?}",
         report.summary
     );
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
 
 /// 8. An httpGet preStop hook on the app's own port (`/quit?s=1`, a drain endpoint that ends
@@ -1402,35 +1358,27 @@ fn a_force_delete_is_not_a_grace_period_to_lengthen() -> Result<()> {
 fn kubelets_http_get_hook_request_is_not_a_client_cut() -> Result<()> {
     k8s_test!();
     let _one = one_at_a_time();
-    let containerd = Containerd::shared()?;
     let api = ApiServer::start()?;
-    let kubelet = KubeletDriver::new(containerd, Some(&api))?;
-    let mut agent = AgentProcess::start(&api, &kubelet.node_name)?;
-    let mut pod = kubelet.run_pod(
-        PodSpec::new(
+    let (containerd, kubelet, mut agent) = node(&api)?;
+    let mut pod = run_listening(
+        &kubelet,
+        app_pod(
             "quitter",
             vec![app("drain").pre_stop(PreStop::HttpGet {
                 port: PORT,
                 path: "/quit?s=1".into(),
             })],
-        )
-        .grace(10)
-        .service("quitter")
-        .label("app", "quitter"),
+            10,
+        ),
     )?;
-    pod.wait_for_log("app", "listening", Duration::from_secs(20))?;
-    let mut load = Load::new(containerd.node_netns(), pod_addr(&pod.ip)?);
-    load.wait_ready("/", Duration::from_secs(10))?;
-    let client = load.in_flight("/slow?s=10", false)?;
-    pod.wait_for_log("app", &format!("start {client}"), Duration::from_secs(10))?;
+    let (load, client) = request_in_flight(containerd, &pod, "/slow?s=10")?;
     // The client's request began well before the deletion (kubelet's hook request is told by
     // when it came: from the deletion on).
     std::thread::sleep(Duration::from_millis(1500));
 
     let deletion = pod.delete_with_grace(10)?;
     let seen = load.finish()?;
-    let report = agent.wait_pod_report(pod.uid(), REPORT_TIMEOUT)?;
-    print_pod_report(&report)?;
+    let report = pod_report(&mut agent, &pod)?;
     let c = only_container(&report)?;
     show(c, &seen)?;
 
@@ -1477,10 +1425,5 @@ fn kubelets_http_get_hook_request_is_not_a_client_cut() -> Result<()> {
         report.internal_counts
     );
     ensure!(report.outcome == Outcome::Cut, "{:?}", report.outcome);
-    let status = agent.stop()?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} after SIGINT"
-    );
-    Ok(())
+    stop_agent(agent)
 }
