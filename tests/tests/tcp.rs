@@ -17,7 +17,9 @@ use termscope::{
 };
 use termscope_tests::{Kernel, NetNs, Proc, TestCgroup, kernel_test, scripts};
 
-const WAIT: Duration = Duration::from_secs(10);
+/// How long to wait for what must come (it returns as soon as it has): long enough for the
+/// older kernels booted under TCG beside a loaded CI machine.
+const WAIT: Duration = Duration::from_secs(30);
 const PORT: u16 = 8080;
 
 #[derive(Clone, Copy, Debug)]
