@@ -16,6 +16,7 @@ use std::{
 
 pub mod http;
 pub mod load;
+pub mod nginx;
 
 // Kubernetes test infrastructure: a real containerd driven over CRI like kubelet does, local
 // images, and an API server stand-in.

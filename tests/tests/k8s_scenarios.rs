@@ -32,6 +32,7 @@ use termscope_tests::{
     k8s_test,
     kubelet::{ContainerSpec, KubeletDriver, Pod, PodSpec, PreStop},
     load::{Kind, Load, Truth, check_verdicts, show},
+    nginx,
 };
 
 /// A threaded HTTP server on 0.0.0.0:PORT that answers every request with
@@ -768,49 +769,6 @@ fn grace_period_runs_out_and_sigkill_cuts() -> Result<()> {
     stop_agent(agent)
 }
 
-/// The slow file: 384 KiB at 128 KiB/s, about 3 s per download.
-const SLOW_BYTES: usize = 384 * 1024;
-
-/// nginx's configuration and document root in `dir`, which the container sees at `/ts`.
-fn nginx_files(dir: &TempDir) -> Result<()> {
-    std::fs::create_dir_all(dir.join("www/slow"))?;
-    dir.write("www/index.html", "ok\n")?;
-    dir.write("www/slow/big.bin", vec![b'x'; SLOW_BYTES])?;
-    dir.write(
-        "nginx.conf",
-        format!(
-            r#"daemon off;
-master_process on;
-worker_processes 2;
-user root;
-pid /ts/nginx.pid;
-error_log /ts/error.log notice;
-events {{
-    worker_connections 64;
-}}
-http {{
-    access_log off;
-    client_body_temp_path /ts/client_body;
-    proxy_temp_path /ts/proxy;
-    fastcgi_temp_path /ts/fastcgi;
-    uwsgi_temp_path /ts/uwsgi;
-    scgi_temp_path /ts/scgi;
-    default_type application/octet-stream;
-    keepalive_timeout 60s;
-    server {{
-        listen 0.0.0.0:{PORT};
-        root /ts/www;
-        location /slow/ {{
-            limit_rate 128k;
-        }}
-    }}
-}}
-"#
-        ),
-    )?;
-    Ok(())
-}
-
 /// 5. nginx in a pod, with a keep-alive connection idle and two slow downloads in flight,
 ///    stopped with the image's stop signal: SIGTERM (nginx's fast shutdown) or SIGQUIT (its
 ///    graceful one).
@@ -828,7 +786,7 @@ fn nginx_scenario(quit: bool) -> Result<()> {
     let api = ApiServer::start()?;
     let (_, kubelet, mut agent) = node(&api)?;
     let dir = TempDir::new("k8s-nginx")?;
-    nginx_files(&dir)?;
+    nginx::write_config(&dir, "/ts", &format!("0.0.0.0:{PORT}"))?;
     let host_dir = dir.path.to_string_lossy().into_owned();
     let mut pod = kubelet.run_pod(
         PodSpec::new(

@@ -9,60 +9,18 @@ use termscope::terminations::report::{Outcome, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{Kind, Load, Truth, check_verdicts, show},
+    nginx,
 };
 
 /// Idle keep-alive connections and slow responses in flight at the stop signal.
 const IDLE: usize = 3;
 const IN_FLIGHT: usize = 2;
-/// The slow file: 384 KiB sent at 128 KiB/s, i.e. about 2 s per response.
-const SLOW_BYTES: usize = 384 * 1024;
-
-/// A generated nginx configuration and document root in a temp dir.
-fn nginx_config(dir: &TempDir) -> Result<std::path::PathBuf> {
-    let d = dir.path.display();
-    std::fs::create_dir_all(dir.join("www/slow"))?;
-    dir.write("www/index.html", "ok\n")?;
-    dir.write("www/slow/big.bin", vec![b'x'; SLOW_BYTES])?;
-    dir.write(
-        "nginx.conf",
-        format!(
-            r#"daemon off;
-master_process on;
-worker_processes 2;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log notice;
-events {{
-    worker_connections 64;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    default_type application/octet-stream;
-    keepalive_timeout 60s;
-    server {{
-        listen 127.0.0.1:8080;
-        root {d}/www;
-        location /slow/ {{
-            limit_rate 128k;
-        }}
-    }}
-}}
-"#
-        ),
-    )
-}
-
 fn scenario(signal: i32) -> Result<()> {
     let mut agent = Agent::start(Duration::from_secs(20))?;
     let cg = TestCgroup::new("nginx")?;
     let ns = NetNs::new("nginx")?;
     let dir = TempDir::new("nginx")?;
-    let conf = nginx_config(&dir)?;
+    let conf = nginx::write_config(&dir, &dir.path.display().to_string(), "127.0.0.1:8080")?;
     let mut cmd = Command::new("/usr/sbin/nginx");
     cmd.arg("-p")
         .arg(&dir.path)
