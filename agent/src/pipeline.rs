@@ -21,7 +21,7 @@ use crate::{
         Action, Engine, EngineConfig, OpenConnection,
         kube::enrich,
         pod::{PodNow, PodRollUps, PodTerminationReport, roll_up},
-        report::{Incomplete, TerminationReport},
+        report::{Flag, Incomplete, TerminationReport},
     },
 };
 
@@ -613,8 +613,8 @@ impl Pipeline {
 
     /// Flags a report whose termination spanned an agent restart.
     fn mark_restarted(&mut self, report: &mut TerminationReport) {
-        if self.restarted.remove(&report.subject.cgroup_id) && !report.has_flag("agent_restarted") {
-            report.flags.push("agent_restarted".into());
+        if self.restarted.remove(&report.subject.cgroup_id) {
+            report.add_flag(Flag::AgentRestarted);
         }
     }
 
@@ -695,9 +695,7 @@ impl Pipeline {
                 stop_signal_missed = incomplete.stop_signal_missed,
                 "the report is incomplete"
             );
-            if !report.has_flag("incomplete") {
-                report.flags.push("incomplete".into());
-            }
+            report.add_flag(Flag::Incomplete);
             report.incomplete = Some(incomplete);
         }
     }

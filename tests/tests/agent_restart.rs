@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use termscope::{
     outputs::log,
-    terminations::report::{Direction, Outcome, TerminationReport, Verdict},
+    terminations::report::{Direction, Flag, Outcome, TerminationReport, Verdict},
 };
 use termscope_tests::{
     NetNs, Proc, TempDir, TestCgroup,
@@ -239,7 +239,7 @@ fn one_report(setup: &Setup, agent: Agent, cgroup_id: u64) -> Result<Termination
         let flagged = log::read_log(&setup.log())?
             .reports
             .iter()
-            .filter(|r| r.has_flag("agent_restarted"))
+            .filter(|r| r.has_flag(Flag::AgentRestarted))
             .count();
         let counted = agent.metric("termscope_agent_restarted_reports_total")?;
         Ok((flagged >= 1 && counted == flagged as f64).then_some(()))
@@ -274,7 +274,7 @@ fn an_agent_killed_during_a_graceful_drain_reports_it_once_complete() -> Result<
     server.expect_line("drained")?;
     server.child.wait()?;
     let report = one_report(&setup, agent, cg.id)?;
-    assert!(report.has_flag("agent_restarted"), "{:?}", report.flags);
+    assert!(report.has_flag(Flag::AgentRestarted), "{:?}", report.flags);
     assert_eq!(report.outcome, Outcome::Graceful);
     assert_eq!(report.counts.cut, 0);
     assert_eq!(report.subject.cgroup_path, cg.path);
@@ -340,7 +340,7 @@ fn escalate(mut server: Proc) -> Result<()> {
 
 fn check_escalation(report: &TerminationReport, cg: &TestCgroup, port: u16) -> Result<()> {
     ensure!(
-        report.has_flag("agent_restarted"),
+        report.has_flag(Flag::AgentRestarted),
         "not flagged: {:?}",
         report.flags
     );

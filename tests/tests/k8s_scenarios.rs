@@ -20,7 +20,7 @@ use termscope::{
     clock::parse_rfc3339,
     terminations::{
         kube::PodTerminationReport,
-        report::{Internal, Outcome, TerminationReport, Verdict},
+        report::{Flag, Internal, Outcome, TerminationReport, Verdict},
     },
 };
 use termscope_tests::{
@@ -500,8 +500,8 @@ fn late_connections_are_refused_without_a_pre_stop_hook() -> Result<()> {
     );
 
     ensure!(report.outcome == Outcome::Cut, "{:?}", report.outcome);
-    for flag in ["cut", "late_traffic"] {
-        ensure!(report.flags.iter().any(|f| f == flag), "{:?}", report.flags);
+    for flag in [Flag::Cut, Flag::LateTraffic] {
+        ensure!(report.has_flag(flag), "{:?}", report.flags);
     }
     let needed = (max_ms / 1000.0).ceil().max(1.0);
     ensure!(
@@ -724,8 +724,8 @@ fn grace_period_runs_out_and_sigkill_cuts() -> Result<()> {
     check_verdicts(c, &seen, |_| Some(Verdict::ClosedByExit))?;
 
     ensure!(report.outcome == Outcome::Killed, "{:?}", report.outcome);
-    for flag in ["killed", "cut"] {
-        ensure!(report.flags.iter().any(|f| f == flag), "{:?}", report.flags);
+    for flag in [Flag::Killed, Flag::Cut] {
+        ensure!(report.has_flag(flag), "{:?}", report.flags);
     }
     ensure!(report.counts.closed_by_exit == 1, "{:?}", report.counts);
     ensure!(
@@ -887,11 +887,7 @@ fn nginx_scenario(quit: bool) -> Result<()> {
             })
         })?;
         ensure!(report.outcome == Outcome::Cut, "{:?}", report.outcome);
-        ensure!(
-            report.flags.iter().any(|f| f == "cut"),
-            "{:?}",
-            report.flags
-        );
+        ensure!(report.has_flag(Flag::Cut), "{:?}", report.flags);
         ensure!(report.counts.closed_by_exit == 2, "{:?}", report.counts);
         ensure!(report.counts.closed_idle == 1, "{:?}", report.counts);
         ensure!(
@@ -1220,7 +1216,7 @@ fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> R
         "{:?}",
         c.stop_signals
     );
-    ensure!(!c.has_flag("killed"), "{:?}", c.flags);
+    ensure!(!c.has_flag(Flag::Killed), "{:?}", c.flags);
     ensure!(report.outcome == Outcome::Graceful, "{:?}", report.summary);
     ensure!(
         !report

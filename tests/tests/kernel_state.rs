@@ -13,7 +13,7 @@ use anyhow::{Context, Result, ensure};
 use termscope::{
     outputs::metrics::{Health, Metrics, MetricsConfig},
     probes::LoadOptions,
-    terminations::report::{Direction, Outcome, Verdict},
+    terminations::report::{Direction, Flag, Outcome, Verdict},
 };
 use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test, python, scripts};
 
@@ -199,7 +199,7 @@ fn a_lost_stop_signal_is_reported_from_the_kernel_watch() -> Result<()> {
     let report = agent.report_for(target.id, Duration::from_secs(15))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     assert_eq!(report.opened_by, "kernel_watch");
-    assert!(report.has_flag("incomplete"), "{:?}", report.flags);
+    assert!(report.has_flag(Flag::Incomplete), "{:?}", report.flags);
     let incomplete = report.incomplete.context("no `incomplete`")?;
     assert!(incomplete.stop_signal_missed);
     assert!(incomplete.events_lost >= 1, "{incomplete:?}");
@@ -373,7 +373,7 @@ fn the_cgroup_removed_right_after_the_last_exit() -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&report)?);
     assert_eq!(report.subject.cgroup_path, cg.path);
     assert_eq!(report.outcome, Outcome::Killed);
-    assert!(!report.has_flag("survived"), "{:?}", report.flags);
+    assert!(!report.has_flag(Flag::Survived), "{:?}", report.flags);
     assert_eq!(report.counts.closed_by_exit, 1);
     drop(client);
     Ok(())

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Result;
-use termscope::terminations::report::{Outcome, TerminationReport, Verdict};
+use termscope::terminations::report::{Flag, Outcome, TerminationReport, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TestCgroup, kernel_test,
     load::{Load, Seen, Truth, check_verdicts, show},
@@ -143,7 +143,7 @@ fn gunicorn_graceful_timeout_kills_the_worker() -> Result<()> {
         "{:?}",
         r.report.exits
     );
-    assert!(r.report.flags.contains(&"cut".to_string()));
+    assert!(r.report.has_flag(Flag::Cut));
     assert_eq!(r.report.counts.closed_by_exit, 1);
     // gunicorn's master SIGKILLing its worker after graceful_timeout is an escalation.
     assert_eq!(r.report.outcome, Outcome::Killed);
@@ -158,7 +158,7 @@ fn gunicorn_graceful_timeout_is_reported_as_killed() -> Result<()> {
     let r = graceful_timeout_run()?;
     println!("events:\n{}", r.events);
     assert_eq!(r.report.outcome, Outcome::Killed);
-    assert!(r.report.flags.contains(&"killed".to_string()));
+    assert!(r.report.has_flag(Flag::Killed));
     assert!(
         r.report.summary[0].contains("SIGKILL"),
         "{:?}",
@@ -180,8 +180,8 @@ fn gunicorn_sigterm_then_runtime_sigkill() -> Result<()> {
     );
     check_verdicts(&r.report, &r.seen, |_| Some(Verdict::ClosedByExit))?;
     assert_eq!(r.report.outcome, Outcome::Killed);
-    assert!(r.report.flags.contains(&"killed".to_string()));
-    assert!(r.report.flags.contains(&"cut".to_string()));
+    assert!(r.report.has_flag(Flag::Killed));
+    assert!(r.report.has_flag(Flag::Cut));
     assert_forwarded(&r, "SIGTERM");
     let killed: Vec<_> = r
         .report

@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
-use termscope::terminations::report::{Outcome, Verdict};
+use termscope::terminations::report::{Flag, Outcome, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TestCgroup, kernel_test,
     load::{Kind, Load, Truth, check_verdicts, show},
@@ -56,8 +56,8 @@ fn node_stopped_with(signal: i32) -> Result<()> {
     })?;
     ensure!(report.counts.cut == 1, "{:?}", report.counts);
     ensure!(report.counts.closed_idle == 2, "{:?}", report.counts);
-    ensure!(report.has_flag("cut"), "{:?}", report.flags);
-    ensure!(report.has_flag("closed_idle"), "{:?}", report.flags);
+    ensure!(report.has_flag(Flag::Cut), "{:?}", report.flags);
+    ensure!(report.has_flag(Flag::ClosedIdle), "{:?}", report.flags);
     ensure!(
         report
             .summary

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Result, bail};
-use termscope::terminations::report::Outcome;
+use termscope::terminations::report::{Flag, Outcome};
 use termscope_tests::{
     Agent, NetNs, Proc, TestCgroup, kernel_test,
     load::{Load, check_knocks, show},
@@ -50,12 +50,8 @@ fn connections_refused_after_the_listener_closed() -> Result<()> {
     // the scenario only needs late traffic to have been refused at all.
     assert!(refused >= 1, "no refusals: {seen:?}");
     assert_eq!(report.outcome, Outcome::Cut);
-    for flag in ["cut", "late_traffic"] {
-        assert!(
-            report.flags.contains(&flag.to_string()),
-            "{:?}",
-            report.flags
-        );
+    for flag in [Flag::Cut, Flag::LateTraffic] {
+        assert!(report.has_flag(flag), "{:?}", report.flags);
     }
     assert!(report.timeline.iter().any(|s| s.what == "listener_closed"));
     assert!(

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Result;
-use termscope::terminations::report::{Outcome, Verdict};
+use termscope::terminations::report::{Flag, Outcome, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{Kind, Load, Truth, check_verdicts, show},
@@ -73,11 +73,7 @@ fn scenario(signal: i32) -> Result<()> {
             })
         })?;
         assert_eq!(report.outcome, Outcome::Cut);
-        assert!(
-            report.flags.contains(&"cut".to_string()),
-            "{:?}",
-            report.flags
-        );
+        assert!(report.has_flag(Flag::Cut), "{:?}", report.flags);
         assert_eq!(report.counts.closed_by_exit as usize, IN_FLIGHT);
         assert_eq!(report.counts.closed_idle as usize, IDLE);
         assert_eq!(report.counts.cut as usize, IN_FLIGHT);

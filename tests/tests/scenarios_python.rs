@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use termscope::terminations::report::{Outcome, Verdict};
+use termscope::terminations::report::{Flag, Outcome, Verdict};
 use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test, python};
 
 /// Serves one slow request per connection: reads a line, sleeps `delay` seconds, answers.
@@ -116,7 +116,7 @@ fn scenario(handler: bool) -> Result<()> {
         assert!(truth.iter().all(|(_, s)| *s != Seen::Answered), "{truth:?}");
         assert_eq!(report.outcome, Outcome::NoHandler);
         assert_eq!(report.counts.closed_by_exit, 3);
-        assert!(report.flags.contains(&"cut".to_string()));
+        assert!(report.has_flag(Flag::Cut));
     }
     assert_eq!(report.subject.main.pid, server.pid());
     Ok(())

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
-use termscope::terminations::report::{Outcome, Verdict};
+use termscope::terminations::report::{Flag, Outcome, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TestCgroup, kernel_test,
     load::{Kind, Load, Truth, check_verdicts, show},
@@ -61,12 +61,8 @@ fn runtime_sigkill_after_the_grace_period() -> Result<()> {
         })
     })?;
     assert_eq!(report.outcome, Outcome::Killed);
-    for flag in ["cut", "killed"] {
-        assert!(
-            report.flags.contains(&flag.to_string()),
-            "{:?}",
-            report.flags
-        );
+    for flag in [Flag::Cut, Flag::Killed] {
+        assert!(report.has_flag(flag), "{:?}", report.flags);
     }
     assert_eq!(report.counts.closed_by_exit, 2);
     assert_eq!(report.counts.closed_idle, 1);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Result;
-use termscope::terminations::report::{Outcome, TerminationReport, Verdict};
+use termscope::terminations::report::{Flag, Outcome, TerminationReport, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{Kind, Load, Seen, Truth, check_knocks, check_verdicts, show},
@@ -152,8 +152,8 @@ fn supervisord_stopped_by_the_runtime_escalates_to_sigkill() -> Result<()> {
     let r = stop_container()?;
     let rep = &r.report;
     check_verdicts(rep, &r.seen, |_| Some(Verdict::ClosedByExit))?;
-    for flag in ["cut", "late_traffic"] {
-        assert!(rep.flags.contains(&flag.to_string()), "{:?}", rep.flags);
+    for flag in [Flag::Cut, Flag::LateTraffic] {
+        assert!(rep.has_flag(flag), "{:?}", rep.flags);
     }
     // The traffic that kept coming: served while the program ignored TERM (accepted late),
     // refused between its death and supervisord's exit (up to 1 s: supervisord's main loop
@@ -228,7 +228,7 @@ fn supervisord_stopwaitsecs_escalation_is_reported_as_killed() -> Result<()> {
     let r = stop_container()?;
     println!("events:\n{}", r.events);
     assert_eq!(r.report.outcome, Outcome::Killed);
-    assert!(r.report.flags.contains(&"killed".to_string()));
+    assert!(r.report.has_flag(Flag::Killed));
     assert!(
         r.report.summary[0].contains("SIGKILL"),
         "{:?}",

@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use termscope::terminations::report::{Direction, Outcome, TerminationReport, Verdict};
+use termscope::terminations::report::{Direction, Flag, Outcome, TerminationReport, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, child_of, kernel_test, kill,
     load::{Load, Truth, check_verdicts, show},
@@ -124,7 +124,7 @@ fn process_per_connection_workers_exit_after_the_clients_goodbye() -> Result<()>
         "{:?}",
         report.counts
     );
-    ensure!(!report.has_flag("cut"), "{:?}", report.flags);
+    ensure!(!report.has_flag(Flag::Cut), "{:?}", report.flags);
     ensure!(
         report
             .summary
@@ -274,7 +274,7 @@ fn proxy_scenario(signal: i32) -> Result<()> {
         check_verdicts(&report, &seen, |_| Some(Verdict::Completed))?;
         ensure!(report.outcome == Outcome::Graceful, "{:?}", report.outcome);
         ensure!(report.counts.cut == 0, "{:?}", report.counts);
-        ensure!(!report.has_flag("cut"), "{:?}", report.flags);
+        ensure!(!report.has_flag(Flag::Cut), "{:?}", report.flags);
     } else {
         // Hard stop: the client of the slow request lost its answer, the idle ones nothing.
         for s in &seen {
@@ -300,7 +300,7 @@ fn proxy_scenario(signal: i32) -> Result<()> {
             "{:?}",
             report.outbound_counts
         );
-        ensure!(report.has_flag("outbound_cut"), "{:?}", report.flags);
+        ensure!(report.has_flag(Flag::OutboundCut), "{:?}", report.flags);
         ensure!(
             report
                 .summary

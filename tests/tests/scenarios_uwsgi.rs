@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Result;
-use termscope::terminations::report::{Outcome, TerminationReport, Verdict};
+use termscope::terminations::report::{Flag, Outcome, TerminationReport, Verdict};
 use termscope_tests::{
     Agent, Marks, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{Load, Seen, Truth, check_verdicts, show},
@@ -75,7 +75,7 @@ fn assert_cut_in_flight(r: &Run) -> Result<()> {
     );
     check_verdicts(&r.report, &r.seen, |_| Some(Verdict::ClosedByExit))?;
     assert_eq!(r.report.counts.closed_by_exit as usize, IN_FLIGHT);
-    assert!(r.report.flags.contains(&"cut".to_string()));
+    assert!(r.report.has_flag(Flag::Cut));
     Ok(())
 }
 
@@ -85,7 +85,7 @@ fn uwsgi_sigterm_reloads_and_survives() -> Result<()> {
     let r = scenario(false, libc::SIGTERM, Duration::from_secs(4))?;
     assert_cut_in_flight(&r)?;
     assert_eq!(r.report.outcome, Outcome::Survived);
-    assert!(r.report.flags.contains(&"survived".to_string()));
+    assert!(r.report.has_flag(Flag::Survived));
     assert!(
         r.report.summary.iter().any(|s| s.contains("--die-on-term")),
         "no uWSGI advice: {:?}",

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 use crate::terminations::{
+    flag::{self, Flag},
     kube::PodTerminationReport,
     report::{Step, TerminationReport},
 };
@@ -20,8 +21,6 @@ use crate::terminations::{
 pub const TIMELINE_EXTRA: usize = 64;
 /// The fewest entries of each list kept, whatever `max` says.
 pub const MIN_KEPT: usize = 16;
-/// The flag of a report cut to size.
-pub const TRUNCATED: &str = "truncated";
 
 /// Keeps the first and last entries of `v`, at most `keep` in all; returns the left-out ones.
 fn keep_ends<T>(v: &mut Vec<T>, keep: usize) -> Vec<T> {
@@ -76,10 +75,9 @@ pub fn pod_report(p: &mut PodTerminationReport, max: usize) -> bool {
     cut
 }
 
-fn mark(flags: &mut Vec<String>, summary: &mut Vec<String>, said: &[String], max: usize) {
-    if !flags.iter().any(|f| f == TRUNCATED) {
-        flags.push(TRUNCATED.into());
-    }
+/// Flags a report cut to size ([`Flag::Truncated`]) and says what was left out.
+fn mark(flags: &mut Vec<Flag>, summary: &mut Vec<String>, said: &[String], max: usize) {
+    flag::add(flags, Flag::Truncated);
     summary.push(format!(
         "This report was cut to size (--max-connections-per-report {max}): {} not listed; \
          the counts cover everything.",
@@ -152,7 +150,8 @@ fn timeline(steps: &mut Vec<Step>, keep: usize) -> Option<String> {
 /// The longest line written to stdout, newline included: containerd's CRI log format splits
 /// longer lines (16 KiB), and log shippers then see pieces that are not JSON.
 pub const STDOUT_MAX_LINE: usize = 16 * 1024;
-/// The flag of a report shortened on stdout (the log file and the API have it whole).
+/// The field of a report shortened on stdout that says what was left out (the log file and
+/// the API have it whole); the flag [`Flag::StdoutTruncated`] has the same name.
 pub const STDOUT_TRUNCATED: &str = "stdout_truncated";
 /// The lists that are shortened on stdout, wherever they are (a pod report's containers too),
 /// in the order they give way: connections keep their head (cut ones come first), the others
@@ -180,7 +179,7 @@ const STDOUT_MINIMAL: [&str; 14] = [
 /// most [`STDOUT_MAX_LINE`] bytes whatever the report. A report that does not fit gives up
 /// its longest lists (halving them, see [`STDOUT_LISTS`]) until it fits; if it still does
 /// not, only [`STDOUT_MINIMAL`] is kept. What was left out is said: the flag
-/// [`STDOUT_TRUNCATED`], a last summary sentence, and `stdout_truncated` (how many entries of
+/// [`Flag::StdoutTruncated`], a last summary sentence, and the field [`STDOUT_TRUNCATED`] (how many entries of
 /// each list, which fields, and where the whole report is). Counts, flags and the summary
 /// are kept.
 pub fn stdout_line(record: &impl serde::Serialize) -> Result<String, serde_json::Error> {
@@ -243,7 +242,7 @@ pub fn stdout_line(record: &impl serde::Serialize) -> Result<String, serde_json:
     let whole = format!("the whole report is in the log file (--log-file) and at {api}");
     if let serde_json::Value::Object(map) = &mut v {
         if let Some(serde_json::Value::Array(flags)) = map.get_mut("flags") {
-            flags.push(STDOUT_TRUNCATED.into());
+            flags.push(Flag::StdoutTruncated.as_str().into());
         }
         if let Some(serde_json::Value::Array(summary)) = map.get_mut("summary") {
             summary.push(
@@ -390,7 +389,7 @@ mod tests {
         // The start and the end of the shutdown are kept.
         assert_eq!(r.timeline[0].what, "stop_signal");
         assert_eq!(r.timeline.last().map(|s| s.what.as_str()), Some("empty"));
-        assert!(r.flags.iter().any(|f| f == TRUNCATED));
+        assert!(r.has_flag(Flag::Truncated));
         assert!(
             r.summary
                 .last()
@@ -439,9 +438,10 @@ mod tests {
             v["outcome"],
             serde_json::to_value(r.outcome).expect("outcome")
         );
-        let flags = v["flags"].as_array().expect("flags");
-        assert!(flags.iter().any(|f| f == TRUNCATED));
-        assert!(flags.iter().any(|f| f == STDOUT_TRUNCATED));
+        let flags: Vec<Flag> = serde_json::from_value(v["flags"].clone()).expect("flags");
+        assert!(flags.contains(&Flag::Truncated), "{flags:?}");
+        assert!(flags.contains(&Flag::StdoutTruncated), "{flags:?}");
+        assert_eq!(STDOUT_TRUNCATED, Flag::StdoutTruncated.as_str());
         let marker = &v[STDOUT_TRUNCATED];
         let lists = marker["lists"].as_object().expect("lists");
         let kept = |k: &str| v[k].as_array().map_or(0, Vec::len);
@@ -496,9 +496,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).expect("json");
         assert_eq!(v["id"], serde_json::json!(r.id));
         assert!(
-            v["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f == STDOUT_TRUNCATED))
+            serde_json::from_value::<Vec<Flag>>(v["flags"].clone())
+                .is_ok_and(|f| f.contains(&Flag::StdoutTruncated))
         );
         assert!(
             v[STDOUT_TRUNCATED]["fields"]

@@ -208,7 +208,7 @@ pub fn graceful() -> TerminationReport {
 
 #[test]
 fn fixtures_are_what_they_say() {
-    use crate::terminations::report::{Outcome, SignalDisposition};
+    use crate::terminations::report::{Flag, Outcome, SignalDisposition};
     let r = no_handler();
     assert_eq!(r.outcome, Outcome::NoHandler);
     assert_eq!(r.subject.pod_uid.as_deref(), Some(POD_UID));
@@ -225,7 +225,12 @@ fn fixtures_are_what_they_say() {
     assert_eq!(k.subject.workload, "app.service");
     assert_eq!(
         k.flags,
-        ["cut", "killed", "late_traffic", "reset_by_peer"],
+        [
+            Flag::Cut,
+            Flag::Killed,
+            Flag::LateTraffic,
+            Flag::ResetByPeer
+        ],
         "{k:#?}"
     );
     assert_eq!(k.counts.closed_by_exit, 2);

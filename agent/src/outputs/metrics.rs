@@ -16,7 +16,7 @@ use crate::{
     outputs::server::Closed,
     pipeline::KeptStats,
     probes::KernelCounters,
-    terminations::report::{TerminationReport, Verdict},
+    terminations::report::{Flag, TerminationReport, Verdict},
 };
 
 /// Buckets of `termscope_shutdown_duration_seconds`: 10 ms to 5 min.
@@ -368,7 +368,7 @@ impl Metrics {
         if report.incomplete.is_some() {
             self.incomplete_reports.inc();
         }
-        if report.has_flag("agent_restarted") {
+        if report.has_flag(Flag::AgentRestarted) {
             self.restarted_reports.inc();
         }
         self.terminations
@@ -410,7 +410,7 @@ impl Metrics {
                 .with_label_values(&self.labels(report, &[]))
                 .inc_by(u64::from(report.counts.accepted_late));
         }
-        if !report.has_flag("survived") {
+        if !report.has_flag(Flag::Survived) {
             self.shutdown_duration
                 .with_label_values(&self.labels(report, &[]))
                 .observe(report.shutdown_ms / 1000.0);

@@ -6,6 +6,7 @@
 use std::{borrow::Cow, fmt::Write as _};
 
 use crate::terminations::{
+    flag::{self, Flag},
     kube::PodTerminationReport,
     report::{Connection, Direction, Step, TerminationReport, Verdict},
 };
@@ -53,7 +54,7 @@ pub fn list_line(r: &TerminationReport) -> String {
         who
     );
     if !r.flags.is_empty() {
-        let _ = write!(line, "  [{}]", r.flags.join(", "));
+        let _ = write!(line, "  [{}]", flag::joined(&r.flags));
     }
     line
 }
@@ -74,7 +75,7 @@ pub fn pod_list_line(p: &PodTerminationReport) -> String {
         p.containers.len()
     );
     if !p.flags.is_empty() {
-        let _ = write!(line, "  [{}]", p.flags.join(", "));
+        let _ = write!(line, "  [{}]", flag::joined(&p.flags));
     }
     line
 }
@@ -122,7 +123,7 @@ fn write_pod_report(out: &mut String, p: &PodTerminationReport) -> std::fmt::Res
         p.outcome.as_str()
     )?;
     if !p.flags.is_empty() {
-        write!(out, "  [{}]", p.flags.join(", "))?;
+        write!(out, "  [{}]", flag::joined(&p.flags))?;
     }
     writeln!(out)?;
     writeln!(
@@ -214,7 +215,7 @@ fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
         r.outcome.as_str()
     )?;
     if !r.flags.is_empty() {
-        write!(out, "  [{}]", r.flags.join(", "))?;
+        write!(out, "  [{}]", flag::joined(&r.flags))?;
     }
     writeln!(out)?;
 
@@ -233,7 +234,7 @@ fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
     }
     who.push(format!("main {} (pid {})", s.main.comm, s.main.pid));
     writeln!(out, "  {}", who.join(", "))?;
-    let shutdown = if r.has_flag("survived") {
+    let shutdown = if r.has_flag(Flag::Survived) {
         format!(
             "still running {} after the stop signal",
             duration(r.shutdown_ms)
@@ -497,7 +498,7 @@ mod tests {
         r.connections.clear();
         r.connections_omitted = 0;
         assert!(report(&r).contains("  connections: none\n"));
-        r.flags.push("survived".into());
+        r.flags.push(Flag::Survived);
         assert!(
             report(&r).contains("  still running 250.0 ms after the stop signal, ended"),
             "{}",

@@ -9,6 +9,7 @@
 
 pub mod activity;
 pub mod advice;
+pub mod flag;
 pub mod kube;
 pub mod outcome;
 pub mod pod;

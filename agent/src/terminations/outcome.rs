@@ -1,7 +1,7 @@
 //! How a termination ended: the facts the engine measured, and the rule that picks the
 //! outcome and the flags from them.
 
-use super::report::{Counts, Outcome};
+use super::report::{Counts, Flag, Outcome};
 
 /// What the engine measured, as the outcome rule needs it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,30 +42,29 @@ impl Facts {
         }
     }
 
-    /// Every condition that holds.
-    pub fn flags(&self) -> Vec<String> {
+    /// Every condition that holds, in the order of [`Flag::ALL`].
+    pub fn flags(&self) -> Vec<Flag> {
         let late = self.served.accepted_late > 0 || self.served.refused > 0;
         [
-            (self.served.cut > 0, "cut"),
-            (self.outbound.cut > 0, "outbound_cut"),
-            (self.killed, "killed"),
-            (self.no_handler, "no_handler"),
-            (self.ignored, "ignored"),
-            (self.survived, "survived"),
-            (late, "late_traffic"),
+            (self.served.cut > 0, Flag::Cut),
+            (self.outbound.cut > 0, Flag::OutboundCut),
+            (self.killed, Flag::Killed),
+            (self.no_handler, Flag::NoHandler),
+            (self.ignored, Flag::Ignored),
+            (self.survived, Flag::Survived),
+            (late, Flag::LateTraffic),
             (
                 self.served.reset_by_peer + self.outbound.reset_by_peer > 0,
-                "reset_by_peer",
+                Flag::ResetByPeer,
             ),
             (
                 self.served.closed_idle + self.outbound.closed_idle > 0,
-                "closed_idle",
+                Flag::ClosedIdle,
             ),
-            (self.activity_missing, "activity_unavailable"),
+            (self.activity_missing, Flag::ActivityUnavailable),
         ]
         .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, name)| name.to_string())
+        .filter_map(|(on, flag)| on.then_some(flag))
         .collect()
     }
 }
@@ -89,14 +88,14 @@ mod tests {
             ..Facts::default()
         };
         assert_eq!(f.outcome(), Outcome::Graceful);
-        assert_eq!(f.flags(), vec!["outbound_cut"]);
+        assert_eq!(f.flags(), [Flag::OutboundCut]);
         let f = Facts {
             served: cut(1),
             outbound: cut(3),
             ..Facts::default()
         };
         assert_eq!(f.outcome(), Outcome::Cut);
-        assert_eq!(f.flags(), vec!["cut", "outbound_cut"]);
+        assert_eq!(f.flags(), [Flag::Cut, Flag::OutboundCut]);
     }
 
     #[test]
@@ -109,7 +108,7 @@ mod tests {
             ..Facts::default()
         };
         assert_eq!(f.outcome(), Outcome::Graceful);
-        assert_eq!(f.flags(), vec!["closed_idle"]);
+        assert_eq!(f.flags(), [Flag::ClosedIdle]);
     }
 
     #[test]
@@ -151,6 +150,6 @@ mod tests {
             served: cut(1),
             ..Facts::default()
         };
-        assert_eq!(f.flags(), vec!["cut", "activity_unavailable"]);
+        assert_eq!(f.flags(), [Flag::Cut, Flag::ActivityUnavailable]);
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     kube::{ns_rfc3339, round3},
-    report::{Counts, KubeFacts, LateTraffic, Outcome, Step, TerminationReport},
+    report::{Counts, Flag, KubeFacts, LateTraffic, Outcome, Step, TerminationReport},
 };
 use crate::{
     clock::{parse_rfc3339, unix_ns},
@@ -45,7 +45,7 @@ pub struct PodTerminationReport {
     pub workload_kind: String,
     /// The most severe of the containers' outcomes.
     pub outcome: Outcome,
-    pub flags: Vec<String>,
+    pub flags: Vec<Flag>,
     pub summary: Vec<String>,
     /// The connections the pod's containers served.
     pub counts: Counts,
@@ -63,6 +63,13 @@ pub struct PodTerminationReport {
     pub containers: Vec<TerminationReport>,
 }
 
+impl PodTerminationReport {
+    /// Whether the pod report carries `flag` (any of its containers' flags).
+    pub fn has_flag(&self, flag: Flag) -> bool {
+        self.flags.contains(&flag)
+    }
+}
+
 /// Rolls a pod's container reports (already [`enrich`]ed) into one pod report.
 pub fn roll_up(
     node: &str,
@@ -75,16 +82,14 @@ pub fn roll_up(
         .map(|c| c.outcome)
         .max_by_key(|o| severity(*o))
         .unwrap_or(Outcome::Graceful);
-    let mut flags: Vec<String> = Vec::new();
+    let mut flags: Vec<Flag> = Vec::new();
     let mut summary = Vec::new();
     let mut counts = Counts::default();
     let mut outbound_counts = Counts::default();
     let mut internal_counts = Counts::default();
     for c in &containers {
         for f in &c.flags {
-            if !flags.contains(f) {
-                flags.push(f.clone());
-            }
+            super::flag::add(&mut flags, f.clone());
         }
         let name = c.subject.container.as_str();
         for s in &c.summary {
@@ -305,7 +310,7 @@ impl PodRollUps {
     /// Files a container report (already enriched) for its pod's roll-up; a shutdown that
     /// ended joins its workload's drain times.
     pub fn file(&mut self, uid: &str, workload: &str, report: &TerminationReport) {
-        if !report.has_flag("survived") {
+        if !report.has_flag(Flag::Survived) {
             let history = self.drains.entry(workload.to_string()).or_default();
             if history.len() == DRAIN_HISTORY {
                 history.pop_front();
@@ -373,9 +378,9 @@ mod tests {
         e.open_for_deletion(42, None, 1_000);
         let mut r = e.flush(2_000).remove(0);
         r.shutdown_ms = shutdown_ms;
-        r.flags.retain(|f| f != "survived");
+        r.flags.retain(|f| *f != Flag::Survived);
         if survived {
-            r.flags.push("survived".into());
+            r.flags.push(Flag::Survived);
         }
         r
     }

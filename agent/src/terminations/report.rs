@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::kube::pod::PreStop;
 
+pub use super::flag::Flag;
+
 fn default_opened_by() -> String {
     "stop_signal".into()
 }
@@ -338,9 +340,9 @@ pub struct TerminationReport {
     pub node: String,
     pub subject: Subject,
     pub outcome: Outcome,
-    /// Every condition that holds: `cut`, `killed`, `no_handler`, `ignored`, `survived`,
-    /// `late_traffic`, `reset_by_peer`.
-    pub flags: Vec<String>,
+    /// Every condition that holds ([`Flag`]; in JSON the snake_case names of
+    /// `docs/report.md`).
+    pub flags: Vec<Flag>,
     /// Sentences a person can act on.
     pub summary: Vec<String>,
     #[serde(with = "crate::clock::serde_rfc3339")]
@@ -444,9 +446,14 @@ impl SignalDisposition {
 }
 
 impl TerminationReport {
-    /// Whether the report carries `flag` (`cut`, `killed`, ...).
-    pub fn has_flag(&self, flag: &str) -> bool {
-        self.flags.iter().any(|f| f == flag)
+    /// Whether the report carries `flag`.
+    pub fn has_flag(&self, flag: Flag) -> bool {
+        self.flags.contains(&flag)
+    }
+
+    /// Adds `flag` unless the report carries it already.
+    pub fn add_flag(&mut self, flag: Flag) {
+        super::flag::add(&mut self.flags, flag);
     }
 
     /// The stop signals sent from outside the container (the triggers), in order.
@@ -458,7 +465,7 @@ impl TerminationReport {
 
     /// SIGKILL ended it after a different first stop signal: the grace period ran out.
     pub fn sigkill_escalation(&self) -> bool {
-        self.has_flag("killed") && self.stop_signals.iter().any(|s| s.signal != "SIGKILL")
+        self.has_flag(Flag::Killed) && self.stop_signals.iter().any(|s| s.signal != "SIGKILL")
     }
 
     /// What the target process did with stop signal `s`, read from the timeline's

@@ -10,7 +10,7 @@ use crate::{
         TcpStateChange,
     },
 };
-use report::Outcome;
+use report::{Flag, Outcome};
 use test_events::{
     IN_FLIGHT, MS, T0, addr, engine, inbound_state, process_exit, refusal_reset, stop_signal, task,
 };
@@ -204,7 +204,7 @@ fn no_handler_kills_at_once_and_the_kernel_closes_connections() {
     }
     let rep = r.finish(T0 + 2 * MS);
     assert_eq!(rep.outcome, Outcome::NoHandler);
-    assert_eq!(rep.flags, ["cut", "no_handler"]);
+    assert_eq!(rep.flags, [Flag::Cut, Flag::NoHandler]);
     assert_eq!(rep.counts.closed_by_exit, 2);
     assert_eq!(rep.counts.cut, 2);
     assert_eq!(
@@ -252,7 +252,7 @@ fn sigkill_after_the_grace_period() {
     r.feed(Event::TcpState(s));
     let rep = r.finish(T0 + 10_001 * MS);
     assert_eq!(rep.outcome, Outcome::Killed);
-    assert_eq!(rep.flags, ["cut", "killed"]);
+    assert_eq!(rep.flags, [Flag::Cut, Flag::Killed]);
     assert!(
         rep.summary[0].contains("10.0 s after SIGTERM"),
         "{:?}",
@@ -273,7 +273,7 @@ fn an_ignored_stop_signal() {
     let (reports, _) = r.engine.tick(T0 + 31_000 * MS);
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].outcome, Outcome::Ignored);
-    assert_eq!(reports[0].flags, ["ignored", "survived"]);
+    assert_eq!(reports[0].flags, [Flag::Ignored, Flag::Survived]);
 
     // Ignored, then SIGKILL: killed, and the flag tells why.
     let mut r = Run::new();
@@ -294,7 +294,7 @@ fn an_ignored_stop_signal() {
     ));
     let rep = r.finish(T0 + 5_001 * MS);
     assert_eq!(rep.outcome, Outcome::Killed);
-    assert_eq!(rep.flags, ["killed", "ignored"]);
+    assert_eq!(rep.flags, [Flag::Killed, Flag::Ignored]);
 }
 
 #[test]
@@ -325,7 +325,7 @@ fn processes_that_survive_the_stop_signal() {
     );
     let rep = &reports[0];
     assert_eq!(rep.outcome, Outcome::Survived);
-    assert_eq!(rep.flags, ["cut", "survived"]);
+    assert_eq!(rep.flags, [Flag::Cut, Flag::Survived]);
     assert_eq!(rep.counts.closed_by_exit, 1);
 }
 
@@ -383,7 +383,7 @@ fn refused_and_late_connections_measure_the_propagation_gap() {
     assert_eq!(rep.counts.completed, 1);
     assert_eq!(rep.counts.cut, 1);
     assert_eq!(rep.outcome, Outcome::Cut);
-    assert_eq!(rep.flags, ["cut", "late_traffic"]);
+    assert_eq!(rep.flags, [Flag::Cut, Flag::LateTraffic]);
     let refused = rep
         .connections
         .iter()
@@ -443,7 +443,7 @@ fn resets_by_the_app_and_by_the_peer() {
     assert_eq!(rep.counts.reset_by_peer, 1);
     assert_eq!(rep.counts.cut, 1);
     assert_eq!(rep.outcome, Outcome::Cut);
-    assert_eq!(rep.flags, ["cut", "reset_by_peer"]);
+    assert_eq!(rep.flags, [Flag::Cut, Flag::ResetByPeer]);
     let app = rep
         .connections
         .iter()
@@ -736,7 +736,7 @@ fn an_exit_cuts_only_what_its_peers_were_waiting_for() {
     assert_eq!(rep.counts.peer_closed_first, 1);
     assert_eq!(rep.outbound_counts.cut, 1);
     assert_eq!(rep.outcome, Outcome::Cut);
-    assert_eq!(rep.flags, ["cut", "outbound_cut", "closed_idle"]);
+    assert_eq!(rep.flags, [Flag::Cut, Flag::OutboundCut, Flag::ClosedIdle]);
     assert!(
         rep.summary[0].contains("but 1 connection(s) were cut"),
         "{:?}",
@@ -849,7 +849,7 @@ fn an_exec_pre_stop_hook_killed_at_the_deadline_is_not_the_workload() {
     let rep = r.finish(T0 + 2_001 * MS);
     assert_eq!(rep.outcome, Outcome::Graceful, "{:?}", rep.summary);
     assert_eq!(rep.subject.main.pid, 10);
-    assert!(!rep.has_flag("killed"), "{:?}", rep.flags);
+    assert!(!rep.has_flag(Flag::Killed), "{:?}", rep.flags);
 }
 
 /// A container whose processes live in two cgroups below its own (`CG`): the signals, exits
@@ -1282,7 +1282,7 @@ fn a_huge_timeline_is_cut_in_the_engine() {
     assert_eq!(rep.timeline.last().map(|s| s.what.as_str()), Some("empty"));
     // The outputs say it as for any report cut to size.
     assert!(crate::outputs::bound::report(&mut rep, 100));
-    assert!(rep.has_flag("truncated"));
+    assert!(rep.has_flag(Flag::Truncated));
     assert_eq!(rep.timeline.len(), 164);
     assert!(
         rep.summary

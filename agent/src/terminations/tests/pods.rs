@@ -336,7 +336,7 @@ fn a_hook_killed_before_the_stop_signal_is_not_the_main_process() {
     let rep = &reports[0];
     assert_eq!(rep.subject.main.pid, 10, "{:?}", rep.subject.main);
     assert_eq!(rep.outcome, Outcome::Graceful, "{:?}", rep.summary);
-    assert!(!rep.has_flag("killed"), "{:?}", rep.flags);
+    assert!(!rep.has_flag(Flag::Killed), "{:?}", rep.flags);
     assert_eq!(rep.shutdown_ms, 301.0);
     assert_eq!(
         rep.stop_signal_at.map(crate::clock::text).as_deref(),
