@@ -351,8 +351,13 @@ pub struct WatchEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupStats {
+    /// No longer counted (always 0): no reader needed them, and the hot path's per-cgroup
+    /// map work at every open and close cost more than the rest of a close. Kept so that the
+    /// pinned map's layout does not change.
     pub opened_inbound: u64,
+    /// Not counted (see `opened_inbound`).
     pub opened_outbound: u64,
+    /// Not counted (see `opened_inbound`).
     pub closed: u64,
     pub resets_sent: u64,
     pub resets_received: u64,

@@ -606,19 +606,26 @@ fn legacy_family(ctx: &TracePointContext, family_off: u32, saddr_v6_off: u32) ->
 /// The socket's cgroup, or `current`'s when the socket's cannot be read (flagged).
 #[inline(never)]
 fn owner_cgroup(sk: u64, ev_flags: &mut u32) -> u64 {
-    // SAFETY: helper without preconditions.
-    let current = unsafe { bpf_get_current_cgroup_id() };
-    let cgroup_id = match sock_cgroup_id(sk) {
+    match sock_cgroup_id(sk) {
         Some(id) => id,
         None => {
             *ev_flags |= flags::CGROUP_FROM_CURRENT;
-            current
+            // SAFETY: helper without preconditions.
+            unsafe { bpf_get_current_cgroup_id() }
         }
-    };
-    if cgroup_id == current {
-        *ev_flags |= flags::IN_OWNER_TASK;
     }
-    cgroup_id
+}
+
+/// `IN_OWNER_TASK` when `current` runs in `cgroup_id` (the change is the owner's own doing):
+/// asked only of changes that go to userspace.
+#[inline(always)]
+fn in_owner_task(cgroup_id: u64) -> u32 {
+    // SAFETY: helper without preconditions.
+    if unsafe { bpf_get_current_cgroup_id() } == cgroup_id {
+        flags::IN_OWNER_TASK
+    } else {
+        0
+    }
 }
 
 /// The connection's addresses (into `out`) and network namespace (returned), in a frame of
@@ -636,12 +643,19 @@ fn read_addresses<A: Addresses>(src: &A, sk: u64, out: &mut Tuple) -> u32 {
 /// `tp_btf/inet_sock_set_state`, which has no record.
 trait Addresses {
     fn tuple(&self, sk: u64) -> Tuple;
+    /// Whether the socket is TCP's: the tracepoint fires for other protocols' sockets too
+    /// (MPTCP, SCTP). Asked only of sockets not in `LIVE_CONNS`, which holds TCP's alone.
+    fn is_tcp(&self, sk: u64) -> bool;
 }
 
 impl Addresses for TracePointContext {
     #[inline(always)]
     fn tuple(&self, _sk: u64) -> Tuple {
         state_tuple(self)
+    }
+    #[inline(always)]
+    fn is_tcp(&self, _sk: u64) -> bool {
+        field::<u16>(self, cfg!(tracepoints.state_protocol)) == Some(IPPROTO_TCP)
     }
 }
 
@@ -652,36 +666,51 @@ struct FromSock;
 impl Addresses for FromSock {
     #[inline(always)]
     fn tuple(&self, sk: u64) -> Tuple {
-        let family = read_at::<u16>(sk, cfg!(kernel.skc_family)).unwrap_or(0);
-        let dport = cfg!(kernel.skc_dport);
         let daddr = cfg!(kernel.skc_daddr);
-        // `skc_portpair` (remote port in network order, then the local port) and
-        // `skc_addrpair` (remote, then local IPv4 address) are adjacent pairs in every
-        // kernel's `sock_common`: one read each where the offsets say so.
-        if cfg!(kernel.skc_num) != dport.wrapping_add(2)
+        // `sock_common` begins, in every kernel, with `skc_addrpair` (remote, then local IPv4
+        // address), `skc_hash`, `skc_portpair` (remote port in network order, then the local
+        // port) and `skc_family`: one read of those 18 bytes where the offsets say so.
+        if daddr == OFFSET_MISSING
             || cfg!(kernel.skc_rcv_saddr) != daddr.wrapping_add(4)
+            || cfg!(kernel.skc_dport) != daddr.wrapping_add(12)
+            || cfg!(kernel.skc_num) != daddr.wrapping_add(14)
+            || cfg!(kernel.skc_family) != daddr.wrapping_add(16)
         {
+            let family = read_at::<u16>(sk, cfg!(kernel.skc_family)).unwrap_or(0);
             let local_port = read_at::<u16>(sk, cfg!(kernel.skc_num)).unwrap_or(0);
             return sock_tuple(sk, family, local_port);
         }
-        let ports = read_at::<[u8; 4]>(sk, dport).unwrap_or([0; 4]);
+        let head = read_at::<[u8; 18]>(sk, daddr).unwrap_or([0; 18]);
+        let family = u16::from_ne_bytes([head[16], head[17]]);
         let mut t = Tuple {
             family,
-            local_port: u16::from_ne_bytes([ports[2], ports[3]]),
-            remote_port: u16::from_be_bytes([ports[0], ports[1]]),
+            local_port: u16::from_ne_bytes([head[14], head[15]]),
+            remote_port: u16::from_be_bytes([head[12], head[13]]),
             _pad: 0,
             local_addr: [0; 16],
             remote_addr: [0; 16],
         };
         if family == AF_INET6 {
-            t.local_addr = read_at(sk, cfg!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
-            t.remote_addr = read_at(sk, cfg!(kernel.skc_v6_daddr)).unwrap_or([0; 16]);
+            let v6_daddr = cfg!(kernel.skc_v6_daddr);
+            let v6_saddr = cfg!(kernel.skc_v6_rcv_saddr);
+            // `skc_v6_daddr` and `skc_v6_rcv_saddr` are adjacent too: one read.
+            if v6_daddr != OFFSET_MISSING && v6_saddr == v6_daddr.wrapping_add(16) {
+                let both = read_at::<[u8; 32]>(sk, v6_daddr).unwrap_or([0; 32]);
+                t.remote_addr.copy_from_slice(&both[..16]);
+                t.local_addr.copy_from_slice(&both[16..]);
+            } else {
+                t.local_addr = read_at(sk, v6_saddr).unwrap_or([0; 16]);
+                t.remote_addr = read_at(sk, v6_daddr).unwrap_or([0; 16]);
+            }
         } else {
-            let addrs = read_at::<[u8; 8]>(sk, daddr).unwrap_or([0; 8]);
-            t.remote_addr[..4].copy_from_slice(&addrs[..4]);
-            t.local_addr[..4].copy_from_slice(&addrs[4..]);
+            t.remote_addr[..4].copy_from_slice(&head[..4]);
+            t.local_addr[..4].copy_from_slice(&head[4..8]);
         }
         t
+    }
+    #[inline(always)]
+    fn is_tcp(&self, sk: u64) -> bool {
+        read_at::<u16>(sk, cfg!(kernel.sk_protocol)) == Some(IPPROTO_TCP)
     }
 }
 
@@ -797,7 +826,12 @@ fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
         (*e).old_state = old;
         (*e).new_state = new;
         (*e)._pad = [0; 2];
-        fill_activity(sk, old, new, &mut (*e).activity);
+        // A close whose record was just written: `keep` read what was in flight into this
+        // CPU's scratch record; copied rather than read from the socket again.
+        match KEPT_SCRATCH.get_ptr(0) {
+            Some(rec) if kept && is_close(old, new) => (*e).activity = (*rec).activity,
+            _ => fill_activity(sk, old, new, &mut (*e).activity),
+        }
     }
     entry.submit(wake);
 }
@@ -872,15 +906,11 @@ fn keep(sk: u64, conn: &LiveConn, old: u8, new: u8, reset_reason: u32) -> u32 {
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
-    if !worth_a_look(old, new) {
-        return 0;
+    match triage(old, new) {
+        SKIP => {}
+        FORGET => forget(ctx.arg(0)),
+        _ => on_state_change(&FromSock, ctx.arg(0), old, new),
     }
-    let sk: u64 = ctx.arg(0);
-    // The tracepoint fires for other protocols' sockets too (MPTCP, SCTP).
-    if read_at::<u16>(sk, cfg!(kernel.sk_protocol)) != Some(IPPROTO_TCP) {
-        return 0;
-    }
-    on_state_change(&FromSock, sk, old, new);
     0
 }
 
@@ -890,33 +920,66 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let old = field::<i32>(&ctx, cfg!(tracepoints.state_oldstate)).unwrap_or(0) as u8;
     let new = field::<i32>(&ctx, cfg!(tracepoints.state_newstate)).unwrap_or(0) as u8;
-    if !worth_a_look(old, new) {
-        return 0;
-    }
-    if field::<u16>(&ctx, cfg!(tracepoints.state_protocol)) != Some(IPPROTO_TCP) {
+    let verdict = triage(old, new);
+    if verdict == SKIP {
         return 0;
     }
     let Some(sk) = field::<u64>(&ctx, cfg!(tracepoints.state_skaddr)) else {
         return 0;
     };
-    on_state_change(&ctx, sk, old, new);
+    if verdict == FORGET {
+        forget(sk);
+    } else {
+        on_state_change(&ctx, sk, old, new);
+    }
     0
 }
 
-/// The state-first filter: whether a change needs more than its two states. With nothing
-/// watched, only the changes that keep `LIVE_CONNS` right need more: a connection
-/// established, the close of one that was (never a handshake's or a listener's, which have no
-/// entry), and a close begun by a dying process (`CLOSED_BY_EXIT`).
+/// [`triage`]'s verdicts: nothing to do; remove the connection from `LIVE_CONNS`, nothing
+/// else; look further.
+const SKIP: u8 = 0;
+const FORGET: u8 = 1;
+const LOOK: u8 = 2;
+
+/// The state-first filter: what a change needs beyond its two states. A handshake's changes
+/// (to or from SYN_SENT / SYN_RECV) have no connection yet: nothing unless everything is
+/// watched. With nothing watched, only the changes that keep `LIVE_CONNS` right need more: a
+/// connection established (looked at), the CLOSE of one that was (forgotten: one map
+/// deletion, no lookup, not even of the socket's protocol, as only TCP sockets are in the map
+/// — except an abort, straight from ESTABLISHED / CLOSE_WAIT, whose reset comes next and
+/// looks for the connection in `RECENTLY_CLOSED`), and a close begun by a dying process
+/// (`CLOSED_BY_EXIT`).
 #[inline(always)]
-fn worth_a_look(old: u8, new: u8) -> bool {
-    is_established(old, new)
-        || (new == tcp_state::CLOSE
-            && !matches!(
-                old,
-                tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::LISTEN | tcp_state::CLOSE
-            ))
-        || anything_watched()
-        || (closing_by_us(old, new) && current_is_exiting())
+fn triage(old: u8, new: u8) -> u8 {
+    if is_established(old, new) {
+        return LOOK;
+    }
+    let handshake = matches!(new, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
+        || matches!(old, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
+    if handshake && cfg!(watch_all) == 0 {
+        return SKIP;
+    }
+    if anything_watched() {
+        return LOOK;
+    }
+    if new == tcp_state::CLOSE {
+        return match old {
+            tcp_state::LISTEN | tcp_state::CLOSE => SKIP,
+            tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT => LOOK,
+            _ => FORGET,
+        };
+    }
+    if closing_by_us(old, new) && current_is_exiting() {
+        return LOOK;
+    }
+    SKIP
+}
+
+/// A connection reached CLOSE while nothing is watched: it leaves `LIVE_CONNS` (a socket not
+/// there, e.g. another protocol's, is a miss).
+#[inline(always)]
+fn forget(sk: u64) {
+    let _ = LIVE_CONNS.remove(sk);
 }
 
 #[inline(always)]
@@ -928,11 +991,14 @@ fn is_established(old: u8, new: u8) -> bool {
 #[inline(always)]
 fn on_state_change<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
     if is_established(old, new) {
-        on_established(src, sk, old, new);
+        if src.is_tcp(sk) {
+            on_established(src, sk, old, new);
+        }
         return;
     }
     let live = match LIVE_CONNS.get_ptr_mut(sk) {
         Some(live) => live,
+        None if !src.is_tcp(sk) => return,
         None => match learn_untracked(src, sk, old, new) {
             Some(live) => live,
             None => return,
@@ -980,13 +1046,6 @@ fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
         bump(counter::LIVE_MAP_FAILED);
         with_stats(cgroup_id, |s| s.untracked += 1);
     }
-    with_stats(cgroup_id, |s| {
-        if inbound {
-            s.opened_inbound += 1
-        } else {
-            s.opened_outbound += 1
-        }
-    });
     if is_watched(cgroup_id) {
         // Opened while its cgroup is watched (e.g. accepted after the stop signal): kept.
         let kept = if tracked {
@@ -994,7 +1053,13 @@ fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
         } else {
             0
         };
-        emit_state(ev_flags | kept, &live, sk, old, new);
+        emit_state(
+            ev_flags | kept | in_owner_task(cgroup_id),
+            &live,
+            sk,
+            old,
+            new,
+        );
     }
 }
 
@@ -1028,7 +1093,7 @@ fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*
                 netns,
                 flags: 0,
             };
-            emit_state(ev_flags, &conn, sk, old, new);
+            emit_state(ev_flags | in_owner_task(cgroup_id), &conn, sk, old, new);
         }
         return None;
     }
@@ -1049,7 +1114,8 @@ fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*
         None => {
             // Not even a fresh entry: still report the change, with the connection's id.
             if is_watched(cgroup_id) {
-                emit_state(ev_flags | live.flags, &live, sk, old, new);
+                let ev_flags = ev_flags | live.flags | in_owner_task(cgroup_id);
+                emit_state(ev_flags, &live, sk, old, new);
             }
             None
         }
@@ -1075,17 +1141,12 @@ fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
         } else {
             KEPT_IN_MAP
         };
-        ev_flags |= live.flags;
-        // SAFETY: helper without preconditions.
-        if unsafe { bpf_get_current_cgroup_id() } == cgroup_id {
-            ev_flags |= flags::IN_OWNER_TASK;
-        }
+        ev_flags |= live.flags | in_owner_task(cgroup_id);
         // Sent before the entry may go below (read from the map, no copy on the stack).
         emit_state(ev_flags, live, sk, old, new);
     }
     if new == tcp_state::CLOSE {
         // The close transition: the connection leaves the kernel's state here.
-        with_stats(cgroup_id, |s| s.closed += 1);
         // Straight from ESTABLISHED / CLOSE_WAIT to CLOSE is an abort: the kernel sends
         // the reset right after this change.
         if matches!(old, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT) {
