@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -192,37 +193,121 @@ impl ExitStatus {
     }
 }
 
-/// Name of a TCP state.
-pub fn tcp_state_name(state: u8) -> &'static str {
-    match state {
-        tcp_state::ESTABLISHED => "ESTABLISHED",
-        tcp_state::SYN_SENT => "SYN_SENT",
-        tcp_state::SYN_RECV => "SYN_RECV",
-        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
-        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
-        tcp_state::TIME_WAIT => "TIME_WAIT",
-        tcp_state::CLOSE => "CLOSE",
-        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
-        tcp_state::LAST_ACK => "LAST_ACK",
-        tcp_state::LISTEN => "LISTEN",
-        tcp_state::CLOSING => "CLOSING",
-        tcp_state::NEW_SYN_RECV => "NEW_SYN_RECV",
-        0 => "NONE",
-        _ => "UNKNOWN",
+/// A TCP state (`include/net/tcp_states.h`), from the kernel's number: the rules compare
+/// these; the name (`ESTABLISHED`, ...) exists only in JSON (`--print-events`, the restart
+/// journal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    /// 0: no state (a reset with no socket).
+    None,
+    /// A number this agent does not know.
+    Unknown,
+}
+
+impl TcpState {
+    /// Every state, in the kernel's order.
+    pub const ALL: [TcpState; 14] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+        TcpState::None,
+        TcpState::Unknown,
+    ];
+
+    /// The state the kernel numbers `state`.
+    pub fn from_kernel(state: u8) -> Self {
+        match state {
+            tcp_state::ESTABLISHED => TcpState::Established,
+            tcp_state::SYN_SENT => TcpState::SynSent,
+            tcp_state::SYN_RECV => TcpState::SynRecv,
+            tcp_state::FIN_WAIT1 => TcpState::FinWait1,
+            tcp_state::FIN_WAIT2 => TcpState::FinWait2,
+            tcp_state::TIME_WAIT => TcpState::TimeWait,
+            tcp_state::CLOSE => TcpState::Close,
+            tcp_state::CLOSE_WAIT => TcpState::CloseWait,
+            tcp_state::LAST_ACK => TcpState::LastAck,
+            tcp_state::LISTEN => TcpState::Listen,
+            tcp_state::CLOSING => TcpState::Closing,
+            tcp_state::NEW_SYN_RECV => TcpState::NewSynRecv,
+            0 => TcpState::None,
+            _ => TcpState::Unknown,
+        }
+    }
+
+    /// Its name, as the kernel's headers spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+            TcpState::None => "NONE",
+            TcpState::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The container closing (or aborting) a connection that was open or that the peer had
+    /// closed first: the transitions at which the kernel reads [`CloseActivity`].
+    pub fn is_close(old: TcpState, new: TcpState) -> bool {
+        matches!(old, TcpState::Established | TcpState::CloseWait)
+            && matches!(
+                new,
+                TcpState::FinWait1 | TcpState::LastAck | TcpState::Close
+            )
     }
 }
 
-/// A TCP state's name ([`tcp_state_name`]). An alias: serde would otherwise borrow the
-/// field from its input when reading it back.
-pub type StateName = &'static str;
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
-/// A state's name read back (the restart journal): one of [`tcp_state_name`]'s.
-fn state_name<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-    let name = String::deserialize(d)?;
-    (0..=u8::MAX)
-        .map(tcp_state_name)
-        .find(|n| *n == name)
-        .ok_or_else(|| serde::de::Error::custom(format!("unknown TCP state {name:?}")))
+impl Serialize for TcpState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// A state read back (the restart journal) by its name; a name the agent never writes is
+/// an error.
+impl<'de> Deserialize<'de> for TcpState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        TcpState::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown TCP state {name:?}")))
+    }
 }
 
 /// A connection's addresses, local side first.
@@ -354,10 +439,8 @@ pub struct TcpStateChange {
     pub conn_id: u64,
     pub sk: u64,
     pub addrs: Addrs,
-    #[serde(deserialize_with = "state_name")]
-    pub old_state: StateName,
-    #[serde(deserialize_with = "state_name")]
-    pub new_state: StateName,
+    pub old_state: TcpState,
+    pub new_state: TcpState,
     pub established_ns: u64,
     pub netns: u32,
     pub flags: ConnFlags,
@@ -389,8 +472,7 @@ pub struct TcpReset {
     pub reason_code: u32,
     /// The reset answered a segment for which there was no socket (e.g. SYN to a closed port).
     pub no_socket: bool,
-    #[serde(deserialize_with = "state_name")]
-    pub state: StateName,
+    pub state: TcpState,
     pub addrs: Addrs,
     pub netns: u32,
     pub flags: ConnFlags,
@@ -591,8 +673,8 @@ impl Decoder {
                     conn_id: e.conn_id,
                     sk: e.skaddr,
                     addrs: Addrs::from_raw(&e.tuple),
-                    old_state: tcp_state_name(e.old_state),
-                    new_state: tcp_state_name(e.new_state),
+                    old_state: TcpState::from_kernel(e.old_state),
+                    new_state: TcpState::from_kernel(e.new_state),
                     established_ns: e.established_ns,
                     netns: e.netns,
                     flags: ConnFlags::from_raw(h.flags),
@@ -625,7 +707,7 @@ impl Decoder {
                     reason,
                     reason_code: e.reason,
                     no_socket,
-                    state: tcp_state_name(e.state),
+                    state: TcpState::from_kernel(e.state),
                     addrs: Addrs::from_raw(&e.tuple),
                     netns: e.netns,
                     flags: ConnFlags::from_raw(h.flags),
@@ -640,6 +722,27 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_states_by_number_and_by_name() -> Result<(), serde_json::Error> {
+        assert_eq!(
+            TcpState::from_kernel(tcp_state::CLOSE_WAIT),
+            TcpState::CloseWait
+        );
+        assert_eq!(TcpState::from_kernel(0), TcpState::None);
+        assert_eq!(TcpState::from_kernel(200), TcpState::Unknown);
+        for s in TcpState::ALL {
+            let json = serde_json::to_string(&s)?;
+            assert_eq!(json, format!("\"{}\"", s.name()));
+            assert_eq!(serde_json::from_str::<TcpState>(&json)?, s);
+        }
+        // Every number the kernel uses has its own name.
+        for n in 1..=tcp_state::NEW_SYN_RECV {
+            assert_ne!(TcpState::from_kernel(n), TcpState::Unknown, "{n}");
+        }
+        assert!(serde_json::from_str::<TcpState>("\"ESTABLISHED_ISH\"").is_err());
+        Ok(())
+    }
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: T is a repr(C) POD type from termscope-common.
@@ -771,7 +874,10 @@ mod tests {
         assert_eq!((a.rcv_nxt, a.copied_seq, a.snd_wl1), (100, 90, 80));
         assert_eq!(s.addrs.local.to_string(), "10.0.0.1:80");
         assert_eq!(s.addrs.remote.to_string(), "10.0.0.2:50000");
-        assert_eq!((s.old_state, s.new_state), ("ESTABLISHED", "FIN_WAIT1"));
+        assert_eq!(
+            (s.old_state, s.new_state),
+            (TcpState::Established, TcpState::FinWait1)
+        );
         assert!(s.flags.inbound && s.flags.closed_by_exit && !s.flags.reset_sent);
 
         let mut t6 = t;

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use termscope::{
+    decode::TcpState,
     outputs::metrics::{Health, Metrics, MetricsConfig},
     probes::LoadOptions,
     terminations::report::{Direction, Flag, Outcome, Verdict},
@@ -317,7 +318,7 @@ fn closes_into_a_full_tcp_ring_are_kept_by_the_kernel() -> Result<()> {
     let through_ring = agent.seen.iter().any(|e| {
         matches!(e, termscope::decode::Event::TcpState(t)
             if t.cgroup_id == holder.id && t.addrs.remote.port() == client_port
-                && t.old_state == "ESTABLISHED")
+                && t.old_state == TcpState::Established)
     });
     assert!(
         !through_ring,

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use termscope::{
-    decode::{Event, ExitStatus, ResetDirection, TcpReset, TcpStateChange},
+    decode::{Event, ExitStatus, ResetDirection, TcpReset, TcpState, TcpStateChange},
     probes::{AttachPoint, HOT_PROBE, HOT_PROBE_BTF, LoadOptions},
 };
 use termscope_tests::{Kernel, NetNs, Proc, TestCgroup, kernel_test, scripts};
@@ -147,7 +147,7 @@ fn wait_closed(k: &mut Kernel, s: &Server, client_port: u16) -> Result<()> {
     k.wait_for("the server side to reach CLOSE", WAIT, |seen| {
         seen.iter().any(|e| {
             matches!(e, Event::TcpState(t) if t.cgroup_id == cg && t.addrs.local == local
-                && t.addrs.remote.port() == client_port && t.new_state == "CLOSE")
+                && t.addrs.remote.port() == client_port && t.new_state == TcpState::Close)
         })
     })
 }
@@ -165,13 +165,13 @@ fn wait_reset(k: &mut Kernel, cgroup_id: u64, id: u64) -> Result<()> {
 fn conn_id(states: &[TcpStateChange]) -> Result<u64> {
     let opened = states
         .iter()
-        .find(|t| t.old_state == "SYN_RECV" && t.new_state == "ESTABLISHED")
+        .find(|t| t.old_state == TcpState::SynRecv && t.new_state == TcpState::Established)
         .context("no SYN_RECV -> ESTABLISHED for the server side")?;
     assert!(opened.flags.inbound, "accepted connection not inbound");
     assert_ne!(opened.conn_id, 0);
     for t in states {
         // Before the handshake completes the child socket has no connection id yet.
-        if t.new_state != "SYN_RECV" {
+        if t.new_state != TcpState::SynRecv {
             assert_eq!(t.conn_id, opened.conn_id, "{t:?}");
         }
     }
@@ -214,7 +214,7 @@ fn accept_and_orderly_close_with(
     let states = server_states(&k, &s, client_port);
     let id = conn_id(&states)?;
     let last = states.last().context("no states")?;
-    assert_eq!(last.new_state, "CLOSE");
+    assert_eq!(last.new_state, TcpState::Close);
     assert!(
         !last.flags.reset_sent && !last.flags.reset_received && !last.flags.closed_by_exit,
         "{last:?}"
@@ -222,7 +222,7 @@ fn accept_and_orderly_close_with(
     assert!(resets(&k, s.cg.id).is_empty(), "{:?}", resets(&k, s.cg.id));
     // The listener was seen opening, with the socket's cgroup.
     assert!(k.seen.iter().any(|e| matches!(e,
-        Event::TcpState(t) if t.cgroup_id == s.cg.id && t.new_state == "LISTEN" && t.addrs.local.port() == PORT)));
+        Event::TcpState(t) if t.cgroup_id == s.cg.id && t.new_state == TcpState::Listen && t.addrs.local.port() == PORT)));
     assert!(id > 0);
     Ok(())
 }
@@ -301,7 +301,10 @@ fn server_resets(family: Family, mode: &str, reason: &str) -> Result<()> {
     // An abortive close: straight from ESTABLISHED to CLOSE, no FIN; the kernel sets CLOSE
     // just before the reset goes out, so the reset comes after the last state change.
     let last = states.last().context("no states")?;
-    assert_eq!((last.old_state, last.new_state), ("ESTABLISHED", "CLOSE"));
+    assert_eq!(
+        (last.old_state, last.new_state),
+        (TcpState::Established, TcpState::Close)
+    );
     assert!(!last.flags.closed_by_exit, "{last:?}");
     assert!(rst.ts_ns >= last.ts_ns);
     Ok(())
@@ -395,7 +398,7 @@ fn killed_with_connection_open(family: Family, unread: bool) -> Result<()> {
     let id = conn_id(&states)?;
     let closing = states
         .iter()
-        .find(|t| t.old_state == "ESTABLISHED")
+        .find(|t| t.old_state == TcpState::Established)
         .context("no close transition")?;
     assert!(closing.flags.closed_by_exit, "{closing:?}");
     assert!(
@@ -409,13 +412,13 @@ fn killed_with_connection_open(family: Family, unread: bool) -> Result<()> {
     let rst = resets(&k, s.cg.id).into_iter().find(|r| r.conn_id == id);
     if unread {
         assert_eq!(seen_by_client, Outcome::Reset);
-        assert_eq!(closing.new_state, "CLOSE");
+        assert_eq!(closing.new_state, TcpState::Close);
         let rst = rst.context("no reset for the killed connection")?;
         assert_eq!(rst.direction, ResetDirection::Sent);
         assert!(rst.flags.closed_by_exit, "{rst:?}");
     } else {
         assert_eq!(seen_by_client, Outcome::Eof(String::new()));
-        assert_eq!(closing.new_state, "FIN_WAIT1");
+        assert_eq!(closing.new_state, TcpState::FinWait1);
         assert!(rst.is_none(), "{rst:?}");
         let last = states.last().context("no states")?;
         assert!(last.flags.closed_by_exit, "{last:?}");

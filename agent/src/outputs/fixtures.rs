@@ -7,7 +7,7 @@ use crate::{
     attribute::cgroup_path::classify,
     decode::{
         Addrs, ConnFlags, Disposition, Event, ExitStatus, ResetDirection, SignalDelivered,
-        SignalGenerated, SignalResult, TcpReset, TcpStateChange, signal_name,
+        SignalGenerated, SignalResult, TcpReset, TcpState, TcpStateChange, signal_name,
     },
     terminations::{
         Engine, OpenConnection,
@@ -80,7 +80,7 @@ impl Run {
         self.feed(process_exit(ts, self.cg, task(10, self.comm), exit));
     }
 
-    fn state(&mut self, ts: u64, conn_id: u64, remote: &str, new: &'static str, by_exit: bool) {
+    fn state(&mut self, ts: u64, conn_id: u64, remote: &str, new: TcpState, by_exit: bool) {
         self.feed(Event::TcpState(TcpStateChange {
             flags: ConnFlags {
                 inbound: true,
@@ -88,7 +88,15 @@ impl Run {
                 ..ConnFlags::default()
             },
             task: task(10, self.comm),
-            ..inbound_state(ts, self.cg, NETNS, conn_id, remote, "ESTABLISHED", new)
+            ..inbound_state(
+                ts,
+                self.cg,
+                NETNS,
+                conn_id,
+                remote,
+                TcpState::Established,
+                new,
+            )
         }));
     }
 
@@ -121,8 +129,8 @@ pub fn no_handler() -> TerminationReport {
     r.signal(T0, 15, SignalResult::Delivered);
     r.snapshot(&["10.0.0.9:40000", "10.0.0.9:40001"]);
     r.delivered(T0 + MS, 9, Disposition::Default);
-    r.state(T0 + MS, 1, "10.0.0.9:40000", "CLOSE", true);
-    r.state(T0 + MS, 2, "10.0.0.9:40001", "CLOSE", true);
+    r.state(T0 + MS, 1, "10.0.0.9:40000", TcpState::Close, true);
+    r.state(T0 + MS, 2, "10.0.0.9:40001", TcpState::Close, true);
     r.exit(
         T0 + 2 * MS,
         ExitStatus::Signaled {
@@ -150,8 +158,8 @@ pub fn killed() -> TerminationReport {
             NETNS,
             3,
             "10.0.0.9:40002",
-            "SYN_RECV",
-            "ESTABLISHED",
+            TcpState::SynRecv,
+            TcpState::Established,
         )
     }));
     // The peer resets connection 2.
@@ -163,7 +171,7 @@ pub fn killed() -> TerminationReport {
         reason: None,
         reason_code: 0,
         no_socket: false,
-        state: "ESTABLISHED",
+        state: TcpState::Established,
         addrs: Addrs {
             local: addr("10.0.0.5:8080"),
             remote: addr("10.0.0.9:40001"),
@@ -172,7 +180,7 @@ pub fn killed() -> TerminationReport {
         flags: ConnFlags::default(),
         task: task(0, "swapper/0"),
     }));
-    r.state(T0 + 400 * MS, 2, "10.0.0.9:40001", "CLOSE", false);
+    r.state(T0 + 400 * MS, 2, "10.0.0.9:40001", TcpState::Close, false);
     // A SYN 2 s after SIGTERM finds no socket: refused.
     r.feed(Event::TcpReset(refusal_reset(
         T0 + 2_000 * MS,
@@ -182,8 +190,8 @@ pub fn killed() -> TerminationReport {
     )));
     r.signal(T0 + 10_000 * MS, 9, SignalResult::Delivered);
     r.delivered(T0 + 10_001 * MS, 9, Disposition::Default);
-    r.state(T0 + 10_001 * MS, 1, "10.0.0.9:40000", "CLOSE", true);
-    r.state(T0 + 10_001 * MS, 3, "10.0.0.9:40002", "CLOSE", true);
+    r.state(T0 + 10_001 * MS, 1, "10.0.0.9:40000", TcpState::Close, true);
+    r.state(T0 + 10_001 * MS, 3, "10.0.0.9:40002", TcpState::Close, true);
     r.exit(
         T0 + 10_002 * MS,
         ExitStatus::Signaled {
@@ -200,8 +208,14 @@ pub fn graceful() -> TerminationReport {
     r.signal(T0, 15, SignalResult::Delivered);
     r.snapshot(&["10.0.0.9:40000"]);
     r.delivered(T0 + MS, 15, Disposition::Handler);
-    r.state(T0 + 200 * MS, 1, "10.0.0.9:40000", "FIN_WAIT1", false);
-    r.state(T0 + 201 * MS, 1, "10.0.0.9:40000", "CLOSE", false);
+    r.state(
+        T0 + 200 * MS,
+        1,
+        "10.0.0.9:40000",
+        TcpState::FinWait1,
+        false,
+    );
+    r.state(T0 + 201 * MS, 1, "10.0.0.9:40000", TcpState::Close, false);
     r.exit(T0 + 250 * MS, ExitStatus::Exited { code: 0 });
     r.finish(T0 + 250 * MS)
 }

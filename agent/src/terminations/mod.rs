@@ -26,13 +26,13 @@ use report::{
     Connection, Counts, Direction, Exit, Proc, SCHEMA, Step, StopSignal, Subject,
     TerminationReport, Verdict,
 };
-use verdict::{Conn, TcpState};
+use verdict::Conn;
 
 use crate::{
     attribute::cgroup_path::Identity,
     decode::{
-        Disposition, Event, ExitStatus, KeptConnection, ResetDirection, SignalResult, WallClock,
-        signal_name,
+        Disposition, Event, ExitStatus, KeptConnection, ResetDirection, SignalResult, TcpState,
+        WallClock, signal_name,
     },
     outputs::bound,
 };
@@ -582,7 +582,7 @@ impl Engine {
                 if t.netns == 0 {
                     t.netns = c.netns;
                 }
-                let (old, new) = (TcpState::parse(c.old_state), TcpState::parse(c.new_state));
+                let (old, new) = (c.old_state, c.new_state);
                 if old == TcpState::Listen && new == TcpState::Close {
                     t.listeners_closed.push((c.ts_ns, c.addrs.local));
                     t.learn_listen_addr(c.addrs.local);

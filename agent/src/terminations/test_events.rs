@@ -8,7 +8,7 @@ use crate::{
     clock::WallClock,
     decode::{
         Addrs, CloseActivity, ConnFlags, Event, ExitStatus, ProcessExit, ResetDirection,
-        SignalGenerated, SignalResult, Task, TcpReset, TcpStateChange, signal_name,
+        SignalGenerated, SignalResult, Task, TcpReset, TcpState, TcpStateChange, signal_name,
     },
     terminations::{Engine, EngineConfig},
 };
@@ -99,8 +99,8 @@ pub(crate) fn inbound_state(
     netns: u32,
     conn_id: u64,
     remote: &str,
-    old: &'static str,
-    new: &'static str,
+    old: TcpState,
+    new: TcpState,
 ) -> TcpStateChange {
     TcpStateChange {
         ts_ns: ts,
@@ -135,7 +135,7 @@ pub(crate) fn refusal_reset(ts: u64, netns: u32, local: &str, remote: &str) -> T
         reason: Some("no_socket".into()),
         reason_code: 1,
         no_socket: true,
-        state: "NONE",
+        state: TcpState::None,
         addrs: Addrs {
             local: addr(local),
             remote: addr(remote),

@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     attribute::cgroup_path::classify,
     decode::{
-        Addrs, ConnFlags, ProcessExit, SignalDelivered, SignalGenerated, Task, TcpReset,
+        Addrs, ConnFlags, ProcessExit, SignalDelivered, SignalGenerated, Task, TcpReset, TcpState,
         TcpStateChange,
     },
 };
@@ -48,13 +48,7 @@ fn refusal(ts: u64, netns: u32, local: &str, remote: &str) -> Event {
     Event::TcpReset(refusal_reset(ts, netns, local, remote))
 }
 
-fn state(
-    ts: u64,
-    conn_id: u64,
-    remote: &str,
-    old: &'static str,
-    new: &'static str,
-) -> TcpStateChange {
+fn state(ts: u64, conn_id: u64, remote: &str, old: TcpState, new: TcpState) -> TcpStateChange {
     inbound_state(ts, CG, NETNS, conn_id, remote, old, new)
 }
 
@@ -112,15 +106,15 @@ fn graceful_stop_with_a_handler() {
         T0 + 200 * MS,
         1,
         "10.0.0.9:40000",
-        "ESTABLISHED",
-        "FIN_WAIT1",
+        TcpState::Established,
+        TcpState::FinWait1,
     )));
     r.feed(Event::TcpState(state(
         T0 + 201 * MS,
         1,
         "10.0.0.9:40000",
-        "FIN_WAIT2",
-        "CLOSE",
+        TcpState::FinWait2,
+        TcpState::Close,
     )));
     assert_eq!(
         r.feed(exit(T0 + 300 * MS, 10, ExitStatus::Exited { code: 0 })),
@@ -194,8 +188,8 @@ fn no_handler_kills_at_once_and_the_kernel_closes_connections() {
             T0 + 3 * MS,
             id,
             &format!("10.0.0.9:4000{}", id - 1),
-            "ESTABLISHED",
-            "FIN_WAIT1",
+            TcpState::Established,
+            TcpState::FinWait1,
         );
         s.flags.closed_by_exit = true;
         s.flags.in_owner_task = true;
@@ -245,8 +239,8 @@ fn sigkill_after_the_grace_period() {
         T0 + 10_001 * MS,
         1,
         "10.0.0.9:40000",
-        "ESTABLISHED",
-        "CLOSE",
+        TcpState::Established,
+        TcpState::Close,
     );
     s.flags.closed_by_exit = true;
     r.feed(Event::TcpState(s));
@@ -311,7 +305,13 @@ fn processes_that_survive_the_stop_signal() {
             core_dumped: false,
         },
     ));
-    let mut s = state(T0 + 10 * MS, 1, "10.0.0.9:40000", "ESTABLISHED", "CLOSE");
+    let mut s = state(
+        T0 + 10 * MS,
+        1,
+        "10.0.0.9:40000",
+        TcpState::Established,
+        TcpState::Close,
+    );
     s.flags.closed_by_exit = true;
     r.feed(Event::TcpState(s));
     r.engine.on_population(CG, true, T0 + 11 * MS);
@@ -358,17 +358,23 @@ fn refused_and_late_connections_measure_the_propagation_gap() {
         T0 + 400 * MS,
         5,
         "10.0.0.9:41000",
-        "SYN_RECV",
-        "ESTABLISHED",
+        TcpState::SynRecv,
+        TcpState::Established,
     );
     s.established_ns = T0 + 400 * MS;
     r.feed(Event::TcpState(s.clone()));
-    s.old_state = "LAST_ACK";
-    s.new_state = "CLOSE";
+    s.old_state = TcpState::LastAck;
+    s.new_state = TcpState::Close;
     s.ts_ns = T0 + 450 * MS;
     r.feed(Event::TcpState(s));
     // The listener closes; a SYN 1.2 s after SIGTERM finds no socket.
-    let mut l = state(T0 + 500 * MS, 0, "0.0.0.0:0", "LISTEN", "CLOSE");
+    let mut l = state(
+        T0 + 500 * MS,
+        0,
+        "0.0.0.0:0",
+        TcpState::Listen,
+        TcpState::Close,
+    );
     l.addrs.local = addr("0.0.0.0:8080");
     r.feed(Event::TcpState(l));
     let refused_syn =
@@ -425,7 +431,7 @@ fn resets_by_the_app_and_by_the_peer() {
             reason: (direction == ResetDirection::Sent).then(|| "tcp_abort_on_close".into()),
             reason_code: 11,
             no_socket: false,
-            state: "CLOSE",
+            state: TcpState::Close,
             addrs: Addrs {
                 local: addr("10.0.0.5:8080"),
                 remote: addr("10.0.0.9:40000"),
@@ -472,11 +478,17 @@ fn reports_are_bounded_and_cut_connections_are_kept() {
             T0 + MS,
             i,
             &format!("10.0.0.9:{}", 40000 + i),
-            "LAST_ACK",
-            "CLOSE",
+            TcpState::LastAck,
+            TcpState::Close,
         )));
     }
-    let mut cut = state(T0 + MS, 10, "10.0.0.9:40010", "ESTABLISHED", "CLOSE");
+    let mut cut = state(
+        T0 + MS,
+        10,
+        "10.0.0.9:40010",
+        TcpState::Established,
+        TcpState::Close,
+    );
     cut.flags.closed_by_exit = true;
     r.feed(Event::TcpState(cut));
     r.feed(exit(T0 + 2 * MS, 10, ExitStatus::Exited { code: 0 }));
@@ -498,7 +510,13 @@ fn nginx_fast_shutdown_advice() {
     }
     r.feed(e);
     r.engine.on_snapshot(CG, &[open_conn(1, "10.0.0.9:40000")]);
-    let mut s = state(T0 + MS, 1, "10.0.0.9:40000", "ESTABLISHED", "FIN_WAIT1");
+    let mut s = state(
+        T0 + MS,
+        1,
+        "10.0.0.9:40000",
+        TcpState::Established,
+        TcpState::FinWait1,
+    );
     s.flags.closed_by_exit = true;
     r.feed(Event::TcpState(s));
     r.feed(exit(T0 + 2 * MS, 10, ExitStatus::Exited { code: 0 }));
@@ -695,20 +713,20 @@ fn an_exit_cuts_only_what_its_peers_were_waiting_for() {
         ..idle
     };
     for (id, remote, old, activity) in [
-        (1, "10.0.0.9:40000", "CLOSE_WAIT", goodbye),
-        (2, "10.0.0.9:40001", "ESTABLISHED", idle),
-        (3, "10.0.0.9:40002", "ESTABLISHED", IN_FLIGHT),
-        (4, "10.0.0.7:5432", "ESTABLISHED", IN_FLIGHT),
+        (1, "10.0.0.9:40000", TcpState::CloseWait, goodbye),
+        (2, "10.0.0.9:40001", TcpState::Established, idle),
+        (3, "10.0.0.9:40002", TcpState::Established, IN_FLIGHT),
+        (4, "10.0.0.7:5432", TcpState::Established, IN_FLIGHT),
     ] {
         let mut s = state(
             T0 + 3 * MS,
             id,
             remote,
             old,
-            if old == "CLOSE_WAIT" {
-                "LAST_ACK"
+            if old == TcpState::CloseWait {
+                TcpState::LastAck
             } else {
-                "FIN_WAIT1"
+                TcpState::FinWait1
             },
         );
         if id == 4 {
@@ -907,7 +925,13 @@ fn a_container_with_child_cgroups_is_one_termination() {
         (1, CHILD_A, "10.0.0.9:40000"),
         (2, CHILD_B, "10.0.0.9:40001"),
     ] {
-        let mut close = state(T0 + 5 * MS, id, remote, "ESTABLISHED", "CLOSE");
+        let mut close = state(
+            T0 + 5 * MS,
+            id,
+            remote,
+            TcpState::Established,
+            TcpState::Close,
+        );
         close.flags.closed_by_exit = true;
         r.feed(in_child(Event::TcpState(close), child));
     }
@@ -1082,7 +1106,13 @@ fn a_sigkill_alone_cuts_only_what_was_in_flight() {
             },
         ),
     ] {
-        let mut close = state(T0 + MS, id, remote, "ESTABLISHED", "FIN_WAIT1");
+        let mut close = state(
+            T0 + MS,
+            id,
+            remote,
+            TcpState::Established,
+            TcpState::FinWait1,
+        );
         close.flags.closed_by_exit = true;
         close.activity = Some(activity);
         r.feed(Event::TcpState(close));

@@ -4,54 +4,7 @@
 use std::net::SocketAddr;
 
 use super::{activity::InFlight, report::Verdict};
-use crate::decode::CloseActivity;
-
-/// TCP states the rules look at (`include/net/tcp_states.h`), parsed once from the decoded
-/// event's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TcpState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    Other,
-}
-
-impl TcpState {
-    pub fn parse(name: &str) -> Self {
-        match name {
-            "ESTABLISHED" => TcpState::Established,
-            "SYN_SENT" => TcpState::SynSent,
-            "SYN_RECV" => TcpState::SynRecv,
-            "FIN_WAIT1" => TcpState::FinWait1,
-            "FIN_WAIT2" => TcpState::FinWait2,
-            "TIME_WAIT" => TcpState::TimeWait,
-            "CLOSE" => TcpState::Close,
-            "CLOSE_WAIT" => TcpState::CloseWait,
-            "LAST_ACK" => TcpState::LastAck,
-            "LISTEN" => TcpState::Listen,
-            "CLOSING" => TcpState::Closing,
-            _ => TcpState::Other,
-        }
-    }
-
-    /// The container closing (or aborting) a connection that was open or that the peer had
-    /// closed first: the transitions at which the kernel reads [`CloseActivity`].
-    pub fn is_close(old: TcpState, new: TcpState) -> bool {
-        matches!(old, TcpState::Established | TcpState::CloseWait)
-            && matches!(
-                new,
-                TcpState::FinWait1 | TcpState::LastAck | TcpState::Close
-            )
-    }
-}
+use crate::decode::{CloseActivity, TcpState};
 
 /// What the engine knows of one connection. Kept small (a termination may hold hundreds of
 /// thousands): no string of its own — the closing process is a pid named from the
@@ -197,10 +150,9 @@ mod tests {
     }
 
     #[test]
-    fn states_parse() {
-        assert_eq!(TcpState::parse("CLOSE_WAIT"), TcpState::CloseWait);
-        assert_eq!(TcpState::parse("NEW_SYN_RECV"), TcpState::Other);
+    fn closes_are_the_containers_own() {
         assert!(TcpState::is_close(TcpState::CloseWait, TcpState::LastAck));
+        assert!(TcpState::is_close(TcpState::Established, TcpState::Close));
         assert!(!TcpState::is_close(TcpState::FinWait1, TcpState::Close));
     }
 

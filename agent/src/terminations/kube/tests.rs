@@ -10,7 +10,7 @@ use crate::terminations::report::Flag;
 use crate::{
     attribute::cgroup_path::classify,
     clock::WallClock,
-    decode::{Addrs, ConnFlags, Event, ExitStatus, TcpReset},
+    decode::{Addrs, ConnFlags, Event, ExitStatus, TcpReset, TcpState},
     kube::{UnixNanos, endpoints::PodEndpoints, pod::from_pod},
     terminations::{
         Engine, EngineConfig,
@@ -74,8 +74,8 @@ fn report(refusal_after: Option<u64>, killed: bool) -> TerminationReport {
             local: "10.1.0.5:8080".parse().expect("addr"),
             remote: "0.0.0.0:0".parse().expect("addr"),
         },
-        old_state: "LISTEN",
-        new_state: "CLOSE",
+        old_state: TcpState::Listen,
+        new_state: TcpState::Close,
         established_ns: 0,
         netns: 7,
         flags: ConnFlags::default(),

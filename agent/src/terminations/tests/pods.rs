@@ -43,7 +43,13 @@ fn exit_of(ts: u64, cg: u64, pid: u32, comm: &str, exit: ExitStatus) -> Event {
 
 /// A connection of `cg` closed by its owner's exit with a request in flight (a cut).
 fn cut_by_exit(ts: u64, cg: u64, conn_id: u64, local: &str, remote: &str, inbound: bool) -> Event {
-    let mut s = state(ts, conn_id, remote, "ESTABLISHED", "FIN_WAIT1");
+    let mut s = state(
+        ts,
+        conn_id,
+        remote,
+        TcpState::Established,
+        TcpState::FinWait1,
+    );
     s.cgroup_id = cg;
     s.addrs.local = addr(local);
     s.flags.inbound = inbound;
@@ -53,7 +59,7 @@ fn cut_by_exit(ts: u64, cg: u64, conn_id: u64, local: &str, remote: &str, inboun
 }
 
 fn listener_closed(ts: u64, cg: u64, local: &str) -> Event {
-    let mut l = state(ts, 0, "0.0.0.0:0", "LISTEN", "CLOSE");
+    let mut l = state(ts, 0, "0.0.0.0:0", TcpState::Listen, TcpState::Close);
     l.cgroup_id = cg;
     l.addrs.local = addr(local);
     Event::TcpState(l)
@@ -128,7 +134,13 @@ fn a_sidecar_that_exits_first_keeps_the_pods_refusals_and_loopback_is_counted_on
     );
     e.on_population(SIDECAR, false, T0 + 61 * MS);
     // The app's end of the loopback connection is reset by the sidecar's exit.
-    let mut s = state(T0 + 61 * MS, 3, "127.0.0.1:41000", "ESTABLISHED", "CLOSE");
+    let mut s = state(
+        T0 + 61 * MS,
+        3,
+        "127.0.0.1:41000",
+        TcpState::Established,
+        TcpState::Close,
+    );
     s.cgroup_id = APP;
     s.addrs.local = addr("127.0.0.1:8080");
     s.flags.reset_received = true;
@@ -206,7 +218,13 @@ fn loopback_from_outside_the_pod_is_a_client() {
             established_ns: T0 - 100 * MS,
         }],
     );
-    let mut s = state(T0 + MS, 1, "127.0.0.1:45000", "ESTABLISHED", "FIN_WAIT1");
+    let mut s = state(
+        T0 + MS,
+        1,
+        "127.0.0.1:45000",
+        TcpState::Established,
+        TcpState::FinWait1,
+    );
     s.addrs.local = addr("127.0.0.1:8080");
     s.flags.closed_by_exit = true;
     r.feed(Event::TcpState(s));
@@ -375,7 +393,7 @@ fn kubelets_http_get_hook_request_is_not_a_client() {
         (7, "10.0.0.1:50000", T0 - 990 * MS),
         (8, "10.0.0.9:50001", T0 - 500 * MS),
     ] {
-        let mut s = state(at, id, remote, "SYN_RECV", "ESTABLISHED");
+        let mut s = state(at, id, remote, TcpState::SynRecv, TcpState::Established);
         s.cgroup_id = APP;
         s.established_ns = at;
         feed(&mut e, Event::TcpState(s));
