@@ -519,6 +519,9 @@ pub struct KernelOffsets {
     /// `sock.sk_protocol` (a `u16` since 5.6): the BTF tracepoint of the hot probe has no
     /// record to read the protocol from.
     pub sk_protocol: u32,
+    /// `net.net_cookie`: a network namespace's 64-bit id, never reused (its inode is). An
+    /// `atomic64_t` set on first use before 5.12 (0 until then), set at creation since.
+    pub net_cookie: u32,
 }
 
 impl KernelOffsets {
@@ -550,6 +553,7 @@ impl KernelOffsets {
         skc_v6_daddr: OFFSET_MISSING,
         skc_v6_rcv_saddr: OFFSET_MISSING,
         sk_protocol: OFFSET_MISSING,
+        net_cookie: OFFSET_MISSING,
     };
 }
 

@@ -89,7 +89,9 @@ static RECENTLY_CLOSED: LruHashMap<u64, LiveConn> = LruHashMap::with_max_entries
 #[map(name = "WATCHED")]
 static WATCHED: HashMap<u64, WatchEntry> = HashMap::with_max_entries(16384, 0);
 
-/// Network namespaces whose socket-less resets go to userspace (boot ns since watched).
+/// Network namespaces whose socket-less resets go to userspace, by inode; the value is the
+/// namespace's cookie (0: unknown). Once that namespace is gone its inode may name a new one,
+/// whose resets are not the old one's: [`unowned_reset_allowed`] tells them apart.
 #[map(name = "WATCHED_NETNS")]
 static WATCHED_NETNS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
@@ -192,43 +194,50 @@ fn net_inum(net: u64) -> u32 {
     read_at::<u32>(net, cfg!(kernel.net_ns_inum)).unwrap_or(0)
 }
 
-/// A task's network namespace inode: `task -> nsproxy -> net_ns -> ns.inum`.
+/// A network namespace's cookie (`net.net_cookie`), unique for the boot where its inode is
+/// not: 0 where unknown (unresolved, or not yet given before 5.12).
 #[inline(always)]
-fn task_netns(task: u64) -> u32 {
+fn net_cookie(net: u64) -> u64 {
+    read_at::<u64>(net, cfg!(kernel.net_cookie)).unwrap_or(0)
+}
+
+/// A task's network namespace: `task -> nsproxy -> net_ns` (0 where unknown).
+#[inline(always)]
+fn task_net(task: u64) -> u64 {
     if !has(feature::TASK_NETNS) {
         return 0;
     }
     let Some(nsproxy) = read_at::<u64>(task, cfg!(kernel.task_nsproxy)) else {
         return 0;
     };
-    let Some(net) = read_at::<u64>(nsproxy, cfg!(kernel.nsproxy_net_ns)) else {
-        return 0;
-    };
-    net_inum(net)
+    read_at::<u64>(nsproxy, cfg!(kernel.nsproxy_net_ns)).unwrap_or(0)
 }
 
 /// A socket's (or timewait / request socket's: `sock_common` is shared) network namespace.
+#[inline(always)]
+fn sock_net(sk: u64) -> u64 {
+    read_at::<u64>(sk, cfg!(kernel.sock_net)).unwrap_or(0)
+}
+
+/// A socket's network namespace inode.
 #[inline(never)]
 fn sock_netns(sk: u64) -> u32 {
-    match read_at::<u64>(sk, cfg!(kernel.sock_net)) {
-        Some(net) => net_inum(net),
-        None => 0,
+    match sock_net(sk) {
+        0 => 0,
+        net => net_inum(net),
     }
 }
 
-/// A packet's network namespace: `skb -> dev -> nd_net.net -> ns.inum`.
+/// A packet's network namespace: `skb -> dev -> nd_net.net` (0 where unknown).
 #[inline(always)]
-fn skb_netns(skb: u64) -> u32 {
+fn skb_net(skb: u64) -> u64 {
     if !has(feature::SKB_NETNS) {
         return 0;
     }
     let Some(dev) = read_at::<u64>(skb, cfg!(kernel.skb_dev)) else {
         return 0;
     };
-    let Some(net) = read_at::<u64>(dev, cfg!(kernel.net_device_net)) else {
-        return 0;
-    };
-    net_inum(net)
+    read_at::<u64>(dev, cfg!(kernel.net_device_net)).unwrap_or(0)
 }
 
 /// Whether `current` is exiting (`PF_EXITING`): a close done now is the kernel tearing down a
@@ -424,7 +433,12 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: helper without preconditions.
     let sender_cgroup = unsafe { bpf_get_current_cgroup_id() };
     let target_cgroup = task_cgroup_id(task).unwrap_or(0);
-    let target_netns = task_netns(task);
+    let target_net = task_net(task);
+    let target_netns = if target_net != 0 {
+        net_inum(target_net)
+    } else {
+        0
+    };
     // SEND_SIG_NOINFO (0) is a kill from userspace, SEND_SIG_PRIV (1) one from the kernel.
     let code = match info {
         0 => 0,
@@ -460,7 +474,7 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
             bump_watch_hint();
         }
         if target_netns != 0 {
-            let _ = WATCHED_NETNS.insert(target_netns, now(), 0);
+            let _ = WATCHED_NETNS.insert(target_netns, net_cookie(target_net), 0);
         }
     }
 
@@ -1173,12 +1187,18 @@ fn sockaddr_field(ctx: &TracePointContext, off: u32) -> (u16, u16, [u8; 16]) {
     (family, port, addr)
 }
 
-/// Whether a reset with no owning socket in `netns` goes to userspace: always for watched
-/// namespaces, otherwise within a per-CPU rate so a port scan cannot flood the ring buffer.
+/// Whether a reset with no owning socket in namespace `net` (inode `netns`) goes to
+/// userspace: always for watched namespaces, otherwise within a per-CPU rate so a port scan
+/// cannot flood the ring buffer. Never for a new namespace that holds the inode of a watched
+/// one that is gone (another cookie): userspace would take its refusals for the old one's.
 #[inline(always)]
-fn unowned_reset_allowed(netns: u32) -> bool {
-    // SAFETY: only tested for presence.
-    if cfg!(watch_all) != 0 || unsafe { WATCHED_NETNS.get(netns) }.is_some() {
+fn unowned_reset_allowed(netns: u32, net: u64) -> bool {
+    // SAFETY: a plain read of the value.
+    if let Some(watched) = unsafe { WATCHED_NETNS.get(netns) } {
+        let cookie = if net != 0 { net_cookie(net) } else { 0 };
+        return *watched == 0 || cookie == 0 || cookie == *watched;
+    }
+    if cfg!(watch_all) != 0 {
         return true;
     }
     let limit = cfg!(unowned_reset_rate) as u64;
@@ -1315,12 +1335,9 @@ fn send_reset(ctx: &TracePointContext, tuple: Tuple) -> u32 {
         (cgroup_id, sock_netns(sk))
     } else {
         ev_flags |= flags::NO_SOCKET;
-        let netns = if sk != 0 {
-            sock_netns(sk)
-        } else {
-            skb_netns(skb)
-        };
-        if !unowned_reset_allowed(netns) {
+        let net = if sk != 0 { sock_net(sk) } else { skb_net(skb) };
+        let netns = if net != 0 { net_inum(net) } else { 0 };
+        if !unowned_reset_allowed(netns, net) {
             return 0;
         }
         (0, netns)
@@ -1480,8 +1497,9 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     }
     tuple.remote_port = u16::from_be_bytes([hdr[0], hdr[1]]);
     tuple.local_port = u16::from_be_bytes([hdr[2], hdr[3]]);
-    let netns = skb_netns(skb);
-    if !unowned_reset_allowed(netns) {
+    let net = skb_net(skb);
+    let netns = if net != 0 { net_inum(net) } else { 0 };
+    if !unowned_reset_allowed(netns, net) {
         return 0;
     }
     let event = TcpResetEvent {

@@ -593,10 +593,20 @@ impl Agent {
 
     /// Like [`Agent::start`], with the given kernel-side options (e.g. small ring buffers).
     pub fn start_with(opts: &LoadOptions, survive_after: Duration) -> Result<Self> {
+        Self::start_lingering(opts, survive_after, Duration::from_millis(800))
+    }
+
+    /// Like [`Agent::start_with`], with the given linger (how long a report waits after the
+    /// container's last exit; the agent's default is 3 s).
+    pub fn start_lingering(
+        opts: &LoadOptions,
+        survive_after: Duration,
+        linger: Duration,
+    ) -> Result<Self> {
         let mut probes = Probes::load(opts)?;
         let stream = probes.events()?;
         let cfg = termscope::terminations::EngineConfig {
-            linger: Duration::from_millis(800),
+            linger,
             survive_after,
             max_connections: 1000,
             node: "test-node".into(),

@@ -99,6 +99,7 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         // Only the BTF tracepoint of the hot probe needs it; without it the tracepoint
         // program (which reads the record) is attached: not reported as unresolved here.
         sk_protocol: member(btf, &m("sock", "sk_protocol", 2), &mut Vec::new()),
+        net_cookie: member(btf, &m("net", "net_cookie", 8), &mut un),
     };
     let all = |offs: &[u32]| offs.iter().all(|&x| x != OFFSET_MISSING);
     let mut features = 0;

@@ -38,6 +38,10 @@ impl Pins {
     }
 }
 
+/// Bumped when a pinned map's entries change meaning at the same size (1: `WATCHED_NETNS`
+/// holds the namespace's cookie, no longer the time it was watched).
+const LAYOUT_REVISION: u32 = 1;
+
 /// The subdirectory name for this build's map layout.
 pub fn layout_tag(opts: &LoadOptions) -> String {
     // FNV-1a: stable across builds and Rust versions (DefaultHasher is not).
@@ -62,6 +66,7 @@ pub fn layout_tag(opts: &LoadOptions) -> String {
         std::mem::size_of::<KeptConn>(),
         opts.max_kept_connections,
         PINNED.as_slice(),
+        LAYOUT_REVISION,
     )
         .hash(&mut h);
     format!("maps-{:016x}", h.finish())
