@@ -1,8 +1,9 @@
-//! A server behind a forwarding init as PID 1 of the container's PID namespace (Debian's
-//! `tini`, what `docker run --init` runs): the runtime's SIGTERM goes to tini, which passes it
-//! on to the app. The advice names the app, not the init; a graceful app behind it cuts
-//! nothing, and one without a handler is named as the process that died of the default
-//! action.
+//! A server behind a forwarding init as PID 1 of the container's PID namespace: Debian's
+//! `tini` (what `docker run --init` runs) and `dumb-init` (which runs the app in a session of
+//! its own and forwards a signal to its whole process group). The runtime's SIGTERM goes to
+//! the init, which passes it on to the app. The advice names the app, not the init; a
+//! graceful app behind it cuts nothing, and one without a handler is named as the process
+//! that died of the default action.
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -14,14 +15,18 @@ use termscope_tests::{
     scripts,
 };
 
-/// tini as PID 1 running the Node.js app in `mode`; one idle keep-alive client and one
-/// request in flight when the runtime sends SIGTERM to tini.
-fn behind_tini(mode: &str) -> Result<()> {
+/// An init (`init_cmd`: its command line up to the app's, the first word its name) as PID 1
+/// running the Node.js app in `mode`; one idle keep-alive client and one request in flight
+/// when the runtime sends SIGTERM to the init.
+fn behind_init(init_cmd: &[&str], mode: &str) -> Result<()> {
+    let name = init_cmd[0];
     let mut agent = Agent::start(Duration::from_secs(20))?;
-    let cg = TestCgroup::new("tini")?;
-    let ns = NetNs::new("tini")?;
+    let cg = TestCgroup::new(name)?;
+    let ns = NetNs::new(name)?;
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "tini", "--", "node"])
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .args(init_cmd)
+        .arg("node")
         .arg(scripts().join("http_app.js"))
         .args(["8080", mode]);
     let mut container = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
@@ -40,7 +45,7 @@ fn behind_tini(mode: &str) -> Result<()> {
     let seen = load.finish()?;
     show(&report, &seen)?;
 
-    // tini passed the runtime's SIGTERM on to the app.
+    // The init passed the runtime's SIGTERM on to the app.
     ensure!(
         report.stop_signals.iter().any(|s| s.internal
             && s.signal == "SIGTERM"
@@ -54,7 +59,7 @@ fn behind_tini(mode: &str) -> Result<()> {
     let named = format!("(pid {app})");
     ensure!(first.contains(&named), "the app is not named: {first}");
     ensure!(
-        !report.summary.iter().any(|s| s.contains("tini")),
+        !report.summary.iter().any(|s| s.contains(name)),
         "{:?}",
         report.summary
     );
@@ -85,14 +90,29 @@ fn behind_tini(mode: &str) -> Result<()> {
     Ok(())
 }
 
+const TINI: &[&str] = &["tini", "--"];
+const DUMB_INIT: &[&str] = &["dumb-init"];
+
 #[test]
 fn a_graceful_app_behind_tini_cuts_nothing_and_is_named() -> Result<()> {
     kernel_test!();
-    behind_tini("drain")
+    behind_init(TINI, "drain")
 }
 
 #[test]
 fn an_app_without_a_handler_behind_tini_is_named() -> Result<()> {
     kernel_test!();
-    behind_tini("default")
+    behind_init(TINI, "default")
+}
+
+#[test]
+fn a_graceful_app_behind_dumb_init_cuts_nothing_and_is_named() -> Result<()> {
+    kernel_test!();
+    behind_init(DUMB_INIT, "drain")
+}
+
+#[test]
+fn an_app_without_a_handler_behind_dumb_init_is_named() -> Result<()> {
+    kernel_test!();
+    behind_init(DUMB_INIT, "default")
 }

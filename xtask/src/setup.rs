@@ -70,6 +70,10 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
         why: "a forwarding init as PID 1 (what `docker run --init` runs) for the init scenarios",
     },
     TestPackage {
+        name: "dumb-init",
+        why: "a forwarding init that signals the app's process group, for the init scenarios",
+    },
+    TestPackage {
         name: "prometheus",
         why: "promtool, to check /metrics",
     },
