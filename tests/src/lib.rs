@@ -678,6 +678,37 @@ impl Agent {
     }
 }
 
+/// Late traffic (seeds 001/003/004): the app (`http_app.py`, port 8080, in `cg` and `ns`)
+/// closes its listener as soon as SIGTERM arrives and lingers 1 s before exiting, while a
+/// client keeps connecting every 100 ms. Returns what each attempt saw (the client has left
+/// the namespace) and the moment just before SIGTERM was sent; `agent` ran throughout.
+pub fn stop_while_knocking(
+    agent: &mut Agent,
+    cg: &TestCgroup,
+    ns: &NetNs,
+) -> Result<(Vec<load::Seen>, Instant)> {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u")
+        .arg(scripts().join("http_app.py"))
+        .args(["8080", "close-listener"]);
+    let mut app = Proc::spawn(&mut cmd, cg, Some(ns))?;
+    app.expect_line("listening")?;
+    let mut load = load::Load::new(ns, "127.0.0.1:8080".parse()?);
+    load.wait_ready("/", Duration::from_secs(10))?;
+    load.knock("/", Duration::from_millis(100))?;
+    agent.pump(Duration::from_millis(400), None)?;
+    let signalled = Instant::now();
+    app.signal(libc::SIGTERM)?;
+    // Keep knocking until the app is gone: its last refusals fall within the agent's linger.
+    while app.try_exit()?.is_none() {
+        if signalled.elapsed() > Duration::from_secs(10) {
+            bail!("the app did not exit");
+        }
+        agent.pump(Duration::from_millis(50), None)?;
+    }
+    Ok((load.finish()?, signalled))
+}
+
 // The real agent binary against the Kubernetes stand-ins (tests/tests/k8s_scenarios.rs).
 pub mod k8s_agent;
 

@@ -3,43 +3,22 @@
 //! soon as SIGTERM arrives and lingers 1 s before exiting; a client keeps connecting every
 //! 100 ms: every SYN in that window is refused.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
 use termscope::terminations::report::{Flag, Outcome};
 use termscope_tests::{
-    Agent, NetNs, Proc, TestCgroup, kernel_test,
-    load::{Load, check_knocks, show},
-    scripts,
+    Agent, NetNs, TestCgroup, kernel_test,
+    load::{check_knocks, show},
+    stop_while_knocking,
 };
 
 #[test]
-fn connections_refused_after_the_listener_closed() -> Result<()> {
+fn connections_refused_after_the_listener_closed() -> anyhow::Result<()> {
     kernel_test!();
     let mut agent = Agent::start(Duration::from_secs(20))?;
     let cg = TestCgroup::new("late")?;
     let ns = NetNs::new("late")?;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-u")
-        .arg(scripts().join("http_app.py"))
-        .args(["8080", "close-listener"]);
-    let mut app = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
-    app.expect_line("listening")?;
-    let mut load = Load::new(&ns, "127.0.0.1:8080".parse::<SocketAddr>()?);
-    load.wait_ready("/", Duration::from_secs(10))?;
-
-    load.knock("/", Duration::from_millis(100))?;
-    agent.pump(Duration::from_millis(400), None)?;
-    let signalled = std::time::Instant::now();
-    app.signal(libc::SIGTERM)?;
-    // Keep knocking until the app is gone: its last refusals fall within the agent's linger.
-    while app.try_exit()?.is_none() {
-        if signalled.elapsed() > Duration::from_secs(10) {
-            bail!("the app did not exit");
-        }
-        agent.pump(Duration::from_millis(50), None)?;
-    }
-    let seen = load.finish()?;
+    let (seen, signalled) = stop_while_knocking(&mut agent, &cg, &ns)?;
     let report = agent.report_for(cg.id, Duration::from_secs(15))?;
     show(&report, &seen)?;
 
