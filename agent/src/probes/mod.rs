@@ -926,19 +926,7 @@ impl Probes {
 
     /// Stops sending this cgroup's events (a missing entry is not an error).
     pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        match self.watched()?.remove(&cgroup_id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            // The kernel's answer for a missing key.
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(ProbeError::Map {
-                name: names::WATCHED,
-                source,
-            }),
-        }
+        removed_or_missing(names::WATCHED, self.watched()?.remove(&cgroup_id))
     }
 
     /// Stops sending this network namespace's socket-less resets unconditionally (they are
@@ -953,13 +941,8 @@ impl Probes {
                 name: names::WATCHED_NETNS,
                 source,
             })?;
-        match map.remove(&netns) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map {
-                name: names::WATCHED_NETNS,
-                source,
-            }),
-        }
+        // Missing: never watched, or evicted (an LRU map).
+        removed_or_missing(names::WATCHED_NETNS, map.remove(&netns))
     }
 
     /// Whether the kernel watches this cgroup (userspace or a stop signal put it there).
@@ -1237,6 +1220,23 @@ fn other_netns() -> Vec<std::fs::File> {
             std::fs::File::open(&path).ok()
         })
         .collect()
+}
+
+/// The result of removing a key from map `name`, where a missing key is no error.
+fn removed_or_missing(
+    name: &'static str,
+    res: Result<(), aya::maps::MapError>,
+) -> Result<(), ProbeError> {
+    match res {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        // The kernel's answer for a missing key.
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(ProbeError::Map { name, source }),
+    }
 }
 
 fn attach(
