@@ -21,7 +21,7 @@ use crate::{
         Action, Engine, EngineConfig, OpenConnection,
         kube::enrich,
         pod::{PodNow, PodRollUps, PodTerminationReport, roll_up},
-        report::{Flag, Incomplete, TerminationReport},
+        report::{Flag, Incomplete, OpenedBy, TerminationReport},
     },
 };
 
@@ -684,7 +684,7 @@ impl Pipeline {
         }
         let incomplete = Incomplete {
             events_lost,
-            stop_signal_missed: report.opened_by == "kernel_watch",
+            stop_signal_missed: report.opened_by == OpenedBy::KernelWatch,
             connections_untracked,
         };
         if incomplete != Incomplete::default() {

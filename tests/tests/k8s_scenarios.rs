@@ -20,7 +20,7 @@ use termscope::{
     clock::parse_rfc3339,
     terminations::{
         kube::PodTerminationReport,
-        report::{Flag, Internal, Outcome, TerminationReport, Verdict},
+        report::{Flag, Internal, Outcome, StepKind, TerminationReport, Verdict},
     },
 };
 use termscope_tests::{
@@ -177,7 +177,7 @@ fn steps(pod: &PodTerminationReport) -> Vec<String> {
         .collect()
 }
 
-fn has_step(pod: &PodTerminationReport, what: &str, detail: &str) -> bool {
+fn has_step(pod: &PodTerminationReport, what: StepKind, detail: &str) -> bool {
     pod.timeline
         .iter()
         .any(|s| s.what == what && s.detail.contains(detail))
@@ -322,19 +322,22 @@ fn graceful_pod_finishes_its_request_in_flight() -> Result<()> {
 
     // The timeline: deletion, endpoints, the container's stop signal and exit, in order.
     let timeline = steps(&report);
-    for what in ["deletion_requested", "deletion_observed"] {
-        ensure!(has_step(&report, what, ""), "no {what}: {timeline:#?}");
+    for what in [StepKind::DeletionRequested, StepKind::DeletionObserved] {
+        ensure!(
+            has_step(&report, what.clone(), ""),
+            "no {what}: {timeline:#?}"
+        );
     }
     ensure!(
-        has_step(&report, "endpoints_not_ready", "")
-            || has_step(&report, "endpoints_terminating", ""),
+        has_step(&report, StepKind::EndpointsNotReady, "")
+            || has_step(&report, StepKind::EndpointsTerminating, ""),
         "no endpoints step: {timeline:#?}"
     );
-    let index = |what: &str| report.timeline.iter().position(|s| s.what == what);
+    let index = |what: StepKind| report.timeline.iter().position(|s| s.what == what);
     let (Some(requested), Some(signal), Some(exit)) = (
-        index("deletion_requested"),
-        index("stop_signal"),
-        index("exit"),
+        index(StepKind::DeletionRequested),
+        index(StepKind::StopSignal),
+        index(StepKind::Exit),
     ) else {
         bail!("missing steps: {timeline:#?}");
     };
@@ -737,7 +740,7 @@ fn grace_period_runs_out_and_sigkill_cuts() -> Result<()> {
         report.summary
     );
     ensure!(
-        has_step(&report, "sigkill", "[app] SIGKILL"),
+        has_step(&report, StepKind::Sigkill, "[app] SIGKILL"),
         "{:#?}",
         steps(&report)
     );
@@ -846,7 +849,10 @@ fn nginx_scenario(quit: bool) -> Result<()> {
         "{first:?}"
     );
     ensure!(
-        report.timeline.iter().any(|s| s.what == "listener_closed"),
+        report
+            .timeline
+            .iter()
+            .any(|s| s.what == StepKind::ListenerClosed),
         "{:#?}",
         steps(&report)
     );
@@ -1189,7 +1195,7 @@ fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> R
     let hook_pids: Vec<u32> = c
         .timeline
         .iter()
-        .filter(|s| s.what == "exec")
+        .filter(|s| s.what == StepKind::Exec)
         .filter_map(|s| {
             let i = s.detail.find("(pid ")? + 5;
             s.detail[i..].split(')').next()?.parse().ok()

@@ -14,7 +14,7 @@ use termscope::{
     decode::TcpState,
     outputs::metrics::{Health, Metrics, MetricsConfig},
     probes::LoadOptions,
-    terminations::report::{Direction, Flag, Outcome, Verdict},
+    terminations::report::{Direction, Flag, OpenedBy, Outcome, Verdict},
 };
 use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test, python, scripts};
 
@@ -199,7 +199,7 @@ fn a_lost_stop_signal_is_reported_from_the_kernel_watch() -> Result<()> {
 
     let report = agent.report_for(target.id, Duration::from_secs(15))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    assert_eq!(report.opened_by, "kernel_watch");
+    assert_eq!(report.opened_by, OpenedBy::KernelWatch);
     assert!(report.has_flag(Flag::Incomplete), "{:?}", report.flags);
     let incomplete = report.incomplete.context("no `incomplete`")?;
     assert!(incomplete.stop_signal_missed);
@@ -244,13 +244,13 @@ fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> R
     let quiet_report = agent.report_for(quiet.id, Duration::from_secs(15))?;
     let holder_report = agent.report_for(holder.id, Duration::from_secs(15))?;
     println!("{}", serde_json::to_string_pretty(&holder_report)?);
-    assert_eq!(quiet_report.opened_by, "stop_signal");
+    assert_eq!(quiet_report.opened_by, OpenedBy::StopSignal);
     assert!(
         quiet_report.incomplete.is_none(),
         "{:?}",
         quiet_report.incomplete
     );
-    assert_eq!(holder_report.opened_by, "stop_signal");
+    assert_eq!(holder_report.opened_by, OpenedBy::StopSignal);
     let incomplete = holder_report
         .incomplete
         .context("the holder's close was lost, but its report is not incomplete")?;

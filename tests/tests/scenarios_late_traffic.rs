@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use termscope::terminations::report::{Flag, Outcome};
+use termscope::terminations::report::{Flag, Outcome, StepKind};
 use termscope_tests::{
     Agent, NetNs, TestCgroup, kernel_test,
     load::{check_knocks, show},
@@ -32,7 +32,12 @@ fn connections_refused_after_the_listener_closed() -> anyhow::Result<()> {
     for flag in [Flag::Cut, Flag::LateTraffic] {
         assert!(report.has_flag(flag), "{:?}", report.flags);
     }
-    assert!(report.timeline.iter().any(|s| s.what == "listener_closed"));
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|s| s.what == StepKind::ListenerClosed)
+    );
     assert!(
         report.summary.iter().any(|s| s
             .contains(&format!("{refused} connection attempt(s) were refused"))

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Result;
-use termscope::terminations::report::{Flag, Outcome, Verdict};
+use termscope::terminations::report::{Flag, Outcome, StepKind, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{Kind, Load, Truth, check_verdicts, show},
@@ -109,7 +109,12 @@ fn scenario(signal: i32) -> Result<()> {
         "{:?}",
         report.exits
     );
-    assert!(report.timeline.iter().any(|s| s.what == "listener_closed"));
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|s| s.what == StepKind::ListenerClosed)
+    );
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use termscope::terminations::report::{Flag, Outcome, Verdict};
+use termscope::terminations::report::{Flag, Outcome, StepKind, Verdict};
 use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test, python};
 
 /// Serves one slow request per connection: reads a line, sleeps `delay` seconds, answers.
@@ -111,7 +111,7 @@ fn scenario(handler: bool) -> Result<()> {
         assert!(truth.iter().all(|(_, s)| *s == Seen::Answered), "{truth:?}");
         assert_eq!(report.outcome, Outcome::Graceful);
         assert_eq!(report.counts.completed, 3);
-        assert!(report.timeline.iter().any(|s| s.what == "handler"));
+        assert!(report.timeline.iter().any(|s| s.what == StepKind::Handler));
     } else {
         assert!(truth.iter().all(|(_, s)| *s != Seen::Answered), "{truth:?}");
         assert_eq!(report.outcome, Outcome::NoHandler);

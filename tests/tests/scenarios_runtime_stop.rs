@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
-use termscope::terminations::report::{Flag, Outcome, Verdict};
+use termscope::terminations::report::{Flag, Outcome, StepKind, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TestCgroup, kernel_test,
     load::{Kind, Load, Truth, check_verdicts, show},
@@ -75,8 +75,8 @@ fn runtime_sigkill_after_the_grace_period() -> Result<()> {
         .map(|s| (s.signal.as_str(), s.internal))
         .collect();
     assert_eq!(sigs, [("SIGTERM", false), ("SIGKILL", false)]);
-    assert!(report.timeline.iter().any(|s| s.what == "handler"));
-    assert!(report.timeline.iter().any(|s| s.what == "sigkill"));
+    assert!(report.timeline.iter().any(|s| s.what == StepKind::Handler));
+    assert!(report.timeline.iter().any(|s| s.what == StepKind::Sigkill));
     assert!(
         report
             .exits

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Result;
-use termscope::terminations::report::{Flag, Outcome, TerminationReport, Verdict};
+use termscope::terminations::report::{Flag, Outcome, StepKind, TerminationReport, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{Kind, Load, Seen, Truth, check_knocks, check_verdicts, show},
@@ -201,7 +201,7 @@ fn supervisord_stopped_by_the_runtime_escalates_to_sigkill() -> Result<()> {
         waited >= (STOPWAITSECS * 1000 - 100) as f64,
         "SIGKILL {waited} ms after TERM"
     );
-    assert!(rep.timeline.iter().any(|s| s.what == "handler"
+    assert!(rep.timeline.iter().any(|s| s.what == StepKind::Handler
         && s.detail.contains(&format!(
             "(pid {}): its own handler took SIGTERM",
             prog.target.pid

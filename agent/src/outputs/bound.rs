@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::terminations::{
     flag::{self, Flag},
     kube::PodTerminationReport,
-    report::{Step, TerminationReport},
+    report::{Step, StepKind, TerminationReport},
 };
 
 /// Timeline steps kept beyond `max` (signals, handlers, exits, the end).
@@ -140,7 +140,7 @@ fn timeline(steps: &mut Vec<Step>, keep: usize) -> Option<String> {
     let omitted = Step {
         t_ms: cut.first.t_ms,
         at: cut.first.at,
-        what: "omitted".into(),
+        what: StepKind::Omitted,
         detail: cut.detail,
     };
     steps.insert(cut.at, omitted);
@@ -351,7 +351,7 @@ mod tests {
         let cut = r
             .timeline
             .iter()
-            .find(|s| s.what == "connection_cut")
+            .find(|s| s.what == StepKind::ConnectionCut)
             .cloned()
             .expect("a cut step");
         let end: Vec<Step> = r.timeline.split_off(r.timeline.len() - 2);
@@ -379,7 +379,11 @@ mod tests {
         let big = serde_json::to_string(&r).expect("json").len();
         assert!(report(&mut r, 256));
         assert_eq!(r.timeline.len(), 256 + TIMELINE_EXTRA);
-        let omitted: Vec<&Step> = r.timeline.iter().filter(|s| s.what == "omitted").collect();
+        let omitted: Vec<&Step> = r
+            .timeline
+            .iter()
+            .filter(|s| s.what == StepKind::Omitted)
+            .collect();
         assert_eq!(omitted.len(), 1);
         let left_out = total - (r.timeline.len() - 1);
         assert_eq!(
@@ -387,8 +391,8 @@ mod tests {
             format!("{left_out} step(s) not listed: {left_out} connection_cut")
         );
         // The start and the end of the shutdown are kept.
-        assert_eq!(r.timeline[0].what, "stop_signal");
-        assert_eq!(r.timeline.last().map(|s| s.what.as_str()), Some("empty"));
+        assert_eq!(r.timeline[0].what, StepKind::StopSignal);
+        assert_eq!(r.timeline.last().map(|s| &s.what), Some(&StepKind::Empty));
         assert!(r.has_flag(Flag::Truncated));
         assert!(
             r.summary

@@ -192,7 +192,7 @@ fn timeline(out: &mut String, steps: &[Step]) -> std::fmt::Result {
         .map(|step| {
             vec![
                 format!("{:.1}", step.t_ms),
-                step.what.clone(),
+                step.what.to_string(),
                 step.detail.clone(),
             ]
         })

@@ -10,6 +10,7 @@
 pub mod activity;
 pub mod advice;
 pub mod flag;
+pub mod kinds;
 pub mod kube;
 pub mod outcome;
 pub mod pod;
@@ -23,8 +24,8 @@ use std::{
 };
 
 use report::{
-    Connection, Counts, Direction, Exit, Proc, SCHEMA, Step, StopSignal, Subject,
-    TerminationReport, Verdict,
+    Connection, Counts, Direction, Exit, OpenedBy, Proc, SCHEMA, Step, StepKind, StopSignal,
+    Subject, TerminationReport, Verdict,
 };
 use verdict::Conn;
 
@@ -142,7 +143,7 @@ struct Refusal {
 #[derive(Debug, Clone)]
 struct Termination {
     cgroup_id: u64,
-    opened_by: &'static str,
+    opened_by: OpenedBy,
     identity: Option<Identity>,
     netns: u32,
     opened_ns: u64,
@@ -170,7 +171,7 @@ struct Termination {
 impl Termination {
     fn new(
         cgroup_id: u64,
-        opened_by: &'static str,
+        opened_by: OpenedBy,
         identity: Option<Identity>,
         netns: u32,
         opened_ns: u64,
@@ -323,7 +324,7 @@ impl Termination {
     /// outside to the workload (a signal to a process started so is kubelet's timeout of the
     /// hook).
     fn hook_pids(&self) -> Vec<u32> {
-        if self.opened_by != "pod_deletion" {
+        if self.opened_by != OpenedBy::PodDeletion {
             return Vec::new();
         }
         let started_before =
@@ -522,8 +523,13 @@ impl Engine {
                         actions.push(Action::Unwatch(target));
                     }
                 } else if !internal {
-                    let mut t =
-                        Termination::new(cg, "stop_signal", identity(cg), s.target_netns, s.ts_ns);
+                    let mut t = Termination::new(
+                        cg,
+                        OpenedBy::StopSignal,
+                        identity(cg),
+                        s.target_netns,
+                        s.ts_ns,
+                    );
                     t.signals.push(signal);
                     self.open.insert(cg, t);
                     actions.push(Action::Snapshot(cg));
@@ -801,7 +807,7 @@ impl Engine {
         }
         self.open.insert(
             cgroup_id,
-            Termination::new(cgroup_id, "pod_deletion", identity, 0, ts_ns),
+            Termination::new(cgroup_id, OpenedBy::PodDeletion, identity, 0, ts_ns),
         );
         vec![Action::Snapshot(cgroup_id)]
     }
@@ -820,7 +826,7 @@ impl Engine {
         }
         self.open.insert(
             cgroup_id,
-            Termination::new(cgroup_id, "kernel_watch", identity, 0, since_ns),
+            Termination::new(cgroup_id, OpenedBy::KernelWatch, identity, 0, since_ns),
         );
         vec![Action::Snapshot(cgroup_id)]
     }
@@ -1202,7 +1208,7 @@ impl Engine {
         TerminationReport {
             schema: SCHEMA.to_string(),
             id: format!("{:x}-{:x}", t.cgroup_id, t.opened_ns),
-            opened_by: t.opened_by.to_string(),
+            opened_by: t.opened_by.clone(),
             stop_signal_at: first.map(|s| at(s.ts)),
             kubernetes: None,
             node: self.cfg.node.clone(),
@@ -1275,56 +1281,56 @@ impl Engine {
         rel: impl Fn(u64) -> f64,
     ) -> (Vec<Step>, Option<String>) {
         let at = |ns: u64| self.clock.timestamp(ns);
-        let mut steps: Vec<(u64, &'static str, StepOf)> = Vec::new();
+        let mut steps: Vec<(u64, StepKind, StepOf)> = Vec::new();
         for (i, s) in t.signals.iter().enumerate() {
             let what = if !s.internal && hook_pids.contains(&s.target.pid) {
-                "pre_stop_hook_signal"
+                StepKind::PreStopHookSignal
             } else if s.signal == SIGKILL && (!s.internal || s.is_inside_escalation()) {
-                "sigkill"
+                StepKind::Sigkill
             } else {
-                "stop_signal"
+                StepKind::StopSignal
             };
             steps.push((s.ts, what, StepOf::Signal(i)));
         }
         for (i, (ts, _, _, disp)) in t.deliveries.iter().enumerate() {
             let what = match disp {
-                Disposition::Handler => "handler",
-                Disposition::Default => "default_action",
-                Disposition::Ignored => "ignored",
+                Disposition::Handler => StepKind::Handler,
+                Disposition::Default => StepKind::DefaultAction,
+                Disposition::Ignored => StepKind::Ignored,
             };
             steps.push((*ts, what, StepOf::Delivery(i)));
         }
         for (i, (ts, _)) in t.listeners_closed.iter().enumerate() {
-            steps.push((*ts, "listener_closed", StepOf::Listener(i)));
+            steps.push((*ts, StepKind::ListenerClosed, StepOf::Listener(i)));
         }
         for (i, c) in conns.iter().enumerate() {
             if c.inbound == Some(true) && c.established_ns > stop_ns {
-                steps.push((c.established_ns, "accepted_late", StepOf::Late(i)));
+                steps.push((c.established_ns, StepKind::AcceptedLate, StepOf::Late(i)));
             }
             if c.verdict().is_cut()
                 && let Some(closed) = c.closed_ns
             {
-                steps.push((closed, "connection_cut", StepOf::Cut(i)));
+                steps.push((closed, StepKind::ConnectionCut, StepOf::Cut(i)));
             }
         }
         if let Some(last) = conns.iter().filter_map(|c| c.closed_ns).max() {
-            steps.push((last, "last_connection_closed", StepOf::Last));
+            steps.push((last, StepKind::LastConnectionClosed, StepOf::Last));
         }
         for (i, r) in t.refusals.iter().enumerate() {
-            steps.push((r.ts, "refused", StepOf::Refusal(i)));
+            steps.push((r.ts, StepKind::Refused, StepOf::Refusal(i)));
         }
         for (i, (ts, _, _)) in t.exits.iter().enumerate() {
-            steps.push((*ts, "exit", StepOf::Exit(i)));
+            steps.push((*ts, StepKind::Exit, StepOf::Exit(i)));
         }
         for (i, (ts, _, _)) in t.execs.iter().enumerate() {
-            steps.push((*ts, "exec", StepOf::Exec(i)));
+            steps.push((*ts, StepKind::Exec, StepOf::Exec(i)));
         }
         if let Some(emptied) = t.emptied_ns {
-            steps.push((emptied, "empty", StepOf::Empty));
+            steps.push((emptied, StepKind::Empty, StepOf::Empty));
         }
-        steps.sort_by_key(|(ts, what, _)| (*ts, *what == "empty"));
+        steps.sort_by_key(|(ts, what, _)| (*ts, *what == StepKind::Empty));
         let keep = self.cfg.max_connections.max(bound::MIN_KEPT) + bound::TIMELINE_EXTRA;
-        let cut = bound::cut_steps(&mut steps, keep, |s| s.1);
+        let cut = bound::cut_steps(&mut steps, keep, |s| s.1.as_str());
         let detail = |of: &StepOf| -> String {
             match *of {
                 StepOf::Signal(i) => {
@@ -1399,7 +1405,7 @@ impl Engine {
             .map(|(ts, what, of)| Step {
                 t_ms: round3(rel(*ts)),
                 at: at(*ts),
-                what: (*what).to_string(),
+                what: what.clone(),
                 detail: detail(of),
             })
             .collect();
@@ -1410,7 +1416,7 @@ impl Engine {
                 Step {
                     t_ms: round3(rel(ts)),
                     at: at(ts),
-                    what: "omitted".into(),
+                    what: StepKind::Omitted,
                     detail: cut.detail,
                 },
             );

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     kube::{ns_rfc3339, round3},
-    report::{Counts, Flag, KubeFacts, LateTraffic, Outcome, Step, TerminationReport},
+    report::{Counts, Flag, KubeFacts, LateTraffic, Outcome, Step, StepKind, TerminationReport},
 };
 use crate::{
     clock::{parse_rfc3339, unix_ns},
@@ -159,14 +159,14 @@ pub fn roll_up(
         .and_then(parse_rfc3339)
         .or_else(|| containers.iter().map(|c| unix_ns(c.started_at)).min())
         .unwrap_or(0);
-    let k8s_step = |at: &Option<String>, what: &str, detail: String| {
+    let k8s_step = |at: &Option<String>, what: StepKind, detail: String| {
         at.as_deref().and_then(parse_rfc3339).map(|ns| {
             (
                 ns,
                 Step {
                     t_ms: round3((ns as f64 - origin as f64) / 1e6),
                     at: crate::clock::timestamp(ns),
-                    what: what.into(),
+                    what,
                     detail,
                 },
             )
@@ -174,27 +174,27 @@ pub fn roll_up(
     };
     steps.extend(k8s_step(
         &kubernetes.deletion_requested_at,
-        "deletion_requested",
+        StepKind::DeletionRequested,
         format!("grace period {} s", kubernetes.grace_period_seconds),
     ));
     steps.extend(k8s_step(
         &kubernetes.deletion_observed_at,
-        "deletion_observed",
+        StepKind::DeletionObserved,
         "this agent saw the deletion".into(),
     ));
     steps.extend(k8s_step(
         &kubernetes.endpoints_not_ready_at,
-        "endpoints_not_ready",
+        StepKind::EndpointsNotReady,
         "the pod's endpoints turned not ready".into(),
     ));
     steps.extend(k8s_step(
         &kubernetes.endpoints_terminating_at,
-        "endpoints_terminating",
+        StepKind::EndpointsTerminating,
         "the pod's endpoints turned terminating".into(),
     ));
     steps.extend(k8s_step(
         &kubernetes.endpoints_removed_at,
-        "endpoints_removed",
+        StepKind::EndpointsRemoved,
         "the pod left its endpoint slices".into(),
     ));
     for c in &containers {
@@ -220,7 +220,7 @@ pub fn roll_up(
     let last = steps.iter().map(|(ns, _)| *ns).max().unwrap_or(0);
     if let Some(step) = k8s_step(
         &kubernetes.deadline,
-        "deadline",
+        StepKind::Deadline,
         "the grace period ended".into(),
     ) && step.0 <= last
     {

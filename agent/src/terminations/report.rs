@@ -9,10 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::kube::pod::PreStop;
 
 pub use super::flag::Flag;
-
-fn default_opened_by() -> String {
-    "stop_signal".into()
-}
+pub use super::kinds::{OpenedBy, StepKind};
 
 /// Version of the report schema. Bump on any incompatible change.
 pub const SCHEMA: &str = "termscope/termination/v2";
@@ -221,10 +218,8 @@ pub struct Step {
     pub t_ms: f64,
     #[serde(with = "crate::clock::serde_rfc3339")]
     pub at: Timestamp,
-    /// `stop_signal`, `handler`, `default_action`, `ignored`, `listener_closed`,
-    /// `accepted_late`, `refused`, `connection_cut`, `last_connection_closed`, `sigkill`,
-    /// `exit`, `empty`.
-    pub what: String,
+    /// What happened (`docs/report.md`, "Timeline steps").
+    pub what: StepKind,
     pub detail: String,
 }
 
@@ -323,10 +318,11 @@ pub struct Subject {
 pub struct TerminationReport {
     pub schema: String,
     pub id: String,
-    /// `stop_signal` (the first stop signal from outside) or `pod_deletion` (Kubernetes: the
-    /// pod's deletion was observed before any stop signal).
-    #[serde(default = "default_opened_by")]
-    pub opened_by: String,
+    /// What began it: the first stop signal from outside, the pod's deletion (Kubernetes,
+    /// observed before any stop signal), or the kernel's watch of the container. Absent in
+    /// reports older than the field: a stop signal.
+    #[serde(default)]
+    pub opened_by: OpenedBy,
     /// The first stop signal from outside, if one came.
     #[serde(
         default,
@@ -483,18 +479,19 @@ impl TerminationReport {
             let Some(rest) = of_target(step, &marker) else {
                 continue;
             };
-            let named = match step.what.as_str() {
-                "handler" => rest == format!("its own handler took {sig}"),
-                "ignored" => rest == format!("ignored {sig}"),
-                "default_action" => rest == format!("the default action of {sig} took over"),
-                _ => false,
+            let named = match step.what {
+                StepKind::Handler => (rest == format!("its own handler took {sig}"))
+                    .then_some(SignalDisposition::Handler),
+                StepKind::Ignored => {
+                    (rest == format!("ignored {sig}")).then_some(SignalDisposition::Ignored)
+                }
+                StepKind::DefaultAction => (rest
+                    == format!("the default action of {sig} took over"))
+                .then_some(SignalDisposition::Default),
+                _ => None,
             };
-            if named {
-                return match step.what.as_str() {
-                    "handler" => SignalDisposition::Handler,
-                    "ignored" => SignalDisposition::Ignored,
-                    _ => SignalDisposition::Default,
-                };
+            if let Some(disposition) = named {
+                return disposition;
             }
         }
         // A fatal default action between this signal and the next one to the same process.
@@ -504,7 +501,7 @@ impl TerminationReport {
             .map(|o| o.t_ms)
             .fold(f64::INFINITY, f64::min);
         let fatal = self.timeline.iter().any(|step| {
-            step.what == "default_action"
+            step.what == StepKind::DefaultAction
                 && step.t_ms >= s.t_ms
                 && step.t_ms < next
                 && of_target(step, &marker).is_some_and(|rest| rest.starts_with("a fatal signal"))

@@ -10,7 +10,7 @@ use crate::{
         TcpStateChange,
     },
 };
-use report::{Flag, Outcome};
+use report::{Flag, Outcome, StepKind};
 use test_events::{
     IN_FLIGHT, MS, T0, addr, engine, inbound_state, process_exit, refusal_reset, stop_signal, task,
 };
@@ -145,15 +145,15 @@ fn graceful_stop_with_a_handler() {
         "{:?}",
         rep.summary
     );
-    let whats: Vec<_> = rep.timeline.iter().map(|s| s.what.as_str()).collect();
+    let whats: Vec<_> = rep.timeline.iter().map(|s| s.what.clone()).collect();
     assert_eq!(
         whats,
         [
-            "stop_signal",
-            "handler",
-            "last_connection_closed",
-            "exit",
-            "empty"
+            StepKind::StopSignal,
+            StepKind::Handler,
+            StepKind::LastConnectionClosed,
+            StepKind::Exit,
+            StepKind::Empty
         ]
     );
     assert_eq!(
@@ -255,7 +255,7 @@ fn sigkill_after_the_grace_period() {
     assert!(
         rep.timeline
             .iter()
-            .any(|s| s.what == "sigkill" && s.t_ms == 10_000.0)
+            .any(|s| s.what == StepKind::Sigkill && s.t_ms == 10_000.0)
     );
 }
 
@@ -670,7 +670,7 @@ fn a_supervisor_inside_escalating_to_sigkill() {
                 "{:?}",
                 rep.summary
             );
-            assert!(rep.timeline.iter().any(|s| s.what == "sigkill"));
+            assert!(rep.timeline.iter().any(|s| s.what == StepKind::Sigkill));
         } else {
             assert_eq!(rep.outcome, Outcome::Graceful, "code {code}");
             assert!(!rep.sigkill_escalation());
@@ -1306,10 +1306,10 @@ fn a_huge_timeline_is_cut_in_the_engine() {
     let omitted = rep
         .timeline
         .iter()
-        .find(|s| s.what == "omitted")
+        .find(|s| s.what == StepKind::Omitted)
         .expect("an omitted step");
     assert!(omitted.detail.contains("connection_cut"), "{omitted:?}");
-    assert_eq!(rep.timeline.last().map(|s| s.what.as_str()), Some("empty"));
+    assert_eq!(rep.timeline.last().map(|s| &s.what), Some(&StepKind::Empty));
     // The outputs say it as for any report cut to size.
     assert!(crate::outputs::bound::report(&mut rep, 100));
     assert!(rep.has_flag(Flag::Truncated));

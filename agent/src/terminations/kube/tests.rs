@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::*;
 use crate::kube::pod::PodInfo;
-use crate::terminations::report::Flag;
+use crate::terminations::report::{Flag, StepKind};
 use crate::{
     attribute::cgroup_path::classify,
     clock::WallClock,
@@ -302,8 +302,8 @@ fn containers_roll_up_into_the_pod() {
     assert_eq!(p.counts.refused, 1);
     assert!(p.flags.contains(&Flag::Killed));
     assert!(p.flags.contains(&Flag::LateTraffic));
-    assert_eq!(p.timeline[0].what, "deletion_requested");
-    assert_eq!(p.timeline[1].what, "deletion_observed");
+    assert_eq!(p.timeline[0].what, StepKind::DeletionRequested);
+    assert_eq!(p.timeline[1].what, StepKind::DeletionObserved);
     assert_eq!(p.timeline[1].t_ms, 500.0);
     assert!(
         p.timeline

@@ -374,11 +374,11 @@ fn a_hook_killed_before_the_stop_signal_is_not_the_main_process() {
     assert!(
         rep.timeline
             .iter()
-            .any(|s| s.what == "pre_stop_hook_signal" && s.detail.contains("SIGKILL")),
+            .any(|s| s.what == StepKind::PreStopHookSignal && s.detail.contains("SIGKILL")),
         "{:?}",
         rep.timeline
     );
-    assert!(!rep.timeline.iter().any(|s| s.what == "sigkill"));
+    assert!(!rep.timeline.iter().any(|s| s.what == StepKind::Sigkill));
 }
 
 /// kubelet's request of an httpGet preStop hook on :8080, cut when the app exits: shown,
