@@ -522,6 +522,8 @@ pub struct KernelOffsets {
     /// `net.net_cookie`: a network namespace's 64-bit id, never reused (its inode is). An
     /// `atomic64_t` set on first use before 5.12 (0 until then), set at creation since.
     pub net_cookie: u32,
+    /// Keeps the size a multiple of 8 (no implicit padding in [`Config`]).
+    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -554,6 +556,7 @@ impl KernelOffsets {
         skc_v6_rcv_saddr: OFFSET_MISSING,
         sk_protocol: OFFSET_MISSING,
         net_cookie: OFFSET_MISSING,
+        _pad: 0,
     };
 }
 
@@ -752,7 +755,7 @@ mod tests {
             size_of::<ExecEvent>(),
             size_of::<EventHeader>() + FILENAME_LEN
         );
-        assert_eq!(size_of::<KernelOffsets>(), 26 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 28 * 4);
         assert_eq!(
             size_of::<Config>(),
             24 + size_of::<KernelOffsets>()

@@ -100,6 +100,7 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         // program (which reads the record) is attached: not reported as unresolved here.
         sk_protocol: member(btf, &m("sock", "sk_protocol", 2), &mut Vec::new()),
         net_cookie: member(btf, &m("net", "net_cookie", 8), &mut un),
+        _pad: 0,
     };
     let all = |offs: &[u32]| offs.iter().all(|&x| x != OFFSET_MISSING);
     let mut features = 0;
