@@ -1,114 +1,43 @@
 //! The flags of a report (`flags` in `docs/report.md`): every condition that holds, as an
 //! enum inside the agent and as the same snake_case strings in JSON.
 //!
-//! A flag this agent does not know — written by a newer agent (or an older one, for a flag
-//! since dropped) into a report log or sent by another agent's API — is kept verbatim as
-//! [`Flag::Other`] rather than rejected: rejecting it would make a reader of the report log
-//! ([`crate::outputs::log::read_log`], `termscope report`) skip the whole report as a
-//! malformed line. Kept, it is shown and written out again as the same string; no rule of
-//! the engine acts on it.
+//! A flag this agent does not know is kept verbatim as [`Flag::Other`] (see
+//! [`super::named`]).
 
-use std::fmt;
+use super::named::named_enum;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// One condition that holds for a termination (or a pod's).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Flag {
-    /// A connection the container served was cut.
-    Cut,
-    /// One of its own outbound connections (an upstream, a pool) was cut.
-    OutboundCut,
-    /// SIGKILL ended it.
-    Killed,
-    /// A process died of a stop signal's default action.
-    NoHandler,
-    /// A stop signal was ignored.
-    Ignored,
-    /// Processes were still alive when the report was made.
-    Survived,
-    /// Connections were accepted or refused after the stop signal.
-    LateTraffic,
-    /// A peer reset a connection.
-    ResetByPeer,
-    /// Idle keep-alive connections were closed.
-    ClosedIdle,
-    /// The kernel could not tell idle from in flight for some close.
-    ActivityUnavailable,
-    /// The report may miss something (`incomplete` says what).
-    Incomplete,
-    /// The termination spanned an agent restart.
-    AgentRestarted,
-    /// The report was cut to size (`--max-connections-per-report`).
-    Truncated,
-    /// Only on stdout: the line was shortened to 16 KiB.
-    StdoutTruncated,
-    /// A flag this agent does not know, kept as it was read (see the module docs).
-    Other(UnknownFlag),
-}
-
-/// The name of a flag this agent does not know. Only [`Flag::from_name`] makes one, so a
-/// known name is always its own variant and two equal flags always compare equal.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UnknownFlag(String);
-
-impl UnknownFlag {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Flag {
-    /// Every flag this agent knows, in the order a report lists them.
-    pub const ALL: [Flag; 14] = [
-        Flag::Cut,
-        Flag::OutboundCut,
-        Flag::Killed,
-        Flag::NoHandler,
-        Flag::Ignored,
-        Flag::Survived,
-        Flag::LateTraffic,
-        Flag::ResetByPeer,
-        Flag::ClosedIdle,
-        Flag::ActivityUnavailable,
-        Flag::Incomplete,
-        Flag::AgentRestarted,
-        Flag::Truncated,
-        Flag::StdoutTruncated,
-    ];
-
-    /// The name in JSON (and in `docs/report.md`).
-    pub fn as_str(&self) -> &str {
-        match self {
-            Flag::Cut => "cut",
-            Flag::OutboundCut => "outbound_cut",
-            Flag::Killed => "killed",
-            Flag::NoHandler => "no_handler",
-            Flag::Ignored => "ignored",
-            Flag::Survived => "survived",
-            Flag::LateTraffic => "late_traffic",
-            Flag::ResetByPeer => "reset_by_peer",
-            Flag::ClosedIdle => "closed_idle",
-            Flag::ActivityUnavailable => "activity_unavailable",
-            Flag::Incomplete => "incomplete",
-            Flag::AgentRestarted => "agent_restarted",
-            Flag::Truncated => "truncated",
-            Flag::StdoutTruncated => "stdout_truncated",
-            Flag::Other(u) => u.as_str(),
-        }
-    }
-
-    /// The flag named `name`: a known one, or [`Flag::Other`] keeping the name as it is.
-    pub fn from_name(name: &str) -> Flag {
-        Flag::ALL
-            .into_iter()
-            .find(|f| f.as_str() == name)
-            .unwrap_or_else(|| Flag::Other(UnknownFlag(name.to_owned())))
-    }
-
-    /// Whether this agent knows the flag.
-    pub fn is_known(&self) -> bool {
-        !matches!(self, Flag::Other(_))
+named_enum! {
+    /// One condition that holds for a termination (or a pod's), in the order a report lists
+    /// them.
+    pub enum Flag expecting "a flag name (a string)" {
+        /// A connection the container served was cut.
+        Cut = "cut",
+        /// One of its own outbound connections (an upstream, a pool) was cut.
+        OutboundCut = "outbound_cut",
+        /// SIGKILL ended it.
+        Killed = "killed",
+        /// A process died of a stop signal's default action.
+        NoHandler = "no_handler",
+        /// A stop signal was ignored.
+        Ignored = "ignored",
+        /// Processes were still alive when the report was made.
+        Survived = "survived",
+        /// Connections were accepted or refused after the stop signal.
+        LateTraffic = "late_traffic",
+        /// A peer reset a connection.
+        ResetByPeer = "reset_by_peer",
+        /// Idle keep-alive connections were closed.
+        ClosedIdle = "closed_idle",
+        /// The kernel could not tell idle from in flight for some close.
+        ActivityUnavailable = "activity_unavailable",
+        /// The report may miss something (`incomplete` says what).
+        Incomplete = "incomplete",
+        /// The termination spanned an agent restart.
+        AgentRestarted = "agent_restarted",
+        /// The report was cut to size (`--max-connections-per-report`).
+        Truncated = "truncated",
+        /// Only on stdout: the line was shortened to 16 KiB.
+        StdoutTruncated = "stdout_truncated",
     }
 }
 
@@ -126,34 +55,6 @@ pub fn joined(flags: &[Flag]) -> String {
         .map(Flag::as_str)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-impl fmt::Display for Flag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for Flag {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Flag {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl serde::de::Visitor<'_> for Name {
-            type Value = Flag;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a flag name (a string)")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Flag, E> {
-                Ok(Flag::from_name(v))
-            }
-        }
-        d.deserialize_str(Name)
-    }
 }
 
 #[cfg(test)]
@@ -178,17 +79,8 @@ mod tests {
             "truncated",
             "stdout_truncated",
         ];
-        assert_eq!(names.len(), Flag::ALL.len());
-        for (flag, name) in Flag::ALL.iter().zip(names) {
-            assert_eq!(flag.as_str(), name);
-            assert_eq!(flag.to_string(), name);
-            assert!(flag.is_known());
-            let json = serde_json::to_string(flag).expect("json");
-            assert_eq!(json, format!("\"{name}\""));
-            let back: Flag = serde_json::from_str(&json).expect("flag");
-            assert_eq!(&back, flag);
-            assert_eq!(&Flag::from_name(name), flag);
-        }
+        crate::terminations::named::assert_round_trips(Flag::ALL, &names, Flag::from_name);
+        assert!(Flag::ALL.iter().all(Flag::is_known));
     }
 
     /// A flag from another agent's version is kept as it came, and written out again the

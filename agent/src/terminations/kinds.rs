@@ -1,102 +1,8 @@
 //! The kind of a timeline step (`timeline[].what`) and what opened a termination
-//! (`opened_by`), as enums inside the agent and as the same snake_case strings in JSON
-//! (`docs/report.md`), the way [`super::flag::Flag`] is.
-//!
-//! A name this agent does not know — written by a newer agent (or an older one, for a name
-//! since dropped) into a report log or sent by another agent's API — is kept verbatim as the
-//! `Other` variant rather than rejected: rejecting it would make a reader of the report log
-//! ([`crate::outputs::log::read_log`], `termscope report`) skip the whole report as a
-//! malformed line. Kept, it is shown and written out again as the same string; no rule of
-//! the engine acts on it.
+//! (`opened_by`): enums inside the agent, the same snake_case strings in JSON
+//! (`docs/report.md`); unknown names are kept (see [`super::named`]).
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// A name this agent does not know. Only the `from_name` of [`StepKind`] and [`OpenedBy`]
-/// make one, so a known name is always its own variant and two equal values always compare
-/// equal.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UnknownName(String);
-
-impl UnknownName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// An enum of known names plus `Other(UnknownName)`, with its names, `Display`, and serde as
-/// the name.
-macro_rules! named_enum {
-    (
-        $(#[$meta:meta])*
-        pub enum $name:ident expecting $expecting:literal {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $( $(#[$vmeta])* $variant, )+
-            /// A name this agent does not know, kept as it was read (see the module docs).
-            Other(UnknownName),
-        }
-
-        impl $name {
-            /// Every value this agent knows.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The name in JSON (and in `docs/report.md`).
-            pub fn as_str(&self) -> &str {
-                match self {
-                    $( $name::$variant => $text, )+
-                    $name::Other(u) => u.as_str(),
-                }
-            }
-
-            /// The value named `name`: a known one, or `Other` keeping the name as it is.
-            pub fn from_name(name: &str) -> $name {
-                match name {
-                    $( $text => $name::$variant, )+
-                    _ => $name::Other(UnknownName(name.to_owned())),
-                }
-            }
-
-            /// Whether this agent knows the name.
-            pub fn is_known(&self) -> bool {
-                !matches!(self, $name::Other(_))
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct Name;
-                impl serde::de::Visitor<'_> for Name {
-                    type Value = $name;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str($expecting)
-                    }
-                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
-                        Ok($name::from_name(v))
-                    }
-                }
-                d.deserialize_str(Name)
-            }
-        }
-    };
-}
+use super::named::named_enum;
 
 named_enum! {
     /// The kind of a timeline step: a container's (from the kernel's events) or, in a pod's
@@ -166,6 +72,7 @@ named_enum! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::terminations::named::assert_round_trips;
 
     const STEPS: [&str; 21] = [
         "stop_signal",
@@ -193,33 +100,15 @@ mod tests {
 
     #[test]
     fn every_step_kind_round_trips_through_its_name() {
-        assert_eq!(STEPS.len(), StepKind::ALL.len());
-        for (kind, name) in StepKind::ALL.iter().zip(STEPS) {
-            assert_eq!(kind.as_str(), name);
-            assert_eq!(kind.to_string(), name);
-            assert!(kind.is_known());
-            let json = serde_json::to_string(kind).expect("json");
-            assert_eq!(json, format!("\"{name}\""));
-            let back: StepKind = serde_json::from_str(&json).expect("step kind");
-            assert_eq!(&back, kind);
-            assert_eq!(&StepKind::from_name(name), kind);
-        }
+        assert_round_trips(StepKind::ALL, &STEPS, StepKind::from_name);
+        assert!(StepKind::ALL.iter().all(StepKind::is_known));
     }
 
     #[test]
     fn every_opener_round_trips_through_its_name() {
         let names = ["stop_signal", "pod_deletion", "kernel_watch"];
-        assert_eq!(names.len(), OpenedBy::ALL.len());
-        for (o, name) in OpenedBy::ALL.iter().zip(names) {
-            assert_eq!(o.as_str(), name);
-            assert_eq!(o.to_string(), name);
-            assert!(o.is_known());
-            let json = serde_json::to_string(o).expect("json");
-            assert_eq!(json, format!("\"{name}\""));
-            let back: OpenedBy = serde_json::from_str(&json).expect("opener");
-            assert_eq!(&back, o);
-            assert_eq!(&OpenedBy::from_name(name), o);
-        }
+        assert_round_trips(OpenedBy::ALL, &names, OpenedBy::from_name);
+        assert!(OpenedBy::ALL.iter().all(OpenedBy::is_known));
         assert_eq!(OpenedBy::default(), OpenedBy::StopSignal);
     }
 

@@ -12,6 +12,7 @@ pub mod advice;
 pub mod flag;
 pub mod kinds;
 pub mod kube;
+pub mod named;
 pub mod outcome;
 pub mod pod;
 pub mod report;
