@@ -19,10 +19,32 @@ pub fn write_config(dir: &TempDir, root: &str, listen: &str) -> Result<PathBuf> 
     dir.write("www/slow/big.bin", vec![b'x'; SLOW_BYTES])?;
     dir.write(
         "nginx.conf",
-        format!(
-            r#"daemon off;
+        config(
+            root,
+            2,
+            &format!(
+                r#"    default_type application/octet-stream;
+    server {{
+        listen {listen};
+        root {root}/www;
+        location /slow/ {{
+            limit_rate 128k;
+        }}
+    }}
+"#
+            ),
+        ),
+    )
+}
+
+/// An nginx configuration in the foreground as root with a master and `workers` workers,
+/// its pid file, error log and temporary directories under `root`, no access log,
+/// keep-alive 60 s, and `http` (servers, upstreams) inside its `http` block.
+pub fn config(root: &str, workers: u32, http: &str) -> String {
+    format!(
+        r#"daemon off;
 master_process on;
-worker_processes 2;
+worker_processes {workers};
 user root;
 pid {root}/nginx.pid;
 error_log {root}/error.log notice;
@@ -36,17 +58,8 @@ http {{
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
-    default_type application/octet-stream;
     keepalive_timeout 60s;
-    server {{
-        listen {listen};
-        root {root}/www;
-        location /slow/ {{
-            limit_rate 128k;
-        }}
-    }}
-}}
+{http}}}
 "#
-        ),
     )
 }

@@ -141,28 +141,14 @@ const UPSTREAM: u16 = 9000;
 /// nginx as a reverse proxy to `127.0.0.1:9000` with a pool of keep-alive upstream
 /// connections.
 fn proxy_config(dir: &TempDir) -> Result<std::path::PathBuf> {
-    let d = dir.path.display();
+    let d = dir.path.display().to_string();
     dir.write(
         "nginx.conf",
-        format!(
-            r#"daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log notice;
-events {{
-    worker_connections 64;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_timeout 60s;
-    upstream backend {{
+        termscope_tests::nginx::config(
+            &d,
+            1,
+            &format!(
+                r#"    upstream backend {{
         server 127.0.0.1:{UPSTREAM};
         keepalive 8;
     }}
@@ -175,8 +161,8 @@ http {{
             proxy_read_timeout 60s;
         }}
     }}
-}}
 "#
+            ),
         ),
     )
 }
