@@ -16,9 +16,9 @@
 pub struct UnknownName(String);
 
 impl UnknownName {
-    /// Only for [`named_enum!`]'s `from_name`, after no known name matched.
-    #[doc(hidden)]
-    pub fn new(name: &str) -> Self {
+    /// Only for [`named_enum!`]'s `from_name`, after no known name matched: crate-private so
+    /// that no other code can wrap a known name in `Other`.
+    pub(crate) fn new(name: &str) -> Self {
         UnknownName(name.to_owned())
     }
 
