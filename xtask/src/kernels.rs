@@ -528,6 +528,11 @@ struct KernelResult {
     kernel: Kernel,
     booted: bool,
     took: Duration,
+    /// Boots that ended before the guest script's first line ran (QEMU or virtme-ng failing
+    /// to start, not a kernel or test result): how long each took and its console's last lines.
+    boot_failures: Vec<(Duration, String)>,
+    /// The console's last lines when the script did not finish: CI shows them.
+    console_tail: String,
     doctor: String,
     doctor_ok: bool,
     binaries: Vec<(&'static str, BinaryResult, Option<u64>)>,
@@ -539,7 +544,10 @@ impl KernelResult {
     }
 }
 
-/// Boots `k` and runs the script in it.
+/// Boots `k` and runs the script in it. A boot that ends before the script's first line
+/// (`release`) was written is QEMU or virtme-ng failing to start — seen once in CI, 3 s after
+/// the previous kernel's VM — not something the kernel or a test did: it is retried up to
+/// [`BOOT_ATTEMPTS`] times, and every such failure is in the summary with its console.
 fn run_kernel(
     ctx: &Ctx,
     k: &Kernel,
@@ -549,10 +557,80 @@ fn run_kernel(
     repeat: u32,
 ) -> Result<KernelResult> {
     let results = root.join(&k.release);
-    let _ = fs::remove_dir_all(&results);
-    fs::create_dir_all(&results)?;
+    let mut boot_failures = Vec::new();
+    let start = Instant::now();
+    for attempt in 1..=BOOT_ATTEMPTS {
+        let attempt_start = Instant::now();
+        boot_once(ctx, k, agent, tests, root, &results, repeat)?;
+        if results.join("release").exists() || attempt == BOOT_ATTEMPTS {
+            break;
+        }
+        let tail = file_tail(&results.join("console.log"), CONSOLE_LINES);
+        println!(
+            "==> {} ({}): the VM ended after {} before its script started (attempt {attempt} of \
+             {BOOT_ATTEMPTS}); its console:\n{tail}",
+            k.series,
+            k.release,
+            format_duration(attempt_start.elapsed())
+        );
+        boot_failures.push((attempt_start.elapsed(), tail));
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let took = start.elapsed();
+    let read = |name: &str| fs::read_to_string(results.join(name)).unwrap_or_default();
+    let booted = results.join("done").exists();
+    let console_tail = if booted {
+        String::new()
+    } else {
+        file_tail(&results.join("console.log"), CONSOLE_LINES)
+    };
+    let doctor = read("doctor.txt");
+    let doctor_ok = read("doctor.rc").trim() == "0";
+    let binaries = tests
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let exit_ok = read(&format!("test-{i}.rc")).trim() == "0";
+            let secs = read(&format!("test-{i}.secs")).trim().parse().ok();
+            (
+                t.name,
+                parse_test_log(&read(&format!("test-{i}.log")), exit_ok),
+                secs,
+            )
+        })
+        .collect();
+    Ok(KernelResult {
+        kernel: k.clone(),
+        booted,
+        took,
+        boot_failures,
+        console_tail,
+        doctor,
+        doctor_ok,
+        binaries,
+    })
+}
+
+/// How many times in all a kernel is booted when its VM ends before its script starts.
+const BOOT_ATTEMPTS: u32 = 2;
+
+/// Lines of a VM's console the summary keeps when the VM did not finish.
+const CONSOLE_LINES: usize = 40;
+
+/// One boot of `k` running the guest script, its results (emptied first) in `results`.
+fn boot_once(
+    ctx: &Ctx,
+    k: &Kernel,
+    agent: &Path,
+    tests: &[Executable],
+    root: &Path,
+    results: &Path,
+    repeat: u32,
+) -> Result<()> {
+    let _ = fs::remove_dir_all(results);
+    fs::create_dir_all(results)?;
     let script = results.join("run.sh");
-    fs::write(&script, guest_script(agent, tests, &results, repeat))?;
+    fs::write(&script, guest_script(agent, tests, results, repeat))?;
     let console = fs::File::create(results.join("console.log"))?;
     let mut cmd = ctx.command("timeout");
     cmd.arg(PER_KERNEL_TIMEOUT.as_secs().to_string())
@@ -580,35 +658,16 @@ fn run_kernel(
         ctx.describe(&cmd),
         results.join("console.log").display()
     );
-    let start = Instant::now();
     // virtme-ng's own exit code does not carry the script's: the result files do.
     let _ = cmd.status().context("could not start virtme-ng")?;
-    let took = start.elapsed();
-    let read = |name: &str| fs::read_to_string(results.join(name)).unwrap_or_default();
-    let booted = results.join("done").exists();
-    let doctor = read("doctor.txt");
-    let doctor_ok = read("doctor.rc").trim() == "0";
-    let binaries = tests
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let exit_ok = read(&format!("test-{i}.rc")).trim() == "0";
-            let secs = read(&format!("test-{i}.secs")).trim().parse().ok();
-            (
-                t.name,
-                parse_test_log(&read(&format!("test-{i}.log")), exit_ok),
-                secs,
-            )
-        })
-        .collect();
-    Ok(KernelResult {
-        kernel: k.clone(),
-        booted,
-        took,
-        doctor,
-        doctor_ok,
-        binaries,
-    })
+    Ok(())
+}
+
+/// The last `n` lines of a file (empty when it cannot be read).
+fn file_tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The per-kernel summary, as Markdown (also written to `summary.md`).
@@ -623,13 +682,23 @@ fn summary(results: &[KernelResult], results_dir: &Path) -> String {
             if r.ok() { "passed" } else { "FAILED" },
             format_duration(r.took)
         );
+        for (took, tail) in &r.boot_failures {
+            let _ = writeln!(
+                s,
+                "- a boot ended after {} before the script started (retried); its console:\n",
+                format_duration(*took)
+            );
+            push_block(&mut s, tail);
+        }
         if !r.booted {
             let _ = writeln!(
                 s,
-                "- the VM did not finish its script (see {}/{}/console.log)",
+                "- the VM did not finish its script (see {}/{}/console.log); its console's \
+                 last lines:\n",
                 results_dir.display(),
                 r.kernel.release
             );
+            push_block(&mut s, &r.console_tail);
         }
         let _ = writeln!(
             s,
@@ -665,16 +734,22 @@ fn summary(results: &[KernelResult], results_dir: &Path) -> String {
                 );
             }
             if !b.ok && !b.failures.is_empty() {
-                let _ = writeln!(s, "\n  ```");
-                for l in b.failures.lines() {
-                    let _ = writeln!(s, "  {l}");
-                }
-                let _ = writeln!(s, "  ```");
+                s.push('\n');
+                push_block(&mut s, &b.failures);
             }
         }
         s.push('\n');
     }
     s
+}
+
+/// `text` as an indented code block of the summary.
+fn push_block(s: &mut String, text: &str) {
+    let _ = writeln!(s, "  ```");
+    for l in text.lines() {
+        let _ = writeln!(s, "  {l}");
+    }
+    let _ = writeln!(s, "  ```");
 }
 
 /// `cargo xtask test-kernels`.
@@ -769,6 +844,48 @@ Package: linux-image-amd64
 Version: 5.10.223-1
 Depends: linux-image-5.10.0-32-amd64 (= 5.10.223-1)
 ";
+
+    #[test]
+    fn a_vm_that_did_not_run_shows_its_console() {
+        let r = KernelResult {
+            kernel: Kernel {
+                series: "6.12",
+                release: "6.12.117+deb13-amd64".into(),
+                vmlinuz: PathBuf::from("/k"),
+            },
+            booted: false,
+            took: Duration::from_secs(9),
+            boot_failures: vec![(
+                Duration::from_secs(3),
+                "qemu-system-x86_64: cannot set up guest memory".into(),
+            )],
+            console_tail: "virtme-ng: something else went wrong".into(),
+            doctor: String::new(),
+            doctor_ok: false,
+            binaries: Vec::new(),
+        };
+        let s = summary(&[r], Path::new("/results"));
+        assert!(s.contains("6.12 (6.12.117+deb13-amd64): FAILED"), "{s}");
+        assert!(s.contains("a boot ended after 3.0s before the script started (retried)"));
+        assert!(
+            s.contains("  qemu-system-x86_64: cannot set up guest memory"),
+            "{s}"
+        );
+        assert!(s.contains("  virtme-ng: something else went wrong"), "{s}");
+    }
+
+    #[test]
+    fn file_tails() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("xtask-tail-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        let f = dir.join("console.log");
+        fs::write(&f, "a\nb\nc\n")?;
+        assert_eq!(file_tail(&f, 2), "b\nc");
+        assert_eq!(file_tail(&f, 10), "a\nb\nc");
+        assert_eq!(file_tail(&dir.join("absent"), 2), "");
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 
     #[test]
     fn image_packages_per_series() {
