@@ -20,6 +20,12 @@
 //! cost). CPU time does not count the time the churn waits for a CPU that another build holds,
 //! which is most of the wall-time noise here.
 //!
+//! The kernel's per-program statistics cost something themselves (two clock reads per run,
+//! for every program on the node): each configuration first runs a shorter churn with them on,
+//! for its ns per run, then the measured churn with them off, for its throughput. An empty
+//! program on the same tracepoint (bpftrace `{ }`) gives the floor that any program attached
+//! there pays on this machine.
+//!
 //! Run with `cargo xtask bench` (it installs bpftrace and libbpf-tools), or
 //! `cargo bench -p termscope --bench hot_path`. `TERMSCOPE_BENCH_CONNS` sets N (5 000),
 //! `TERMSCOPE_BENCH_ROUNDS` the rounds (9).
@@ -53,19 +59,16 @@ fn main() {
     };
     let conns = env("TERMSCOPE_BENCH_CONNS", 5_000);
     let rounds = env("TERMSCOPE_BENCH_ROUNDS", 9).max(1);
-    let stats_fd = match probes::enable_run_time_stats() {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            println!("kernel run-time statistics unavailable ({e}): ns/run not printed");
-            None
-        }
-    };
+    if let Err(e) = probes::enable_run_time_stats() {
+        println!("kernel run-time statistics unavailable ({e}): ns/run not printed");
+    }
     let configs = [
         Config::Agent(Mode::NothingWatched),
         Config::AgentTracepoint,
         Config::Agent(Mode::OwnCgroupWatched),
         Config::Agent(Mode::WatchAll),
         Config::Bpftrace,
+        Config::EmptyProgram,
         Config::LibbpfTools,
     ];
     let mut results: Vec<RunResult> = Vec::new();
@@ -73,7 +76,9 @@ fn main() {
     println!(
         "kernel: {rounds} rounds of {conns} loopback connections per run; in each round every \
          configuration runs once (order rotated) between two runs with no agent, and its \
-         ratios are against the mean of those two"
+         ratios are against the mean of those two; ns/run from a churn of {} connections with \
+         the kernel's statistics on before each measured churn (statistics off)",
+        stats_conns(conns)
     );
     // A warm-up run: the first churn after start-up is slower (page cache, TIME_WAIT table).
     let _ = churn(conns, &mut || {});
@@ -119,7 +124,6 @@ fn main() {
             baseline(round, &mut results, &mut seq);
         }
     }
-    drop(stats_fd);
     summary(&configs, &results, &unavailable);
 }
 
@@ -134,9 +138,29 @@ enum Config {
     AgentTracepoint,
     /// A bpftrace one-liner counting state changes on the same tracepoint.
     Bpftrace,
+    /// An empty bpftrace program on the same tracepoint: the floor any program there pays.
+    EmptyProgram,
     /// libbpf-tools' `tcpstates` and `sigsnoop`, both running (what termscope's TCP and
     /// signal probes replace).
     LibbpfTools,
+}
+
+/// The empty program of the floor's row.
+const EMPTY_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state { }";
+
+/// Connections of the churn that measures ns per run (statistics on) before each measured
+/// churn.
+fn stats_conns(conns: usize) -> usize {
+    (conns / 5).max(200)
+}
+
+/// Runs `f` with the kernel's per-program statistics on (while no other process holds them
+/// on, they are off again when it returns).
+fn with_stats<T>(f: impl FnOnce() -> T) -> T {
+    let fd = probes::enable_run_time_stats().ok();
+    let out = f();
+    drop(fd);
+    out
 }
 
 /// The bpftrace one-liner of the reference row.
@@ -152,6 +176,7 @@ impl Config {
             Config::Agent(Mode::OwnCgroupWatched) => "termscope, churning cgroup watched",
             Config::Agent(Mode::WatchAll) => "termscope, --watch-all",
             Config::Bpftrace => "bpftrace one-liner",
+            Config::EmptyProgram => "empty program (bpftrace), the floor",
             Config::LibbpfTools => "libbpf-tools tcpstates+sigsnoop",
         }
     }
@@ -324,6 +349,27 @@ fn summary(configs: &[Config], results: &[RunResult], unavailable: &[(Config, St
             ns
         );
     }
+    // What each costs above the floor: the median ns per run minus the empty program's.
+    let ns_of = |config: Config| {
+        median(
+            results
+                .iter()
+                .filter(|r| r.config == config)
+                .filter_map(|r| r.ns_per_run)
+                .collect(),
+        )
+    };
+    if let Some(floor) = ns_of(Config::EmptyProgram) {
+        let above: Vec<String> = configs
+            .iter()
+            .filter(|c| !matches!(c, Config::EmptyProgram | Config::LibbpfTools))
+            .filter_map(|&c| ns_of(c).map(|ns| format!("{} {:+.0}", c.label(), ns - floor)))
+            .collect();
+        println!(
+            "ns per run above the floor (the empty program's {floor:.0}): {}",
+            above.join("; ")
+        );
+    }
     // Ahead of the references in the same round?
     let ours = Config::Agent(Mode::NothingWatched);
     for reference in [Config::Bpftrace, Config::LibbpfTools] {
@@ -378,6 +424,11 @@ fn run_config(config: Config, conns: usize) -> Result<RunResult, Box<dyn std::er
         Config::Bpftrace => {
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-e", BPFTRACE_PROGRAM]);
+            tool_bench(config, conns, vec![cmd])
+        }
+        Config::EmptyProgram => {
+            let mut cmd = Command::new("bpftrace");
+            cmd.args(["-e", EMPTY_PROGRAM]);
             tool_bench(config, conns, vec![cmd])
         }
         Config::LibbpfTools => tool_bench(
@@ -459,6 +510,9 @@ fn tool_bench(
     commands: Vec<Command>,
 ) -> Result<RunResult, Box<dyn std::error::Error>> {
     let before: Vec<u32> = all_programs().into_iter().map(|p| p.0).collect();
+    // Run counts move only while statistics are on: on for the readiness check and the ns
+    // per run, off for the measured churn.
+    let stats = probes::enable_run_time_stats().ok();
     let mut tools = Tools(Vec::new());
     for mut cmd in commands {
         let name = format!("{:?}", cmd.get_program());
@@ -505,6 +559,9 @@ fn tool_bench(
         .into_iter()
         .filter(|p| !before.contains(&p.0))
         .collect();
+    churn(stats_conns(conns), &mut || {})?;
+    let end_stats = all_programs();
+    drop(stats);
     let tools_cpu = |tools: &Tools| {
         tools
             .0
@@ -516,7 +573,6 @@ fn tool_bench(
     let mut cost = churn(conns, &mut || {})?;
     let tools_spent = tools_cpu(&tools).saturating_sub(tools_before);
     cost.cpu += tools_spent;
-    let end_stats = all_programs();
     let (mut runs, mut time, mut names) = (0u64, Duration::ZERO, Vec::new());
     for (id, name, r0, t0) in &start_stats {
         if let Some((_, _, r1, t1)) = end_stats.iter().find(|p| p.0 == *id) {
@@ -673,12 +729,16 @@ fn kernel_bench(
         probes.watch(own_cgroup()?)?;
     }
     let mut events = probes.events()?;
-    let before = probes.program_stats();
     let mut received = 0usize;
+    let (before, after) = with_stats(|| {
+        let before = probes.program_stats();
+        churn(stats_conns(conns), &mut || received += events.drain().len())
+            .map(|_| (before, probes.program_stats()))
+    })?;
     let cost = churn(conns, &mut || received += events.drain().len())?;
-    let after = probes.program_stats();
     std::thread::sleep(Duration::from_millis(200));
     received += events.drain().len();
+    let churned = conns + stats_conns(conns);
     let mut ns_per_run = None;
     let mut programs = Vec::new();
     for a in &after {
@@ -704,7 +764,7 @@ fn kernel_bench(
         ns_per_run,
         detail: format!(
             "; hot probe {attach_point}; events to userspace {:.2}/conn, ring lost {}; {}",
-            received as f64 / conns as f64,
+            received as f64 / churned as f64,
             probes.counters()?.ringbuf_lost,
             programs.join(", ")
         ),
