@@ -74,6 +74,10 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
         why: "a forwarding init that signals the app's process group, for the init scenarios",
     },
     TestPackage {
+        name: "redis-server",
+        why: "a server with long-lived clients, idle or blocked on a command, for its scenario",
+    },
+    TestPackage {
         name: "prometheus",
         why: "promtool, to check /metrics",
     },
