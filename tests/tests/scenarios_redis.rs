@@ -153,6 +153,14 @@ fn redis_stopped_with_clients_idle_and_blocked() -> Result<()> {
     assert_eq!(report.outcome, Outcome::Cut);
     assert!(report.has_flag(Flag::Cut));
     assert!(report.has_flag(Flag::ClosedIdle));
+    assert!(
+        report
+            .summary
+            .iter()
+            .any(|s| s.contains("did not wait for the 2 request(s) in flight: on SIGTERM")),
+        "{:?}",
+        report.summary
+    );
     assert_eq!(report.subject.main.pid, server.pid());
     Ok(())
 }

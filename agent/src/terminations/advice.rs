@@ -344,11 +344,24 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
         )),
     }
     // The program's own graceful stop, when another signal was used and it hurt.
+    let mut noted = false;
     if let (Some(p), Some(s)) = (program, i.signal)
         && !p.signals.contains(&s)
         && (c.cut > 0 || matches!(i.outcome, Outcome::Survived | Outcome::Killed))
     {
         out.push(p.note.to_string());
+        noted = true;
+    }
+    // It took the stop signal and exited on its own, but its own close cut requests in flight
+    // (no other signal of its would have drained them): what to change in the app.
+    if i.outcome == Outcome::Cut && !noted && c.closed_by_exit + c.reset_by_app > 0 {
+        out.push(format!(
+            "It did not wait for the {} request(s) in flight: on {sig}, stop accepting new \
+             connections, finish the requests already received, then exit (within the grace \
+             period); clients that hold a request open (long polls, blocking calls) must retry \
+             elsewhere.",
+            c.closed_by_exit + c.reset_by_app
+        ));
     }
     if i.outbound.cut > 0 {
         out.push(format!(
@@ -460,6 +473,35 @@ mod tests {
             Some(&[SIGUSR1][..])
         );
         assert!(graceful_stop("python3").is_none());
+    }
+
+    #[test]
+    fn an_app_that_exits_on_its_stop_signal_without_draining() {
+        let main = p(10, "redis-server");
+        let c = Counts {
+            closed_by_exit: 2,
+            closed_idle: 3,
+            cut: 2,
+            ..Counts::default()
+        };
+        let s = summarize(&input(Outcome::Cut, &main, &c)).join(" ");
+        assert!(
+            s.contains("did not wait for the 2 request(s) in flight: on SIGTERM, stop accepting"),
+            "{s}"
+        );
+        // Refusals alone are the listener's story (a preStop delay), not the app's drain.
+        let refused = Counts {
+            refused: 4,
+            cut: 4,
+            ..Counts::default()
+        };
+        let s = summarize(&input(Outcome::Cut, &main, &refused)).join(" ");
+        assert!(!s.contains("did not wait"), "{s}");
+        // A program with its own graceful signal gets that signal's note instead.
+        let nginx = p(10, "nginx");
+        let s = summarize(&input(Outcome::Cut, &nginx, &c)).join(" ");
+        assert!(s.contains("stop it with SIGQUIT"), "{s}");
+        assert!(!s.contains("did not wait"), "{s}");
     }
 
     /// SIGKILL with no stop signal before it: no grace period ran out.
