@@ -478,6 +478,17 @@ pub fn kill(pid: u32, sig: i32) -> Result<()> {
 }
 
 /// A python3 program run with `-u` (unbuffered) and `-c`.
+/// Waits for every client thread and collects what each saw (a panicked client is an error).
+pub fn join_clients<T>(handles: Vec<std::thread::JoinHandle<Result<T>>>) -> Result<Vec<T>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
+        })
+        .collect()
+}
+
 pub fn python(code: &str) -> Command {
     let mut cmd = Command::new("python3");
     cmd.args(["-u", "-c", code]);

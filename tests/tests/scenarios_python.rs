@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use termscope::terminations::report::{Flag, Outcome, StepKind, Verdict};
-use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test, python};
+use termscope_tests::{Agent, NetNs, Proc, TestCgroup, join_clients, kernel_test, python};
 
 /// Serves one slow request per connection: reads a line, sleeps `delay` seconds, answers.
 fn app(handler: bool, delay: f64) -> String {
@@ -87,10 +87,7 @@ fn scenario(handler: bool) -> Result<()> {
     // The requests are in flight (the app sleeps 1 s on each): stop it.
     agent.pump(Duration::from_millis(300), None)?;
     server.signal(libc::SIGTERM)?;
-    let mut truth = Vec::new();
-    for h in handles {
-        truth.push(h.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
-    }
+    let truth = join_clients(handles)?;
     let report = agent.report_for(cg.id, Duration::from_secs(15))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
 

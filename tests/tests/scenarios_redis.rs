@@ -16,7 +16,9 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use termscope::terminations::report::{Direction, Flag, Outcome, Verdict};
-use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test};
+use termscope_tests::{
+    Agent, NetNs, Proc, TestCgroup, join_clients, kernel_test, load::connection,
+};
 
 const ADDR: &str = "127.0.0.1:6379";
 
@@ -110,19 +112,13 @@ fn redis_stopped_with_clients_idle_and_blocked() -> Result<()> {
     // reads as in flight, a documented limit this test does not exercise).
     agent.pump(Duration::from_millis(2_500), None)?;
     server.signal(libc::SIGTERM)?;
-    let mut truth = Vec::new();
-    for c in clients {
-        truth.push(c.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
-    }
+    let truth = join_clients(clients)?;
     let report = agent.report_for(cg.id, Duration::from_secs(15))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     println!("clients saw: {truth:?}");
 
     for (port, seen) in &truth {
-        let c = report
-            .connections
-            .iter()
-            .find(|c| c.remote.port() == *port)
+        let c = connection(&report, *port)
             .with_context(|| format!("client port {port} not in the report"))?;
         assert_eq!(c.direction, Direction::Inbound, "{c:?}");
         match seen {
