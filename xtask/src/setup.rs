@@ -78,6 +78,10 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
         why: "a server with long-lived clients, idle or blocked on a command, for its scenario",
     },
     TestPackage {
+        name: "postgresql",
+        why: "PostgreSQL, whose SIGTERM is a smart shutdown that waits for its sessions",
+    },
+    TestPackage {
         name: "prometheus",
         why: "promtool, to check /metrics",
     },

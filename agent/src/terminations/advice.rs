@@ -38,7 +38,7 @@ const APACHE_HTTPD: GracefulStop = GracefulStop {
            stops it at once.",
 };
 
-const GRACEFUL_STOPS: [(&str, GracefulStop); 9] = [
+const GRACEFUL_STOPS: [(&str, GracefulStop); 10] = [
     (
         "nginx",
         GracefulStop {
@@ -92,6 +92,18 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 9] = [
             program: "unicorn",
             signals: &[SIGQUIT],
             note: "unicorn stops gracefully on SIGQUIT; SIGTERM and SIGINT stop it at once.",
+        },
+    ),
+    (
+        "postgres",
+        GracefulStop {
+            program: "PostgreSQL",
+            signals: &[SIGINT],
+            note: "PostgreSQL takes SIGTERM as a smart shutdown, which waits for every client \
+                   session to end (pooled and idle sessions never do) until SIGKILL forces crash \
+                   recovery at the next start: stop it with SIGINT, its fast shutdown (open \
+                   transactions rolled back, clients told and disconnected, a clean checkpoint; \
+                   `pg_ctl stop`'s default and the official image's STOPSIGNAL).",
         },
     ),
     (
@@ -502,6 +514,24 @@ mod tests {
         let s = summarize(&input(Outcome::Cut, &nginx, &c)).join(" ");
         assert!(s.contains("stop it with SIGQUIT"), "{s}");
         assert!(!s.contains("did not wait"), "{s}");
+    }
+
+    #[test]
+    fn postgres_smart_shutdown_that_ran_into_sigkill() {
+        let main = p(10, "postgres");
+        let c = Counts {
+            closed_by_exit: 3,
+            cut: 3,
+            ..Counts::default()
+        };
+        let s = summarize(&input(Outcome::Killed, &main, &c)).join(" ");
+        assert!(s.contains("smart shutdown"), "{s}");
+        assert!(s.contains("stop it with SIGINT"), "{s}");
+        // Stopped with its fast shutdown, the note is not repeated.
+        let mut fast = input(Outcome::Cut, &main, &c);
+        fast.signal = Some(SIGINT);
+        let s = summarize(&fast).join(" ");
+        assert!(!s.contains("smart shutdown"), "{s}");
     }
 
     /// SIGKILL with no stop signal before it: no grace period ran out.
