@@ -46,7 +46,7 @@ pub fn list_line(r: &TerminationReport) -> String {
         _ => s.label.clone(),
     };
     let mut line = format!(
-        "{}  {:<10}  cut {:>4}  {}  {}",
+        "{}  {:<10}  {:>4}  {}  {}",
         crate::clock::text(r.started_at),
         r.outcome.as_str(),
         r.counts.cut,
@@ -66,7 +66,7 @@ pub fn pod_list_line(p: &PodTerminationReport) -> String {
         .first()
         .map_or_else(|| "-".to_string(), |s| crate::clock::text(s.at));
     let mut line = format!(
-        "{start}  {:<10}  cut {:>4}  {}  pod {}/{} ({} container(s))",
+        "{start}  {:<10}  {:>4}  {}  pod {}/{} ({} container(s))",
         p.outcome.as_str(),
         p.counts.cut,
         p.id,
@@ -81,7 +81,9 @@ pub fn pod_list_line(p: &PodTerminationReport) -> String {
 }
 
 /// The header of the list view.
-pub const LIST_HEADER: &str = "started_at                   outcome     cut       id  who";
+/// (the columns of [`list_line`] and [`pod_list_line`]: a 27-character time, the outcome in
+/// 10, the connections cut in 4).
+pub const LIST_HEADER: &str = "started_at                   outcome      cut  id  who";
 
 /// Summary sentences are wrapped at this width.
 const WIDTH: usize = 100;
@@ -538,11 +540,15 @@ mod tests {
         assert_eq!(
             line,
             format!(
-                "2026-11-21T05:09:51.000000Z  killed      cut    3  {}  app.service  \
+                "2026-11-21T05:09:51.000000Z  killed         3  {}  app.service  \
                  [cut, killed, late_traffic, reset_by_peer]",
                 fixtures::killed().id
             )
         );
+        // The header's columns sit over the line's.
+        let id = fixtures::killed().id;
+        assert_eq!(LIST_HEADER.find("  id  ").map(|i| i + 2), line.find(&id));
+        assert_eq!(LIST_HEADER.find("cut").map(|i| i + 2), line.find("3  "));
         let mut r = fixtures::no_handler();
         r.subject.namespace = "shop".into();
         r.subject.pod = Some("web-1".into());
