@@ -346,7 +346,7 @@ pub struct ReportArgs {
     /// Only the report with this id.
     #[arg(long)]
     pub id: Option<String>,
-    /// Only the N most recent.
+    /// Only the N that began last (the list is in the order the terminations began).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// Print the reports as JSON lines instead of text.
@@ -475,6 +475,9 @@ pub fn report(args: ReportArgs) -> Result<std::process::ExitCode> {
                 .collect()
         }
     };
+    // In the order they began (the log holds them in the order they ended): the list reads
+    // down in time, and `--limit` keeps the ones that began last.
+    reports.sort_by_key(|r| r.started_at);
     if let Some(limit) = args.limit {
         let excess = reports.len().saturating_sub(limit);
         reports.drain(..excess);

@@ -159,6 +159,31 @@ fn many_reports_are_listed_one_is_shown_in_full() {
     assert_eq!(stdout.matches("connections: none").count(), 3, "{stdout}");
 }
 
+#[test]
+fn listed_in_the_order_they_began_and_limit_keeps_the_latest() {
+    let dir = TempDir::new("order");
+    let log = dir.0.join("t.jsonl");
+    // The log holds reports as they end: a long termination that began first ends last.
+    write_log(
+        &log,
+        &[
+            report("r-second", "shop", "b", "graceful", 600),
+            report("r-third", "shop", "c", "graceful", 60),
+            report("r-first", "shop", "a", "killed", 3600),
+        ],
+    );
+    let q = |args: &[&str]| -> Vec<String> {
+        let (out, stdout, stderr) = run(termscope()
+            .args(["report", "--json", "--from-file"])
+            .arg(&log)
+            .args(args));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        ids(&stdout)
+    };
+    assert_eq!(q(&[]), ["r-first", "r-second", "r-third"]);
+    assert_eq!(q(&["--limit", "2"]), ["r-second", "r-third"]);
+}
+
 fn ids(stdout: &str) -> Vec<String> {
     stdout
         .lines()
