@@ -13,7 +13,8 @@ use crate::{
         Engine, OpenConnection,
         report::TerminationReport,
         test_events::{
-            MS, T0, addr, engine, inbound_state, process_exit, refusal_reset, stop_signal, task,
+            ANSWERED, IN_FLIGHT, MS, T0, addr, engine, inbound_state, process_exit, refusal_reset,
+            stop_signal, task,
         },
     },
 };
@@ -88,6 +89,8 @@ impl Run {
                 ..ConnFlags::default()
             },
             task: task(10, self.comm),
+            // An orderly close finishes an answered exchange; an exit cuts one in flight.
+            activity: Some(if by_exit { IN_FLIGHT } else { ANSWERED }),
             ..inbound_state(
                 ts,
                 self.cg,

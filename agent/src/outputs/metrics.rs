@@ -33,8 +33,12 @@ pub const DELAY_BUCKETS: [f64; 14] = [
 /// Buckets for the share of the grace period used.
 pub const RATIO_BUCKETS: [f64; 10] = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0];
 
-pub const CUT_REASONS: [Verdict; 3] =
-    [Verdict::ResetByApp, Verdict::ClosedByExit, Verdict::Refused];
+pub const CUT_REASONS: [Verdict; 4] = [
+    Verdict::ResetByApp,
+    Verdict::ClosedByExit,
+    Verdict::ClosedUnanswered,
+    Verdict::Refused,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

@@ -294,11 +294,12 @@ fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
     let c = &r.counts;
     writeln!(
         out,
-        "  counts: {} cut ({} reset by app, {} closed by exit, {} refused), {} completed, \
+        "  counts: {} cut ({} reset by app, {} closed by exit, {}{} refused), {} completed, \
          {} reset by peer, {} open, {} accepted after stop",
         c.cut,
         c.reset_by_app,
         c.closed_by_exit,
+        unanswered(c.closed_unanswered, "", ", "),
         c.refused,
         c.completed,
         c.reset_by_peer,
@@ -316,11 +317,12 @@ fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
     if o != &Default::default() {
         writeln!(
             out,
-            "  outbound (its own upstreams): {} cut ({} reset by app, {} closed by exit), {} \
+            "  outbound (its own upstreams): {} cut ({} reset by app, {} closed by exit{}), {} \
              idle closed, {} completed, {} reset by peer, {} open",
             o.cut,
             o.reset_by_app,
             o.closed_by_exit,
+            unanswered(o.closed_unanswered, ", ", ""),
             o.closed_idle,
             o.completed,
             o.reset_by_peer,
@@ -328,6 +330,16 @@ fn write_report(out: &mut String, r: &TerminationReport) -> std::fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// "N closed unanswered" between `before` and `after`, or nothing when there were none: the
+/// counts lines of reports without such closes read as before.
+fn unanswered(n: u32, before: &str, after: &str) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!("{before}{n} closed unanswered{after}")
+    }
 }
 
 fn connection_row(c: &Connection) -> Vec<String> {

@@ -76,6 +76,15 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 10] = [
                    hard-stop-after); SIGTERM and SIGINT stop it at once.",
         },
     ),
+    (
+        "lighttpd",
+        GracefulStop {
+            program: "lighttpd",
+            signals: &[SIGINT],
+            note: "lighttpd stops gracefully on SIGINT (bounded by \
+                   server.graceful-shutdown-timeout); SIGTERM stops it at once.",
+        },
+    ),
     ("httpd", APACHE_HTTPD),
     ("apache2", APACHE_HTTPD),
     (
@@ -194,6 +203,10 @@ fn cut_detail(c: &Counts) -> String {
             c.closed_by_exit,
             "closed by the kernel when the process died",
         ),
+        (
+            c.closed_unanswered,
+            "closed by the app before answering the request it had read",
+        ),
         (c.refused, "refused after the listener closed"),
     ] {
         if n > 0 {
@@ -239,15 +252,26 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
         )),
         Outcome::NoHandler => {
             let (dead, signal) = i.no_handler.map_or((i.main, SIGTERM), |(p, s)| (p, s));
+            // A program the table knows is not to be changed: it is to be sent its own
+            // graceful stop (HAProxy's worker dies of SIGTERM by design).
+            let fix = match graceful_stop(&dead.comm) {
+                Some(p) if !p.signals.contains(&signal) => format!(
+                    "Stop it with {} instead ({}'s graceful stop).",
+                    names(p.signals),
+                    p.program
+                ),
+                _ => format!(
+                    "Handle {} in the app, or send a signal it handles.",
+                    signal_name(signal)
+                ),
+            };
             out.push(format!(
                 "{} (pid {}) has no handler for {}: its default action killed the process at \
-                 once; {}. Handle {} in the app, or send a signal it \
-                 handles.",
+                 once; {}. {fix}",
                 dead.comm,
                 dead.pid,
                 signal_name(signal),
                 cut_clause(c),
-                signal_name(signal),
             ));
         }
         Outcome::Killed => {
@@ -445,6 +469,7 @@ mod tests {
             completed: 0,
             reset_by_app: 0,
             closed_by_exit: 0,
+            closed_unanswered: 0,
             closed_idle: 0,
             peer_closed_first: 0,
             reset_by_peer: 0,
@@ -675,6 +700,66 @@ mod tests {
             s[0].starts_with("worker (pid 11) has no handler for SIGTERM"),
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn a_known_program_without_a_handler_is_sent_its_graceful_stop() {
+        // HAProxy's worker dies of SIGTERM by design: not "handle SIGTERM in the app".
+        let main = p(10, "haproxy");
+        let worker = p(11, "haproxy");
+        let c = Counts {
+            closed_by_exit: 2,
+            cut: 2,
+            ..Counts::default()
+        };
+        let i = Input {
+            no_handler: Some((&worker, SIGTERM)),
+            ..input(Outcome::NoHandler, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(
+            s[0].starts_with("haproxy (pid 11) has no handler for SIGTERM"),
+            "{s:?}"
+        );
+        assert!(
+            s[0].ends_with("Stop it with SIGUSR1 instead (HAProxy's graceful stop)."),
+            "{s:?}"
+        );
+        assert!(!s[0].contains("in the app"), "{s:?}");
+        // An app the table does not know keeps the general advice.
+        let main = p(10, "python3");
+        let i = Input {
+            no_handler: Some((&main, SIGTERM)),
+            ..input(Outcome::NoHandler, &main, &c)
+        };
+        assert!(
+            summarize(&i)[0].ends_with("Handle SIGTERM in the app, or send a signal it handles.")
+        );
+        // lighttpd: SIGTERM is its immediate stop, SIGINT its graceful one.
+        assert_eq!(
+            graceful_stop("lighttpd").map(|g| g.signals),
+            Some(&[SIGINT][..])
+        );
+    }
+
+    #[test]
+    fn requests_closed_unanswered_are_cut_and_named() {
+        let main = p(10, "apache2");
+        let c = Counts {
+            closed_unanswered: 2,
+            closed_idle: 2,
+            cut: 2,
+            ..Counts::default()
+        };
+        let s = summarize(&input(Outcome::Cut, &main, &c));
+        assert!(
+            s[0].contains(
+                "but 2 connection(s) were cut: 2 closed by the app before answering the \
+                 request it had read"
+            ),
+            "{s:?}"
+        );
+        assert!(s.iter().any(|l| l.contains("SIGWINCH")), "{s:?}");
     }
 
     #[test]

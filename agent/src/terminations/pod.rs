@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Version of the pod report schema.
-pub const POD_SCHEMA: &str = "termscope/pod-termination/v2";
+pub const POD_SCHEMA: &str = "termscope/pod-termination/v3";
 
 /// Severity of an outcome, for rolling containers up into a pod.
 fn severity(o: Outcome) -> u8 {

@@ -12,7 +12,7 @@ pub use super::flag::Flag;
 pub use super::kinds::{OpenedBy, StepKind};
 
 /// Version of the report schema. Bump on any incompatible change.
-pub const SCHEMA: &str = "termscope/termination/v2";
+pub const SCHEMA: &str = "termscope/termination/v3";
 
 /// How a termination ended, most telling first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,6 +65,9 @@ pub enum Verdict {
     /// The kernel closed it because the owning process died (RST or FIN) while the peer was
     /// waiting for something: a request unread or unanswered (or it could not be told).
     ClosedByExit,
+    /// The container closed it in order (FIN, while alive) over a request it had read and
+    /// never answered: its client got an end of stream instead of the answer.
+    ClosedUnanswered,
     /// Closed by the container (its exit, or a reset) while idle: the peer's last request was
     /// answered. Not a cut; costs the peer a reconnect (a keep-alive risk).
     ClosedIdle,
@@ -80,10 +83,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 8] = [
+    pub const ALL: [Verdict; 9] = [
         Verdict::Completed,
         Verdict::ResetByApp,
         Verdict::ClosedByExit,
+        Verdict::ClosedUnanswered,
         Verdict::ClosedIdle,
         Verdict::PeerClosedFirst,
         Verdict::ResetByPeer,
@@ -95,7 +99,10 @@ impl Verdict {
     pub fn is_cut(self) -> bool {
         matches!(
             self,
-            Verdict::ResetByApp | Verdict::ClosedByExit | Verdict::Refused
+            Verdict::ResetByApp
+                | Verdict::ClosedByExit
+                | Verdict::ClosedUnanswered
+                | Verdict::Refused
         )
     }
 
@@ -104,6 +111,7 @@ impl Verdict {
             Verdict::Completed => "completed",
             Verdict::ResetByApp => "reset_by_app",
             Verdict::ClosedByExit => "closed_by_exit",
+            Verdict::ClosedUnanswered => "closed_unanswered",
             Verdict::ClosedIdle => "closed_idle",
             Verdict::PeerClosedFirst => "peer_closed_first",
             Verdict::ResetByPeer => "reset_by_peer",
@@ -230,6 +238,8 @@ pub struct Counts {
     pub reset_by_app: u32,
     pub closed_by_exit: u32,
     #[serde(default)]
+    pub closed_unanswered: u32,
+    #[serde(default)]
     pub closed_idle: u32,
     #[serde(default)]
     pub peer_closed_first: u32,
@@ -237,7 +247,7 @@ pub struct Counts {
     pub refused: u32,
     pub open: u32,
     pub accepted_late: u32,
-    /// `reset_by_app + closed_by_exit + refused`.
+    /// `reset_by_app + closed_by_exit + closed_unanswered + refused`.
     pub cut: u32,
 }
 
@@ -247,6 +257,7 @@ impl Counts {
             Verdict::Completed => self.completed += 1,
             Verdict::ResetByApp => self.reset_by_app += 1,
             Verdict::ClosedByExit => self.closed_by_exit += 1,
+            Verdict::ClosedUnanswered => self.closed_unanswered += 1,
             Verdict::ClosedIdle => self.closed_idle += 1,
             Verdict::PeerClosedFirst => self.peer_closed_first += 1,
             Verdict::ResetByPeer => self.reset_by_peer += 1,
@@ -263,6 +274,7 @@ impl Counts {
         self.completed += other.completed;
         self.reset_by_app += other.reset_by_app;
         self.closed_by_exit += other.closed_by_exit;
+        self.closed_unanswered += other.closed_unanswered;
         self.closed_idle += other.closed_idle;
         self.peer_closed_first += other.peer_closed_first;
         self.reset_by_peer += other.reset_by_peer;
@@ -277,6 +289,7 @@ impl Counts {
             Verdict::Completed => self.completed,
             Verdict::ResetByApp => self.reset_by_app,
             Verdict::ClosedByExit => self.closed_by_exit,
+            Verdict::ClosedUnanswered => self.closed_unanswered,
             Verdict::ClosedIdle => self.closed_idle,
             Verdict::PeerClosedFirst => self.peer_closed_first,
             Verdict::ResetByPeer => self.reset_by_peer,

@@ -27,6 +27,28 @@ pub(crate) const IN_FLIGHT: CloseActivity = CloseActivity {
     quiet_us: 5_000_000,
 };
 
+/// A socket at its close with the last request answered and acknowledged, quiet since: idle
+/// (what an orderly close after a finished exchange looks like).
+pub(crate) const ANSWERED: CloseActivity = CloseActivity {
+    rcv_nxt: 1180,
+    copied_seq: 1180,
+    snd_wl1: 1180,
+    write_seq: 409,
+    snd_una: 409,
+    quiet_us: 5_000_000,
+};
+
+/// The container's own outbound connection at its close, its request acknowledged by the
+/// upstream and not answered yet: in flight (the upstream spoke last with a bare ACK).
+pub(crate) const AWAITING_ANSWER: CloseActivity = CloseActivity {
+    rcv_nxt: 1100,
+    copied_seq: 1100,
+    snd_wl1: 1100,
+    write_seq: 89,
+    snd_una: 89,
+    quiet_us: 5_000_000,
+};
+
 pub(crate) fn task(pid: u32, comm: &str) -> Task {
     Task {
         pid,

@@ -12,7 +12,8 @@ use crate::{
 };
 use report::{Flag, Outcome, StepKind};
 use test_events::{
-    IN_FLIGHT, MS, T0, addr, engine, inbound_state, process_exit, refusal_reset, stop_signal, task,
+    ANSWERED, AWAITING_ANSWER, IN_FLIGHT, MS, T0, addr, engine, inbound_state, process_exit,
+    refusal_reset, stop_signal, task,
 };
 
 const CG: u64 = 4242;
@@ -102,13 +103,16 @@ fn graceful_stop_with_a_handler() {
     );
     r.engine.on_snapshot(CG, &[open_conn(1, "10.0.0.9:40000")]);
     r.feed(delivered(T0 + MS, 15, Disposition::Handler));
-    r.feed(Event::TcpState(state(
+    // Closed in order after its last answer was acknowledged.
+    let mut fin = state(
         T0 + 200 * MS,
         1,
         "10.0.0.9:40000",
         TcpState::Established,
         TcpState::FinWait1,
-    )));
+    );
+    fin.activity = Some(ANSWERED);
+    r.feed(Event::TcpState(fin));
     r.feed(Event::TcpState(state(
         T0 + 201 * MS,
         1,
@@ -697,6 +701,13 @@ fn an_exit_cuts_only_what_its_peers_were_waiting_for() {
                 inbound: false,
                 established_ns: T0 - 100 * MS,
             },
+            OpenConnection {
+                conn_id: 5,
+                local: addr("10.0.0.5:51001"),
+                remote: addr("10.0.0.7:6379"),
+                inbound: false,
+                established_ns: T0 - 100 * MS,
+            },
         ],
     );
     r.feed(delivered(T0 + MS, 15, Disposition::Handler));
@@ -712,11 +723,20 @@ fn an_exit_cuts_only_what_its_peers_were_waiting_for() {
         rcv_nxt: 1101,
         ..idle
     };
+    let in_flight_quiet = crate::decode::CloseActivity {
+        quiet_us: 3_000_000,
+        ..IN_FLIGHT
+    };
     for (id, remote, old, activity) in [
         (1, "10.0.0.9:40000", TcpState::CloseWait, goodbye),
         (2, "10.0.0.9:40001", TcpState::Established, idle),
         (3, "10.0.0.9:40002", TcpState::Established, IN_FLIGHT),
-        (4, "10.0.0.7:5432", TcpState::Established, IN_FLIGHT),
+        // Its upstream acknowledged its query and had not answered: cut.
+        (4, "10.0.0.7:5432", TcpState::Established, AWAITING_ANSWER),
+        // A pooled upstream connection whose last answer came and was read, quiet since:
+        // the same bytes as a served request in flight, but here the peer spoke last because
+        // it answered. Idle.
+        (5, "10.0.0.7:6379", TcpState::Established, in_flight_quiet),
     ] {
         let mut s = state(
             T0 + 3 * MS,
@@ -729,8 +749,12 @@ fn an_exit_cuts_only_what_its_peers_were_waiting_for() {
                 TcpState::FinWait1
             },
         );
-        if id == 4 {
-            s.addrs.local = addr("10.0.0.5:51000");
+        if id >= 4 {
+            s.addrs.local = addr(if id == 4 {
+                "10.0.0.5:51000"
+            } else {
+                "10.0.0.5:51001"
+            });
             s.flags.inbound = false;
         }
         s.flags.closed_by_exit = true;
@@ -748,11 +772,13 @@ fn an_exit_cuts_only_what_its_peers_were_waiting_for() {
     assert_eq!(verdict(40001), Some(Verdict::ClosedIdle));
     assert_eq!(verdict(40002), Some(Verdict::ClosedByExit));
     assert_eq!(verdict(5432), Some(Verdict::ClosedByExit));
+    assert_eq!(verdict(6379), Some(Verdict::ClosedIdle));
     // One served connection cut; the upstream counted apart.
     assert_eq!(rep.counts.cut, 1);
     assert_eq!(rep.counts.closed_idle, 1);
     assert_eq!(rep.counts.peer_closed_first, 1);
     assert_eq!(rep.outbound_counts.cut, 1);
+    assert_eq!(rep.outbound_counts.closed_idle, 1);
     assert_eq!(rep.outcome, Outcome::Cut);
     assert_eq!(rep.flags, [Flag::Cut, Flag::OutboundCut, Flag::ClosedIdle]);
     assert!(

@@ -3,7 +3,10 @@
 
 use std::net::SocketAddr;
 
-use super::{activity::InFlight, report::Verdict};
+use super::{
+    activity::{InFlight, Role},
+    report::Verdict,
+};
 use crate::decode::{CloseActivity, TcpState};
 
 /// What the engine knows of one connection. Kept small (a termination may hold hundreds of
@@ -68,11 +71,22 @@ impl Conn {
         self.in_flight = activity.map(|a| InFlight::of(a, peer_fin));
     }
 
+    /// Which end of the exchange the container was on: the client of its own outbound
+    /// connections, the server of the others (accepted, or of unknown direction).
+    pub fn role(&self) -> Role {
+        if self.inbound == Some(false) {
+            Role::Client
+        } else {
+            Role::Server
+        }
+    }
+
     /// Whether the peer was left waiting at the container's close: `Some(true)` it lost a
     /// request or its answer, `Some(false)` idle, `None` unknown (the kernel could not read
     /// the socket).
     pub fn lost_something(&self) -> Option<bool> {
-        self.in_flight.map(|f| f.lost_something())
+        let role = self.role();
+        self.in_flight.map(|f| f.lost_something(role))
     }
 
     /// The rule, most telling first:
@@ -82,7 +96,10 @@ impl Conn {
     ///    `closed_idle`. Without the socket's activity, a close after the peer's FIN is
     ///    `peer_closed_first` (it said goodbye) and any other stays a cut;
     /// 2. a reset from the peer: `reset_by_peer`;
-    /// 3. closed otherwise (an orderly FIN exchange): `completed`; else `open`.
+    /// 3. closed otherwise (an orderly FIN exchange): `completed` — unless the container
+    ///    accepted it and closed it in order over a request it had read and never answered
+    ///    (`closed_unanswered`: its client got an end of stream instead of the answer);
+    ///    else `open`.
     pub fn verdict(&self) -> Verdict {
         let abrupt = self.closed_by_exit || (self.reset_sent && !self.reset_received);
         if abrupt {
@@ -105,7 +122,11 @@ impl Conn {
         if self.reset_received {
             Verdict::ResetByPeer
         } else if self.closed_ns.is_some() {
-            Verdict::Completed
+            if self.inbound == Some(true) && self.in_flight.is_some_and(|f| f.unanswered()) {
+                Verdict::ClosedUnanswered
+            } else {
+                Verdict::Completed
+            }
         } else {
             Verdict::Open
         }
@@ -142,9 +163,20 @@ mod tests {
         }
     }
 
+    /// A request received (1100..1180) and never read.
     fn busy() -> CloseActivity {
         CloseActivity {
             rcv_nxt: 1180,
+            ..idle()
+        }
+    }
+
+    /// A request received and read (1100..1180), nothing written after it; on an outbound
+    /// connection, the upstream's answer received and read.
+    fn read() -> CloseActivity {
+        CloseActivity {
+            rcv_nxt: 1180,
+            copied_seq: 1180,
             ..idle()
         }
     }
@@ -229,6 +261,52 @@ mod tests {
         c.closed_by_exit = true;
         c.on_close(TcpState::Established, Some(&busy()));
         c.on_close(TcpState::CloseWait, Some(&idle()));
+        assert_eq!(c.verdict(), Verdict::ClosedByExit);
+    }
+
+    #[test]
+    fn an_orderly_close_over_an_unanswered_request_is_a_cut() {
+        // Apache httpd on SIGTERM: its child shuts the client's socket down (FIN) while the
+        // request waits for its upstream.
+        let mut c = conn();
+        c.on_close(TcpState::Established, Some(&read()));
+        c.closed_ns = Some(5);
+        assert_eq!(c.verdict(), Verdict::ClosedUnanswered);
+        assert!(c.verdict().is_cut());
+        // An idle keep-alive connection closed in order: completed.
+        let mut c = conn();
+        c.on_close(TcpState::Established, Some(&idle()));
+        c.closed_ns = Some(5);
+        assert_eq!(c.verdict(), Verdict::Completed);
+        // The answer written and our FIN right behind it (`Connection: close`): completed.
+        let mut c = conn();
+        let mut a = read();
+        a.write_seq = 409;
+        c.on_close(TcpState::Established, Some(&a));
+        c.closed_ns = Some(5);
+        assert_eq!(c.verdict(), Verdict::Completed);
+        // Its own outbound connection closed in order after the upstream's answer (which
+        // came last): completed, whatever the server rule would say.
+        let mut c = conn();
+        c.inbound = Some(false);
+        c.on_close(TcpState::Established, Some(&read()));
+        c.closed_ns = Some(5);
+        assert_eq!(c.verdict(), Verdict::Completed);
+    }
+
+    #[test]
+    fn an_idle_upstream_pool_connection_closed_by_exit_is_idle() {
+        // The upstream's answer (1100..1180) came last and was read, quiet since.
+        let mut c = conn();
+        c.inbound = Some(false);
+        c.closed_by_exit = true;
+        c.on_close(TcpState::Established, Some(&read()));
+        assert_eq!(c.verdict(), Verdict::ClosedIdle);
+        // Our request acknowledged and not answered yet: the upstream's work is cut.
+        let mut c = conn();
+        c.inbound = Some(false);
+        c.closed_by_exit = true;
+        c.on_close(TcpState::Established, Some(&idle()));
         assert_eq!(c.verdict(), Verdict::ClosedByExit);
     }
 

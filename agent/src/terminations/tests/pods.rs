@@ -55,6 +55,10 @@ fn cut_by_exit(ts: u64, cg: u64, conn_id: u64, local: &str, remote: &str, inboun
     s.flags.inbound = inbound;
     s.flags.closed_by_exit = true;
     s.flags.in_owner_task = true;
+    // In flight either way: a client's request unanswered, or our request to an upstream.
+    if !inbound {
+        s.activity = Some(AWAITING_ANSWER);
+    }
     Event::TcpState(s)
 }
 
