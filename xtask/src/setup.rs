@@ -82,6 +82,21 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
         why: "PostgreSQL, whose SIGTERM is a smart shutdown that waits for its sessions",
     },
     TestPackage {
+        name: "apache2",
+        why: "Apache httpd as a reverse proxy, graceful-stop (SIGWINCH) vs SIGTERM \
+              (scenarios_servers)",
+    },
+    TestPackage {
+        name: "haproxy",
+        why: "HAProxy in master-worker mode with a pooled upstream, soft stop (SIGUSR1) vs \
+              SIGTERM (scenarios_servers)",
+    },
+    TestPackage {
+        name: "python3-uvicorn",
+        why: "uvicorn (asyncio) with keep-alive clients, run by Debian's python3 \
+              (scenarios_servers)",
+    },
+    TestPackage {
         name: "prometheus",
         why: "promtool, to check /metrics",
     },
