@@ -25,7 +25,7 @@ use crate::{
         store::{self, Filter},
     },
     terminations::{
-        kube::{POD_SCHEMA, PodTerminationReport},
+        kube::{POD_SCHEMA_FAMILY, PodTerminationReport},
         report::{Outcome, TerminationReport},
     },
 };
@@ -702,7 +702,7 @@ fn follow_file(
         }
         let mut out = stdout.lock();
         for line in lines.iter().filter(|l| !l.trim().is_empty()) {
-            if line.contains(POD_SCHEMA)
+            if line.contains(POD_SCHEMA_FAMILY)
                 && let Ok(p) = serde_json::from_str::<PodTerminationReport>(line)
             {
                 if pod_matches(&p, filter) {

@@ -381,7 +381,7 @@ fn graceful_pod_finishes_its_request_in_flight() -> Result<()> {
     let log = std::fs::read_to_string(&agent.log_file)?;
     ensure!(
         log.lines()
-            .any(|l| l.contains("termscope/pod-termination/v2") && l.contains(&report.id)),
+            .any(|l| l.contains("termscope/pod-termination/v3") && l.contains(&report.id)),
         "the pod report is not in {}",
         agent.log_file.display()
     );

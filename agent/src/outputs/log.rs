@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::terminations::{
-    kube::{POD_SCHEMA, PodTerminationReport},
+    kube::{POD_SCHEMA_FAMILY, PodTerminationReport},
     report::TerminationReport,
 };
 
@@ -377,7 +377,7 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
             }
             // A pod report (Kubernetes); if it does not parse as one (the schema string was
             // in some value), it is tried as a container report below.
-            if line.contains(POD_SCHEMA)
+            if line.contains(POD_SCHEMA_FAMILY)
                 && let Ok(r) = serde_json::from_str::<PodTerminationReport>(&line)
             {
                 out.pods.push(r);
@@ -554,6 +554,27 @@ mod tests {
         let msg = contents.skipped[0].to_string();
         assert!(msg.contains("t.jsonl:2: not a termination report"), "{msg}");
         assert_eq!(read_reports(&path).expect("reads").len(), 3);
+    }
+
+    /// A log keeps what older agents wrote: a v2 report (no `closed_unanswered` count) is read.
+    #[test]
+    fn reports_of_the_previous_schema_are_read() {
+        let tmp = TempDir::new("v2");
+        let path = tmp.0.join("t.jsonl");
+        let mut v2 = serde_json::to_value(numbered(7)).expect("json");
+        v2["schema"] = "termscope/termination/v2".into();
+        for counts in ["counts", "outbound_counts"] {
+            if let Some(c) = v2[counts].as_object_mut() {
+                c.remove("closed_unanswered");
+            }
+        }
+        std::fs::write(&path, format!("{v2}\n")).expect("write");
+        let contents = read_log(&path).expect("reads");
+        assert!(contents.skipped.is_empty(), "{:?}", contents.skipped);
+        assert_eq!(contents.reports.len(), 1);
+        assert_eq!(contents.reports[0].counts.closed_unanswered, 0);
+        // Pod reports of every version are told by the family their schema belongs to.
+        assert!(crate::terminations::kube::POD_SCHEMA.starts_with(POD_SCHEMA_FAMILY));
     }
 
     #[test]

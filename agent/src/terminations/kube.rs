@@ -4,7 +4,7 @@
 //! terminations into one pod report is [`super::pod`]'s.
 use super::report::{Connection, Direction, Outcome, TerminationReport, Verdict};
 pub use super::{
-    pod::{POD_SCHEMA, PodTerminationReport, p99, roll_up},
+    pod::{POD_SCHEMA, POD_SCHEMA_FAMILY, PodTerminationReport, p99, roll_up},
     report::{KubeFacts, LateTraffic, PreStopHook},
 };
 use jiff::Timestamp;

@@ -20,6 +20,10 @@ use crate::{
 /// Version of the pod report schema.
 pub const POD_SCHEMA: &str = "termscope/pod-termination/v3";
 
+/// What every version of the pod report schema starts with: a log holds the reports of older
+/// agents too (v2 before `closed_unanswered`), and they are still pod reports.
+pub const POD_SCHEMA_FAMILY: &str = "termscope/pod-termination/";
+
 /// Severity of an outcome, for rolling containers up into a pod.
 fn severity(o: Outcome) -> u8 {
     match o {
