@@ -38,7 +38,7 @@ const APACHE_HTTPD: GracefulStop = GracefulStop {
            stops it at once.",
 };
 
-const GRACEFUL_STOPS: [(&str, GracefulStop); 10] = [
+const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
     (
         "nginx",
         GracefulStop {
@@ -390,13 +390,14 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
     }
     // It took the stop signal and exited on its own, but its own close cut requests in flight
     // (no other signal of its would have drained them): what to change in the app.
-    if i.outcome == Outcome::Cut && !noted && c.closed_by_exit + c.reset_by_app > 0 {
+    let in_flight_cut = c.closed_by_exit + c.reset_by_app + c.closed_unanswered;
+    if i.outcome == Outcome::Cut && !noted && in_flight_cut > 0 {
         out.push(format!(
             "It did not wait for the {} request(s) in flight: on {sig}, stop accepting new \
              connections, finish the requests already received, then exit (within the grace \
              period); clients that hold a request open (long polls, blocking calls) must retry \
              elsewhere.",
-            c.closed_by_exit + c.reset_by_app
+            in_flight_cut
         ));
     }
     if i.outbound.cut > 0 {
@@ -524,6 +525,18 @@ mod tests {
         let s = summarize(&input(Outcome::Cut, &main, &c)).join(" ");
         assert!(
             s.contains("did not wait for the 2 request(s) in flight: on SIGTERM, stop accepting"),
+            "{s}"
+        );
+        // Requests it closed in order without answering were in flight too.
+        let unanswered = Counts {
+            closed_unanswered: 1,
+            closed_by_exit: 1,
+            cut: 2,
+            ..Counts::default()
+        };
+        let s = summarize(&input(Outcome::Cut, &main, &unanswered)).join(" ");
+        assert!(
+            s.contains("did not wait for the 2 request(s) in flight"),
             "{s}"
         );
         // Refusals alone are the listener's story (a preStop delay), not the app's drain.
