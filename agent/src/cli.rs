@@ -24,6 +24,7 @@ use crate::{
         render::{self, terminal_safe},
         store::{self, Filter},
     },
+    signal::Signal,
     terminations::{
         kube::{POD_SCHEMA_FAMILY, PodTerminationReport},
         report::{Outcome, TerminationReport},
@@ -55,6 +56,12 @@ fn loopback_addr(s: &str) -> Result<SocketAddr, String> {
         ));
     }
     Ok(addr)
+}
+
+fn stop_signal(s: &str) -> Result<Signal, String> {
+    Signal::parse(s).ok_or_else(|| {
+        format!("unknown signal {s:?} (a name such as TERM or SIGQUIT, or a number from 1 to 63)")
+    })
 }
 
 fn outcome(s: &str) -> Result<Outcome, String> {
@@ -131,9 +138,10 @@ pub struct AgentArgs {
         long,
         env = "TERMSCOPE_STOP_SIGNALS",
         value_delimiter = ',',
-        default_value = "HUP,INT,QUIT,KILL,USR1,USR2,TERM,WINCH,PWR"
+        default_value = "HUP,INT,QUIT,KILL,USR1,USR2,TERM,WINCH,PWR",
+        value_parser = stop_signal
     )]
-    pub stop_signals: Vec<String>,
+    pub stop_signals: Vec<Signal>,
     /// Resets answering segments for which no socket exists (e.g. SYN to a closed port) in
     /// namespaces not being watched: how many per CPU per second reach userspace.
     #[arg(long, env = "TERMSCOPE_UNOWNED_RESET_RATE", default_value_t = 200)]
@@ -727,5 +735,30 @@ fn follow_file(
         }
         drop(out);
         std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::DEFAULT_STOP_SIGNALS;
+
+    fn stop_signals(args: &[&str]) -> Vec<Signal> {
+        let cli = Cli::try_parse_from(["termscope", "agent"].iter().chain(args)).expect("args");
+        match cli.command {
+            Command::Agent(a) => a.stop_signals,
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    /// `--stop-signals` defaults to the probes' own list, and takes signals as people name
+    /// them.
+    #[test]
+    fn stop_signals_are_signals() {
+        assert_eq!(stop_signals(&[]), DEFAULT_STOP_SIGNALS);
+        assert_eq!(
+            stop_signals(&["--stop-signals", "sigterm,QUIT,9"]),
+            [Signal::TERM, Signal::QUIT, Signal::KILL]
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
+use crate::{signal::Signal, terminations::named::named_enum};
 use serde::{Deserialize, Deserializer, Serialize};
 use termscope_common::{
     EventHeader, ExecEvent, ExitEvent, KeptConn, RESET_RECEIVED, SignalDeliverEvent, SignalEvent,
@@ -65,16 +66,18 @@ impl Task {
     }
 }
 
-/// What the kernel did with a generated signal (`TRACE_SIGNAL_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SignalResult {
-    Delivered,
-    Ignored,
-    AlreadyPending,
-    Lost,
-    LostInfo,
-    Unknown,
+named_enum! {
+    /// What the kernel did with a generated signal (`TRACE_SIGNAL_*`), as the events and the
+    /// report (`stop_signals[].result`) name it. A number the kernel adds later is `unknown`;
+    /// a name this agent does not know (read from a newer agent's report) is kept as `Other`.
+    pub enum SignalResult expecting "what the kernel did with a signal (a string)" {
+        Delivered = "delivered",
+        Ignored = "ignored",
+        AlreadyPending = "already_pending",
+        Lost = "lost",
+        LostInfo = "lost_info",
+        Unknown = "unknown",
+    }
 }
 
 impl SignalResult {
@@ -102,62 +105,6 @@ pub enum Disposition {
     Handler,
 }
 
-/// The usual name of a signal number on Linux.
-pub fn signal_name(sig: u32) -> String {
-    const NAMES: [&str; 32] = [
-        "0",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    match NAMES.get(sig as usize) {
-        Some(name) => (*name).to_string(),
-        None => format!("SIGRTMIN+{}", sig.saturating_sub(34)),
-    }
-}
-
-/// A signal number from a name such as `TERM`, `SIGTERM` or `15`.
-pub fn parse_signal(name: &str) -> Option<u32> {
-    let upper = name.trim().to_ascii_uppercase();
-    if let Ok(n) = upper.parse::<u32>() {
-        return (1..64).contains(&n).then_some(n);
-    }
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    (1..32).find(|&n| signal_name(n) == full)
-}
-
 /// How a process ended, from `task->exit_code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "how", rename_all = "snake_case")]
@@ -168,7 +115,8 @@ pub enum ExitStatus {
     },
     /// Killed by a signal.
     Signaled {
-        signal: u32,
+        #[serde(with = "crate::signal::number")]
+        signal: Signal,
         core_dumped: bool,
     },
     Unknown,
@@ -186,7 +134,7 @@ impl ExitStatus {
             }
         } else {
             Self::Signaled {
-                signal: sig,
+                signal: Signal::from_kernel(sig),
                 core_dumped: exit_code & 0x80 != 0,
             }
         }
@@ -362,8 +310,9 @@ impl ConnFlags {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalGenerated {
     pub ts_ns: u64,
-    pub signal: u32,
-    pub signal_name: String,
+    /// In JSON `signal` (the number) and `signal_name`.
+    #[serde(flatten, with = "crate::signal::number_and_name")]
+    pub signal: Signal,
     /// `si_code`: 0 from kill(2), 0x80 from the kernel, -6 from tkill/tgkill.
     pub code: i32,
     pub group: bool,
@@ -382,8 +331,9 @@ pub struct SignalDelivered {
     pub ts_ns: u64,
     pub task: Task,
     pub cgroup_id: u64,
-    pub signal: u32,
-    pub signal_name: String,
+    /// In JSON `signal` (the number) and `signal_name`.
+    #[serde(flatten, with = "crate::signal::number_and_name")]
+    pub signal: Signal,
     pub disposition: Disposition,
 }
 
@@ -609,8 +559,7 @@ impl Decoder {
                 let e: SignalEvent = read(bytes, "signal event")?;
                 Ok(Event::Signal(SignalGenerated {
                     ts_ns: h.ts_ns,
-                    signal: e.sig,
-                    signal_name: signal_name(e.sig),
+                    signal: Signal::from_kernel(e.sig),
                     code: e.code,
                     group: e.group != 0,
                     result: SignalResult::from_raw(e.result),
@@ -632,8 +581,7 @@ impl Decoder {
                     ts_ns: h.ts_ns,
                     task: Task::current(&h),
                     cgroup_id: h.cgroup_id,
-                    signal: e.sig,
-                    signal_name: signal_name(e.sig),
+                    signal: Signal::from_kernel(e.sig),
                     disposition: match e.sa_handler {
                         0 => Disposition::Default,
                         1 => Disposition::Ignored,
@@ -784,7 +732,7 @@ mod tests {
         let Event::Signal(s) = ev else {
             panic!("not a signal: {ev:?}")
         };
-        assert_eq!(s.signal_name, "SIGTERM");
+        assert_eq!(s.signal, Signal::TERM);
         assert_eq!(s.sender.comm, "runc");
         assert_eq!(s.target.comm, "nginx: master pr"); // full 16 bytes, no NUL
         assert_eq!(s.target_cgroup_id, 7);
@@ -820,14 +768,14 @@ mod tests {
         assert_eq!(
             ExitStatus::from_raw(9),
             ExitStatus::Signaled {
-                signal: 9,
+                signal: Signal::KILL,
                 core_dumped: false
             }
         );
         assert_eq!(
             ExitStatus::from_raw(0x80 | 6),
             ExitStatus::Signaled {
-                signal: 6,
+                signal: Signal::from_kernel(6),
                 core_dumped: true
             }
         );
@@ -963,15 +911,45 @@ mod tests {
         }
     }
 
+    /// An exit event as the agent wrote it before signals were typed (`--print-events`, the
+    /// state file) reads back, and writes out the same.
     #[test]
-    fn signal_names_round_trip() {
-        assert_eq!(signal_name(15), "SIGTERM");
-        assert_eq!(signal_name(3), "SIGQUIT");
-        assert_eq!(signal_name(34), "SIGRTMIN+0");
-        assert_eq!(parse_signal("TERM"), Some(15));
-        assert_eq!(parse_signal("sigquit"), Some(3));
-        assert_eq!(parse_signal("9"), Some(9));
-        assert_eq!(parse_signal("NOPE"), None);
-        assert_eq!(parse_signal("0"), None);
+    fn an_exit_event_of_the_previous_agent_reads_back_the_same() {
+        let old = r#"{"event":"process_exit","ts_ns":7,"task":{"pid":1,"tgid":1,"comm":"x"},"cgroup_id":5,"exit":{"how":"signaled","signal":9,"core_dumped":true},"raw_exit_code":137}"#;
+        let ev: Event = serde_json::from_str(old).expect("event");
+        let Event::ProcessExit(x) = &ev else {
+            panic!("not an exit: {ev:?}")
+        };
+        assert_eq!(x.exit, ExitStatus::from_raw(137));
+        assert_eq!(
+            x.exit,
+            ExitStatus::Signaled {
+                signal: Signal::KILL,
+                core_dumped: true
+            }
+        );
+        assert_eq!(serde_json::to_string(&ev).expect("json"), old);
+    }
+
+    #[test]
+    fn signal_results_round_trip() {
+        let names = [
+            "delivered",
+            "ignored",
+            "already_pending",
+            "lost",
+            "lost_info",
+            "unknown",
+        ];
+        crate::terminations::named::assert_round_trips(
+            SignalResult::ALL,
+            &names,
+            SignalResult::from_name,
+        );
+        for (raw, want) in (0..).zip(SignalResult::ALL) {
+            assert_eq!(&SignalResult::from_raw(raw), want);
+        }
+        // A number the kernel adds later.
+        assert_eq!(SignalResult::from_raw(5), SignalResult::Unknown);
     }
 }

@@ -16,4 +16,5 @@ pub mod pipeline;
 pub mod probes;
 pub mod restart;
 pub mod seccomp;
+pub mod signal;
 pub mod terminations;

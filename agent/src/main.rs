@@ -12,7 +12,7 @@ use termscope::{
     attribute::{Resolver, cgroupfs},
     cli::{self, AgentArgs, Cli, Command},
     clock::{self, WallClock},
-    decode::{Event, parse_signal},
+    decode::Event,
     doctor,
     kube::{events::ShutdownEvents, state::KubeStateConfig, state::KubeUpdate},
     outputs::{
@@ -220,13 +220,9 @@ async fn agent(args: AgentArgs) -> Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "termscope agent starting"
     );
-    let mut stop_signals = Vec::new();
-    for s in &args.stop_signals {
-        stop_signals.push(parse_signal(s).with_context(|| format!("unknown signal {s:?}"))?);
-    }
     let opts = LoadOptions {
         watch_all: args.watch_all,
-        stop_signals,
+        stop_signals: args.stop_signals.clone(),
         unowned_reset_rate: args.unowned_reset_rate,
         ring_buffer_bytes: args
             .ring_buffer_kib

@@ -447,6 +447,13 @@ fn start_up_errors_are_clear() {
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
         assert!(stderr.contains(flag), "{stderr}");
     }
+    // A stop signal that is no signal.
+    let (out, _, stderr) = run(termscope().args(["agent", "--stop-signals", "TERM,NOPE"]));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--stop-signals") && stderr.contains("unknown signal \"NOPE\""),
+        "{stderr}"
+    );
     // Reports are not served off loopback.
     let (out, _, stderr) = run(termscope().args(["agent", "--reports-listen", "0.0.0.0:9470"]));
     assert_eq!(out.status.code(), Some(2));

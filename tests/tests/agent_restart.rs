@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use termscope::{
     outputs::log,
-    terminations::report::{Direction, Flag, Outcome, TerminationReport, Verdict},
+    terminations::report::{Direction, Flag, Outcome, Signal, TerminationReport, Verdict},
 };
 use termscope_tests::{
     NetNs, Proc, TempDir, TestCgroup,
@@ -356,7 +356,7 @@ fn check_escalation(report: &TerminationReport, cg: &TestCgroup, port: u16) -> R
     ensure!(report.counts.cut == 1);
     // The SIGTERM seen by the first agent is in the report.
     ensure!(
-        report.external_signals().any(|s| s.signal == "SIGTERM"),
+        report.external_signals().any(|s| s.signal == Signal::TERM),
         "the stop signal before the restart is missing"
     );
     Ok(())

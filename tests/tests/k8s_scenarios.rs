@@ -20,7 +20,7 @@ use termscope::{
     clock::parse_rfc3339,
     terminations::{
         kube::PodTerminationReport,
-        report::{Flag, Internal, Outcome, StepKind, TerminationReport, Verdict},
+        report::{Flag, Internal, Outcome, Signal, StepKind, TerminationReport, Verdict},
     },
 };
 use termscope_tests::{
@@ -315,7 +315,7 @@ fn graceful_pod_finishes_its_request_in_flight() -> Result<()> {
         c.subject
     );
     ensure!(
-        c.stop_signals.first().map(|s| s.signal.as_str()) == Some("SIGTERM"),
+        c.stop_signals.first().map(|s| s.signal) == Some(Signal::TERM),
         "{:?}",
         c.stop_signals
     );
@@ -845,7 +845,8 @@ fn nginx_scenario(quit: bool) -> Result<()> {
     ensure!(stop.status.exit_code == 0, "{stop:?}");
     let first = c.stop_signals.first().context("no stop signal")?;
     ensure!(
-        first.signal == if quit { "SIGQUIT" } else { "SIGTERM" } && first.target.comm == "nginx",
+        first.signal == if quit { Signal::QUIT } else { Signal::TERM }
+            && first.target.comm == "nginx",
         "{first:?}"
     );
     ensure!(

@@ -14,7 +14,7 @@ use termscope::{
     decode::TcpState,
     outputs::metrics::{Health, Metrics, MetricsConfig},
     probes::LoadOptions,
-    terminations::report::{Direction, Flag, OpenedBy, Outcome, Verdict},
+    terminations::report::{Direction, Flag, OpenedBy, Outcome, Signal, Verdict},
 };
 use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test, python, scripts};
 
@@ -529,7 +529,7 @@ fn a_container_with_child_cgroups() -> Result<()> {
         report
             .stop_signals
             .iter()
-            .filter(|s| s.signal == "SIGKILL" && !s.internal)
+            .filter(|s| s.signal == Signal::KILL && !s.internal)
             .count(),
         2,
         "{:?}",

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Result;
-use termscope::terminations::report::{Flag, Outcome, TerminationReport, Verdict};
+use termscope::terminations::report::{ExitHow, Flag, Outcome, Signal, TerminationReport, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TestCgroup, kernel_test,
     load::{Load, Seen, Truth, check_verdicts, show},
@@ -76,7 +76,7 @@ fn scenario(graceful_timeout: u32, request_s: u32, kill_after: Option<Duration>)
 }
 
 /// The master's SIGTERM to its worker: from inside the container.
-fn assert_forwarded(r: &Run, sig: &str) {
+fn assert_forwarded(r: &Run, sig: Signal) {
     assert!(
         r.report.stop_signals.iter().any(|s| s.internal
             && s.signal == sig
@@ -100,13 +100,13 @@ fn gunicorn_sigterm_finishes_the_request_in_flight() -> Result<()> {
     assert_eq!(r.report.outcome, Outcome::Graceful);
     assert_eq!(r.report.counts.cut, 0);
     assert!(r.report.flags.is_empty(), "{:?}", r.report.flags);
-    assert_forwarded(&r, "SIGTERM");
+    assert_forwarded(&r, Signal::TERM);
     // The worker finished its request and exited; then the master.
     assert!(
         r.report
             .exits
             .iter()
-            .all(|e| e.how == "exited" && e.code == Some(0)),
+            .all(|e| e.how == ExitHow::Exited && e.code == Some(0)),
         "{:?}",
         r.report.exits
     );
@@ -133,13 +133,13 @@ fn gunicorn_graceful_timeout_kills_the_worker() -> Result<()> {
     kernel_test!();
     let r = graceful_timeout_run()?;
     check_verdicts(&r.report, &r.seen, |_| Some(Verdict::ClosedByExit))?;
-    assert_forwarded(&r, "SIGTERM");
-    assert_forwarded(&r, "SIGKILL");
+    assert_forwarded(&r, Signal::TERM);
+    assert_forwarded(&r, Signal::KILL);
     assert!(
         r.report
             .exits
             .iter()
-            .any(|e| e.pid == r.worker && e.signal.as_deref() == Some("SIGKILL")),
+            .any(|e| e.pid == r.worker && e.signal == Some(Signal::KILL)),
         "{:?}",
         r.report.exits
     );
@@ -182,12 +182,12 @@ fn gunicorn_sigterm_then_runtime_sigkill() -> Result<()> {
     assert_eq!(r.report.outcome, Outcome::Killed);
     assert!(r.report.has_flag(Flag::Killed));
     assert!(r.report.has_flag(Flag::Cut));
-    assert_forwarded(&r, "SIGTERM");
+    assert_forwarded(&r, Signal::TERM);
     let killed: Vec<_> = r
         .report
         .exits
         .iter()
-        .filter(|e| e.signal.as_deref() == Some("SIGKILL"))
+        .filter(|e| e.signal == Some(Signal::KILL))
         .map(|e| e.pid)
         .collect();
     assert!(

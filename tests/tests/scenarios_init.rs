@@ -8,7 +8,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
-use termscope::terminations::report::{Outcome, Verdict};
+use termscope::terminations::report::{Outcome, Signal, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TestCgroup, child_of, kernel_test, kill,
     load::{Load, Truth, check_verdicts, show},
@@ -48,7 +48,7 @@ fn behind_init(init_cmd: &[&str], mode: &str) -> Result<()> {
     // The init passed the runtime's SIGTERM on to the app.
     ensure!(
         report.stop_signals.iter().any(|s| s.internal
-            && s.signal == "SIGTERM"
+            && s.signal == Signal::TERM
             && s.sender.pid == init
             && s.target.pid == app),
         "{:?}",

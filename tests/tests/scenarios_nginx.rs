@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Result;
-use termscope::terminations::report::{Flag, Outcome, StepKind, Verdict};
+use termscope::terminations::report::{ExitHow, Flag, Outcome, StepKind, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{Kind, Load, Truth, check_verdicts, show},
@@ -105,7 +105,7 @@ fn scenario(signal: i32) -> Result<()> {
         report
             .exits
             .iter()
-            .all(|e| e.how == "exited" && e.code == Some(0)),
+            .all(|e| e.how == ExitHow::Exited && e.code == Some(0)),
         "{:?}",
         report.exits
     );

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
-use termscope::terminations::report::{Flag, Outcome, StepKind, Verdict};
+use termscope::terminations::report::{Flag, Outcome, Signal, StepKind, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TestCgroup, kernel_test,
     load::{Kind, Load, Truth, check_verdicts, show},
@@ -72,17 +72,12 @@ fn runtime_sigkill_after_the_grace_period() -> Result<()> {
     let sigs: Vec<_> = report
         .stop_signals
         .iter()
-        .map(|s| (s.signal.as_str(), s.internal))
+        .map(|s| (s.signal, s.internal))
         .collect();
-    assert_eq!(sigs, [("SIGTERM", false), ("SIGKILL", false)]);
+    assert_eq!(sigs, [(Signal::TERM, false), (Signal::KILL, false)]);
     assert!(report.timeline.iter().any(|s| s.what == StepKind::Handler));
     assert!(report.timeline.iter().any(|s| s.what == StepKind::Sigkill));
-    assert!(
-        report
-            .exits
-            .iter()
-            .all(|e| e.signal.as_deref() == Some("SIGKILL"))
-    );
+    assert!(report.exits.iter().all(|e| e.signal == Some(Signal::KILL)));
     // The shutdown lasted the grace period (and not the 10 s the requests needed).
     let grace_ms = GRACE.as_millis() as f64;
     assert!(

@@ -11,7 +11,9 @@ use std::{
 };
 
 use anyhow::Result;
-use termscope::terminations::report::{Flag, Outcome, StepKind, TerminationReport, Verdict};
+use termscope::terminations::report::{
+    ExitHow, Flag, Outcome, Signal, StepKind, TerminationReport, Verdict,
+};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{Kind, Load, Seen, Truth, check_knocks, check_verdicts, show},
@@ -179,7 +181,7 @@ fn supervisord_stopped_by_the_runtime_escalates_to_sigkill() -> Result<()> {
 
     // The runtime's SIGTERM to supervisord opened the termination...
     let first = &rep.stop_signals[0];
-    assert_eq!(first.signal, "SIGTERM");
+    assert_eq!(first.signal, Signal::TERM);
     assert!(!first.internal);
     assert_eq!(first.target.pid, r.supervisord);
     assert_eq!(rep.subject.main.pid, r.supervisord);
@@ -188,12 +190,12 @@ fn supervisord_stopped_by_the_runtime_escalates_to_sigkill() -> Result<()> {
     let prog = rep
         .stop_signals
         .iter()
-        .find(|s| s.internal && s.signal == "SIGTERM" && s.sender.pid == r.supervisord)
+        .find(|s| s.internal && s.signal == Signal::TERM && s.sender.pid == r.supervisord)
         .ok_or_else(|| anyhow::anyhow!("no TERM from supervisord: {:?}", rep.stop_signals))?;
     let kill = rep
         .stop_signals
         .iter()
-        .find(|s| s.internal && s.signal == "SIGKILL" && s.sender.pid == r.supervisord)
+        .find(|s| s.internal && s.signal == Signal::KILL && s.sender.pid == r.supervisord)
         .ok_or_else(|| anyhow::anyhow!("no SIGKILL from supervisord: {:?}", rep.stop_signals))?;
     assert_eq!(kill.target.pid, prog.target.pid);
     let waited = kill.t_ms - prog.t_ms;
@@ -208,12 +210,12 @@ fn supervisord_stopped_by_the_runtime_escalates_to_sigkill() -> Result<()> {
         ))));
     // The program died of the SIGKILL; supervisord exited on its own.
     assert!(rep.exits.iter().any(|e| e.pid == prog.target.pid
-        && e.how == "signaled"
-        && e.signal.as_deref() == Some("SIGKILL")));
+        && e.how == ExitHow::Signaled
+        && e.signal == Some(Signal::KILL)));
     assert!(
         rep.exits
             .iter()
-            .any(|e| e.pid == r.supervisord && e.how == "exited")
+            .any(|e| e.pid == r.supervisord && e.how == ExitHow::Exited)
     );
     // supervisord's SIGKILL after stopwaitsecs is an escalation: killed.
     assert_eq!(rep.outcome, Outcome::Killed);

@@ -18,7 +18,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use termscope::terminations::report::{Direction, Flag, Outcome, TerminationReport, Verdict};
+use termscope::terminations::report::{
+    Direction, Flag, Outcome, Signal, SignalResult, TerminationReport, Verdict,
+};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, child_of, kernel_test, kill,
     load::{Load, Truth, check_verdicts, show},
@@ -356,7 +358,7 @@ fn a_shell_wrapper_as_pid_1_never_passes_the_stop_signal_on() -> Result<()> {
     check_verdicts(&report, &seen, |_| Some(Verdict::ClosedByExit))?;
     ensure!(report.subject.main.pid == init, "{:?}", report.subject.main);
     ensure!(
-        report.stop_signals.first().map(|s| s.result.as_str()) == Some("ignored"),
+        report.stop_signals.first().map(|s| &s.result) == Some(&SignalResult::Ignored),
         "{:?}",
         report.stop_signals
     );
@@ -433,7 +435,7 @@ fn a_supervisor_stopping_with_a_reload_signal_gets_the_right_advice() -> Result<
         report
             .stop_signals
             .iter()
-            .any(|s| s.internal && s.signal == "SIGHUP"),
+            .any(|s| s.internal && s.signal == Signal::HUP),
         "{:?}",
         report.stop_signals
     );

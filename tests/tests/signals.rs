@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use termscope::decode::{
-    Disposition, Event, ExitStatus, ProcessExit, SignalGenerated, SignalResult,
+use termscope::{
+    decode::{Disposition, Event, ExitStatus, ProcessExit, SignalGenerated, SignalResult},
+    signal::Signal,
 };
 use termscope_tests::{Kernel, Proc, TestCgroup, kernel_test, python};
 
@@ -12,7 +13,7 @@ use termscope_tests::{Kernel, Proc, TestCgroup, kernel_test, python};
 /// older kernels booted under TCG beside a loaded CI machine.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn signal_to(k: &Kernel, tgid: u32, sig: u32) -> Option<&SignalGenerated> {
+fn signal_to(k: &Kernel, tgid: u32, sig: Signal) -> Option<&SignalGenerated> {
     k.seen.iter().find_map(|e| match e {
         Event::Signal(s) if s.target.tgid == tgid && s.signal == sig => Some(s),
         _ => None,
@@ -26,7 +27,7 @@ fn exit_of(k: &Kernel, tgid: u32) -> Option<&ProcessExit> {
     })
 }
 
-fn dispositions(k: &Kernel, tgid: u32) -> Vec<(u32, Disposition, u64)> {
+fn dispositions(k: &Kernel, tgid: u32) -> Vec<(Signal, Disposition, u64)> {
     k.seen
         .iter()
         .filter_map(|e| match e {
@@ -68,7 +69,7 @@ fn sigterm_to_a_process_with_a_handler() -> Result<()> {
     p.signal(libc::SIGTERM)?;
     wait_exit(&mut k, pid)?;
 
-    let s = signal_to(&k, pid, 15).context("no SIGTERM event")?;
+    let s = signal_to(&k, pid, Signal::TERM).context("no SIGTERM event")?;
     assert_eq!(s.target_cgroup_id, cg.id);
     assert_eq!(s.target.pid, pid);
     assert_eq!(s.sender.tgid, std::process::id());
@@ -80,7 +81,7 @@ fn sigterm_to_a_process_with_a_handler() -> Result<()> {
 
     assert_eq!(
         dispositions(&k, pid),
-        vec![(15, Disposition::Handler, cg.id)]
+        vec![(Signal::TERM, Disposition::Handler, cg.id)]
     );
     let x = exit_of(&k, pid).context("no exit")?;
     assert_eq!(x.cgroup_id, cg.id);
@@ -105,9 +106,9 @@ fn sigterm_to_a_process_without_a_handler() -> Result<()> {
     p.signal(libc::SIGTERM)?;
     wait_exit(&mut k, pid)?;
 
-    let s = signal_to(&k, pid, 15).context("no SIGTERM event")?;
+    let s = signal_to(&k, pid, Signal::TERM).context("no SIGTERM event")?;
     assert_eq!(
-        (s.target_cgroup_id, s.result),
+        (s.target_cgroup_id, s.result.clone()),
         (cg.id, SignalResult::Delivered)
     );
     let x = exit_of(&k, pid).context("no exit")?;
@@ -115,7 +116,7 @@ fn sigterm_to_a_process_without_a_handler() -> Result<()> {
     assert_eq!(
         x.exit,
         ExitStatus::Signaled {
-            signal: 15,
+            signal: Signal::TERM,
             core_dumped: false
         }
     );
@@ -148,7 +149,7 @@ fn sigterm_ignored_then_sigkill() -> Result<()> {
     p.signal(libc::SIGTERM)?;
     k.wait_for("the SIGTERM", WAIT, |_| true)?;
     k.settle(Duration::from_millis(300))?;
-    let s = signal_to(&k, pid, 15).context("no SIGTERM event")?;
+    let s = signal_to(&k, pid, Signal::TERM).context("no SIGTERM event")?;
     assert_eq!(s.result, SignalResult::Ignored);
     assert_eq!(s.target_cgroup_id, cg.id);
     assert!(
@@ -163,15 +164,15 @@ fn sigterm_ignored_then_sigkill() -> Result<()> {
 
     p.signal(libc::SIGKILL)?;
     wait_exit(&mut k, pid)?;
-    let kill = signal_to(&k, pid, 9).context("no SIGKILL event")?;
+    let kill = signal_to(&k, pid, Signal::KILL).context("no SIGKILL event")?;
     assert_eq!(
-        (kill.target_cgroup_id, kill.result),
+        (kill.target_cgroup_id, kill.result.clone()),
         (cg.id, SignalResult::Delivered)
     );
     assert_eq!(
         exit_of(&k, pid).map(|x| x.exit),
         Some(ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false
         })
     );
@@ -201,7 +202,7 @@ fn a_signal_from_inside_does_not_open_a_watch() -> Result<()> {
         seen.iter()
             .any(|e| matches!(e, Event::Signal(s) if s.target.tgid == pid))
     })?;
-    let s = signal_to(&k, pid, 15).context("no SIGTERM event")?;
+    let s = signal_to(&k, pid, Signal::TERM).context("no SIGTERM event")?;
     assert_eq!(s.sender.tgid, pid);
     assert_eq!(s.sender_cgroup_id, cg.id);
     assert_eq!(s.target_cgroup_id, cg.id);

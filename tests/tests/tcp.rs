@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use termscope::{
     decode::{Event, ExitStatus, ResetDirection, TcpReset, TcpState, TcpStateChange},
     probes::{AttachPoint, HOT_PROBE, HOT_PROBE_BTF, LoadOptions},
+    signal::Signal,
 };
 use termscope_tests::{Kernel, NetNs, Proc, TestCgroup, kernel_test, scripts};
 
@@ -425,7 +426,7 @@ fn killed_with_connection_open(family: Family, unread: bool) -> Result<()> {
     }
     assert!(k.seen.iter().any(|e| matches!(e,
         Event::ProcessExit(x) if x.task.tgid == pid
-            && x.exit == ExitStatus::Signaled { signal: 9, core_dumped: false })));
+            && x.exit == ExitStatus::Signaled { signal: Signal::KILL, core_dumped: false })));
     Ok(())
 }
 

@@ -7,8 +7,9 @@ use crate::{
     attribute::cgroup_path::classify,
     decode::{
         Addrs, ConnFlags, Disposition, Event, ExitStatus, ResetDirection, SignalDelivered,
-        SignalGenerated, SignalResult, TcpReset, TcpState, TcpStateChange, signal_name,
+        SignalGenerated, SignalResult, TcpReset, TcpState, TcpStateChange,
     },
+    signal::Signal,
     terminations::{
         Engine, OpenConnection,
         report::TerminationReport,
@@ -71,8 +72,7 @@ impl Run {
             ts_ns: ts,
             task: task(10, self.comm),
             cgroup_id: self.cg,
-            signal: sig,
-            signal_name: signal_name(sig),
+            signal: Signal::from_kernel(sig),
             disposition,
         }));
     }
@@ -137,7 +137,7 @@ pub fn no_handler() -> TerminationReport {
     r.exit(
         T0 + 2 * MS,
         ExitStatus::Signaled {
-            signal: 15,
+            signal: Signal::TERM,
             core_dumped: false,
         },
     );
@@ -198,7 +198,7 @@ pub fn killed() -> TerminationReport {
     r.exit(
         T0 + 10_002 * MS,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     );

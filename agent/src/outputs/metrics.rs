@@ -421,10 +421,9 @@ impl Metrics {
         }
         for signal in report.external_signals() {
             let disposition = report.disposition_of(signal);
+            let name = signal.signal.name();
             self.stop_signals
-                .with_label_values(
-                    &self.labels(report, &[signal.signal.as_str(), disposition.as_str()]),
-                )
+                .with_label_values(&self.labels(report, &[&name, disposition.as_str()]))
                 .inc();
         }
         if report.sigkill_escalation() {

@@ -6,7 +6,7 @@
 
 use crate::terminations::{
     kube::{KubeFacts, PodTerminationReport},
-    report::TerminationReport,
+    report::{HookKind, TerminationReport},
 };
 
 /// What replaces the arguments of an exec hook.
@@ -15,15 +15,15 @@ pub const REDACTED: &str = "[arguments redacted; --show-prestop-commands shows t
 /// Redacts the hook in `facts`; returns what was replaced and by what.
 fn facts(facts: &mut KubeFacts) -> Option<(String, String)> {
     let hook = facts.pre_stop.as_mut()?;
-    let redacted = match hook.kind.as_str() {
-        "exec" => {
+    let redacted = match hook.kind {
+        HookKind::Exec => {
             let program = hook.detail.split_whitespace().next().unwrap_or_default();
             if program == hook.detail.trim() {
                 return None;
             }
             format!("{program} {REDACTED}")
         }
-        "http_get" => {
+        HookKind::HttpGet => {
             let (path, query) = hook.detail.split_once('?')?;
             if query.is_empty() {
                 return None;
@@ -90,7 +90,7 @@ mod tests {
     use super::*;
     use crate::{outputs::fixtures, terminations::kube::PreStopHook};
 
-    fn with_hook(kind: &str, detail: &str) -> TerminationReport {
+    fn with_hook(kind: HookKind, detail: &str) -> TerminationReport {
         let mut r = fixtures::no_handler();
         let mut k: KubeFacts = serde_json::from_value(serde_json::json!({
             "pod": "web-1", "pod_uid": "u", "namespace": "shop", "workload": "web",
@@ -99,7 +99,7 @@ mod tests {
         }))
         .expect("facts");
         k.pre_stop = Some(PreStopHook {
-            kind: kind.into(),
+            kind,
             detail: detail.into(),
             sleep_seconds: None,
         });
@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn exec_arguments_and_query_strings_are_redacted_everywhere() {
         let secret = "/bin/sh -c curl -H 'Authorization: Bearer s3cr3t' http://x/drain";
-        let mut r = with_hook("exec", secret);
+        let mut r = with_hook(HookKind::Exec, secret);
         report(&mut r);
         assert_eq!(detail(&r), format!("/bin/sh {REDACTED}"));
         let json = serde_json::to_string(&r).expect("json");
@@ -134,7 +134,7 @@ mod tests {
             r.summary
         );
 
-        let mut r = with_hook("http_get", ":8080/drain?token=s3cr3t");
+        let mut r = with_hook(HookKind::HttpGet, ":8080/drain?token=s3cr3t");
         report(&mut r);
         assert_eq!(detail(&r), ":8080/drain?[query redacted]");
         assert!(!serde_json::to_string(&r).expect("json").contains("s3cr3t"));
@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn pod_reports_are_redacted_with_their_containers() {
         let secret = "/bin/sh -c curl -u admin:hunter2 http://x/drain";
-        let container = with_hook("exec", secret);
+        let container = with_hook(HookKind::Exec, secret);
         let facts = container.kubernetes.as_deref().cloned().expect("facts");
         let mut pod: PodTerminationReport = serde_json::from_value(serde_json::json!({
             "schema": "termscope/pod-termination/v1", "id": "p1", "node": "n", "pod": "web-1",
@@ -172,9 +172,9 @@ mod tests {
     #[test]
     fn hooks_without_secrets_stay() {
         for (kind, d) in [
-            ("exec", "/usr/sbin/nginx"),
-            ("http_get", ":8080/drain"),
-            ("sleep", "5 s"),
+            (HookKind::Exec, "/usr/sbin/nginx"),
+            (HookKind::HttpGet, ":8080/drain"),
+            (HookKind::Sleep, "5 s"),
         ] {
             let mut r = with_hook(kind, d);
             report(&mut r);

@@ -24,7 +24,10 @@ use termscope_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::decode::{DecodeError, Decoder, Event};
+use crate::{
+    decode::{DecodeError, Decoder, Event},
+    signal::Signal,
+};
 use offsets::{ResolvedKernel, ResolvedTracepoints, Unresolved};
 
 /// The kernel programs, built by `agent/build.rs` from `agent-ebpf`.
@@ -242,7 +245,7 @@ pub struct LoadOptions {
     /// node).
     pub watch_all: bool,
     /// Signals that count as stop signals.
-    pub stop_signals: Vec<u32>,
+    pub stop_signals: Vec<Signal>,
     /// Resets with no socket from unwatched network namespaces sent to userspace, per CPU per
     /// second.
     pub unowned_reset_rate: u32,
@@ -288,7 +291,17 @@ pub const PINNED: [&str; 9] = [
 
 /// Signals that stop services: HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH (Apache's graceful
 /// stop), PWR.
-pub const DEFAULT_STOP_SIGNALS: [u32; 9] = [1, 2, 3, 9, 10, 12, 15, 28, 30];
+pub const DEFAULT_STOP_SIGNALS: [Signal; 9] = [
+    Signal::HUP,
+    Signal::INT,
+    Signal::QUIT,
+    Signal::KILL,
+    Signal::USR1,
+    Signal::USR2,
+    Signal::TERM,
+    Signal::WINCH,
+    Signal::PWR,
+];
 
 impl Default for LoadOptions {
     fn default() -> Self {
@@ -307,11 +320,12 @@ impl Default for LoadOptions {
 }
 
 /// The bits of a stop-signal mask.
-pub fn signal_mask(signals: &[u32]) -> u64 {
+pub fn signal_mask(signals: &[Signal]) -> u64 {
     signals
         .iter()
-        .filter(|&&s| (1..64).contains(&s))
-        .fold(0, |m, &s| m | (1u64 << s))
+        .map(|s| s.number())
+        .filter(|s| (1..64).contains(s))
+        .fold(0, |m, s| m | (1u64 << s))
 }
 
 /// What this kernel offers, resolved before loading.
@@ -1404,9 +1418,13 @@ mod tests {
 
     #[test]
     fn signal_masks() {
-        assert_eq!(signal_mask(&[15]), 1 << 15);
-        assert_eq!(signal_mask(&[0, 64, 99]), 0);
-        assert_eq!(signal_mask(&[1, 9]), (1 << 1) | (1 << 9));
+        let sig = Signal::from_kernel;
+        assert_eq!(signal_mask(&[Signal::TERM]), 1 << 15);
+        assert_eq!(signal_mask(&[sig(0), sig(64), sig(99)]), 0);
+        assert_eq!(
+            signal_mask(&[Signal::HUP, Signal::KILL]),
+            (1 << 1) | (1 << 9)
+        );
     }
 
     #[test]

@@ -3,19 +3,10 @@
 //! grace period" for every SIGKILL.
 
 use super::report::{Counts, Outcome, Proc};
-use crate::decode::signal_name;
-
-const SIGHUP: u32 = 1;
-const SIGINT: u32 = 2;
-const SIGQUIT: u32 = 3;
-const SIGUSR1: u32 = 10;
-const SIGUSR2: u32 = 12;
-const SIGKILL: u32 = 9;
-const SIGTERM: u32 = 15;
-const SIGWINCH: u32 = 28;
+use crate::signal::Signal;
 
 /// Signals that services commonly take as "reload" or "rotate logs" rather than "stop".
-pub const RELOAD_SIGNALS: [u32; 4] = [SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH];
+pub const RELOAD_SIGNALS: [Signal; 4] = [Signal::HUP, Signal::USR1, Signal::USR2, Signal::WINCH];
 
 /// A program whose operators stop it gracefully with particular signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +14,7 @@ pub struct GracefulStop {
     /// As people name it.
     pub program: &'static str,
     /// The signals that make it drain and exit.
-    pub signals: &'static [u32],
+    pub signals: &'static [Signal],
     /// What the other signals do to it, and how to send the right one.
     pub note: &'static str,
 }
@@ -33,7 +24,7 @@ pub struct GracefulStop {
 /// Apache httpd runs as `httpd` or (Debian) `apache2`.
 const APACHE_HTTPD: GracefulStop = GracefulStop {
     program: "Apache httpd",
-    signals: &[SIGWINCH],
+    signals: &[Signal::WINCH],
     note: "Apache httpd stops gracefully on SIGWINCH (`apachectl graceful-stop`); SIGTERM \
            stops it at once.",
 };
@@ -43,7 +34,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "nginx",
         GracefulStop {
             program: "nginx",
-            signals: &[SIGQUIT],
+            signals: &[Signal::QUIT],
             note: "nginx treats SIGTERM as a fast shutdown and drops open connections: stop it \
                    with SIGQUIT (STOPSIGNAL SIGQUIT, or `nginx -s quit` in a preStop hook) to \
                    drain them.",
@@ -53,7 +44,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "gunicorn",
         GracefulStop {
             program: "gunicorn",
-            signals: &[SIGTERM],
+            signals: &[Signal::TERM],
             note: "gunicorn drains on SIGTERM (within --graceful-timeout); SIGINT and SIGQUIT \
                    are its quick shutdown.",
         },
@@ -62,7 +53,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "uwsgi",
         GracefulStop {
             program: "uWSGI",
-            signals: &[SIGINT, SIGQUIT],
+            signals: &[Signal::INT, Signal::QUIT],
             note: "uWSGI reloads on SIGTERM: run it with --die-on-term, or stop it with SIGINT \
                    / SIGQUIT.",
         },
@@ -71,7 +62,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "haproxy",
         GracefulStop {
             program: "HAProxy",
-            signals: &[SIGUSR1],
+            signals: &[Signal::USR1],
             note: "HAProxy's soft stop is SIGUSR1 (it finishes its sessions, bounded by \
                    hard-stop-after); SIGTERM and SIGINT stop it at once.",
         },
@@ -80,7 +71,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "lighttpd",
         GracefulStop {
             program: "lighttpd",
-            signals: &[SIGINT],
+            signals: &[Signal::INT],
             note: "lighttpd stops gracefully on SIGINT (bounded by \
                    server.graceful-shutdown-timeout); SIGTERM stops it at once.",
         },
@@ -91,7 +82,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "php-fpm",
         GracefulStop {
             program: "PHP-FPM",
-            signals: &[SIGQUIT],
+            signals: &[Signal::QUIT],
             note: "PHP-FPM stops gracefully on SIGQUIT; SIGTERM and SIGINT stop it at once.",
         },
     ),
@@ -99,7 +90,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "unicorn",
         GracefulStop {
             program: "unicorn",
-            signals: &[SIGQUIT],
+            signals: &[Signal::QUIT],
             note: "unicorn stops gracefully on SIGQUIT; SIGTERM and SIGINT stop it at once.",
         },
     ),
@@ -107,7 +98,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "postgres",
         GracefulStop {
             program: "PostgreSQL",
-            signals: &[SIGINT],
+            signals: &[Signal::INT],
             note: "PostgreSQL takes SIGTERM as a smart shutdown, which waits for every client \
                    session to end (pooled and idle sessions never do) until SIGKILL forces crash \
                    recovery at the next start: stop it with SIGINT, its fast shutdown (open \
@@ -119,7 +110,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         "puma",
         GracefulStop {
             program: "Puma",
-            signals: &[SIGTERM],
+            signals: &[Signal::TERM],
             note: "Puma drains on SIGTERM (bounded by its worker shutdown timeout).",
         },
     ),
@@ -133,10 +124,10 @@ pub fn graceful_stop(comm: &str) -> Option<&'static GracefulStop> {
         .map(|(_, g)| g)
 }
 
-fn names(signals: &[u32]) -> String {
+fn names(signals: &[Signal]) -> String {
     signals
         .iter()
-        .map(|s| signal_name(*s))
+        .map(Signal::to_string)
         .collect::<Vec<_>>()
         .join(" or ")
 }
@@ -155,7 +146,7 @@ pub enum KillSource {
     Inside {
         sender: Proc,
         target: Proc,
-        after: Option<(f64, u32)>,
+        after: Option<(f64, Signal)>,
         handled: bool,
     },
     Unknown,
@@ -168,14 +159,14 @@ pub struct Input<'a> {
     /// The target of the first stop signal from outside.
     pub main: &'a Proc,
     /// The first stop signal from outside (other than SIGKILL, when one came).
-    pub signal: Option<u32>,
+    pub signal: Option<Signal>,
     /// That signal never reached the app: ignored (`SIG_IGN`, or PID 1 of a PID namespace
     /// without a handler).
     pub signal_ignored: bool,
     /// The main process ran its own handler for that signal.
     pub signal_handled: bool,
     /// The process that died of a stop signal's default action, and the signal.
-    pub no_handler: Option<(&'a Proc, u32)>,
+    pub no_handler: Option<(&'a Proc, Signal)>,
     pub kill: KillSource,
     pub served: &'a Counts,
     pub outbound: &'a Counts,
@@ -230,12 +221,12 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
     let mut out = Vec::new();
     let sig = i
         .signal
-        .map_or_else(|| "the stop signal".into(), signal_name);
+        .map_or_else(|| "the stop signal".into(), |s| s.to_string());
     let who = format!("{} (pid {})", i.main.comm, i.main.pid);
     let c = i.served;
     let program = graceful_stop(&i.main.comm);
     // A reload signal used as the stop signal: handled, and the process kept running.
-    let reload = |comm: &str, s: u32| {
+    let reload = |comm: &str, s: Signal| {
         RELOAD_SIGNALS.contains(&s) && graceful_stop(comm).is_none_or(|p| !p.signals.contains(&s))
     };
     match i.outcome {
@@ -251,7 +242,7 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
             cut_detail(c)
         )),
         Outcome::NoHandler => {
-            let (dead, signal) = i.no_handler.map_or((i.main, SIGTERM), |(p, s)| (p, s));
+            let (dead, signal) = i.no_handler.map_or((i.main, Signal::TERM), |(p, s)| (p, s));
             // A program the table knows is not to be changed: it is to be sent its own
             // graceful stop (HAProxy's worker dies of SIGTERM by design).
             let fix = match graceful_stop(&dead.comm) {
@@ -260,17 +251,14 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
                     names(p.signals),
                     p.program
                 ),
-                _ => format!(
-                    "Handle {} in the app, or send a signal it handles.",
-                    signal_name(signal)
-                ),
+                _ => format!("Handle {signal} in the app, or send a signal it handles."),
             };
             out.push(format!(
                 "{} (pid {}) has no handler for {}: its default action killed the process at \
                  once; {}. {fix}",
                 dead.comm,
                 dead.pid,
-                signal_name(signal),
+                signal,
                 cut_clause(c),
             ));
         }
@@ -291,7 +279,7 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
                         sender.comm, sender.pid, target.comm, target.pid
                     ),
                     after.map_or_else(String::new, |(ms, s)| {
-                        format!(" {} after its {}", secs(ms), signal_name(s))
+                        format!(" {} after its {s}", secs(ms))
                     }),
                 ),
                 KillSource::Unknown => (String::new(), String::new()),
@@ -306,7 +294,8 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
                      --init`), or handle {sig}.",
                     cut_clause(c),
                 ));
-            } else if i.signal == Some(SIGKILL) && matches!(i.kill, KillSource::Outside { .. }) {
+            } else if i.signal == Some(Signal::KILL) && matches!(i.kill, KillSource::Outside { .. })
+            {
                 // SIGKILL was the stop signal: no grace period at all.
                 out.push(format!(
                     "{who} was killed by SIGKILL{from} with no stop signal before it: it had no \
@@ -328,7 +317,7 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
             .filter(|(p, s)| reload(&p.comm, *s))
             {
                 let stop = graceful_stop(&proc.comm)
-                    .map_or_else(|| "SIGTERM".into(), |p| names(p.signals));
+                    .map_or_else(|| Signal::TERM.to_string(), |p| names(p.signals));
                 out.push(format!(
                     "{} (pid {}) took {} as a reload and kept running, so SIGKILL{from}{grace} \
                      ended it; {}. A longer grace period would not \
@@ -336,9 +325,9 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
                      e.g. supervisord `stopsignal`, or STOPSIGNAL).",
                     proc.comm,
                     proc.pid,
-                    signal_name(s),
+                    s,
                     cut_clause(c),
-                    signal_name(s),
+                    s,
                 ));
             } else {
                 out.push(format!(
@@ -482,7 +471,7 @@ mod tests {
         Input {
             outcome,
             main,
-            signal: Some(SIGTERM),
+            signal: Some(Signal::TERM),
             signal_ignored: false,
             signal_handled: true,
             no_handler: None,
@@ -503,12 +492,12 @@ mod tests {
     fn the_table_knows_common_servers() {
         assert_eq!(
             graceful_stop("nginx").map(|g| g.signals),
-            Some(&[SIGQUIT][..])
+            Some(&[Signal::QUIT][..])
         );
         assert_eq!(graceful_stop("uwsgi").map(|g| g.program), Some("uWSGI"));
         assert_eq!(
             graceful_stop("haproxy").map(|g| g.signals),
-            Some(&[SIGUSR1][..])
+            Some(&[Signal::USR1][..])
         );
         assert!(graceful_stop("python3").is_none());
     }
@@ -567,7 +556,7 @@ mod tests {
         assert!(s.contains("stop it with SIGINT"), "{s}");
         // Stopped with its fast shutdown, the note is not repeated.
         let mut fast = input(Outcome::Cut, &main, &c);
-        fast.signal = Some(SIGINT);
+        fast.signal = Some(Signal::INT);
         let s = summarize(&fast).join(" ");
         assert!(!s.contains("smart shutdown"), "{s}");
     }
@@ -583,7 +572,7 @@ mod tests {
             ..Counts::default()
         };
         let i = Input {
-            signal: Some(9),
+            signal: Some(Signal::KILL),
             signal_handled: false,
             kill: KillSource::Outside {
                 sender: "containerd-shim".into(),
@@ -633,7 +622,7 @@ mod tests {
         let main = p(10, "python3");
         let c = Counts::default();
         let i = Input {
-            signal: Some(SIGHUP),
+            signal: Some(Signal::HUP),
             ..input(Outcome::Killed, &main, &c)
         };
         let s = summarize(&i);
@@ -645,7 +634,7 @@ mod tests {
         // nginx's reload signal: its graceful stop is named.
         let main = p(10, "nginx");
         let i = Input {
-            signal: Some(SIGHUP),
+            signal: Some(Signal::HUP),
             ..input(Outcome::Killed, &main, &c)
         };
         let s = summarize(&i);
@@ -656,7 +645,7 @@ mod tests {
         // HAProxy's SIGUSR1 is its soft stop, not a reload: the grace period ran out.
         let main = p(10, "haproxy");
         let i = Input {
-            signal: Some(SIGUSR1),
+            signal: Some(Signal::USR1),
             ..input(Outcome::Killed, &main, &c)
         };
         let s = summarize(&i);
@@ -671,7 +660,7 @@ mod tests {
             kill: KillSource::Inside {
                 sender: p(1, "supervisord"),
                 target: p(7, "gunicorn"),
-                after: Some((2_000.0, SIGHUP)),
+                after: Some((2_000.0, Signal::HUP)),
                 handled: true,
             },
             ..input(Outcome::Killed, &main, &c)
@@ -691,7 +680,7 @@ mod tests {
             kill: KillSource::Inside {
                 sender: p(1, "supervisord"),
                 target: p(7, "gunicorn"),
-                after: Some((2_000.0, SIGTERM)),
+                after: Some((2_000.0, Signal::TERM)),
                 handled: true,
             },
             ..input(Outcome::Killed, &main, &c)
@@ -705,7 +694,7 @@ mod tests {
         let worker = p(11, "worker");
         let c = Counts::default();
         let i = Input {
-            no_handler: Some((&worker, SIGTERM)),
+            no_handler: Some((&worker, Signal::TERM)),
             ..input(Outcome::NoHandler, &main, &c)
         };
         let s = summarize(&i);
@@ -726,7 +715,7 @@ mod tests {
             ..Counts::default()
         };
         let i = Input {
-            no_handler: Some((&worker, SIGTERM)),
+            no_handler: Some((&worker, Signal::TERM)),
             ..input(Outcome::NoHandler, &main, &c)
         };
         let s = summarize(&i);
@@ -742,7 +731,7 @@ mod tests {
         // An app the table does not know keeps the general advice.
         let main = p(10, "python3");
         let i = Input {
-            no_handler: Some((&main, SIGTERM)),
+            no_handler: Some((&main, Signal::TERM)),
             ..input(Outcome::NoHandler, &main, &c)
         };
         assert!(
@@ -751,7 +740,7 @@ mod tests {
         // lighttpd: SIGTERM is its immediate stop, SIGINT its graceful one.
         assert_eq!(
             graceful_stop("lighttpd").map(|g| g.signals),
-            Some(&[SIGINT][..])
+            Some(&[Signal::INT][..])
         );
     }
 
@@ -805,7 +794,7 @@ mod tests {
         );
         // The right signal: nothing more to say.
         let i = Input {
-            signal: Some(SIGQUIT),
+            signal: Some(Signal::QUIT),
             ..input(Outcome::Cut, &main, &c)
         };
         assert!(!summarize(&i).iter().any(|l| l.contains("fast shutdown")));
@@ -826,7 +815,7 @@ mod tests {
             ..Counts::default()
         };
         let i = Input {
-            signal: Some(SIGUSR1),
+            signal: Some(Signal::USR1),
             outbound: &outbound,
             ..input(Outcome::Graceful, &main, &served)
         };

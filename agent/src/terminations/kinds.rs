@@ -1,8 +1,10 @@
-//! The kind of a timeline step (`timeline[].what`) and what opened a termination
-//! (`opened_by`): enums inside the agent, the same snake_case strings in JSON
+//! The kind of a timeline step (`timeline[].what`), what opened a termination
+//! (`opened_by`), how a process ended (`exits[].how`) and the kind of a preStop hook
+//! (`kubernetes.pre_stop.kind`): enums inside the agent, the same snake_case strings in JSON
 //! (`docs/report.md`); unknown names are kept (see [`super::named`]).
 
 use super::named::named_enum;
+use crate::decode::ExitStatus;
 
 named_enum! {
     /// The kind of a timeline step: a container's (from the kernel's events) or, in a pod's
@@ -69,6 +71,43 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// How a process ended (`exits[].how`): the kind of its [`ExitStatus`].
+    pub enum ExitHow expecting "how a process ended (a string)" {
+        /// It exited (`exit(code)`, or returned from main).
+        Exited = "exited",
+        /// A signal killed it.
+        Signaled = "signaled",
+        /// The kernel's exit code could not be read.
+        Unknown = "unknown",
+    }
+}
+
+named_enum! {
+    /// The kind of a container's preStop hook (`kubernetes.pre_stop.kind`).
+    pub enum HookKind expecting "the kind of a preStop hook (a string)" {
+        /// A command run in the container.
+        Exec = "exec",
+        /// An HTTP GET kubelet sends to the container.
+        HttpGet = "http_get",
+        /// kubelet's own sleep.
+        Sleep = "sleep",
+        /// A TCP connection kubelet opens (deprecated by Kubernetes).
+        TcpSocket = "tcp_socket",
+    }
+}
+
+impl ExitHow {
+    /// How a process that ended with `status` ended.
+    pub fn of(status: &ExitStatus) -> ExitHow {
+        match status {
+            ExitStatus::Exited { .. } => ExitHow::Exited,
+            ExitStatus::Signaled { .. } => ExitHow::Signaled,
+            ExitStatus::Unknown => ExitHow::Unknown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +149,59 @@ mod tests {
         assert_round_trips(OpenedBy::ALL, &names, OpenedBy::from_name);
         assert!(OpenedBy::ALL.iter().all(OpenedBy::is_known));
         assert_eq!(OpenedBy::default(), OpenedBy::StopSignal);
+    }
+
+    #[test]
+    fn every_exit_kind_round_trips_through_its_name() {
+        assert_round_trips(
+            ExitHow::ALL,
+            &["exited", "signaled", "unknown"],
+            ExitHow::from_name,
+        );
+        // The events' own tag (`exit.how`) says the same.
+        for status in [
+            ExitStatus::Exited { code: 0 },
+            ExitStatus::Signaled {
+                signal: crate::signal::Signal::KILL,
+                core_dumped: false,
+            },
+            ExitStatus::Unknown,
+        ] {
+            let json = serde_json::to_value(status).expect("json");
+            assert_eq!(json["how"], ExitHow::of(&status).as_str(), "{json}");
+        }
+    }
+
+    #[test]
+    fn every_hook_kind_round_trips_through_its_name() {
+        assert_round_trips(
+            HookKind::ALL,
+            &["exec", "http_get", "sleep", "tcp_socket"],
+            HookKind::from_name,
+        );
+    }
+
+    /// `docs/report.md` names every kind of exit in the `exits` row, and every result of a
+    /// stop signal in the `stop_signals` row.
+    #[test]
+    fn docs_list_every_exit_kind_and_signal_result() {
+        let doc = include_str!("../../../docs/report.md");
+        let row = |field: &str| {
+            doc.lines()
+                .find(|l| l.starts_with(&format!("| `{field}` |")))
+                .unwrap_or_else(|| panic!("the {field} row of docs/report.md"))
+        };
+        let exits = row("exits");
+        for how in ExitHow::ALL {
+            assert!(exits.contains(&format!("`{how}`")), "{how} not in {exits}");
+        }
+        let signals = row("stop_signals");
+        for result in crate::decode::SignalResult::ALL {
+            assert!(
+                signals.contains(&format!("`{result}`")),
+                "{result} not in {signals}"
+            );
+        }
     }
 
     /// Names from another agent's version are kept as they came, and written out again the

@@ -2,7 +2,7 @@
 //! grace period, preStop hook and endpoints, the late traffic measured against them, and
 //! advice. Pure: times and states are passed in. The roll-up of a pod's container
 //! terminations into one pod report is [`super::pod`]'s.
-use super::report::{Connection, Direction, Outcome, TerminationReport, Verdict};
+use super::report::{Connection, Direction, Outcome, Signal, TerminationReport, Verdict};
 pub use super::{
     pod::{POD_SCHEMA, POD_SCHEMA_FAMILY, PodTerminationReport, p99, roll_up},
     report::{KubeFacts, LateTraffic, PreStopHook},
@@ -144,7 +144,7 @@ pub fn advice(report: &TerminationReport, k: &KubeFacts, p99_drain_ms: Option<f6
         .stop_signals
         .iter()
         .find(|s| !s.internal)
-        .map_or("the stop signal", |s| s.signal.as_str());
+        .map_or_else(|| "the stop signal".into(), |s| s.signal.to_string());
     let late = k.late_after_stop_signal;
     if let Some(max) = late.max_delay_ms
         && late.accepted + late.refused > 0
@@ -169,7 +169,7 @@ pub fn advice(report: &TerminationReport, k: &KubeFacts, p99_drain_ms: Option<f6
     // forwards signals) holds, and the grace period is not the problem.
     let never_reached = report
         .external_signals()
-        .find(|s| s.signal != "SIGKILL")
+        .find(|s| s.signal != Signal::KILL)
         .is_some_and(|s| report.disposition_of(s) == super::report::SignalDisposition::Ignored);
     if report.outcome == Outcome::Killed && k.grace_period_seconds <= 0 {
         out.push(

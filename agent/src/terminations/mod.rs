@@ -25,8 +25,8 @@ use std::{
 };
 
 use report::{
-    Connection, Counts, Direction, Exit, OpenedBy, Proc, SCHEMA, Step, StepKind, StopSignal,
-    Subject, TerminationReport, Verdict,
+    Connection, Counts, Direction, Exit, ExitHow, OpenedBy, Proc, SCHEMA, Step, StepKind,
+    StopSignal, Subject, TerminationReport, Verdict,
 };
 use verdict::Conn;
 
@@ -34,12 +34,12 @@ use crate::{
     attribute::cgroup_path::Identity,
     decode::{
         Disposition, Event, ExitStatus, KeptConnection, ResetDirection, SignalResult, TcpState,
-        WallClock, signal_name,
+        WallClock,
     },
     outputs::bound,
+    signal::Signal,
 };
 
-const SIGKILL: u32 = 9;
 /// kubelet's preStop httpGet request may precede this agent's view of the pod's deletion by
 /// the API watch's delay.
 const HOOK_REQUEST_SLACK_NS: u64 = 1_000_000_000;
@@ -89,7 +89,7 @@ pub enum Action {
 
 /// Signals that services also use to reload or rotate logs. A termination opened by these
 /// alone whose processes neither exit nor lose connections is not reported: it was a reload.
-const SOFT_SIGNALS: [u32; 4] = advice::RELOAD_SIGNALS;
+const SOFT_SIGNALS: [Signal; 4] = advice::RELOAD_SIGNALS;
 
 /// A connection the kernel listed as open when the termination began.
 #[derive(Debug, Clone, Copy)]
@@ -101,10 +101,11 @@ pub struct OpenConnection {
     pub established_ns: u64,
 }
 
+/// A signal sent to one of the container's processes, as the engine keeps it.
 #[derive(Debug, Clone)]
-struct Signal {
+struct SentSignal {
     ts: u64,
-    signal: u32,
+    signal: Signal,
     /// `si_code`: 0 from kill(2), -6 from tkill/tgkill, 0x80 from the kernel.
     code: i32,
     sender: Proc,
@@ -114,20 +115,20 @@ struct Signal {
     internal: bool,
 }
 
-impl Signal {
+impl SentSignal {
     /// A SIGKILL a process inside the container sent on purpose (kill(2), tkill): a
     /// supervisor's escalation (supervisord's `stopwaitsecs`, gunicorn's `graceful_timeout`),
     /// not the kernel's SIGKILL to the rest of a PID namespace whose init died (`si_code`
     /// SI_KERNEL).
     fn is_inside_escalation(&self) -> bool {
-        self.internal && self.signal == SIGKILL && matches!(self.code, 0 | -6)
+        self.internal && self.signal == Signal::KILL && matches!(self.code, 0 | -6)
     }
 
     /// The escalation's grace: from the same sender's earlier stop signal to the same target.
-    fn grace_from<'a>(&self, all: &'a [Signal]) -> Option<&'a Signal> {
+    fn grace_from<'a>(&self, all: &'a [SentSignal]) -> Option<&'a SentSignal> {
         all.iter().find(|e| {
             e.ts <= self.ts
-                && e.signal != SIGKILL
+                && e.signal != Signal::KILL
                 && e.sender.pid == self.sender.pid
                 && e.target.pid == self.target.pid
         })
@@ -148,8 +149,8 @@ struct Termination {
     identity: Option<Identity>,
     netns: u32,
     opened_ns: u64,
-    signals: Vec<Signal>,
-    deliveries: Vec<(u64, Proc, u32, Disposition)>,
+    signals: Vec<SentSignal>,
+    deliveries: Vec<(u64, Proc, Signal, Disposition)>,
     exits: Vec<(u64, Proc, ExitStatus)>,
     execs: Vec<(u64, Proc, String)>,
     listeners_closed: Vec<(u64, SocketAddr)>,
@@ -501,14 +502,14 @@ impl Engine {
                 let cg = self.key(target);
                 let sender = self.key(s.sender_cgroup_id);
                 let internal = sender == cg;
-                let signal = Signal {
+                let signal = SentSignal {
                     ts: s.ts_ns,
                     signal: s.signal,
                     code: s.code,
                     sender: proc_of(s.sender.tgid, &s.sender.comm),
                     sender_cgroup: identity(s.sender_cgroup_id).map(|i| i.cgroup_path),
                     target: proc_of(s.target.tgid, &s.target.comm),
-                    result: s.result,
+                    result: s.result.clone(),
                     internal,
                 };
                 if let Some(t) = self.open.get_mut(&cg) {
@@ -516,7 +517,7 @@ impl Engine {
                         t.netns = s.target_netns;
                     }
                     t.signals.push(signal);
-                } else if s.signal == SIGKILL && s.result == SignalResult::Ignored {
+                } else if s.signal == Signal::KILL && s.result == SignalResult::Ignored {
                     // SIGKILL cannot be ignored: the kernel drops it because the target is
                     // already exiting (e.g. a runtime's cgroup.kill after the container's
                     // termination was reported). Nothing new is stopping.
@@ -975,7 +976,7 @@ impl Engine {
         // (kubelet's timeout of the hook kills them), which are no trigger and name no main
         // process.
         let hook_pids = t.hook_pids();
-        let outside: Vec<&Signal> = t
+        let outside: Vec<&SentSignal> = t
             .signals
             .iter()
             .filter(|s| !s.internal && !hook_pids.contains(&s.target.pid))
@@ -1098,13 +1099,13 @@ impl Engine {
                     && matches!(
                         e,
                         ExitStatus::Signaled {
-                            signal: SIGKILL,
+                            signal: Signal::KILL,
                             ..
                         }
                     )
             })
         };
-        let outside_kill = outside.iter().find(|s| s.signal == SIGKILL).copied();
+        let outside_kill = outside.iter().find(|s| s.signal == Signal::KILL).copied();
         // A supervisor inside the container that SIGKILLed its child after its own grace
         // period is an escalation too, when that child died of it.
         let inside_escalation = t
@@ -1113,10 +1114,10 @@ impl Engine {
             .find(|s| s.is_inside_escalation() && died_of_sigkill(Some(s.target.pid)));
         let killed =
             (outside_kill.is_some() && died_of_sigkill(None)) || inside_escalation.is_some();
-        let stop_sigs: Vec<u32> = outside
+        let stop_sigs: Vec<Signal> = outside
             .iter()
             .map(|s| s.signal)
-            .filter(|&s| s != SIGKILL)
+            .filter(|&s| s != Signal::KILL)
             .collect();
         // The process that died of a stop signal's default action: the one to name (a
         // worker, not the master or init that forwarded the signal to it).
@@ -1126,7 +1127,7 @@ impl Engine {
         });
         let ignored = outside
             .iter()
-            .any(|s| s.signal != SIGKILL && s.result == SignalResult::Ignored)
+            .any(|s| s.signal != Signal::KILL && s.result == SignalResult::Ignored)
             || t.deliveries
                 .iter()
                 .any(|(_, _, _, d)| *d == Disposition::Ignored);
@@ -1148,11 +1149,11 @@ impl Engine {
         let (timeline, timeline_left_out) = self.timeline(t, &conns, stop_ns, &hook_pids, rel);
 
         // The stop signal the advice is about: the first from outside other than SIGKILL.
-        let stop = outside.iter().find(|s| s.signal != SIGKILL).copied();
+        let stop = outside.iter().find(|s| s.signal != Signal::KILL).copied();
         // The process the advice names: the stop signal's target, or the app it passed the
         // signal on to (an init that forwards signals, a wrapper that traps and forwards).
         let app = stop.map_or_else(|| main.clone(), |s| forwarded_to(&t.signals, s));
-        let took = |p: &Proc, s: &Signal| p.pid == s.target.pid || p.pid == app.pid;
+        let took = |p: &Proc, s: &SentSignal| p.pid == s.target.pid || p.pid == app.pid;
         let signal_ignored = stop.is_some_and(|s| {
             s.result == SignalResult::Ignored
                 || t.deliveries.iter().any(|(_, p, sig, d)| {
@@ -1226,11 +1227,11 @@ impl Engine {
                 .map(|s| StopSignal {
                     at: at(s.ts),
                     t_ms: round3(rel(s.ts)),
-                    signal: signal_name(s.signal),
+                    signal: s.signal,
                     sender: s.sender.clone(),
                     sender_cgroup: s.sender_cgroup.clone(),
                     target: s.target.clone(),
-                    result: result_str(s.result).to_string(),
+                    result: s.result.clone(),
                     internal: s.internal,
                     pre_stop_hook: !s.internal && hook_pids.contains(&s.target.pid),
                 })
@@ -1250,18 +1251,13 @@ impl Engine {
                     at: at(*ts),
                     pid: p.pid,
                     comm: p.comm.clone(),
-                    how: match e {
-                        ExitStatus::Exited { .. } => "exited",
-                        ExitStatus::Signaled { .. } => "signaled",
-                        ExitStatus::Unknown => "unknown",
-                    }
-                    .into(),
+                    how: ExitHow::of(e),
                     code: match e {
                         ExitStatus::Exited { code } => Some(*code),
                         _ => None,
                     },
                     signal: match e {
-                        ExitStatus::Signaled { signal, .. } => Some(signal_name(*signal)),
+                        ExitStatus::Signaled { signal, .. } => Some(*signal),
                         _ => None,
                     },
                 })
@@ -1286,7 +1282,7 @@ impl Engine {
         for (i, s) in t.signals.iter().enumerate() {
             let what = if !s.internal && hook_pids.contains(&s.target.pid) {
                 StepKind::PreStopHookSignal
-            } else if s.signal == SIGKILL && (!s.internal || s.is_inside_escalation()) {
+            } else if s.signal == Signal::KILL && (!s.internal || s.is_inside_escalation()) {
                 StepKind::Sigkill
             } else {
                 StepKind::StopSignal
@@ -1338,7 +1334,7 @@ impl Engine {
                     let s = &t.signals[i];
                     format!(
                         "{} from {} (pid {}){} to {} (pid {}): {}",
-                        signal_name(s.signal),
+                        s.signal,
                         s.sender.comm,
                         s.sender.pid,
                         if s.internal {
@@ -1348,25 +1344,12 @@ impl Engine {
                         },
                         s.target.comm,
                         s.target.pid,
-                        result_str(s.result)
+                        s.result
                     )
                 }
                 StepOf::Delivery(i) => {
                     let (_, p, sig, disp) = &t.deliveries[i];
-                    let detail = match disp {
-                        Disposition::Handler => {
-                            format!("its own handler took {}", signal_name(*sig))
-                        }
-                        // A fatal default action shows up as SIGKILL's delivery: the kernel
-                        // turns it into a group exit.
-                        Disposition::Default if *sig == SIGKILL => {
-                            "a fatal signal: the kernel ends the whole process".into()
-                        }
-                        Disposition::Default => {
-                            format!("the default action of {} took over", signal_name(*sig))
-                        }
-                        Disposition::Ignored => format!("ignored {}", signal_name(*sig)),
-                    };
+                    let detail = report::delivery_words(*disp, *sig);
                     format!("{} (pid {}): {detail}", p.comm, p.pid)
                 }
                 StepOf::Listener(i) => {
@@ -1435,7 +1418,7 @@ const FORWARD_WITHIN_NS: u64 = 2_000_000_000;
 /// dumb-init, a shell wrapper that traps and forwards, a supervisor), the process it passed
 /// it to, hop by hop. A program signalling its own kind (a master and its workers: the same
 /// `comm`) is the program itself, and stays named.
-fn forwarded_to(all: &[Signal], stop: &Signal) -> Proc {
+fn forwarded_to(all: &[SentSignal], stop: &SentSignal) -> Proc {
     let mut at = stop.target.clone();
     let mut ts = stop.ts;
     for _ in 0..4 {
@@ -1486,17 +1469,6 @@ fn proc_of(pid: u32, comm: &str) -> Proc {
     }
 }
 
-fn result_str(r: SignalResult) -> &'static str {
-    match r {
-        SignalResult::Delivered => "delivered",
-        SignalResult::Ignored => "ignored",
-        SignalResult::AlreadyPending => "already_pending",
-        SignalResult::Lost => "lost",
-        SignalResult::LostInfo => "lost_info",
-        SignalResult::Unknown => "unknown",
-    }
-}
-
 fn exit_str(e: &ExitStatus) -> String {
     match e {
         ExitStatus::Exited { code } => format!("exited with code {code}"),
@@ -1505,7 +1477,7 @@ fn exit_str(e: &ExitStatus) -> String {
             core_dumped,
         } => format!(
             "killed by {}{}",
-            signal_name(*signal),
+            signal,
             if *core_dumped { " (core dumped)" } else { "" }
         ),
         ExitStatus::Unknown => "exited".into(),

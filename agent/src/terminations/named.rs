@@ -1,5 +1,7 @@
-//! Enums of names: the flags, timeline step kinds and openers of a report are enums inside
-//! the agent and their snake_case names in JSON (`docs/report.md`). [`named_enum!`] writes
+//! Enums of names: the flags, timeline step kinds and openers of a report, the results of its
+//! stop signals (`crate::decode::SignalResult`, the events' too), how its processes ended and
+//! the kinds of preStop hooks are enums inside the agent and their snake_case names in JSON
+//! (`docs/report.md`). [`named_enum!`] writes
 //! one: its known variants, an `Other` variant for a name this agent does not know, the
 //! names, `Display`, and serde as the name.
 //!

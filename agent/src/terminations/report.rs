@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::kube::pod::PreStop;
 
 pub use super::flag::Flag;
-pub use super::kinds::{OpenedBy, StepKind};
+pub use super::kinds::{ExitHow, HookKind, OpenedBy, StepKind};
+use crate::decode::Disposition;
+pub use crate::decode::SignalResult;
+pub use crate::signal::Signal;
 
 /// Version of the report schema. Bump on any incompatible change.
 pub const SCHEMA: &str = "termscope/termination/v3";
@@ -203,14 +206,15 @@ pub struct StopSignal {
     #[serde(with = "crate::clock::serde_rfc3339")]
     pub at: Timestamp,
     pub t_ms: f64,
-    pub signal: String,
+    /// In JSON its name (`SIGTERM`).
+    pub signal: Signal,
     pub sender: Proc,
     /// The sender's cgroup path, when known (`/system.slice/containerd.service`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender_cgroup: Option<String>,
     pub target: Proc,
-    /// `delivered`, `ignored`, `already_pending`, ...
-    pub result: String,
+    /// What the kernel did with it (`delivered`, `ignored`, `already_pending`, ...).
+    pub result: SignalResult,
     /// From inside the container (not a trigger).
     pub internal: bool,
     /// Kubernetes: sent to a process of the container's exec preStop hook (kubelet's timeout
@@ -414,12 +418,13 @@ pub struct Exit {
     pub at: Timestamp,
     pub pid: u32,
     pub comm: String,
-    /// `exited` or `signaled`.
-    pub how: String,
+    /// `exited` or `signaled` (`unknown` when the kernel's exit code could not be read).
+    pub how: ExitHow,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,
+    /// The signal that killed it (`signaled`); in JSON its name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
+    pub signal: Option<Signal>,
 }
 
 /// What a process did with a stop signal, as far as the report tells.
@@ -454,6 +459,16 @@ impl SignalDisposition {
     }
 }
 
+impl From<Disposition> for SignalDisposition {
+    fn from(d: Disposition) -> Self {
+        match d {
+            Disposition::Handler => SignalDisposition::Handler,
+            Disposition::Default => SignalDisposition::Default,
+            Disposition::Ignored => SignalDisposition::Ignored,
+        }
+    }
+}
+
 impl TerminationReport {
     /// Whether the report carries `flag`.
     pub fn has_flag(&self, flag: Flag) -> bool {
@@ -474,7 +489,7 @@ impl TerminationReport {
 
     /// SIGKILL ended it after a different first stop signal: the grace period ran out.
     pub fn sigkill_escalation(&self) -> bool {
-        self.has_flag(Flag::Killed) && self.stop_signals.iter().any(|s| s.signal != "SIGKILL")
+        self.has_flag(Flag::Killed) && self.stop_signals.iter().any(|s| s.signal != Signal::KILL)
     }
 
     /// What the target process did with stop signal `s`, read from the timeline's
@@ -487,24 +502,20 @@ impl TerminationReport {
                 .find(marker)
                 .map(|i| &step.detail[i + marker.len()..])
         }
-        let sig = s.signal.as_str();
+        let sig = s.signal;
         for step in &self.timeline {
             let Some(rest) = of_target(step, &marker) else {
                 continue;
             };
-            let named = match step.what {
-                StepKind::Handler => (rest == format!("its own handler took {sig}"))
-                    .then_some(SignalDisposition::Handler),
-                StepKind::Ignored => {
-                    (rest == format!("ignored {sig}")).then_some(SignalDisposition::Ignored)
-                }
-                StepKind::DefaultAction => (rest
-                    == format!("the default action of {sig} took over"))
-                .then_some(SignalDisposition::Default),
-                _ => None,
+            let disposition = match step.what {
+                StepKind::Handler => Disposition::Handler,
+                StepKind::Ignored => Disposition::Ignored,
+                // SIGKILL's default action is the fatal one, counted below.
+                StepKind::DefaultAction if sig != Signal::KILL => Disposition::Default,
+                _ => continue,
             };
-            if let Some(disposition) = named {
-                return disposition;
+            if rest == delivery_words(disposition, sig) {
+                return disposition.into();
             }
         }
         // A fatal default action between this signal and the next one to the same process.
@@ -513,15 +524,16 @@ impl TerminationReport {
             .filter(|o| o.target.pid == s.target.pid && o.t_ms > s.t_ms)
             .map(|o| o.t_ms)
             .fold(f64::INFINITY, f64::min);
+        let fatal_words = delivery_words(Disposition::Default, Signal::KILL);
         let fatal = self.timeline.iter().any(|step| {
             step.what == StepKind::DefaultAction
                 && step.t_ms >= s.t_ms
                 && step.t_ms < next
-                && of_target(step, &marker).is_some_and(|rest| rest.starts_with("a fatal signal"))
+                && of_target(step, &marker) == Some(fatal_words.as_str())
         });
         if fatal {
             SignalDisposition::Default
-        } else if s.result == "ignored" {
+        } else if s.result == SignalResult::Ignored {
             SignalDisposition::Ignored
         } else {
             SignalDisposition::Unknown
@@ -531,6 +543,22 @@ impl TerminationReport {
     /// When the termination began, in Unix-epoch nanoseconds.
     pub fn started_unix_ns(&self) -> u64 {
         crate::clock::unix_ns(self.started_at)
+    }
+}
+
+/// What a `handler` / `default_action` / `ignored` step says of a signal's delivery to a
+/// process, after `comm (pid N): `. The engine writes these words, and
+/// [`TerminationReport::disposition_of`] reads them back from a report.
+pub(crate) fn delivery_words(disposition: Disposition, signal: Signal) -> String {
+    match disposition {
+        Disposition::Handler => format!("its own handler took {signal}"),
+        // A fatal default action shows up as SIGKILL's delivery: the kernel turns it into a
+        // group exit.
+        Disposition::Default if signal == Signal::KILL => {
+            "a fatal signal: the kernel ends the whole process".into()
+        }
+        Disposition::Default => format!("the default action of {signal} took over"),
+        Disposition::Ignored => format!("ignored {signal}"),
     }
 }
 
@@ -552,7 +580,7 @@ pub struct LateTraffic {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreStopHook {
     /// `exec`, `http_get`, `sleep`, `tcp_socket`.
-    pub kind: String,
+    pub kind: HookKind,
     /// The command, URL path or seconds.
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -563,22 +591,22 @@ impl PreStopHook {
     pub(crate) fn from_pre_stop(p: &PreStop) -> Self {
         match p {
             PreStop::Exec { command } => PreStopHook {
-                kind: "exec".into(),
+                kind: HookKind::Exec,
                 detail: command.join(" "),
                 sleep_seconds: None,
             },
             PreStop::HttpGet { path, port, .. } => PreStopHook {
-                kind: "http_get".into(),
+                kind: HookKind::HttpGet,
                 detail: format!(":{port}{}", path.as_deref().unwrap_or("/")),
                 sleep_seconds: None,
             },
             PreStop::Sleep { seconds } => PreStopHook {
-                kind: "sleep".into(),
+                kind: HookKind::Sleep,
                 detail: format!("{seconds} s"),
                 sleep_seconds: Some(*seconds),
             },
             PreStop::TcpSocket { port } => PreStopHook {
-                kind: "tcp_socket".into(),
+                kind: HookKind::TcpSocket,
                 detail: format!(":{port}"),
                 sleep_seconds: None,
             },

@@ -8,8 +8,9 @@ use crate::{
     clock::WallClock,
     decode::{
         Addrs, CloseActivity, ConnFlags, Event, ExitStatus, ProcessExit, ResetDirection,
-        SignalGenerated, SignalResult, Task, TcpReset, TcpState, TcpStateChange, signal_name,
+        SignalGenerated, SignalResult, Task, TcpReset, TcpState, TcpStateChange,
     },
+    signal::Signal,
     terminations::{Engine, EngineConfig},
 };
 
@@ -87,8 +88,7 @@ pub(crate) fn stop_signal(
 ) -> SignalGenerated {
     SignalGenerated {
         ts_ns: ts,
-        signal: sig,
-        signal_name: signal_name(sig),
+        signal: Signal::from_kernel(sig),
         code: 0,
         group: true,
         result: SignalResult::Delivered,

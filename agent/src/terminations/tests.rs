@@ -34,8 +34,7 @@ fn delivered(ts: u64, sig: u32, disposition: Disposition) -> Event {
         ts_ns: ts,
         task: task(10, "app"),
         cgroup_id: CG,
-        signal: sig,
-        signal_name: signal_name(sig),
+        signal: Signal::from_kernel(sig),
         disposition,
     })
 }
@@ -183,7 +182,7 @@ fn no_handler_kills_at_once_and_the_kernel_closes_connections() {
         T0 + 2 * MS,
         10,
         ExitStatus::Signaled {
-            signal: 15,
+            signal: Signal::TERM,
             core_dumped: false,
         },
     ));
@@ -235,7 +234,7 @@ fn sigkill_after_the_grace_period() {
         T0 + 10_001 * MS,
         10,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     ));
@@ -286,7 +285,7 @@ fn an_ignored_stop_signal() {
         T0 + 5_001 * MS,
         10,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     ));
@@ -305,7 +304,7 @@ fn processes_that_survive_the_stop_signal() {
         T0 + 10 * MS,
         11,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     ));
@@ -614,7 +613,7 @@ fn a_sigkill_to_an_exiting_process_opens_nothing() {
         T0 + 3 * MS,
         10,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     ));
@@ -630,8 +629,7 @@ fn a_supervisor_inside_escalating_to_sigkill() {
     let inside = |ts: u64, sig: u32, code: i32| {
         Event::Signal(SignalGenerated {
             ts_ns: ts,
-            signal: sig,
-            signal_name: signal_name(sig),
+            signal: Signal::from_kernel(sig),
             code,
             group: true,
             result: SignalResult::Delivered,
@@ -649,7 +647,7 @@ fn a_supervisor_inside_escalating_to_sigkill() {
             task: task(11, "python3"),
             cgroup_id: CG,
             exit: ExitStatus::Signaled {
-                signal: 9,
+                signal: Signal::KILL,
                 core_dumped: false,
             },
             raw_exit_code: 9,
@@ -820,7 +818,7 @@ fn a_stop_signal_that_never_reached_the_app() {
         T0 + 10_001 * MS,
         10,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     ));
@@ -844,7 +842,7 @@ fn the_worker_that_had_no_handler_is_named() {
         T0 + 2 * MS,
         11,
         ExitStatus::Signaled {
-            signal: 15,
+            signal: Signal::TERM,
             core_dumped: false,
         },
     ));
@@ -886,7 +884,7 @@ fn an_exec_pre_stop_hook_killed_at_the_deadline_is_not_the_workload() {
         T0 + 2_001 * MS,
         20,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     ));
@@ -967,7 +965,7 @@ fn a_container_with_child_cgroups_is_one_termination() {
                 T0 + 6 * MS,
                 10,
                 ExitStatus::Signaled {
-                    signal: 9,
+                    signal: Signal::KILL,
                     core_dumped: false
                 }
             ),
@@ -981,7 +979,7 @@ fn a_container_with_child_cgroups_is_one_termination() {
                 T0 + 7 * MS,
                 11,
                 ExitStatus::Signaled {
-                    signal: 9,
+                    signal: Signal::KILL,
                     core_dumped: false
                 }
             ),
@@ -1055,8 +1053,7 @@ fn the_app_behind_a_forwarding_init_is_named() {
         ts_ns: T0 + 2 * MS,
         task: task(10, "python3"),
         cgroup_id: CG,
-        signal: 15,
-        signal_name: signal_name(15),
+        signal: Signal::TERM,
         disposition: Disposition::Handler,
     }));
     r.feed(exit(T0 + 300 * MS, 10, ExitStatus::Exited { code: 0 }));
@@ -1147,7 +1144,7 @@ fn a_sigkill_alone_cuts_only_what_was_in_flight() {
         T0 + 2 * MS,
         10,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     ));
@@ -1256,7 +1253,7 @@ fn kept_records_alone_make_the_report() {
         T0 + 2 * MS,
         10,
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         },
     ));

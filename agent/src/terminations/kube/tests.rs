@@ -98,7 +98,7 @@ fn report(refusal_after: Option<u64>, killed: bool) -> TerminationReport {
     }
     let exit = if killed {
         ExitStatus::Signaled {
-            signal: 9,
+            signal: Signal::KILL,
             core_dumped: false,
         }
     } else {
@@ -185,7 +185,10 @@ fn a_long_enough_pre_stop_sleep_draws_no_advice() {
     let mut r = report(Some(2_400_000_000), false);
     enrich(&mut r, &view, info.containers.first(), None);
     let k = r.kubernetes.as_deref().expect("facts");
-    assert_eq!(k.pre_stop.as_ref().map(|p| p.kind.as_str()), Some("sleep"));
+    assert_eq!(
+        k.pre_stop.as_ref().map(|p| &p.kind),
+        Some(&crate::terminations::report::HookKind::Sleep)
+    );
     assert!(
         !r.summary
             .iter()

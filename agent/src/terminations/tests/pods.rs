@@ -309,7 +309,7 @@ fn the_pods_own_sandbox_does_not_end_its_namespace() {
             1,
             "pause",
             ExitStatus::Signaled {
-                signal: 9,
+                signal: Signal::KILL,
                 core_dumped: false,
             },
         ),
@@ -345,7 +345,7 @@ fn a_hook_killed_before_the_stop_signal_is_not_the_main_process() {
     }
     feed(&mut e, sig_to(T0 - 5 * MS, 9, APP, 40, "sh", NETNS));
     let killed = ExitStatus::Signaled {
-        signal: 9,
+        signal: Signal::KILL,
         core_dumped: false,
     };
     feed(&mut e, exit_of(T0 - 4 * MS, APP, 40, "sh", killed));
