@@ -275,6 +275,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
+    /// A state file the agent wrote before signals were typed (the deploy test's agent left
+    /// it in `/var/lib/termscope/state`) reads back, and writes out byte for byte the same:
+    /// the events' `signal`, `signal_name` and `result` are as they were.
+    #[test]
+    fn a_state_file_of_the_previous_agent_reads_back_the_same() {
+        use crate::{
+            decode::{Disposition, SignalResult},
+            signal::Signal,
+        };
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/state-before-typed-signals.json");
+        let j = Journal::read(&path).expect("the previous agent's state file");
+        let generated: Vec<_> = j
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event {
+                    event: Event::Signal(s),
+                } => Some((s.signal, s.result.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(generated, [(Signal::TERM, SignalResult::Delivered)]);
+        assert!(j.records.iter().any(|r| matches!(r,
+            Record::Event { event: Event::SignalDelivered(d) }
+                if d.signal == Signal::TERM && d.disposition == Disposition::Handler)));
+        let written = serde_json::to_string(&j).expect("json");
+        assert_eq!(written, std::fs::read_to_string(&path).expect("read"));
+    }
+
     #[test]
     fn no_file_is_an_empty_journal_and_garbage_is_an_error() {
         let dir = std::env::temp_dir().join(format!("termscope-state2-{}", std::process::id()));

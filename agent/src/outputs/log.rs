@@ -623,6 +623,73 @@ mod tests {
         assert_eq!(contents.skipped.len(), 2);
     }
 
+    /// Reports the agent wrote before signals, their results and how processes ended were
+    /// typed (the fixtures above, written by that agent's engine) read back from a log,
+    /// name the same signals, and write out byte for byte the same.
+    #[test]
+    fn reports_of_the_previous_agent_read_back_the_same() {
+        use crate::terminations::report::{ExitHow, Signal, SignalResult};
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/reports-before-typed-signals.jsonl");
+        let contents = read_log(&path).expect("reads");
+        assert!(contents.skipped.is_empty(), "{:?}", contents.skipped);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(contents.reports.len(), lines.len());
+        for (r, line) in contents.reports.iter().zip(&lines) {
+            assert_eq!(&serde_json::to_string(r).expect("json"), line);
+        }
+        let [no_handler, killed, graceful] = &contents.reports[..] else {
+            panic!("not the three fixtures: {:?}", contents.reports)
+        };
+        let signals = |r: &TerminationReport| -> Vec<_> {
+            r.stop_signals
+                .iter()
+                .map(|s| (s.signal, s.result.clone()))
+                .collect()
+        };
+        assert_eq!(
+            signals(no_handler),
+            [(Signal::TERM, SignalResult::Delivered)]
+        );
+        assert_eq!(
+            (no_handler.exits[0].how.clone(), no_handler.exits[0].signal),
+            (ExitHow::Signaled, Some(Signal::TERM))
+        );
+        assert_eq!(
+            signals(killed),
+            [
+                (Signal::TERM, SignalResult::Delivered),
+                (Signal::KILL, SignalResult::Delivered)
+            ]
+        );
+        assert!(killed.sigkill_escalation());
+        assert!(
+            killed
+                .exits
+                .iter()
+                .all(|e| e.how == ExitHow::Signaled && e.signal == Some(Signal::KILL))
+        );
+        assert_eq!(
+            (graceful.exits[0].how.clone(), graceful.exits[0].code),
+            (ExitHow::Exited, Some(0))
+        );
+
+        // A result and an exit kind only a newer agent knows, and a signal number with no
+        // name, are kept as they are.
+        let line = lines[1]
+            .replacen(r#""result":"delivered""#, r#""result":"a_newer_result""#, 1)
+            .replacen(r#""how":"signaled""#, r#""how":"a_newer_end""#, 1)
+            .replacen(r#""signal":"SIGTERM""#, r#""signal":"33""#, 1);
+        assert_ne!(line, lines[1]);
+        let r: TerminationReport = serde_json::from_str(&line).expect("report");
+        assert_eq!(r.stop_signals[0].signal, Signal::from_kernel(33));
+        assert!(!r.stop_signals[0].result.is_known());
+        assert_eq!(r.stop_signals[0].result.as_str(), "a_newer_result");
+        assert_eq!(r.exits[0].how, ExitHow::from_name("a_newer_end"));
+        assert_eq!(serde_json::to_string(&r).expect("json"), line);
+    }
+
     #[test]
     fn an_unusable_path_fails_when_opened() {
         let tmp = TempDir::new("unusable");
