@@ -20,7 +20,7 @@ use termscope::{
     clock::parse_rfc3339,
     terminations::{
         kube::PodTerminationReport,
-        report::{Flag, Internal, Outcome, Signal, StepKind, TerminationReport, Verdict},
+        report::{Flag, HookKind, Internal, Outcome, Signal, StepKind, TerminationReport, Verdict},
     },
 };
 use termscope_tests::{
@@ -611,7 +611,7 @@ fn pre_stop_scenario(check_late_after_endpoints: bool) -> Result<()> {
         .and_then(|k| k.pre_stop.as_ref())
         .context("no pre_stop in the container's kubernetes section")?;
     ensure!(
-        hook.kind == "sleep" && hook.sleep_seconds == Some(2),
+        hook.kind == HookKind::Sleep && hook.sleep_seconds == Some(2),
         "{hook:?}"
     );
     let k = &report.kubernetes;
@@ -1219,7 +1219,7 @@ fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> R
         );
     }
     ensure!(
-        c.external_signals().next().map(|s| s.signal.as_str()) == Some("SIGTERM"),
+        c.external_signals().next().map(|s| s.signal) == Some(Signal::TERM),
         "{:?}",
         c.stop_signals
     );
@@ -1245,7 +1245,7 @@ fn an_exec_pre_stop_hook_longer_than_the_grace_period_is_not_the_workload() -> R
         k.pre_stop
             .as_ref()
             .or(c.kubernetes.as_deref().and_then(|k| k.pre_stop.as_ref()))
-            .is_some_and(|h| h.kind == "exec"),
+            .is_some_and(|h| h.kind == HookKind::Exec),
         "{k:?}"
     );
     stop_agent(agent)
@@ -1283,7 +1283,7 @@ fn a_force_delete_is_not_a_grace_period_to_lengthen() -> Result<()> {
     ensure!(report.outcome == Outcome::Killed, "{:?}", report.outcome);
     ensure!(report.counts.cut == 1, "{:?}", report.counts);
     ensure!(
-        c.external_signals().all(|s| s.signal == "SIGKILL"),
+        c.external_signals().all(|s| s.signal == Signal::KILL),
         "{:?}",
         c.stop_signals
     );
