@@ -623,9 +623,14 @@ mod tests {
         assert_eq!(contents.skipped.len(), 2);
     }
 
+    /// What a v2 report read back writes beyond what it held: v3's `closed_unanswered`
+    /// count (0 for a report that had none).
+    const V3_COUNT: &str = r#","closed_unanswered":0"#;
+
     /// Reports the agent wrote before signals, their results and how processes ended were
-    /// typed (the fixtures above, written by that agent's engine) read back from a log,
-    /// name the same signals, and write out byte for byte the same.
+    /// typed (v2 reports: the fixtures above as that agent's engine wrote them) read back
+    /// from a log, name the same signals, and write out byte for byte what they held (plus
+    /// v3's new count).
     #[test]
     fn reports_of_the_previous_agent_read_back_the_same() {
         use crate::terminations::report::{ExitHow, Signal, SignalResult};
@@ -637,7 +642,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(contents.reports.len(), lines.len());
         for (r, line) in contents.reports.iter().zip(&lines) {
-            assert_eq!(&serde_json::to_string(r).expect("json"), line);
+            let written = serde_json::to_string(r).expect("json");
+            assert_eq!(&written.replace(V3_COUNT, ""), line);
         }
         let [no_handler, killed, graceful] = &contents.reports[..] else {
             panic!("not the three fixtures: {:?}", contents.reports)
@@ -687,7 +693,8 @@ mod tests {
         assert!(!r.stop_signals[0].result.is_known());
         assert_eq!(r.stop_signals[0].result.as_str(), "a_newer_result");
         assert_eq!(r.exits[0].how, ExitHow::from_name("a_newer_end"));
-        assert_eq!(serde_json::to_string(&r).expect("json"), line);
+        let written = serde_json::to_string(&r).expect("json");
+        assert_eq!(written.replace(V3_COUNT, ""), line);
     }
 
     #[test]
