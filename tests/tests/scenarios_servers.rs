@@ -17,7 +17,7 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use termscope::terminations::report::{
-    Connection, Direction, Flag, Outcome, TerminationReport, Verdict,
+    Connection, Direction, Flag, Outcome, Signal, TerminationReport, Verdict,
 };
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
@@ -351,7 +351,7 @@ fn haproxy_stopped_with(signal: i32) -> Result<()> {
         let worker = report
             .exits
             .iter()
-            .find(|e| e.signal.as_deref() == Some("SIGTERM"))
+            .find(|e| e.signal == Some(Signal::TERM))
             .context("the worker's exit")?;
         ensure!(worker.pid != haproxy.pid(), "{:?}", report.exits);
         ensure!(
