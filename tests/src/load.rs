@@ -27,9 +27,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use socket2::{Domain, SockAddr, Socket, Type};
-use termscope::terminations::report::{Connection, TerminationReport, Verdict};
+use termscope::terminations::report::{Connection, Direction, TerminationReport, Verdict};
 
-use crate::NetNs;
+use crate::{Agent, NetNs, Proc};
 
 /// How long a client waits for one connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -599,4 +599,60 @@ pub fn show(report: &TerminationReport, seen: &[Seen]) -> Result<()> {
     }
     println!("report: {}", serde_json::to_string_pretty(report)?);
     Ok(())
+}
+
+/// What [`pool_then_stop`] ran: the two warm clients' ports, the busy client's, the busy
+/// request's upstream line (`start <port>`), the report and what every client saw.
+pub struct ProxyRun {
+    pub warm: [u16; 2],
+    pub busy: u16,
+    pub busy_upstream_line: String,
+    pub report: TerminationReport,
+    pub seen: Vec<Seen>,
+}
+
+/// A proxy's upstream pool filled and left idle, then a request in flight through it when the
+/// proxy gets `signal`: two concurrent slow requests (two upstream connections, pooled once
+/// answered after 1 s; their client connections stay open, idle), quiet on both sides for
+/// longer than the idle window, then a 4 s request. `upstream` prints `start <port>` for
+/// each request it begins (`tests/scripts/http_app.py`); the report is the one of `cgroup_id`.
+pub fn pool_then_stop(
+    agent: &mut Agent,
+    mut load: Load,
+    upstream: &mut Proc,
+    proxy: &Proc,
+    signal: i32,
+    cgroup_id: u64,
+) -> Result<ProxyRun> {
+    let warm = [
+        load.in_flight("/slow?s=1", false)?,
+        load.in_flight("/slow?s=1", false)?,
+    ];
+    for _ in 0..2 {
+        upstream.expect_line("start")?;
+    }
+    agent.pump(Duration::from_millis(3500), None)?;
+    let busy = load.in_flight("/slow?s=4", false)?;
+    let busy_upstream_line = upstream.expect_line("start")?;
+    agent.pump(Duration::from_millis(300), None)?;
+    proxy.signal(signal)?;
+    let report = agent.report_for(cgroup_id, Duration::from_secs(20))?;
+    let seen = load.finish()?;
+    show(&report, &seen)?;
+    Ok(ProxyRun {
+        warm,
+        busy,
+        busy_upstream_line,
+        report,
+        seen,
+    })
+}
+
+/// The report's outbound connections (the container's own upstreams and pools).
+pub fn outbound(report: &TerminationReport) -> Vec<&Connection> {
+    report
+        .connections
+        .iter()
+        .filter(|c| c.direction == Direction::Outbound)
+        .collect()
 }

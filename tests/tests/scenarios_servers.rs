@@ -16,12 +16,13 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use termscope::terminations::report::{
-    Connection, Direction, Flag, Outcome, Signal, TerminationReport, Verdict,
-};
+use termscope::terminations::report::{Flag, Outcome, Signal, TerminationReport, Verdict};
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
-    load::{Kind, Load, Seen, Truth, check_verdicts, connection, show},
+    load::{
+        Kind, Load, ProxyRun, Seen, Truth, check_verdicts, connection, outbound, pool_then_stop,
+        show,
+    },
     scripts,
 };
 
@@ -46,14 +47,6 @@ fn started_port(line: &str) -> Result<u16> {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .with_context(|| format!("no port in {line:?}"))
-}
-
-fn outbound(report: &TerminationReport) -> Vec<&Connection> {
-    report
-        .connections
-        .iter()
-        .filter(|c| c.direction == Direction::Outbound)
-        .collect()
 }
 
 /// Idle keep-alive clients lost nothing: their connection's verdict is no cut (closed in
@@ -253,24 +246,16 @@ fn haproxy_stopped_with(signal: i32) -> Result<()> {
     let mut cmd = Command::new("/usr/sbin/haproxy");
     cmd.args(["-W", "-db", "-f"]).arg(&conf);
     let haproxy = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
-    let mut load = Load::new(&ns, LISTEN.parse::<SocketAddr>()?);
+    let load = Load::new(&ns, LISTEN.parse::<SocketAddr>()?);
     load.wait_ready("/", Duration::from_secs(15))?;
-    let warm = [
-        load.in_flight("/slow?s=1", false)?,
-        load.in_flight("/slow?s=1", false)?,
-    ];
-    for _ in 0..2 {
-        up.expect_line("start")?;
-    }
-    // Answered after 1 s, then quiet on both sides for longer than the idle threshold.
-    agent.pump(Duration::from_millis(3500), None)?;
-    let busy = load.in_flight("/slow?s=4", false)?;
-    let busy_upstream = started_port(&up.expect_line("start")?)?;
-    agent.pump(Duration::from_millis(300), None)?;
-    haproxy.signal(signal)?;
-    let report = agent.report_for(cg.id, Duration::from_secs(20))?;
-    let seen = load.finish()?;
-    show(&report, &seen)?;
+    let ProxyRun {
+        warm,
+        busy,
+        busy_upstream_line,
+        report,
+        seen,
+    } = pool_then_stop(&mut agent, load, &mut up, &haproxy, signal, cg.id)?;
+    let busy_upstream = started_port(&busy_upstream_line)?;
 
     ensure!(
         report.subject.main.pid == haproxy.pid(),

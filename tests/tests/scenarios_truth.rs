@@ -23,7 +23,7 @@ use termscope::terminations::report::{
 };
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, child_of, kernel_test, kill,
-    load::{Load, Truth, check_verdicts, show},
+    load::{Load, ProxyRun, Truth, check_verdicts, outbound, pool_then_stop, show},
     scripts,
 };
 
@@ -193,34 +193,18 @@ fn proxy_scenario(signal: i32) -> Result<()> {
         .arg("-c")
         .arg(&conf);
     let nginx = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
-    let mut load = Load::new(&ns, "127.0.0.1:8080".parse::<SocketAddr>()?);
+    let load = Load::new(&ns, "127.0.0.1:8080".parse::<SocketAddr>()?);
     load.wait_ready("/", Duration::from_secs(10))?;
-
-    // Two concurrent requests: two upstream connections, pooled once answered. Their
-    // client connections stay open, idle.
-    let warm = [
-        load.in_flight("/slow?s=1", false)?,
-        load.in_flight("/slow?s=1", false)?,
-    ];
-    for _ in 0..2 {
-        upstream.expect_line("start")?;
-    }
-    // Answered after 1 s; then quiet on both sides.
-    agent.pump(Duration::from_millis(3500), None)?;
-    let slow = load.in_flight("/slow?s=4", false)?;
-    upstream.expect_line("start")?;
-    agent.pump(Duration::from_millis(300), None)?;
-    nginx.signal(signal)?;
-    let report = agent.report_for(cg.id, Duration::from_secs(20))?;
-    let seen = load.finish()?;
-    show(&report, &seen)?;
+    let ProxyRun {
+        warm,
+        busy: slow,
+        report,
+        seen,
+        ..
+    } = pool_then_stop(&mut agent, load, &mut upstream, &nginx, signal, cg.id)?;
 
     // The proxy's clients and its upstreams are told apart.
-    let outbound: Vec<_> = report
-        .connections
-        .iter()
-        .filter(|c| c.direction == Direction::Outbound)
-        .collect();
+    let outbound = outbound(&report);
     ensure!(
         !outbound.is_empty() && outbound.iter().all(|c| c.remote.port() == UPSTREAM),
         "{outbound:?}"
