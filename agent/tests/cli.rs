@@ -172,16 +172,19 @@ fn listed_in_the_order_they_began_and_limit_keeps_the_latest() {
             report("r-first", "shop", "a", "killed", 3600),
         ],
     );
-    let q = |args: &[&str]| -> Vec<String> {
-        let (out, stdout, stderr) = run(termscope()
-            .args(["report", "--json", "--from-file"])
-            .arg(&log)
-            .args(args));
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        ids(&stdout)
-    };
+    let q = |args: &[&str]| json_ids(&log, args);
     assert_eq!(q(&[]), ["r-first", "r-second", "r-third"]);
     assert_eq!(q(&["--limit", "2"]), ["r-second", "r-third"]);
+}
+
+/// The ids `termscope report --json` prints for `log` with `args`, in order.
+fn json_ids(log: &Path, args: &[&str]) -> Vec<String> {
+    let (out, stdout, stderr) = run(termscope()
+        .args(["report", "--json", "--from-file"])
+        .arg(log)
+        .args(args));
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    ids(&stdout)
 }
 
 fn ids(stdout: &str) -> Vec<String> {
@@ -198,14 +201,7 @@ fn ids(stdout: &str) -> Vec<String> {
 fn filters_by_namespace_pod_name_outcome_and_time() {
     let dir = TempDir::new("filters");
     let log = three(&dir);
-    let q = |args: &[&str]| -> Vec<String> {
-        let (out, stdout, stderr) = run(termscope()
-            .args(["report", "--json", "--from-file"])
-            .arg(&log)
-            .args(args));
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        ids(&stdout)
-    };
+    let q = |args: &[&str]| json_ids(&log, args);
     assert_eq!(q(&["--namespace", "shop"]), ["r-old", "r-cut"]);
     assert_eq!(q(&["--pod", "front-7f"]), ["r-web"], "by name");
     assert_eq!(q(&["--pod", "uid-cart"]), ["r-old"], "by UID");
