@@ -656,3 +656,10 @@ pub fn outbound(report: &TerminationReport) -> Vec<&Connection> {
         .filter(|c| c.direction == Direction::Outbound)
         .collect()
 }
+
+/// What the client on `port` saw.
+pub fn seen_of(seen: &[Seen], port: u16) -> Result<&Seen> {
+    seen.iter()
+        .find(|s| s.port == port)
+        .with_context(|| format!("no client on port {port}"))
+}

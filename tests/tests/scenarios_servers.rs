@@ -21,7 +21,7 @@ use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{
         Kind, Load, ProxyRun, Seen, Truth, check_verdicts, connection, outbound, pool_then_stop,
-        show,
+        seen_of, show,
     },
     scripts,
 };
@@ -132,10 +132,7 @@ fn apache_stopped_with(signal: i32) -> Result<()> {
     );
     if signal == libc::SIGWINCH {
         // graceful-stop: the request is answered, nothing is cut.
-        let b = seen
-            .iter()
-            .find(|s| s.port == busy)
-            .context("the busy client")?;
+        let b = seen_of(&seen, busy)?;
         ensure!(b.truth == Truth::Completed, "{b:?}");
         let c = connection(&report, busy).context("the busy client's connection")?;
         ensure!(c.verdict == Verdict::Completed, "{c:?}");
@@ -149,10 +146,7 @@ fn apache_stopped_with(signal: i32) -> Result<()> {
     } else {
         // SIGTERM: the child shuts the busy client's socket down (FIN) at once, over the
         // request it read; the client gets an end of stream and no answer.
-        let b = seen
-            .iter()
-            .find(|s| s.port == busy)
-            .context("the busy client")?;
+        let b = seen_of(&seen, busy)?;
         ensure!(
             b.truth == Truth::EofMidResponse && b.expected.is_none(),
             "{b:?}"
@@ -284,10 +278,7 @@ fn haproxy_stopped_with(signal: i32) -> Result<()> {
         );
     } else {
         // Hard stop: the worker dies of SIGTERM's default action at once.
-        let b = seen
-            .iter()
-            .find(|s| s.port == busy)
-            .context("the busy client")?;
+        let b = seen_of(&seen, busy)?;
         ensure!(
             matches!(b.truth, Truth::EofMidResponse | Truth::Reset),
             "{b:?}"
@@ -404,10 +395,7 @@ fn uvicorn_stopped(slow_s: u32, kill_after: Option<Duration>) -> Result<()> {
         ensure!(s.truth == Truth::EofIdle, "{s:?}");
     }
     idle_not_cut(&report, &seen, &idle)?;
-    let b = seen
-        .iter()
-        .find(|s| s.port == busy)
-        .context("the busy client")?;
+    let b = seen_of(&seen, busy)?;
     let first = &report.summary[0];
     if kill_after.is_none() {
         ensure!(b.truth == Truth::Completed, "{b:?}");
