@@ -648,6 +648,25 @@ pub fn pool_then_stop(
     })
 }
 
+impl ProxyRun {
+    /// After a hard stop (the proxy's process gone at once): the busy client lost its answer
+    /// (an end of stream or a reset), the warm clients, answered and idle, lost nothing; the
+    /// report agrees, client by client (`closed_by_exit`, `closed_idle`).
+    pub fn check_clients_after_hard_stop(&self) -> Result<()> {
+        let busy = seen_of(&self.seen, self.busy)?;
+        if !matches!(busy.truth, Truth::EofMidResponse | Truth::Reset) {
+            bail!("the busy client did not lose its answer: {busy:?}");
+        }
+        check_verdicts(&self.report, &self.seen, |s| {
+            Some(if self.warm.contains(&s.port) {
+                Verdict::ClosedIdle
+            } else {
+                Verdict::ClosedByExit
+            })
+        })
+    }
+}
+
 /// The report's outbound connections (the container's own upstreams and pools).
 pub fn outbound(report: &TerminationReport) -> Vec<&Connection> {
     report

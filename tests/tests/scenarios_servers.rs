@@ -20,8 +20,8 @@ use termscope::terminations::report::{Flag, Outcome, Signal, TerminationReport, 
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, kernel_test,
     load::{
-        Kind, Load, ProxyRun, Seen, Truth, check_verdicts, connection, outbound, pool_then_stop,
-        seen_of, show,
+        Kind, Load, Seen, Truth, check_verdicts, connection, outbound, pool_then_stop, seen_of,
+        show,
     },
     scripts,
 };
@@ -242,21 +242,16 @@ fn haproxy_stopped_with(signal: i32) -> Result<()> {
     let haproxy = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
     let load = Load::new(&ns, LISTEN.parse::<SocketAddr>()?);
     load.wait_ready("/", Duration::from_secs(15))?;
-    let ProxyRun {
-        warm,
-        busy,
-        busy_upstream_line,
-        report,
-        seen,
-    } = pool_then_stop(&mut agent, load, &mut up, &haproxy, signal, cg.id)?;
-    let busy_upstream = started_port(&busy_upstream_line)?;
+    let run = pool_then_stop(&mut agent, load, &mut up, &haproxy, signal, cg.id)?;
+    let (warm, report, seen) = (&run.warm, &run.report, &run.seen);
+    let busy_upstream = started_port(&run.busy_upstream_line)?;
 
     ensure!(
         report.subject.main.pid == haproxy.pid(),
         "{:?}",
         report.subject
     );
-    let out = outbound(&report);
+    let out = outbound(report);
     ensure!(
         !out.is_empty() && out.iter().all(|c| c.remote.port() == UPSTREAM),
         "{out:?}"
@@ -264,7 +259,7 @@ fn haproxy_stopped_with(signal: i32) -> Result<()> {
     if signal == libc::SIGUSR1 {
         // Soft stop: the slow request is answered, the idle clients closed in order.
         ensure!(seen.iter().all(|s| s.truth == Truth::Completed), "{seen:?}");
-        check_verdicts(&report, &seen, |_| Some(Verdict::Completed))?;
+        check_verdicts(report, seen, |_| Some(Verdict::Completed))?;
         ensure!(report.outcome == Outcome::Graceful, "{:?}", report.outcome);
         ensure!(report.counts.cut == 0, "{:?}", report.counts);
         ensure!(!report.has_flag(Flag::Cut), "{:?}", report.flags);
@@ -278,11 +273,7 @@ fn haproxy_stopped_with(signal: i32) -> Result<()> {
         );
     } else {
         // Hard stop: the worker dies of SIGTERM's default action at once.
-        let b = seen_of(&seen, busy)?;
-        ensure!(
-            matches!(b.truth, Truth::EofMidResponse | Truth::Reset),
-            "{b:?}"
-        );
+        run.check_clients_after_hard_stop()?;
         // The warm clients had their answers: idle at the exit.
         ensure!(
             seen.iter()
@@ -290,13 +281,6 @@ fn haproxy_stopped_with(signal: i32) -> Result<()> {
                 .all(|s| s.truth == Truth::Completed),
             "{seen:?}"
         );
-        check_verdicts(&report, &seen, |s| {
-            Some(if warm.contains(&s.port) {
-                Verdict::ClosedIdle
-            } else {
-                Verdict::ClosedByExit
-            })
-        })?;
         // Upstream side: the connection carrying the slow request was cut; the pooled ones,
         // whose upstream spoke last by answering, were idle.
         for c in &out {

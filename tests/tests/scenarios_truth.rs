@@ -23,7 +23,7 @@ use termscope::terminations::report::{
 };
 use termscope_tests::{
     Agent, NetNs, Proc, TempDir, TestCgroup, child_of, kernel_test, kill,
-    load::{Load, ProxyRun, Truth, check_verdicts, outbound, pool_then_stop, show},
+    load::{Load, Truth, check_verdicts, outbound, pool_then_stop, show},
     scripts,
 };
 
@@ -195,16 +195,11 @@ fn proxy_scenario(signal: i32) -> Result<()> {
     let nginx = Proc::spawn(&mut cmd, &cg, Some(&ns))?;
     let load = Load::new(&ns, "127.0.0.1:8080".parse::<SocketAddr>()?);
     load.wait_ready("/", Duration::from_secs(10))?;
-    let ProxyRun {
-        warm,
-        busy: slow,
-        report,
-        seen,
-        ..
-    } = pool_then_stop(&mut agent, load, &mut upstream, &nginx, signal, cg.id)?;
+    let run = pool_then_stop(&mut agent, load, &mut upstream, &nginx, signal, cg.id)?;
+    let (report, seen) = (&run.report, &run.seen);
 
     // The proxy's clients and its upstreams are told apart.
-    let outbound = outbound(&report);
+    let outbound = outbound(report);
     ensure!(
         !outbound.is_empty() && outbound.iter().all(|c| c.remote.port() == UPSTREAM),
         "{outbound:?}"
@@ -243,27 +238,13 @@ fn proxy_scenario(signal: i32) -> Result<()> {
         // Soft stop: the slow request is answered, the idle clients closed in order. Whatever
         // happens to the upstream pool, no client was cut.
         ensure!(seen.iter().all(|s| s.truth == Truth::Completed), "{seen:?}");
-        check_verdicts(&report, &seen, |_| Some(Verdict::Completed))?;
+        check_verdicts(report, seen, |_| Some(Verdict::Completed))?;
         ensure!(report.outcome == Outcome::Graceful, "{:?}", report.outcome);
         ensure!(report.counts.cut == 0, "{:?}", report.counts);
         ensure!(!report.has_flag(Flag::Cut), "{:?}", report.flags);
     } else {
         // Hard stop: the client of the slow request lost its answer, the idle ones nothing.
-        for s in &seen {
-            if s.port == slow {
-                ensure!(
-                    matches!(s.truth, Truth::EofMidResponse | Truth::Reset),
-                    "{s:?}"
-                );
-            }
-        }
-        check_verdicts(&report, &seen, |s| {
-            Some(if warm.contains(&s.port) {
-                Verdict::ClosedIdle
-            } else {
-                Verdict::ClosedByExit
-            })
-        })?;
+        run.check_clients_after_hard_stop()?;
         ensure!(report.outcome == Outcome::Cut, "{:?}", report.outcome);
         ensure!(report.counts.cut == 1, "{:?}", report.counts);
         // The upstream connection carrying the slow request was cut too, counted apart.
