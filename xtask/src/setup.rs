@@ -97,6 +97,16 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
               (scenarios_servers)",
     },
     TestPackage {
+        name: "php-fpm",
+        why: "PHP-FPM behind nginx over FastCGI, SIGQUIT graceful vs SIGTERM \
+              (scenarios_php_caddy)",
+    },
+    TestPackage {
+        name: "caddy",
+        why: "Caddy (a Go server) as a reverse proxy, SIGTERM within its grace_period vs \
+              SIGQUIT (scenarios_php_caddy)",
+    },
+    TestPackage {
         name: "prometheus",
         why: "promtool, to check /metrics",
     },

@@ -8,6 +8,12 @@ use crate::signal::Signal;
 /// Signals that services commonly take as "reload" or "rotate logs" rather than "stop".
 pub const RELOAD_SIGNALS: [Signal; 4] = [Signal::HUP, Signal::USR1, Signal::USR2, Signal::WINCH];
 
+/// A SIGKILL that a supervisor inside the container sends to a worker sooner than this after
+/// its own stop signal to it gave the worker no time at all: the supervisor's shutdown kills
+/// its workers by design (PHP-FPM's fast shutdown: SIGTERM, then SIGKILL within a
+/// millisecond), it is no grace period that ran out.
+pub const IMMEDIATE_KILL_MS: f64 = 100.0;
+
 /// A program whose operators stop it gracefully with particular signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GracefulStop {
@@ -17,6 +23,9 @@ pub struct GracefulStop {
     pub signals: &'static [Signal],
     /// What the other signals do to it, and how to send the right one.
     pub note: &'static str,
+    /// What bounds its graceful stop, said when that very signal still cut requests in flight
+    /// (in place of the generic "it did not wait for them").
+    pub drain_limit: Option<&'static str>,
 }
 
 /// The graceful stops of common servers, from their documentation, matched by the
@@ -27,9 +36,10 @@ const APACHE_HTTPD: GracefulStop = GracefulStop {
     signals: &[Signal::WINCH],
     note: "Apache httpd stops gracefully on SIGWINCH (`apachectl graceful-stop`); SIGTERM \
            stops it at once.",
+    drain_limit: None,
 };
 
-const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
+const GRACEFUL_STOPS: [(&str, GracefulStop); 12] = [
     (
         "nginx",
         GracefulStop {
@@ -38,6 +48,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
             note: "nginx treats SIGTERM as a fast shutdown and drops open connections: stop it \
                    with SIGQUIT (STOPSIGNAL SIGQUIT, or `nginx -s quit` in a preStop hook) to \
                    drain them.",
+            drain_limit: None,
         },
     ),
     (
@@ -47,6 +58,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
             signals: &[Signal::TERM],
             note: "gunicorn drains on SIGTERM (within --graceful-timeout); SIGINT and SIGQUIT \
                    are its quick shutdown.",
+            drain_limit: None,
         },
     ),
     (
@@ -56,6 +68,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
             signals: &[Signal::INT, Signal::QUIT],
             note: "uWSGI reloads on SIGTERM: run it with --die-on-term, or stop it with SIGINT \
                    / SIGQUIT.",
+            drain_limit: None,
         },
     ),
     (
@@ -65,6 +78,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
             signals: &[Signal::USR1],
             note: "HAProxy's soft stop is SIGUSR1 (it finishes its sessions, bounded by \
                    hard-stop-after); SIGTERM and SIGINT stop it at once.",
+            drain_limit: None,
         },
     ),
     (
@@ -74,6 +88,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
             signals: &[Signal::INT],
             note: "lighttpd stops gracefully on SIGINT (bounded by \
                    server.graceful-shutdown-timeout); SIGTERM stops it at once.",
+            drain_limit: None,
         },
     ),
     ("httpd", APACHE_HTTPD),
@@ -83,7 +98,14 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
         GracefulStop {
             program: "PHP-FPM",
             signals: &[Signal::QUIT],
-            note: "PHP-FPM stops gracefully on SIGQUIT; SIGTERM and SIGINT stop it at once.",
+            note: "PHP-FPM stops gracefully on SIGQUIT (with process_control_timeout set); \
+                   SIGTERM and SIGINT stop it at once.",
+            drain_limit: Some(
+                "PHP-FPM's SIGQUIT waits for the requests in flight only up to \
+                 process_control_timeout, 0 by default: its master then sends its workers \
+                 SIGTERM at once. Set process_control_timeout to the longest request, within the \
+                 grace period.",
+            ),
         },
     ),
     (
@@ -92,6 +114,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
             program: "unicorn",
             signals: &[Signal::QUIT],
             note: "unicorn stops gracefully on SIGQUIT; SIGTERM and SIGINT stop it at once.",
+            drain_limit: None,
         },
     ),
     (
@@ -104,6 +127,17 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
                    recovery at the next start: stop it with SIGINT, its fast shutdown (open \
                    transactions rolled back, clients told and disconnected, a clean checkpoint; \
                    `pg_ctl stop`'s default and the official image's STOPSIGNAL).",
+            drain_limit: None,
+        },
+    ),
+    (
+        "caddy",
+        GracefulStop {
+            program: "Caddy",
+            signals: &[Signal::TERM, Signal::INT],
+            note: "Caddy stops gracefully on SIGTERM or SIGINT (it finishes the requests in \
+                   flight, bounded by its grace_period); SIGQUIT quits at once.",
+            drain_limit: None,
         },
     ),
     (
@@ -112,6 +146,7 @@ const GRACEFUL_STOPS: [(&str, GracefulStop); 11] = [
             program: "Puma",
             signals: &[Signal::TERM],
             note: "Puma drains on SIGTERM (bounded by its worker shutdown timeout).",
+            drain_limit: None,
         },
     ),
 ];
@@ -329,6 +364,37 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
                     cut_clause(c),
                     s,
                 ));
+            } else if let KillSource::Inside {
+                sender,
+                target,
+                after: Some((ms, s)),
+                ..
+            } = &i.kill
+                && *ms < IMMEDIATE_KILL_MS
+            {
+                // A supervisor inside the container whose own shutdown kills its workers
+                // right after signalling them: no grace period, outer or its own, was waited.
+                let fix = match graceful_stop(&sender.comm) {
+                    Some(p) if i.signal.is_none_or(|s| !p.signals.contains(&s)) => format!(
+                        "stop it with {} instead ({}'s graceful stop)",
+                        names(p.signals),
+                        p.program
+                    ),
+                    _ => "stop it with the signal that makes it wait for its workers, or give \
+                          its workers a shutdown timeout of their own"
+                        .into(),
+                };
+                out.push(format!(
+                    "{} (pid {}) killed {} (pid {}) with SIGKILL {} after its {s}, without \
+                     waiting for it: its own shutdown on {sig} does not let its workers finish; \
+                     {}. A longer grace period would not help: {fix}.",
+                    sender.comm,
+                    sender.pid,
+                    target.comm,
+                    target.pid,
+                    secs(*ms),
+                    cut_clause(c),
+                ));
             } else {
                 out.push(format!(
                     "{who} was killed by SIGKILL{from}{grace}: it did not finish within the \
@@ -378,9 +444,16 @@ pub fn summarize(i: &Input<'_>) -> Vec<String> {
         noted = true;
     }
     // It took the stop signal and exited on its own, but its own close cut requests in flight
-    // (no other signal of its would have drained them): what to change in the app.
+    // (no other signal of its would have drained them): what to change in the app — or, when
+    // that signal is the program's graceful stop, what bounds that stop.
     let in_flight_cut = c.closed_by_exit + c.reset_by_app + c.closed_unanswered;
-    if i.outcome == Outcome::Cut && !noted && in_flight_cut > 0 {
+    if i.outcome == Outcome::Cut
+        && !noted
+        && in_flight_cut > 0
+        && let Some(limit) = program.and_then(|p| p.drain_limit)
+    {
+        out.push(limit.to_string());
+    } else if i.outcome == Outcome::Cut && !noted && in_flight_cut > 0 {
         out.push(format!(
             "It did not wait for the {} request(s) in flight: on {sig}, stop accepting new \
              connections, finish the requests already received, then exit (within the grace \
@@ -544,6 +617,55 @@ mod tests {
     }
 
     #[test]
+    fn a_graceful_stop_that_still_cut_names_what_bounds_it() {
+        // PHP-FPM's SIGQUIT with process_control_timeout left at 0.
+        let main = p(10, "php-fpm8.2");
+        let c = Counts {
+            closed_by_exit: 1,
+            cut: 1,
+            ..Counts::default()
+        };
+        let mut quit = input(Outcome::Cut, &main, &c);
+        quit.signal = Some(Signal::QUIT);
+        let s = summarize(&quit);
+        assert!(s[1].contains("Set process_control_timeout"), "{s:?}");
+        assert!(!s.join(" ").contains("did not wait"), "{s:?}");
+        // A program without such a limit in the table keeps the generic sentence.
+        let main = p(10, "nginx");
+        let mut quit = input(Outcome::Cut, &main, &c);
+        quit.signal = Some(Signal::QUIT);
+        let s = summarize(&quit).join(" ");
+        assert!(
+            s.contains("did not wait for the 1 request(s) in flight"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn caddy_quit_at_once_is_told_its_graceful_stop() {
+        // Caddy handles SIGQUIT by quitting at once: it is to be sent SIGTERM, not changed.
+        let main = p(10, "caddy");
+        let c = Counts {
+            closed_by_exit: 1,
+            closed_idle: 2,
+            cut: 1,
+            ..Counts::default()
+        };
+        let mut quit = input(Outcome::Cut, &main, &c);
+        quit.signal = Some(Signal::QUIT);
+        let s = summarize(&quit).join(" ");
+        assert!(
+            s.contains("Caddy stops gracefully on SIGTERM or SIGINT"),
+            "{s}"
+        );
+        assert!(!s.contains("did not wait"), "{s}");
+        // Its graceful stop that cut nothing has no note.
+        let none = Counts::default();
+        let s = summarize(&input(Outcome::Graceful, &main, &none)).join(" ");
+        assert!(!s.contains("Caddy stops"), "{s}");
+    }
+
+    #[test]
     fn postgres_smart_shutdown_that_ran_into_sigkill() {
         let main = p(10, "postgres");
         let c = Counts {
@@ -681,6 +803,68 @@ mod tests {
                 sender: p(1, "supervisord"),
                 target: p(7, "gunicorn"),
                 after: Some((2_000.0, Signal::TERM)),
+                handled: true,
+            },
+            ..input(Outcome::Killed, &main, &c)
+        };
+        assert!(summarize(&i)[0].contains("Lengthen the grace period"));
+    }
+
+    #[test]
+    fn a_supervisor_that_kills_its_workers_at_once() {
+        // PHP-FPM's fast shutdown: its master sends its workers SIGTERM, then SIGKILL at once.
+        let main = p(10, "php-fpm8.2");
+        let c = Counts {
+            closed_by_exit: 1,
+            cut: 1,
+            ..Counts::default()
+        };
+        let i = Input {
+            kill: KillSource::Inside {
+                sender: p(10, "php-fpm8.2"),
+                target: p(11, "php-fpm8.2"),
+                after: Some((0.01, Signal::TERM)),
+                handled: false,
+            },
+            ..input(Outcome::Killed, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(
+            s[0].starts_with(
+                "php-fpm8.2 (pid 10) killed php-fpm8.2 (pid 11) with SIGKILL 0.0 ms after its \
+                 SIGTERM, without waiting for it"
+            ),
+            "{s:?}"
+        );
+        assert!(
+            s[0].ends_with(
+                "A longer grace period would not help: stop it with SIGQUIT instead (PHP-FPM's \
+                 graceful stop)."
+            ),
+            "{s:?}"
+        );
+        assert!(!s.join(" ").contains("Lengthen"), "{s:?}");
+        // A supervisor the table does not know is told what to change in it.
+        let i = Input {
+            kill: KillSource::Inside {
+                sender: p(10, "supervisor"),
+                target: p(11, "worker"),
+                after: Some((5.0, Signal::TERM)),
+                handled: true,
+            },
+            ..input(Outcome::Killed, &main, &c)
+        };
+        let s = summarize(&i);
+        assert!(
+            s[0].contains("give its workers a shutdown timeout"),
+            "{s:?}"
+        );
+        // One that waited for its own timeout first: the grace period ran out.
+        let i = Input {
+            kill: KillSource::Inside {
+                sender: p(10, "supervisor"),
+                target: p(11, "worker"),
+                after: Some((3_000.0, Signal::TERM)),
                 handled: true,
             },
             ..input(Outcome::Killed, &main, &c)
