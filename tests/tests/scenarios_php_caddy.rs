@@ -15,12 +15,10 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use termscope::terminations::report::{
-    Connection, Direction, Flag, Outcome, Signal, TerminationReport, Verdict,
-};
+use termscope::terminations::report::{Connection, Direction, Flag, Outcome, Signal, Verdict};
 use termscope_tests::{
     Agent, Marks, NetNs, Proc, TempDir, TestCgroup, kernel_test,
-    load::{Load, Seen, Truth, check_verdicts, connection, show},
+    load::{Load, Truth, check_verdicts, connection, outbound, seen_of, show},
     scripts,
 };
 
@@ -29,20 +27,6 @@ const FPM_PORT: u16 = 9001;
 const UPSTREAM: u16 = 9000;
 /// The PHP script's body length (nginx's own 502 page is shorter).
 const PHP_BODY: usize = 1000;
-
-fn outbound(report: &TerminationReport) -> Vec<&Connection> {
-    report
-        .connections
-        .iter()
-        .filter(|c| c.direction == Direction::Outbound)
-        .collect()
-}
-
-fn seen(seen: &[Seen], port: u16) -> Result<&Seen> {
-    seen.iter()
-        .find(|s| s.port == port)
-        .with_context(|| format!("client {port}"))
-}
 
 /// PHP-FPM's configuration (a static pool of two workers on TCP) and the PHP script, which
 /// appends `start` to the marks file and sleeps `s` seconds when asked to.
@@ -145,7 +129,7 @@ fn php_fpm_stopped_with(signal: i32, control_timeout: bool) -> Result<()> {
     // nginx's clients are nginx's: none of them is PHP-FPM's connection.
     check_verdicts(&report, &seen_all, |_| None)?;
     for port in idle {
-        ensure!(seen(&seen_all, port)?.truth == Truth::Completed);
+        ensure!(seen_of(&seen_all, port)?.truth == Truth::Completed);
     }
     // PHP-FPM's one connection: nginx's FastCGI request for the busy client.
     let fastcgi: Vec<&Connection> = report
@@ -155,7 +139,7 @@ fn php_fpm_stopped_with(signal: i32, control_timeout: bool) -> Result<()> {
         .collect();
     ensure!(fastcgi.len() == 1, "{:?}", report.connections);
     ensure!(outbound(&report).is_empty(), "{:?}", report.connections);
-    let b = seen(&seen_all, busy)?;
+    let b = seen_of(&seen_all, busy)?;
     let first = &report.summary[0];
     if control_timeout {
         // SIGQUIT, bounded by process_control_timeout: the worker finishes the script, the
@@ -320,12 +304,12 @@ fn caddy_stopped_with(signal: i32) -> Result<()> {
     );
     let out = outbound(&report);
     ensure!(out.iter().all(|c| c.remote.port() == UPSTREAM), "{out:?}");
-    let b = seen(&seen_all, busy)?;
+    let b = seen_of(&seen_all, busy)?;
     let first = &report.summary[0];
     if signal == libc::SIGTERM {
         // Graceful: idle clients closed in order, the request in flight answered.
         for port in idle {
-            ensure!(seen(&seen_all, port)?.truth == Truth::EofIdle);
+            ensure!(seen_of(&seen_all, port)?.truth == Truth::EofIdle);
         }
         ensure!(b.truth == Truth::Completed, "{b:?}");
         check_verdicts(&report, &seen_all, |s| {
