@@ -107,6 +107,11 @@ pub const TEST_PACKAGES: &[TestPackage] = &[
               SIGQUIT (scenarios_php_caddy)",
     },
     TestPackage {
+        name: "puma",
+        why: "Puma (Ruby) in cluster mode, SIGTERM drain and worker_shutdown_timeout \
+              (scenarios_puma)",
+    },
+    TestPackage {
         name: "prometheus",
         why: "promtool, to check /metrics",
     },

@@ -1120,10 +1120,19 @@ impl Engine {
             .filter(|&s| s != Signal::KILL)
             .collect();
         // The process that died of a stop signal's default action: the one to name (a
-        // worker, not the master or init that forwarded the signal to it).
+        // worker, not the master or init that forwarded the signal to it). One that had run
+        // its own handler for that signal first did its shutdown and then re-raised the
+        // signal to end with it (Ruby, e.g. Puma's master, after its workers drained): it had
+        // a handler.
+        let handled_first = |pid: u32, signal: Signal| {
+            t.deliveries
+                .iter()
+                .any(|(_, p, sig, d)| p.pid == pid && *sig == signal && *d == Disposition::Handler)
+        };
         let no_handler_exit = t.exits.iter().find(|(_, p, e)| {
             !hook_pids.contains(&p.pid)
-                && matches!(e, ExitStatus::Signaled { signal, .. } if stop_sigs.contains(signal))
+                && matches!(e, ExitStatus::Signaled { signal, .. }
+                    if stop_sigs.contains(signal) && !handled_first(p.pid, *signal))
         });
         let ignored = outside
             .iter()

@@ -833,6 +833,31 @@ fn a_stop_signal_that_never_reached_the_app() {
     assert!(!rep.summary[0].contains("Lengthen"), "{:?}", rep.summary);
 }
 
+/// A process that ran its own handler for SIGTERM, drained, then re-raised SIGTERM to end
+/// with it (Ruby's way, e.g. Puma's master): it had a handler, and nothing was cut.
+#[test]
+fn a_handler_that_re_raises_the_signal_is_a_handler() {
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.feed(delivered(T0 + MS, 15, Disposition::Handler));
+    r.feed(exit(
+        T0 + 2_000 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: Signal::TERM,
+            core_dumped: false,
+        },
+    ));
+    let rep = r.finish(T0 + 2_000 * MS);
+    assert_eq!(rep.outcome, Outcome::Graceful);
+    assert!(!rep.flags.contains(&Flag::NoHandler), "{:?}", rep.flags);
+    assert!(
+        rep.summary[0].starts_with("app (pid 10) took SIGTERM and exited after 2.0 s"),
+        "{:?}",
+        rep.summary
+    );
+}
+
 /// A master that forwards SIGTERM to a worker without a handler: the worker is named.
 #[test]
 fn the_worker_that_had_no_handler_is_named() {
