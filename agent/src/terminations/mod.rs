@@ -40,6 +40,12 @@ use crate::{
     signal::Signal,
 };
 
+/// A process that ran its own handler for a stop signal and died of that signal this long
+/// after or later had a handler: it shut down, then re-raised the signal (Ruby does). Sooner,
+/// the handler only cleaned up (Node.js resets the terminal and re-raises at once): the
+/// default action, in effect.
+const SHUTDOWN_BEFORE_RERAISE_NS: u64 = 100_000_000;
+
 /// kubelet's preStop httpGet request may precede this agent's view of the pod's deletion by
 /// the API watch's delay.
 const HOOK_REQUEST_SLACK_NS: u64 = 1_000_000_000;
@@ -1121,18 +1127,22 @@ impl Engine {
             .collect();
         // The process that died of a stop signal's default action: the one to name (a
         // worker, not the master or init that forwarded the signal to it). One that had run
-        // its own handler for that signal first did its shutdown and then re-raised the
-        // signal to end with it (Ruby, e.g. Puma's master, after its workers drained): it had
-        // a handler.
-        let handled_first = |pid: u32, signal: Signal| {
-            t.deliveries
-                .iter()
-                .any(|(_, p, sig, d)| p.pid == pid && *sig == signal && *d == Disposition::Handler)
+        // its own handler for that signal at least `SHUTDOWN_BEFORE_RERAISE_NS` before dying
+        // of it did a shutdown and then re-raised the signal to end with it (Ruby, e.g.
+        // Puma's master after its workers drained): it had a handler. A handler that re-raises
+        // at once only cleaned up (Node.js resets the terminal): the default action, in effect.
+        let handled_first = |pid: u32, signal: Signal, died: u64| {
+            t.deliveries.iter().any(|(ts, p, sig, d)| {
+                p.pid == pid
+                    && *sig == signal
+                    && *d == Disposition::Handler
+                    && died.saturating_sub(*ts) >= SHUTDOWN_BEFORE_RERAISE_NS
+            })
         };
-        let no_handler_exit = t.exits.iter().find(|(_, p, e)| {
+        let no_handler_exit = t.exits.iter().find(|(ts, p, e)| {
             !hook_pids.contains(&p.pid)
                 && matches!(e, ExitStatus::Signaled { signal, .. }
-                    if stop_sigs.contains(signal) && !handled_first(p.pid, *signal))
+                    if stop_sigs.contains(signal) && !handled_first(p.pid, *signal, *ts))
         });
         let ignored = outside
             .iter()

@@ -856,6 +856,20 @@ fn a_handler_that_re_raises_the_signal_is_a_handler() {
         "{:?}",
         rep.summary
     );
+    // A handler that only cleans up and re-raises at once (Node.js): no handler, in effect.
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.feed(delivered(T0 + MS, 15, Disposition::Handler));
+    r.feed(exit(
+        T0 + 2 * MS,
+        10,
+        ExitStatus::Signaled {
+            signal: Signal::TERM,
+            core_dumped: false,
+        },
+    ));
+    let rep = r.finish(T0 + 2 * MS);
+    assert_eq!(rep.outcome, Outcome::NoHandler);
 }
 
 /// A master that forwards SIGTERM to a worker without a handler: the worker is named.
