@@ -390,8 +390,9 @@ pub mod counter {
     /// `KEPT_CONNS` writes that failed (it was full): the change went through the TCP ring
     /// instead, as an event that counts as lost if the ring cannot take it either.
     pub const KEPT_MAP_FAILED: u32 = 6;
-    /// TCP events of watched connections not sent because the ring was half full or more:
-    /// what they said is in `KEPT_CONNS` (not lost).
+    /// TCP events of watched connections not sent because the ring was half full or more
+    /// (only when the programs stream every state change, [`Config::stream_states`]): what
+    /// they said is in `KEPT_CONNS` (not lost).
     pub const LEFT_TO_KEPT: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
@@ -574,6 +575,12 @@ pub struct Config {
     /// Resets with no socket (e.g. SYN to a closed port) sent to userspace per CPU per second
     /// from netns that are not watched; the rest are only counted.
     pub unowned_reset_rate: u32,
+    /// Non-zero: every state change of a watched connection also goes through the TCP ring
+    /// as it happens, the changes kept in `KEPT_CONNS` included (tests and diagnostics that
+    /// follow each change). Zero (the agent): what a report needs of a connection the kernel
+    /// keeps in its record alone, and the changes it does not need are not looked at.
+    pub stream_states: u32,
+    pub _pad: u32,
     pub kernel: KernelOffsets,
     pub tracepoints: TracepointOffsets,
     pub activity: ActivityOffsets,
@@ -587,6 +594,8 @@ impl Config {
         stop_signal_mask: 0,
         watch_all: 0,
         unowned_reset_rate: 0,
+        stream_states: 0,
+        _pad: 0,
         kernel: KernelOffsets::MISSING,
         tracepoints: TracepointOffsets::MISSING,
         activity: ActivityOffsets::MISSING,

@@ -17,6 +17,10 @@
 //! tracefs. An offset that could not be resolved is `OFFSET_MISSING` and the read is skipped.
 #![no_std]
 #![no_main]
+// The atomic add of `bump_watch_hint`: the bpf target has no `AtomicU64::fetch_add` (it lacks
+// compare-and-swap), but LLVM emits the add itself (BPF_ATOMIC | BPF_ADD) for the intrinsic.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::{
@@ -106,11 +110,33 @@ static CGROUP_STATS: LruPerCpuHashMap<u64, CgroupStats> =
 static LISTEN_PORTS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Whether anything is watched, without a map walk on the hot path:
-/// `[0]` stop-signal watches the kernel made (only the kernel writes it), `[1]` watches
-/// userspace counted in `WATCHED`, `[2]` the value of `[0]` that count includes. Something
-/// may be watched when `[1] > 0` or `[0] != [2]` (a watch made since userspace counted).
+/// `[0]` stop-signal watches the kernel made (only the kernel writes it, adding 1 before and
+/// 1 after each insert into `WATCHED`), `[1]` in its low 32 bits the watches userspace
+/// counted in `WATCHED` and in its high 32 bits userspace's generation (moved before and after
+/// each insert, and after each removal), `[2]` the value of `[0]` that count includes.
+/// Something may be watched when the count is not 0 or `[0] != [2]` (a watch made since
+/// userspace counted). `[0]` plus the generation moves whenever `WATCHED` changes: the
+/// per-CPU [`WATCH_CACHE`] is valid while it stays.
 #[map(name = "WATCH_HINT")]
 static WATCH_HINT: Array<u64> = Array::with_max_entries(3, 0);
+
+/// The last answer of [`is_watched`] on this CPU: a connection's changes come in runs, and
+/// most belong to the cgroup of the change before, so most cost no lookup in `WATCHED`.
+#[map(name = "WATCH_CACHE")]
+static WATCH_CACHE: PerCpuArray<WatchCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`WATCH_CACHE`]'s entry. `check` mixes the watch generation with the cgroup (and holds the
+/// answer in bit 0), so that an entry torn by a program nested on the same CPU (a softirq's
+/// state change inside a process's) does not match the cgroup it would misname.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct WatchCache {
+    cgroup_id: u64,
+    check: u64,
+}
+
+/// Low 32 bits of `WATCH_HINT[1]`: the count; high: userspace's watch generation.
+const HINT_COUNT_MASK: u64 = 0xffff_ffff;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -270,21 +296,64 @@ fn anything_watched() -> bool {
     if cfg!(watch_all) != 0 {
         return true;
     }
-    // SAFETY: plain loads of map values.
-    let slot = |i| {
-        WATCH_HINT
-            .get(i)
-            .map_or(0, |v| unsafe { core::ptr::read_volatile(v) })
-    };
-    slot(1) != 0 || slot(0) != slot(2)
+    hint(1) & HINT_COUNT_MASK != 0 || hint(0) != hint(2)
+}
+
+/// `WATCH_HINT[i]`.
+#[inline(always)]
+fn hint(i: u32) -> u64 {
+    // SAFETY: a plain load of a map value.
+    WATCH_HINT
+        .get(i)
+        .map_or(0, |v| unsafe { core::ptr::read_volatile(v) })
+}
+
+/// [`WatchCache::check`] for `cgroup_id` at watch generation `generation`.
+#[inline(always)]
+fn watch_check(generation: u64, cgroup_id: u64, watched: bool) -> u64 {
+    let mixed = (generation.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ cgroup_id)
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (mixed & !1) | u64::from(watched)
 }
 
 /// Whether `cgroup_id`'s events go to userspace. With nothing watched (the hint says so) no
-/// hash lookup is made: a busy node's state changes cost no map work for it.
-#[inline(always)]
+/// hash lookup is made: a busy node's state changes cost no map work for it; with some
+/// watched, the answer for the cgroup asked last on this CPU is reused until `WATCHED`
+/// changes.
+#[inline(never)]
 fn is_watched(cgroup_id: u64) -> bool {
+    if cfg!(watch_all) != 0 {
+        return true;
+    }
+    let (made, user) = (hint(0), hint(1));
+    if user & HINT_COUNT_MASK == 0 && made == hint(2) {
+        return false;
+    }
+    let generation = made.wrapping_add(user >> 32);
+    let cache = WATCH_CACHE.get_ptr_mut(0);
+    if let Some(c) = cache {
+        // SAFETY: this CPU's slot.
+        let c = unsafe { *c };
+        if c.cgroup_id == cgroup_id {
+            if c.check == watch_check(generation, cgroup_id, true) {
+                return true;
+            }
+            if c.check == watch_check(generation, cgroup_id, false) {
+                return false;
+            }
+        }
+    }
     // SAFETY: the value is only tested for presence.
-    cfg!(watch_all) != 0 || (anything_watched() && unsafe { WATCHED.get(cgroup_id) }.is_some())
+    let watched = unsafe { WATCHED.get(cgroup_id) }.is_some();
+    if let Some(c) = cache {
+        // SAFETY: this CPU's slot; a nested writer at worst leaves an entry that matches
+        // nothing (see `WatchCache`).
+        unsafe {
+            (*c).cgroup_id = cgroup_id;
+            (*c).check = watch_check(generation, cgroup_id, watched);
+        }
+    }
+    watched
 }
 
 /// Applies `update` to the per-CPU counters of `cgroup_id`, creating them on first use.
@@ -399,13 +468,19 @@ fn header(kind: u32, flags: u32, cgroup_id: u64) -> EventHeader {
     }
 }
 
-/// Counts a watch the kernel makes (`WATCH_HINT[0]`).
+/// Counts a watch the kernel makes (`WATCH_HINT[0]`). Atomic: two CPUs making watches at
+/// once must both move it, or a [`WATCH_CACHE`] filled between them would outlive a watch.
 #[inline(always)]
 fn bump_watch_hint() {
     if let Some(made) = WATCH_HINT.get_ptr_mut(0) {
-        // SAFETY: a valid, aligned u64 in the map. Not atomic: two CPUs racing here may add 1
-        // instead of 2, but the value still changes, which is all the hint needs.
-        unsafe { made.write_volatile(made.read_volatile().wrapping_add(1)) };
+        // SAFETY: a valid, aligned u64 in the map, only ever accessed atomically by the
+        // programs (userspace reads it). The result is unused, so this is the plain atomic
+        // add every kernel since 4.x takes (no BPF_FETCH, which 5.10 lacks).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                made, 1,
+            )
+        };
     }
 }
 
@@ -813,6 +888,10 @@ fn is_close(old: u8, new: u8) -> bool {
 fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
     // Written in place in the ring buffer: no copy of the event on the stack.
     let kept = ev_flags & KEPT_IN_MAP != 0;
+    // What its record holds needs no event, unless every change is streamed.
+    if kept && cfg!(stream_states) == 0 {
+        return;
+    }
     let half = ring_half_full();
     if kept && half {
         bump(counter::LEFT_TO_KEPT);
@@ -974,7 +1053,15 @@ fn triage(old: u8, new: u8) -> u8 {
         return SKIP;
     }
     if anything_watched() {
-        return LOOK;
+        // Unless every change is streamed, only those a connection's record keeps (its
+        // close, its end) and a listener's are looked at: the others (the peer's FIN, the
+        // waits that follow a close) say nothing a report needs.
+        let needed = cfg!(stream_states) != 0
+            || is_close(old, new)
+            || new == tcp_state::CLOSE
+            || new == tcp_state::LISTEN
+            || old == tcp_state::LISTEN;
+        return if needed { LOOK } else { SKIP };
     }
     if new == tcp_state::CLOSE {
         return match old {

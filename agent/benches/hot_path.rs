@@ -729,15 +729,20 @@ fn kernel_bench(
         probes.watch(own_cgroup()?)?;
     }
     let mut events = probes.events()?;
-    let mut received = 0usize;
+    let (mut received, mut records) = (0usize, 0usize);
+    // What the agent does on its drain timer: the events, then the kernel's records of
+    // watched connections.
+    let mut drain = |probes: &Probes| {
+        received += events.drain().len();
+        records += probes.take_kept(|_| true).unwrap_or(0);
+    };
     let (before, after) = with_stats(|| {
         let before = probes.program_stats();
-        churn(stats_conns(conns), &mut || received += events.drain().len())
-            .map(|_| (before, probes.program_stats()))
+        churn(stats_conns(conns), &mut || drain(&probes)).map(|_| (before, probes.program_stats()))
     })?;
-    let cost = churn(conns, &mut || received += events.drain().len())?;
+    let cost = churn(conns, &mut || drain(&probes))?;
     std::thread::sleep(Duration::from_millis(200));
-    received += events.drain().len();
+    drain(&probes);
     let churned = conns + stats_conns(conns);
     let mut ns_per_run = None;
     let mut programs = Vec::new();
@@ -763,8 +768,10 @@ fn kernel_bench(
         cost,
         ns_per_run,
         detail: format!(
-            "; hot probe {attach_point}; events to userspace {:.2}/conn, ring lost {}; {}",
+            "; hot probe {attach_point}; events to userspace {:.2}/conn, records {:.2}/conn, \
+             ring lost {}; {}",
             received as f64 / churned as f64,
+            records as f64 / churned as f64,
             probes.counters()?.ringbuf_lost,
             programs.join(", ")
         ),

@@ -500,7 +500,10 @@ pub fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
 }
 
-/// The real probes, loaded for one test, with the events they have seen so far.
+/// The real probes, loaded for one test, with the events they have seen so far: every state
+/// change of a watched connection streamed through the ring ([`LoadOptions::stream_states`]),
+/// as the tests of the kernel's view of each change read them. The agent ([`Agent`]) runs
+/// without it, on the kernel's records of connections.
 pub struct Kernel {
     pub probes: Probes,
     stream: EventStream,
@@ -512,8 +515,13 @@ impl Kernel {
         Self::load_with(&LoadOptions::default())
     }
 
+    /// Loads with `opts`, streaming every state change.
     pub fn load_with(opts: &LoadOptions) -> Result<Self> {
-        let mut probes = Probes::load(opts)?;
+        let opts = LoadOptions {
+            stream_states: true,
+            ..opts.clone()
+        };
+        let mut probes = Probes::load(&opts)?;
         let not_attached: Vec<_> = probes
             .status
             .iter()

@@ -271,6 +271,12 @@ pub struct LoadOptions {
     /// Attach the hot probe's tracepoint program even where its BTF tracepoint
     /// ([`HOT_PROBE_BTF`]) would do: to measure or test the fallback.
     pub tracepoint_hot_probe: bool,
+    /// Send every state change of a watched connection through the TCP ring as it happens
+    /// (tests and diagnostics that follow each change). Off (the agent): the kernel keeps
+    /// what a report needs of each connection in its `KEPT_CONNS` record, taken with
+    /// [`Probes::take_kept`], and sends no event for it; the changes no report needs (the
+    /// peer's FIN, the waits after a close) are not looked at.
+    pub stream_states: bool,
 }
 
 /// The maps pinned under [`LoadOptions::pin_dir`]: what the kernel knows that a restarted
@@ -315,6 +321,7 @@ impl Default for LoadOptions {
             max_kept_connections: 131_072,
             pin_dir: None,
             tracepoint_hot_probe: false,
+            stream_states: false,
         }
     }
 }
@@ -407,6 +414,7 @@ impl KernelSupport {
         }
         config.stop_signal_mask = signal_mask(&opts.stop_signals);
         config.watch_all = u32::from(opts.watch_all);
+        config.stream_states = u32::from(opts.stream_states);
         config.unowned_reset_rate = opts.unowned_reset_rate;
         config
     }
@@ -674,8 +682,13 @@ pub struct Probes {
     /// their next state change, without their direction).
     pub preexisting: Result<usize, String>,
     watch_all: bool,
-    /// What userspace last wrote as the number of watched cgroups (`WATCH_HINT[1]`).
+    /// What userspace last wrote as the number of watched cgroups (`WATCH_HINT[1]`'s low 32
+    /// bits).
     hint_count: u64,
+    /// Userspace's watch generation (`WATCH_HINT[1]`'s high 32 bits), moved at every change
+    /// it makes to `WATCHED`: the programs' per-CPU answer to "is this cgroup watched?" is
+    /// valid while it (and the kernel's own count of watches made) stays.
+    hint_generation: u64,
     pub support: KernelSupport,
     decoder: Decoder,
     /// The maps were found pinned: an earlier agent's watches and connections carry over.
@@ -817,11 +830,14 @@ impl Probes {
             preexisting,
             watch_all: opts.watch_all,
             hint_count: 0,
+            hint_generation: 0,
             support,
             decoder,
             pins_reused: pins.is_some_and(|p| p.reused),
         };
-        // Watches found in pinned maps: the hot probe must know something is watched.
+        // Watches found in pinned maps: the hot probe must know something is watched. The
+        // generation carries on from the pinned value.
+        probes.hint_generation = probes.hint()?.get(&1, 0).unwrap_or(0) >> 32;
         probes.watched_cgroups()?;
         Ok(probes)
     }
@@ -880,10 +896,22 @@ impl Probes {
         let watched: Vec<_> = self.watched()?.iter().filter_map(Result::ok).collect();
         let count = watched.len() as u64;
         // The count first, then what it includes: in between, a new watch still shows.
-        self.set_hint(1, count)?;
-        self.set_hint(2, made)?;
         self.hint_count = count;
+        self.write_user_hint()?;
+        self.set_hint(2, made)?;
         Ok(watched)
+    }
+
+    /// Writes `WATCH_HINT[1]`: the count and the generation.
+    fn write_user_hint(&mut self) -> Result<(), ProbeError> {
+        let value = ((self.hint_generation & 0xffff_ffff) << 32) | self.hint_count.min(0xffff_ffff);
+        self.set_hint(1, value)
+    }
+
+    /// Moves the generation and writes it with the count.
+    fn next_generation(&mut self) -> Result<(), ProbeError> {
+        self.hint_generation = self.hint_generation.wrapping_add(1);
+        self.write_user_hint()
     }
 
     fn hint(&mut self) -> Result<Array<&mut MapData, u64>, ProbeError> {
@@ -927,20 +955,26 @@ impl Probes {
         // The hot probe looks at `WATCHED` only while the hint says something may be
         // watched: the hint goes up first, so that no state change of this cgroup is missed
         // between the two writes. A failed insert leaves the hint one too high until the
-        // next count (which only costs the probe a lookup).
+        // next count (which only costs the probe a lookup). The generation moves again after
+        // the insert: an answer a CPU cached in between is not kept.
         self.hint_count += 1;
-        self.set_hint(1, self.hint_count)?;
-        self.watched()?
+        self.next_generation()?;
+        let inserted = self
+            .watched()?
             .insert(cgroup_id, entry, 0)
             .map_err(|source| ProbeError::Map {
                 name: names::WATCHED,
                 source,
-            })
+            });
+        self.next_generation()?;
+        inserted
     }
 
     /// Stops sending this cgroup's events (a missing entry is not an error).
     pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        removed_or_missing(names::WATCHED, self.watched()?.remove(&cgroup_id))
+        let removed = removed_or_missing(names::WATCHED, self.watched()?.remove(&cgroup_id));
+        self.next_generation()?;
+        removed
     }
 
     /// Stops sending this network namespace's socket-less resets unconditionally (they are

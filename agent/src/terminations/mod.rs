@@ -744,9 +744,24 @@ impl Engine {
     /// `false` when no termination of its cgroup is open (nothing to add it to).
     pub fn on_kept(&mut self, k: &KeptConnection) -> bool {
         let key = self.key(k.cgroup_id);
+        if !self.open.contains_key(&key) {
+            return false;
+        }
+        // What a state event would say of the namespace: the container had a socket there
+        // at the record's last change.
+        let last_ns = k
+            .closed_ns
+            .or(k.close.as_ref().map(|c| c.ts_ns))
+            .unwrap_or(k.established_ns);
+        if last_ns != 0 {
+            self.note_netns_use(key, k.netns, last_ns, &mut |_| None);
+        }
         let Some(t) = self.open.get_mut(&key) else {
             return false;
         };
+        if t.netns == 0 {
+            t.netns = k.netns;
+        }
         if k.flags.inbound {
             t.learn_listen_addr(k.addrs.local);
         }
