@@ -767,7 +767,7 @@ mod tests {
         assert_eq!(size_of::<KernelOffsets>(), 28 * 4);
         assert_eq!(
             size_of::<Config>(),
-            24 + size_of::<KernelOffsets>()
+            32 + size_of::<KernelOffsets>()
                 + size_of::<TracepointOffsets>()
                 + size_of::<ActivityOffsets>()
                 + size_of::<LegacyOffsets>()
