@@ -39,7 +39,9 @@ impl Pins {
 }
 
 /// Bumped when a pinned map's entries change meaning at the same size (1: `WATCHED_NETNS`
-/// holds the namespace's cookie, no longer the time it was watched).
+/// holds the namespace's cookie, no longer the time it was watched). `WATCH_HINT[1]` gaining
+/// the watch generation in its high 32 bits needed no bump: an older agent's value reads as
+/// generation 0, and an older agent reading a newer value only looks `WATCHED` up more often.
 const LAYOUT_REVISION: u32 = 1;
 
 /// The subdirectory name for this build's map layout.
