@@ -317,19 +317,17 @@ fn watch_check(generation: u64, cgroup_id: u64, watched: bool) -> u64 {
 }
 
 /// Whether `cgroup_id`'s events go to userspace. With nothing watched (the hint says so) no
-/// hash lookup is made: a busy node's state changes cost no map work for it; with some
-/// watched, the answer for the cgroup asked last on this CPU is reused until `WATCHED`
-/// changes.
-#[inline(never)]
+/// hash lookup is made: a busy node's state changes cost no map work for it.
+#[inline(always)]
 fn is_watched(cgroup_id: u64) -> bool {
-    if cfg!(watch_all) != 0 {
-        return true;
-    }
-    let (made, user) = (hint(0), hint(1));
-    if user & HINT_COUNT_MASK == 0 && made == hint(2) {
-        return false;
-    }
-    let generation = made.wrapping_add(user >> 32);
+    cfg!(watch_all) != 0 || (anything_watched() && in_watched(cgroup_id))
+}
+
+/// Whether `cgroup_id` is in `WATCHED`: the answer for the cgroup asked last on this CPU is
+/// reused until `WATCHED` changes (the watch generation moves).
+#[inline(never)]
+fn in_watched(cgroup_id: u64) -> bool {
+    let generation = hint(0).wrapping_add(hint(1) >> 32);
     let cache = WATCH_CACHE.get_ptr_mut(0);
     if let Some(c) = cache {
         // SAFETY: this CPU's slot.
@@ -947,8 +945,14 @@ fn keep(sk: u64, conn: &LiveConn, old: u8, new: u8, reset_reason: u32) -> u32 {
     };
     // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
     let rec = unsafe { &mut *rec };
-    // SAFETY: a plain copy of the map value.
-    match unsafe { KEPT_CONNS.get(id) } {
+    // A connection just established has a fresh id: no record to look up.
+    let prev = if is_established(old, new) {
+        None
+    } else {
+        // SAFETY: a plain copy of the map value.
+        unsafe { KEPT_CONNS.get(id) }
+    };
+    match prev {
         Some(prev) => *rec = *prev,
         None => {
             rec.conn = *conn;

@@ -464,6 +464,17 @@ pub struct KeptConnection {
     pub reset_reason: Option<String>,
 }
 
+impl KeptConnection {
+    /// When the record last changed, as far as it says (boot ns; 0 when it has no time:
+    /// a connection older than the programs, not closed yet).
+    pub fn last_change_ns(&self) -> u64 {
+        let close = self.close.as_ref().map_or(0, |c| c.ts_ns);
+        self.established_ns
+            .max(close)
+            .max(self.closed_ns.unwrap_or(0))
+    }
+}
+
 /// A decoded event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -42,6 +42,21 @@ struct KubeSide {
     pod_reports: Vec<PodTerminationReport>,
 }
 
+/// How long a record of a connection whose cgroup has no termination in progress is left in
+/// `KEPT_CONNS` after its last change: the stop signal that opens the termination may be on
+/// its way (it reaches the agent through its own ring, and records are taken right after
+/// each batch of events), and a cgroup the kernel watched before the signal
+/// (`--watch-cgroup`) is not among those a stop signal's watch marks.
+const RECENT_RECORD_NS: u64 = 1_000_000_000;
+
+/// Whether a record of a connection whose cgroup has no termination in progress stays for a
+/// later take rather than being reaped: its cgroup's termination opens within moments (the
+/// kernel began watching it on a stop signal), or it changed less than [`RECENT_RECORD_NS`]
+/// ago.
+fn leave_for_later(stop_signal_watch: bool, last_change_ns: u64, now_ns: u64) -> bool {
+    stop_signal_watch || now_ns.saturating_sub(last_change_ns) < RECENT_RECORD_NS
+}
+
 pub struct Pipeline {
     probes: Probes,
     engine: Engine,
@@ -125,7 +140,7 @@ impl Pipeline {
     /// into the terminations in progress, and deletes it from the map; records of cgroups
     /// with no termination in progress are deleted too (counted as reaped), except those of a
     /// cgroup the kernel began watching on a stop signal, whose termination opens within
-    /// moments. Cheap when nothing was written: call it after every batch of events and on
+    /// moments, and those that changed within the last second ([`leave_for_later`]). Cheap when nothing was written: call it after every batch of events and on
     /// the drain timer.
     pub fn take_kept(&mut self) -> Result<(), ProbeError> {
         let written = self.probes.kept_written()?;
@@ -155,6 +170,7 @@ impl Pipeline {
         let decoder = probes.decoder();
         let mut left = 0;
         let mut journalled: HashMap<u64, Vec<KeptConnection>> = HashMap::new();
+        let now = clock::boot_ns();
         probes.take_kept(|rec| {
             let k = decoder.kept(rec);
             if engine.on_kept(&k) {
@@ -163,7 +179,7 @@ impl Pipeline {
                     journalled.entry(k.cgroup_id).or_default().push(k);
                 }
                 true
-            } else if soon.contains(&k.cgroup_id) {
+            } else if leave_for_later(soon.contains(&k.cgroup_id), k.last_change_ns(), now) {
                 left += 1;
                 false
             } else {
@@ -878,5 +894,27 @@ fn open_connection(c: &LiveConn) -> OpenConnection {
         remote: addrs.remote,
         inbound: c.flags & flags::INBOUND != 0,
         established_ns: c.established_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_record_of_no_termination_waits_while_recent_or_announced() {
+        let now = 100 * S;
+        // Closed 10 ms ago in a cgroup watched by configuration: its stop signal may not be
+        // handled yet.
+        assert!(leave_for_later(false, now - S / 100, now));
+        // Older than the window, and no stop signal's watch: reaped.
+        assert!(!leave_for_later(false, now - 2 * S, now));
+        assert!(!leave_for_later(false, 0, now));
+        // A stop signal's watch with no termination yet: kept, however old.
+        assert!(leave_for_later(true, now - 60 * S, now));
+        // A clock read before the record's change (another CPU): recent.
+        assert!(leave_for_later(false, now + 5, now));
     }
 }

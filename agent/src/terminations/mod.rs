@@ -749,10 +749,7 @@ impl Engine {
         }
         // What a state event would say of the namespace: the container had a socket there
         // at the record's last change.
-        let last_ns = k
-            .closed_ns
-            .or(k.close.as_ref().map(|c| c.ts_ns))
-            .unwrap_or(k.established_ns);
+        let last_ns = k.last_change_ns();
         if last_ns != 0 {
             self.note_netns_use(key, k.netns, last_ns, &mut |_| None);
         }
