@@ -71,6 +71,13 @@ fn main() {
         Config::EmptyProgram,
         Config::LibbpfTools,
     ];
+    // `TERMSCOPE_BENCH_ONLY=watched`: only the configurations whose label contains it (e.g.
+    // to profile one with `perf record`).
+    let only = std::env::var("TERMSCOPE_BENCH_ONLY").unwrap_or_default();
+    let configs: Vec<Config> = configs
+        .into_iter()
+        .filter(|c| c.label().contains(only.as_str()))
+        .collect();
     let mut results: Vec<RunResult> = Vec::new();
     let mut unavailable: Vec<(Config, String)> = Vec::new();
     println!(
