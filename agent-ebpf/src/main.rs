@@ -956,9 +956,9 @@ fn keep(sk: u64, conn: &LiveConn, old: u8, new: u8, reset_reason: u32) -> u32 {
         // One helper call copies the record: a plain assignment compiles to a byte loop
         // (the BPF build's `memmove`), several times dearer for its 128 bytes.
         Some(prev) => {
-            // SAFETY: both are valid `KeptConn`s (this CPU's scratch slot and a map value);
-            // on a failed read (none expected) the merge goes on from what the slot held,
-            // and at worst the record loses an older fact, never reads out of bounds.
+            // SAFETY: both are valid `KeptConn`s (this CPU's scratch slot and a map value).
+            // A failed read (none expected) fails the keep, as a full map does: the caller
+            // then sends the change through the ring.
             let copied = unsafe {
                 aya_ebpf::helpers::generated::bpf_probe_read_kernel(
                     (rec as *mut KeptConn).cast(),

@@ -140,8 +140,8 @@ impl Pipeline {
     /// into the terminations in progress, and deletes it from the map; records of cgroups
     /// with no termination in progress are deleted too (counted as reaped), except those of a
     /// cgroup the kernel began watching on a stop signal, whose termination opens within
-    /// moments, and those that changed within the last second ([`leave_for_later`]). Cheap when nothing was written: call it after every batch of events and on
-    /// the drain timer.
+    /// moments, and those that changed within the last second ([`leave_for_later`]). Cheap
+    /// when nothing was written: call it after every batch of events and on the drain timer.
     pub fn take_kept(&mut self) -> Result<(), ProbeError> {
         let written = self.probes.kept_written()?;
         if written == self.kept_seen && self.kept_left == 0 {
