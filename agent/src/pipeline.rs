@@ -89,8 +89,9 @@ pub struct Pipeline {
     members: HashMap<u64, Vec<u64>>,
     /// The kernel's count of records written to `KEPT_CONNS` when they were last taken.
     kept_seen: u64,
-    /// Records left in `KEPT_CONNS` at the last take (their termination was about to open).
-    kept_left: usize,
+    /// Records taken from `KEPT_CONNS` whose termination was not open yet but about to open
+    /// ([`leave_for_later`]): offered to the engine again at each take, reaped once too old.
+    kept_pending: Vec<KeptConnection>,
     /// What was done with the kernel's records of watched connections.
     kept: KeptStats,
 }
@@ -126,7 +127,7 @@ impl Pipeline {
             replay_identities: HashMap::new(),
             members: HashMap::new(),
             kept_seen: 0,
-            kept_left: 0,
+            kept_pending: Vec::new(),
             kept: KeptStats::default(),
         }
     }
@@ -137,57 +138,54 @@ impl Pipeline {
     }
 
     /// Takes what the kernel kept of watched connections (`KEPT_CONNS`) since the last call
-    /// into the terminations in progress, and deletes it from the map; records of cgroups
-    /// with no termination in progress are deleted too (counted as reaped), except those of a
+    /// (read and deleted in one step) into the terminations in progress; records of cgroups
+    /// with no termination in progress are dropped (counted as reaped), except those of a
     /// cgroup the kernel began watching on a stop signal, whose termination opens within
-    /// moments, and those that changed within the last second ([`leave_for_later`]). Cheap
-    /// when nothing was written: call it after every batch of events and on the drain timer.
+    /// moments, and those that changed within the last second ([`leave_for_later`]): the
+    /// agent holds these and offers them again at the next calls. Cheap when nothing was
+    /// written and nothing is held: call it after every batch of events and on the drain
+    /// timer.
     pub fn take_kept(&mut self) -> Result<(), ProbeError> {
         let written = self.probes.kept_written()?;
-        if written == self.kept_seen && self.kept_left == 0 {
+        if written == self.kept_seen && self.kept_pending.is_empty() {
             return Ok(());
         }
-        // Read before the walk: a record written during it makes the next call walk again.
-        self.kept_seen = written;
-        let soon: HashSet<u64> = self
-            .probes
-            .watched_cgroups()?
-            .into_iter()
-            .filter(|(cg, e)| {
-                e.reason == watch_reason::STOP_SIGNAL
-                    && !self.engine.is_open(*cg)
-                    && !self.explicit.contains(cg)
-            })
-            .map(|(cg, _)| cg)
-            .collect();
-        let Pipeline {
-            probes,
-            engine,
-            journal,
-            kept,
-            ..
-        } = self;
-        let decoder = probes.decoder();
-        let mut left = 0;
-        let mut journalled: HashMap<u64, Vec<KeptConnection>> = HashMap::new();
+        // Read before the take: a record written during it makes the next call take again.
+        let mut records = std::mem::take(&mut self.kept_pending);
+        if written != self.kept_seen {
+            self.kept_seen = written;
+            let decoder = self.probes.decoder();
+            self.probes
+                .take_kept(|rec| records.push(decoder.kept(rec)))?;
+        }
+        let soon: HashSet<u64> = if records.is_empty() {
+            HashSet::new()
+        } else {
+            self.probes
+                .watched_cgroups()?
+                .into_iter()
+                .filter(|(cg, e)| {
+                    e.reason == watch_reason::STOP_SIGNAL
+                        && !self.engine.is_open(*cg)
+                        && !self.explicit.contains(cg)
+                })
+                .map(|(cg, _)| cg)
+                .collect()
+        };
         let now = clock::boot_ns();
-        probes.take_kept(|rec| {
-            let k = decoder.kept(rec);
-            if engine.on_kept(&k) {
-                kept.taken += 1;
-                if journal.is_some() {
+        let mut journalled: HashMap<u64, Vec<KeptConnection>> = HashMap::new();
+        for k in records {
+            if self.engine.on_kept(&k) {
+                self.kept.taken += 1;
+                if self.journal.is_some() {
                     journalled.entry(k.cgroup_id).or_default().push(k);
                 }
-                true
             } else if leave_for_later(soon.contains(&k.cgroup_id), k.last_change_ns(), now) {
-                left += 1;
-                false
+                self.kept_pending.push(k);
             } else {
-                kept.reaped += 1;
-                true
+                self.kept.reaped += 1;
             }
-        })?;
-        self.kept_left = left;
+        }
         for (cgroup_id, conns) in journalled {
             self.journal(Record::Kept { cgroup_id, conns });
         }

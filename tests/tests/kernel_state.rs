@@ -440,14 +440,13 @@ fn a_reload_signal_keeps_an_explicit_watch() -> Result<()> {
     );
 
     // Still watched in fact: the kernel keeps a record of the cgroup's next connection for
-    // userspace (read here before the pipeline's next take).
+    // userspace (taken here, before the pipeline's next take).
     service.signal(libc::SIGCONT)?;
     service.expect_line("connected")?;
     let (_accepted, _) = peer.accept()?;
     let mut kept = false;
     agent.pipeline.probes().take_kept(|rec| {
         kept |= rec.conn.cgroup_id == cg.id && rec.conn.tuple.remote_port == peer_port;
-        false
     })?;
     assert!(
         kept,

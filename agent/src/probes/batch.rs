@@ -1,7 +1,7 @@
-//! Walking and trimming a kernel hash map in batches (`BPF_MAP_LOOKUP_BATCH`,
-//! `BPF_MAP_DELETE_BATCH`, Linux 5.6+): thousands of entries per system call instead of two
-//! system calls per entry, and no copy of the whole map in memory — the caller looks at one
-//! batch at a time.
+//! Walking and taking a kernel hash map in batches (`BPF_MAP_LOOKUP_BATCH`,
+//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH`, Linux 5.6+): thousands of entries
+//! per system call instead of two system calls per entry, and no copy of the whole map in
+//! memory — the caller looks at one batch at a time.
 
 use std::{
     io,
@@ -10,7 +10,7 @@ use std::{
 
 /// `enum bpf_cmd`.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -52,6 +52,24 @@ pub const CHUNK: usize = 4096;
 /// or may not be seen; none is seen twice.
 pub fn for_each<K: Copy + Default, V: Copy + Default>(
     fd: BorrowedFd<'_>,
+    f: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
+    walk(fd, BPF_MAP_LOOKUP_BATCH, f)
+}
+
+/// Like [`for_each`], and deletes each entry as it is read, in the same step under the
+/// kernel's lock of its bucket: an entry a program rewrites meanwhile is either read whole
+/// and deleted, or left whole for the next call — never deleted unread.
+pub fn take_each<K: Copy + Default, V: Copy + Default>(
+    fd: BorrowedFd<'_>,
+    f: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
+    walk(fd, BPF_MAP_LOOKUP_AND_DELETE_BATCH, f)
+}
+
+fn walk<K: Copy + Default, V: Copy + Default>(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_long,
     mut f: impl FnMut(&[K], &[V]),
 ) -> io::Result<()> {
     let mut keys = vec![K::default(); CHUNK];
@@ -69,7 +87,7 @@ pub fn for_each<K: Copy + Default, V: Copy + Default>(
             count: CHUNK as u32,
             ..BatchAttr::default()
         };
-        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let r = bpf(cmd, &mut attr);
         let n = (attr.count as usize).min(CHUNK);
         match r {
             Ok(()) => {}
@@ -83,32 +101,4 @@ pub fn for_each<K: Copy + Default, V: Copy + Default>(
         token[0] = token[1];
         first = false;
     }
-}
-
-/// Deletes `keys` from the hash map `fd`; a key already gone is skipped. Returns how many
-/// were deleted.
-pub fn delete<K: Copy>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
-    let mut deleted = 0;
-    let mut rest = keys;
-    while !rest.is_empty() {
-        let take = rest.len().min(CHUNK);
-        let mut attr = BatchAttr {
-            map_fd: fd.as_raw_fd() as u32,
-            keys: rest.as_ptr() as u64,
-            count: take as u32,
-            ..BatchAttr::default()
-        };
-        let r = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
-        let done = (attr.count as usize).min(take);
-        deleted += done;
-        match r {
-            Ok(()) => rest = &rest[take..],
-            // The key at `done` is not there (taken meanwhile): skip it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                rest = rest.get(done + 1..).unwrap_or_default();
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(deleted)
 }

@@ -1124,26 +1124,27 @@ impl Probes {
         })
     }
 
-    /// Takes what the kernel keeps of watched connections (`KEPT_CONNS`): `f` says of each
-    /// record whether it is done with (deleted from the map) or to be left for later. Returns
-    /// how many were deleted.
-    pub fn take_kept(&self, mut f: impl FnMut(&KeptConn) -> bool) -> Result<usize, ProbeError> {
+    /// Takes what the kernel keeps of watched connections (`KEPT_CONNS`): every record is
+    /// read and deleted in one step (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`) and handed to `f`.
+    /// Read then deleted in two steps, a record the programs rewrote in between (a
+    /// connection's CLOSE right after its close) would be deleted unread; taken in one, the
+    /// programs' next write of that connection starts a new record. Returns how many were
+    /// taken.
+    pub fn take_kept(&self, mut f: impl FnMut(&KeptConn)) -> Result<usize, ProbeError> {
         let data = self.hash_map_data(names::KEPT_CONNS)?;
         let fd = data.fd().as_fd();
-        let err = |source| ProbeError::Batch {
-            name: names::KEPT_CONNS,
-            source,
-        };
-        let mut done = Vec::new();
-        batch::for_each::<u64, KeptConn>(fd, |keys, values| {
-            for (k, v) in keys.iter().zip(values) {
-                if f(v) {
-                    done.push(*k);
-                }
+        let mut taken = 0;
+        batch::take_each::<u64, KeptConn>(fd, |_, values| {
+            for v in values {
+                f(v);
+                taken += 1;
             }
         })
-        .map_err(err)?;
-        batch::delete(fd, &done).map_err(err)
+        .map_err(|source| ProbeError::Batch {
+            name: names::KEPT_CONNS,
+            source,
+        })?;
+        Ok(taken)
     }
 }
 
