@@ -150,42 +150,53 @@ impl Pipeline {
         if written == self.kept_seen && self.kept_pending.is_empty() {
             return Ok(());
         }
-        // Read before the take: a record written during it makes the next call take again.
-        let mut records = std::mem::take(&mut self.kept_pending);
-        if written != self.kept_seen {
-            self.kept_seen = written;
-            let decoder = self.probes.decoder();
-            self.probes
-                .take_kept(|rec| records.push(decoder.kept(rec)))?;
-        }
-        let soon: HashSet<u64> = if records.is_empty() {
-            HashSet::new()
-        } else {
-            self.probes
-                .watched_cgroups()?
-                .into_iter()
-                .filter(|(cg, e)| {
-                    e.reason == watch_reason::STOP_SIGNAL
-                        && !self.engine.is_open(*cg)
-                        && !self.explicit.contains(cg)
-                })
-                .map(|(cg, _)| cg)
-                .collect()
-        };
+        let soon: HashSet<u64> = self
+            .probes
+            .watched_cgroups()?
+            .into_iter()
+            .filter(|(cg, e)| {
+                e.reason == watch_reason::STOP_SIGNAL
+                    && !self.engine.is_open(*cg)
+                    && !self.explicit.contains(cg)
+            })
+            .map(|(cg, _)| cg)
+            .collect();
         let now = clock::boot_ns();
+        let Pipeline {
+            probes,
+            engine,
+            journal,
+            kept,
+            kept_pending,
+            kept_seen,
+            ..
+        } = self;
+        let journal_on = journal.is_some();
         let mut journalled: HashMap<u64, Vec<KeptConnection>> = HashMap::new();
-        for k in records {
-            if self.engine.on_kept(&k) {
-                self.kept.taken += 1;
-                if self.journal.is_some() {
+        let mut held = Vec::new();
+        // Each record straight into the engine as it is taken: no list of them all.
+        let mut offer = |k: KeptConnection| {
+            if engine.on_kept(&k) {
+                kept.taken += 1;
+                if journal_on {
                     journalled.entry(k.cgroup_id).or_default().push(k);
                 }
             } else if leave_for_later(soon.contains(&k.cgroup_id), k.last_change_ns(), now) {
-                self.kept_pending.push(k);
+                held.push(k);
             } else {
-                self.kept.reaped += 1;
+                kept.reaped += 1;
             }
+        };
+        for k in std::mem::take(kept_pending) {
+            offer(k);
         }
+        if written != *kept_seen {
+            // Read before the take: a record written during it makes the next call take again.
+            *kept_seen = written;
+            let decoder = probes.decoder();
+            probes.take_kept(|rec| offer(decoder.kept(rec)))?;
+        }
+        self.kept_pending = held;
         for (cgroup_id, conns) in journalled {
             self.journal(Record::Kept { cgroup_id, conns });
         }
