@@ -190,17 +190,20 @@ impl Pipeline {
         for k in std::mem::take(kept_pending) {
             offer(k);
         }
-        if written != *kept_seen {
+        let taken = if written != *kept_seen {
             // Read before the take: a record written during it makes the next call take again.
             *kept_seen = written;
             let decoder = probes.decoder();
-            probes.take_kept(|rec| offer(decoder.kept(rec)))?;
-        }
+            probes.take_kept(|rec| offer(decoder.kept(rec)))
+        } else {
+            Ok(0)
+        };
+        // Whatever the take did before an error is kept: those records are out of the map.
         self.kept_pending = held;
         for (cgroup_id, conns) in journalled {
             self.journal(Record::Kept { cgroup_id, conns });
         }
-        Ok(())
+        taken.map(|_| ())
     }
 
     /// Whether a termination in progress is due to be reported now: the agent calls
