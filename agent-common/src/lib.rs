@@ -109,6 +109,39 @@ pub mod watch_reason {
     pub const STOP_SIGNAL: u32 = 2;
 }
 
+/// The slots of `WATCH_HINT` (three `u64`) and the packing of userspace's word, shared by
+/// the programs that read it and the userspace that writes it.
+pub mod watch_hint {
+    /// Stop-signal watches the kernel made (only the kernel writes it).
+    pub const KERNEL_MADE: u32 = 0;
+    /// Userspace's word: the watches it counted (low 32 bits), its generation (high 32).
+    pub const USER: u32 = 1;
+    /// The value of [`KERNEL_MADE`] userspace's count includes.
+    pub const USER_SAW: u32 = 2;
+    /// The count's bits in [`USER`]'s word.
+    pub const COUNT_MASK: u64 = 0xffff_ffff;
+
+    /// [`USER`]'s word for a generation and a count (saturated at 32 bits).
+    pub const fn user_word(generation: u64, count: u64) -> u64 {
+        let count = if count > COUNT_MASK {
+            COUNT_MASK
+        } else {
+            count
+        };
+        ((generation & COUNT_MASK) << 32) | count
+    }
+
+    /// The count in [`USER`]'s word.
+    pub const fn count(word: u64) -> u64 {
+        word & COUNT_MASK
+    }
+
+    /// The generation in [`USER`]'s word.
+    pub const fn generation(word: u64) -> u64 {
+        word >> 32
+    }
+}
+
 /// The first bytes of every event in the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -787,5 +820,16 @@ mod tests {
             assert_eq!(size % 8, 0, "size {size} is not a multiple of 8");
         }
         assert_eq!(align_of::<Config>(), 8);
+    }
+
+    #[test]
+    fn the_watch_hint_word_holds_generation_and_count() {
+        use super::watch_hint::{count, generation, user_word};
+        let w = user_word(7, 3);
+        assert_eq!((generation(w), count(w)), (7, 3));
+        // The generation wraps at 32 bits; the count saturates rather than reading 0.
+        let w = user_word((1 << 32) + 5, 1 << 40);
+        assert_eq!((generation(w), count(w)), (5, 0xffff_ffff));
+        assert_ne!(count(user_word(0, 1 << 32)), 0);
     }
 }

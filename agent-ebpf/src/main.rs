@@ -37,7 +37,7 @@ use termscope_common::{
     CgroupStats, Config, EventHeader, ExecEvent, ExitEvent, FILENAME_LEN, KeptConn, LiveConn,
     OFFSET_MISSING, RESET_RECEIVED, RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent,
     SockActivity, TcpResetEvent, TcpStateEvent, Tuple, WatchEntry, counter, feature, flags, kind,
-    tcp_state, watch_reason,
+    tcp_state, watch_hint, watch_reason,
 };
 
 /// Written by userspace at load time (`EbpfLoader::override_global`).
@@ -134,9 +134,6 @@ struct WatchCache {
     cgroup_id: u64,
     check: u64,
 }
-
-/// Low 32 bits of `WATCH_HINT[1]`: the count; high: userspace's watch generation.
-const HINT_COUNT_MASK: u64 = 0xffff_ffff;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -296,7 +293,8 @@ fn anything_watched() -> bool {
     if cfg!(watch_all) != 0 {
         return true;
     }
-    hint(1) & HINT_COUNT_MASK != 0 || hint(0) != hint(2)
+    watch_hint::count(hint(watch_hint::USER)) != 0
+        || hint(watch_hint::KERNEL_MADE) != hint(watch_hint::USER_SAW)
 }
 
 /// `WATCH_HINT[i]`.
@@ -327,7 +325,8 @@ fn is_watched(cgroup_id: u64) -> bool {
 /// reused until `WATCHED` changes (the watch generation moves).
 #[inline(never)]
 fn in_watched(cgroup_id: u64) -> bool {
-    let generation = hint(0).wrapping_add(hint(1) >> 32);
+    let generation =
+        hint(watch_hint::KERNEL_MADE).wrapping_add(watch_hint::generation(hint(watch_hint::USER)));
     let cache = WATCH_CACHE.get_ptr_mut(0);
     if let Some(c) = cache {
         // SAFETY: this CPU's slot.
@@ -470,7 +469,7 @@ fn header(kind: u32, flags: u32, cgroup_id: u64) -> EventHeader {
 /// once must both move it, or a [`WATCH_CACHE`] filled between them would outlive a watch.
 #[inline(always)]
 fn bump_watch_hint() {
-    if let Some(made) = WATCH_HINT.get_ptr_mut(0) {
+    if let Some(made) = WATCH_HINT.get_ptr_mut(watch_hint::KERNEL_MADE) {
         // SAFETY: a valid, aligned u64 in the map, only ever accessed atomically by the
         // programs (userspace reads it). The result is unused, so this is the plain atomic
         // add every kernel since 4.x takes (no BPF_FETCH, which 5.10 lacks).
@@ -879,6 +878,15 @@ fn is_close(old: u8, new: u8) -> bool {
         )
 }
 
+/// Whether a watched connection's change goes through the TCP ring: when its record in
+/// `KEPT_CONNS` does not hold it (`kept` without `KEPT_IN_MAP`: a map failure, or a change no
+/// record keeps), or when every change is streamed. Asked before the event's flags are
+/// gathered: a change its record holds costs nothing more.
+#[inline(always)]
+fn goes_to_ring(kept: u32) -> bool {
+    kept & KEPT_IN_MAP == 0 || cfg!(stream_states) != 0
+}
+
 /// Sends a state change of `conn` (its id, cgroup, start, addresses, namespace). A
 /// subprogram of its own (BPF-to-BPF call) that writes the event straight into the ring
 /// buffer: with the callers' frames, the probe's stack stays within 512 bytes on every kernel.
@@ -886,10 +894,6 @@ fn is_close(old: u8, new: u8) -> bool {
 fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
     // Written in place in the ring buffer: no copy of the event on the stack.
     let kept = ev_flags & KEPT_IN_MAP != 0;
-    // What its record holds needs no event, unless every change is streamed.
-    if kept && cfg!(stream_states) == 0 {
-        return;
-    }
     let half = ring_half_full();
     if kept && half {
         bump(counter::LEFT_TO_KEPT);
@@ -1174,13 +1178,15 @@ fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
         } else {
             0
         };
-        emit_state(
-            ev_flags | kept | in_owner_task(cgroup_id),
-            &live,
-            sk,
-            old,
-            new,
-        );
+        if goes_to_ring(kept) {
+            emit_state(
+                ev_flags | kept | in_owner_task(cgroup_id),
+                &live,
+                sk,
+                old,
+                new,
+            );
+        }
     }
 }
 
@@ -1257,14 +1263,16 @@ fn on_known_connection(sk: u64, live: *mut LiveConn, old: u8, new: u8) {
     if is_watched(cgroup_id) {
         // The changes a report needs are kept in `KEPT_CONNS`; the others say nothing it
         // needs. Either way the event goes through the ring only while it has room.
-        let mut ev_flags = if is_close(old, new) || new == tcp_state::CLOSE {
+        let kept = if is_close(old, new) || new == tcp_state::CLOSE {
             keep(sk, live, old, new, 0)
         } else {
             KEPT_IN_MAP
         };
-        ev_flags |= live.flags | in_owner_task(cgroup_id);
-        // Sent before the entry may go below (read from the map, no copy on the stack).
-        emit_state(ev_flags, live, sk, old, new);
+        if goes_to_ring(kept) {
+            let ev_flags = kept | live.flags | in_owner_task(cgroup_id);
+            // Sent before the entry may go below (read from the map, no copy on the stack).
+            emit_state(ev_flags, live, sk, old, new);
+        }
     }
     if new == tcp_state::CLOSE {
         // The close transition: the connection leaves the kernel's state here.

@@ -203,19 +203,32 @@ fn supervisord_stopped_by_the_runtime_escalates_to_sigkill() -> Result<()> {
         waited >= (STOPWAITSECS * 1000 - 100) as f64,
         "SIGKILL {waited} ms after TERM"
     );
-    assert!(rep.timeline.iter().any(|s| s.what == StepKind::Handler
-        && s.detail.contains(&format!(
-            "(pid {}): its own handler took SIGTERM",
-            prog.target.pid
-        ))));
+    assert!(
+        rep.timeline.iter().any(|s| s.what == StepKind::Handler
+            && s.detail.contains(&format!(
+                "(pid {}): its own handler took SIGTERM",
+                prog.target.pid
+            ))),
+        "no handler step for pid {}: {:?}",
+        prog.target.pid,
+        rep.timeline
+    );
     // The program died of the SIGKILL; supervisord exited on its own.
-    assert!(rep.exits.iter().any(|e| e.pid == prog.target.pid
-        && e.how == ExitHow::Signaled
-        && e.signal == Some(Signal::KILL)));
+    assert!(
+        rep.exits.iter().any(|e| e.pid == prog.target.pid
+            && e.how == ExitHow::Signaled
+            && e.signal == Some(Signal::KILL)),
+        "pid {} not killed: {:?}",
+        prog.target.pid,
+        rep.exits
+    );
     assert!(
         rep.exits
             .iter()
-            .any(|e| e.pid == r.supervisord && e.how == ExitHow::Exited)
+            .any(|e| e.pid == r.supervisord && e.how == ExitHow::Exited),
+        "supervisord (pid {}) did not exit: {:?}",
+        r.supervisord,
+        rep.exits
     );
     // supervisord's SIGKILL after stopwaitsecs is an escalation: killed.
     assert_eq!(rep.outcome, Outcome::Killed);

@@ -413,7 +413,7 @@ fn guest_script(agent: &Path, tests: &[Executable], results: &Path, repeat: u32)
     let q = |p: &Path| crate::util::shell_quote(&p.to_string_lossy());
     let mut s = String::from(
         "#!/bin/sh\n# Written by cargo xtask test-kernels; run inside the VM.\nset -u\n\
-         export TERMSCOPE_REQUIRE_KERNEL_TESTS=1 CI=true RUST_BACKTRACE=1\n\
+         export TERMSCOPE_REQUIRE_KERNEL_TESTS=1 CI=true RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0\n\
          mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing\n\
          ip link set lo up 2>/dev/null\n",
     );

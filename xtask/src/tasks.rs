@@ -121,7 +121,12 @@ pub fn test(ctx: &Ctx, skip_lint: bool, no_vms: bool, args: &[String]) -> Result
     })?;
     steps.step("cargo test", || {
         let mut cmd = ctx.cargo(&["test", "--workspace", "--exclude", "termscope-ebpf"]);
-        cmd.args(args).env("RUST_BACKTRACE", "1");
+        // No backtraces: a failing test's message (its panic's, or the `Error:` of its
+        // `Result`) is then the last thing it prints, where a CI log cut short in the middle
+        // still shows it; a panic's message names its file and line anyway.
+        cmd.args(args)
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
         let already_set = std::env::var_os(REQUIRE_KERNEL_TESTS).is_some();
         let ci = std::env::var("CI").ok();
         if already_set {

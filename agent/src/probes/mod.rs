@@ -20,7 +20,7 @@ use aya::{
 use serde::Serialize;
 use termscope_common::{
     CgroupStats, Config, KeptConn, LiveConn, OFFSET_MISSING, WatchEntry, counter, feature, names,
-    watch_reason,
+    watch_hint, watch_reason,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -837,7 +837,8 @@ impl Probes {
         };
         // Watches found in pinned maps: the hot probe must know something is watched. The
         // generation carries on from the pinned value.
-        probes.hint_generation = probes.hint()?.get(&1, 0).unwrap_or(0) >> 32;
+        probes.hint_generation =
+            watch_hint::generation(probes.hint()?.get(&watch_hint::USER, 0).unwrap_or(0));
         probes.watched_cgroups()?;
         Ok(probes)
     }
@@ -891,21 +892,21 @@ impl Probes {
     /// probe how many there are (`WATCH_HINT`): with none, it skips most state changes.
     pub fn watched_cgroups(&mut self) -> Result<Vec<(u64, WatchEntry)>, ProbeError> {
         // Read before the walk: the walk includes every watch made up to this count.
-        let made = self.hint()?.get(&0, 0).unwrap_or(0);
+        let made = self.hint()?.get(&watch_hint::KERNEL_MADE, 0).unwrap_or(0);
         // Entries can vanish while we iterate; skip those.
         let watched: Vec<_> = self.watched()?.iter().filter_map(Result::ok).collect();
         let count = watched.len() as u64;
         // The count first, then what it includes: in between, a new watch still shows.
         self.hint_count = count;
         self.write_user_hint()?;
-        self.set_hint(2, made)?;
+        self.set_hint(watch_hint::USER_SAW, made)?;
         Ok(watched)
     }
 
     /// Writes `WATCH_HINT[1]`: the count and the generation.
     fn write_user_hint(&mut self) -> Result<(), ProbeError> {
-        let value = ((self.hint_generation & 0xffff_ffff) << 32) | self.hint_count.min(0xffff_ffff);
-        self.set_hint(1, value)
+        let value = watch_hint::user_word(self.hint_generation, self.hint_count);
+        self.set_hint(watch_hint::USER, value)
     }
 
     /// Moves the generation and writes it with the count.
