@@ -301,6 +301,7 @@ pub fn run() -> Report {
                     SockCgroup::Pointer
                 },
                 memlock: probes::memlock(),
+                runs_missed_counted: !probes.runs_missed().is_empty(),
             };
             checks.extend(feature_checks(&facts));
             checks.push(essential(check(
@@ -354,6 +355,8 @@ pub struct KernelFacts {
     pub sock_cgroup: SockCgroup,
     /// RLIMIT_MEMLOCK after trying to raise it: unlimited, and the current limit in bytes.
     pub memlock: Option<(bool, u64)>,
+    /// The kernel tells how many runs of each program it skipped (`recursion_misses`, 5.12+).
+    pub runs_missed_counted: bool,
 }
 
 /// One line per feature that differs between kernels: how it works here, or which verdicts
@@ -455,6 +458,21 @@ pub fn feature_checks(f: &KernelFacts) -> Vec<Check> {
             "charged to RLIMIT_MEMLOCK before 5.11, which could not be read",
         ),
     });
+    out.push(if f.runs_missed_counted {
+        check(
+            "feature: skipped runs",
+            Status::Ok,
+            "counted: a run the kernel skips (the program already running on that CPU) shows \
+             in termscope_kernel_runs_missed_total and the agent's log",
+        )
+    } else {
+        check(
+            "feature: skipped runs",
+            Status::Warn,
+            "not counted by this kernel (before 5.12): a state change, signal or exit whose \
+             program run the kernel skips is lost without a trace",
+        )
+    });
     out
 }
 
@@ -472,6 +490,7 @@ mod tests {
             reset_reasons: true,
             sock_cgroup: SockCgroup::Pointer,
             memlock: Some((false, 8 << 20)),
+            runs_missed_counted: true,
         }
     }
 
@@ -512,9 +531,12 @@ mod tests {
             drop_reasons: false,
             sock_cgroup: SockCgroup::Tagged,
             memlock: Some((true, u64::MAX)),
+            runs_missed_counted: false,
             ..f61.clone()
         };
         let c = feature_checks(&f510);
+        assert_eq!(c[4].status, Status::Warn);
+        assert!(c[4].detail.contains("before 5.12"), "{:?}", c[4]);
         assert!(c[0].detail.contains("no drop reasons"), "{:?}", c[0]);
         assert!(c[2].detail.contains("sk_cgrp_data.val"), "{:?}", c[2]);
         assert_eq!(c[3].status, Status::Ok);

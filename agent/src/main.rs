@@ -422,6 +422,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
     let mut last_expire = Instant::now();
     let mut lost_reported = 0;
     let mut kept_failed_reported = 0;
+    let mut missed_reported = 0;
     let clock = WallClock::now();
     let mut kube_state: Result<(), String> = Ok(());
     let mut failure = None;
@@ -559,7 +560,20 @@ async fn agent(args: AgentArgs) -> Result<()> {
                         kube_state = now;
                     }
                 }
+                let runs_missed = pipeline.probes().runs_missed();
+                let missed: u64 = runs_missed.iter().map(|(_, n)| n).sum();
+                if missed > missed_reported {
+                    tracing::warn!(
+                        missed,
+                        programs = ?runs_missed,
+                        "the kernel skipped runs of termscope's programs (a run nested in another \
+                         on one CPU): each is a state change, signal or exit never seen, of a \
+                         container it cannot name"
+                    );
+                    missed_reported = missed;
+                }
                 metrics.set_health(&Health {
+                    runs_missed,
                     kernel: counters,
                     probes_attached: pipeline.probes().attached(),
                     probes_total: pipeline.probes().needed(),

@@ -266,6 +266,25 @@ fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> R
         metric_sum(&text, "termscope_events_lost_total") > 0.0,
         "{text}"
     );
+    // The runs the kernel skipped (a run nested in another on one CPU, which a flood makes
+    // likelier): counted by the kernel from 5.12 (before, `termscope doctor` says they are
+    // not), for every program, and exported.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let counted = termscope::doctor::kernel_version(release.trim()).is_some_and(|v| v >= (5, 12));
+    let missed = agent.pipeline.probes().runs_missed();
+    println!("runs the kernel skipped: {missed:?}");
+    if counted {
+        ensure!(
+            missed
+                .iter()
+                .any(|(p, _)| p.starts_with("inet_sock_set_state")),
+            "no count for the hot probe on Linux {release}: {missed:?}"
+        );
+        ensure!(
+            text.contains("termscope_kernel_runs_missed_total{program=\"inet_sock_set_state"),
+            "{text}"
+        );
+    }
     drop(client);
     Ok(())
 }
@@ -277,6 +296,7 @@ fn health_metrics(agent: &Agent) -> Result<String> {
     metrics.set_health(&Health {
         kernel: Some(agent.pipeline.probes().counters()?),
         kept_records: agent.pipeline.kept_stats(),
+        runs_missed: agent.pipeline.probes().runs_missed(),
         ..Health::default()
     });
     Ok(metrics.render()?)

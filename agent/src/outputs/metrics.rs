@@ -62,7 +62,7 @@ pub struct MetricsConfig {
 }
 
 /// The agent's health, as [`Metrics::set_health`] takes it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
     /// The kernel programs' counters; `None` when they could not be read this time.
     pub kernel: Option<KernelCounters>,
@@ -74,6 +74,9 @@ pub struct Health {
     pub terminations_in_progress: usize,
     /// What the agent did so far with the kernel's records of watched connections.
     pub kept_records: KeptStats,
+    /// Runs of each program the kernel skipped since it was loaded (program name, count):
+    /// only programs whose count the kernel keeps.
+    pub runs_missed: Vec<(String, u64)>,
 }
 
 /// The metrics, in their own registry.
@@ -107,6 +110,7 @@ pub struct Metrics {
     events_left_to_kept: IntCounter,
     kept_records_taken: IntCounter,
     kept_records_reaped: IntCounter,
+    runs_missed: IntCounterVec,
     probes_attached: IntGauge,
     probes_total: IntGauge,
     tracked_connections: IntGauge,
@@ -121,6 +125,8 @@ pub struct Metrics {
     /// The kernel's counters and the kept-record totals as last seen: the counters above
     /// grow by the difference.
     last: Mutex<(KernelCounters, KeptStats)>,
+    /// Each program's skipped runs as last seen (a reloaded program starts again from 0).
+    last_missed: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -251,6 +257,15 @@ impl Metrics {
                 "Signals, exits and execs lost because the control ring buffer was full (also \
                  counted in termscope_events_lost_total).",
             )?,
+            runs_missed: r.counter_vec(
+                "termscope_kernel_runs_missed_total",
+                "Runs of a termscope kernel program that the kernel skipped because the program \
+                 (or, for a tracepoint program, any tracing program) was already running on that \
+                 CPU: each is a TCP state change, signal or exit the agent never saw, of a \
+                 container it cannot name. Only where the kernel counts them (tracing programs \
+                 from Linux 5.12, tracepoint programs from 6.7).",
+                &["program"],
+            )?,
             incomplete_reports: r.counter(
                 "termscope_incomplete_reports_total",
                 "Termination reports whose collection lost events, or whose stop signal never \
@@ -359,6 +374,7 @@ impl Metrics {
             )?,
             kubernetes_api_up: std::sync::OnceLock::new(),
             last: Mutex::new((KernelCounters::default(), KeptStats::default())),
+            last_missed: Mutex::new(std::collections::HashMap::new()),
             registry,
         })
     }
@@ -544,6 +560,16 @@ impl Metrics {
             h.kept_records.reaped,
         );
         drop(seen);
+        let mut missed = self
+            .last_missed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (program, now) in &h.runs_missed {
+            let last = missed.entry(program.clone()).or_insert(0);
+            let counter = self.runs_missed.with_label_values(&[program.as_str()]);
+            advance(&counter, last, *now);
+        }
+        drop(missed);
         self.probes_attached.set(gauge_value(h.probes_attached));
         self.probes_total.set(gauge_value(h.probes_total));
         if let Some(n) = h.tracked_connections {
@@ -839,6 +865,7 @@ mod tests {
                 taken: 5 * lost,
                 reaped: lost - 1,
             },
+            runs_missed: vec![("inet_sock_set_state_btf".to_string(), lost)],
         };
         m.set_health(&health(3, 10, Some(42)));
         m.set_health(&health(7, 10, None));
@@ -864,6 +891,7 @@ mod tests {
             "termscope_probes_known 6",
             "termscope_tracked_connections 42",
             "termscope_terminations_in_progress 2",
+            "termscope_kernel_runs_missed_total{program=\"inet_sock_set_state_btf\"} 7",
         ] {
             has(&text, line);
         }
@@ -883,6 +911,16 @@ mod tests {
         let text = m.render().expect("renders");
         has(&text, "termscope_kept_records_written_total 70");
         has(&text, "termscope_kept_records_taken_total 45");
+        // A program loaded again counts its skipped runs from 0: its 2 are added to the 9.
+        m.set_health(&Health {
+            kernel: None,
+            runs_missed: vec![("inet_sock_set_state_btf".to_string(), 2)],
+            ..health(9, 0, None)
+        });
+        has(
+            &m.render().expect("renders"),
+            "termscope_kernel_runs_missed_total{program=\"inet_sock_set_state_btf\"} 11",
+        );
         has(&text, "termscope_kept_records_reaped_total 8");
         // And the API's and the log's series, at zero from the start.
         for line in [
@@ -895,8 +933,8 @@ mod tests {
             has(&text, line);
         }
         // 9 health series, 3 of the kernel state and 1 of restarts, 5 of the kept records,
-        // 9 of the API and the log.
-        assert_eq!(lines(&text).len(), 9 + 3 + 1 + 5 + 9, "{text}");
+        // 1 of a program's skipped runs, 9 of the API and the log.
+        assert_eq!(lines(&text).len(), 9 + 3 + 1 + 5 + 1 + 9, "{text}");
         assert!(!text.contains("termscope_kubernetes_api_up"), "standalone");
         m.set_kubernetes_api_up(false);
         m.set_kubernetes_api_up(true);
@@ -942,6 +980,7 @@ mod tests {
                     taken: 4,
                     reaped: 1,
                 },
+                runs_missed: vec![("inet_sock_set_state_btf".to_string(), 1)],
             });
             m.add_events(10, 0);
             let text = m.render().expect("renders");

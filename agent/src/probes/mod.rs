@@ -8,6 +8,7 @@ pub mod batch;
 pub mod btf;
 pub mod offsets;
 pub mod pin;
+pub mod prog_info;
 pub mod tracefs;
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -886,6 +887,23 @@ impl Probes {
             control,
             decoder: self.decoder.clone(),
         })
+    }
+
+    /// The runs of each loaded program the kernel skipped since it was loaded (a run nested
+    /// in another on one CPU, see [`prog_info`]), by program name; programs whose count this
+    /// kernel does not keep are left out. Each is a state change, signal or exit the agent
+    /// never saw.
+    pub fn runs_missed(&self) -> Vec<(String, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?;
+                let missed = prog_info::runs_missed(fd.as_fd())
+                    .inspect_err(|e| tracing::debug!(program = name, error = %e, "program info"))
+                    .ok()??;
+                Some((name.to_string(), missed))
+            })
+            .collect()
     }
 
     /// Every cgroup the kernel watches now, with when and why it began. Also tells the hot
