@@ -27,7 +27,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_seq_write,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
@@ -1671,8 +1671,12 @@ fn sock_tuple(sk: u64, family: u16, local_port: u16) -> Tuple {
 /// userspace at start-up: each connection that exists is put into `LIVE_CONNS` with its
 /// cgroup, addresses and direction, as if the programs had seen it open. Listeners come first
 /// in the walk; a connection whose local port one of them listens on (same netns) is inbound.
+/// The address of each socket found in `LIVE_CONNS` is written to the walk's output: an
+/// entry of a socket the walk did not meet is one whose CLOSE no program saw (it closed while
+/// no agent ran), which userspace drops.
 ///
-/// Context: `struct bpf_iter__tcp { bpf_iter_meta *meta; sock_common *sk_common; uid_t uid; }`.
+/// Context: `struct bpf_iter__tcp { bpf_iter_meta *meta; sock_common *sk_common; uid_t uid; }`,
+/// `struct bpf_iter_meta { seq_file *seq; ... }`.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
 pub extern "C" fn learn_tcp_sockets(ctx: *mut core::ffi::c_void) -> i32 {
@@ -1684,6 +1688,20 @@ pub extern "C" fn learn_tcp_sockets(ctx: *mut core::ffi::c_void) -> i32 {
     let sk: u64 = unsafe { *(ctx as *const u64).add(1) };
     if sk == 0 {
         return 0;
+    }
+    // SAFETY: only tested for presence.
+    if unsafe { LIVE_CONNS.get(sk) }.is_some() {
+        // SAFETY: the context's first member is the walk's `bpf_iter_meta`, never NULL, whose
+        // first member is its `seq_file`; `sk` lives on this frame for the call.
+        unsafe {
+            let meta = *(ctx as *const *const *mut core::ffi::c_void);
+            let seq = *meta;
+            bpf_seq_write(
+                seq.cast(),
+                (&sk as *const u64).cast(),
+                core::mem::size_of::<u64>() as u32,
+            );
+        }
     }
     let Some(state) = read_at::<u8>(sk, cfg!(kernel.skc_state)) else {
         return 0;

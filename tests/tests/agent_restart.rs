@@ -361,3 +361,65 @@ fn check_escalation(report: &TerminationReport, cg: &TestCgroup, port: u16) -> R
     );
     Ok(())
 }
+
+/// A connection that closes while no agent runs leaves its entry in the pinned
+/// live-connection map (nobody saw its CLOSE). The next agent finds such entries gone from
+/// the kernel's sockets and drops them: a later stop of that container reports the
+/// connection it really had, not the one that closed an hour before.
+#[test]
+fn a_connection_closed_while_no_agent_ran_is_not_in_a_later_report() -> Result<()> {
+    kernel_test!();
+    let mut setup = Setup::new("gone")?;
+    let agent = setup.start()?;
+    let cg = TestCgroup::new("rsgone")?;
+    let ns = NetNs::new("rsgone")?;
+    let code = format!(
+        "import signal, socket\n\
+         ls = socket.socket()\n\
+         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         ls.bind(('127.0.0.1', {PORT}))\n\
+         ls.listen(16)\n\
+         print('listening', flush=True)\n\
+         a, _ = ls.accept()\n\
+         b, _ = ls.accept()\n\
+         print('accepted', flush=True)\n\
+         while a.recv(1024):\n\
+         \x20   pass\n\
+         a.close()\n\
+         print('closed', flush=True)\n\
+         signal.pause()\n"
+    );
+    let mut server = Proc::spawn(&mut python(&code), &cg, Some(&ns))?;
+    server.expect_line("listening")?;
+    let addr: SocketAddr = ([127, 0, 0, 1], PORT).into();
+    let connect = || ns.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)));
+    let gone = connect()??;
+    let kept = connect()??;
+    server.expect_line("accepted")?;
+    let (gone_port, kept_port) = (client_port(&gone)?, client_port(&kept)?);
+    agent.kill(libc::SIGKILL)?;
+
+    // Closed on both sides while no agent runs.
+    drop(gone);
+    server.expect_line("closed")?;
+    let agent = setup.start()?;
+    server.signal(libc::SIGKILL)?;
+    server.child.wait()?;
+    let report = wait_until("the report", || Ok(setup.reports(cg.id)?.pop()))
+        .with_context(|| setup.agent_logs())?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    agent.kill(libc::SIGTERM)?;
+    let ports: Vec<u16> = report.connections.iter().map(|c| c.remote.port()).collect();
+    ensure!(
+        ports.contains(&kept_port),
+        "the open connection (client port {kept_port}) is missing: {ports:?}"
+    );
+    ensure!(
+        !ports.contains(&gone_port),
+        "the connection closed while no agent ran (client port {gone_port}) is in the \
+         report: {ports:?}"
+    );
+    ensure!(report.counts.cut <= 1, "{:?}", report.counts);
+    drop(kept);
+    Ok(())
+}

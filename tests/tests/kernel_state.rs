@@ -16,6 +16,7 @@ use termscope::{
     probes::LoadOptions,
     terminations::report::{Direction, Flag, OpenedBy, Outcome, Signal, Verdict},
 };
+use termscope_common::{LiveConn, flags};
 use termscope_tests::{Agent, NetNs, Proc, TestCgroup, kernel_test, python, scripts};
 
 const PORT: u16 = 8080;
@@ -583,5 +584,57 @@ fn a_container_with_child_cgroups() -> Result<()> {
         );
     }
     drop(clients);
+    Ok(())
+}
+
+/// The kernel skipped runs of the TCP probe (a run nested in another on one CPU): one was a
+/// connection's CLOSE — its entry stays, stood in for here by an entry of a socket that does
+/// not exist — and one a connection's opening — no entry, stood in for by removing a real
+/// connection's. The walk the agent then makes drops the first and learns the second, with
+/// its cgroup and direction.
+#[test]
+fn a_walk_after_skipped_runs_drops_the_unseen_close_and_learns_the_unseen_open() -> Result<()> {
+    kernel_test!();
+    let (cg, ns, mut server) = holding_server("sweep")?;
+    let mut agent = Agent::start(Duration::from_secs(20))?;
+    let client = connect(&ns, &mut server)?;
+    let client_port = client.local_addr()?.port();
+    agent.pump(Duration::from_millis(100), None)?;
+    let probes = agent.pipeline.probes_mut();
+    let (sk, conn) = probes
+        .live_connections()?
+        .into_iter()
+        .find(|(_, c)| c.cgroup_id == cg.id && c.tuple.remote_port == client_port)
+        .context("the accepted connection is not in LIVE_CONNS")?;
+    ensure!(conn.flags & flags::INBOUND != 0, "{conn:?}");
+    // No socket starts 8 bytes into another.
+    let ghost_sk = sk + 8;
+    let ghost = LiveConn {
+        conn_id: conn.conn_id ^ (1 << 47),
+        ..conn
+    };
+    probes.put_live_connection(ghost_sk, ghost)?;
+    probes.forget_live_connection(sk)?;
+
+    let dropped = probes
+        .sweep_live_connections()
+        .map_err(anyhow::Error::msg)?;
+    let live = probes.live_connections()?;
+    ensure!(dropped >= 1, "nothing dropped");
+    ensure!(
+        !live.iter().any(|(k, _)| *k == ghost_sk),
+        "the entry of the socket that is gone is still there"
+    );
+    let (_, learnt) = live
+        .iter()
+        .find(|(k, _)| *k == sk)
+        .context("the connection whose opening was skipped was not learnt")?;
+    ensure!(learnt.cgroup_id == cg.id, "{learnt:?}");
+    ensure!(learnt.tuple.remote_port == client_port, "{learnt:?}");
+    ensure!(
+        learnt.flags & flags::INBOUND != 0 && learnt.flags & flags::PREEXISTING != 0,
+        "{learnt:?}"
+    );
+    drop(client);
     Ok(())
 }

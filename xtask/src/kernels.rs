@@ -87,6 +87,12 @@ const TESTS: &[TestRun] = &[
         filters: &[],
     },
     TestRun {
+        name: "kernel test: connections older than the agent (TCP iterator)",
+        package: "termscope-tests",
+        target: Some("kernel_state"),
+        filters: &["a_connection_older_than_the_agent_is_counted"],
+    },
+    TestRun {
         name: "scenario: nginx SIGTERM / SIGQUIT",
         package: "termscope-tests",
         target: Some("scenarios_nginx"),

@@ -906,6 +906,54 @@ impl Probes {
             .collect()
     }
 
+    /// Writes an entry of `LIVE_CONNS` from userspace: what a skipped run of the TCP probe
+    /// leaves behind, for the tests of [`Probes::sweep_live_connections`] (an entry of a socket
+    /// that is gone). The agent never calls it.
+    #[doc(hidden)]
+    pub fn put_live_connection(&mut self, sk: u64, conn: LiveConn) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(names::LIVE_CONNS)
+            .ok_or(ProbeError::MissingMap(names::LIVE_CONNS))?;
+        let mut map: BpfHashMap<&mut MapData, u64, LiveConn> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: names::LIVE_CONNS,
+                source,
+            })?;
+        map.insert(sk, conn, 0).map_err(|source| ProbeError::Map {
+            name: names::LIVE_CONNS,
+            source,
+        })
+    }
+
+    /// Removes an entry of `LIVE_CONNS` from userspace: what a skipped opening leaves (no
+    /// entry), for the same tests. The agent never calls it.
+    #[doc(hidden)]
+    pub fn forget_live_connection(&mut self, sk: u64) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(names::LIVE_CONNS)
+            .ok_or(ProbeError::MissingMap(names::LIVE_CONNS))?;
+        let mut map: BpfHashMap<&mut MapData, u64, LiveConn> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: names::LIVE_CONNS,
+                source,
+            })?;
+        removed_or_missing(names::LIVE_CONNS, map.remove(&sk))
+    }
+
+    /// Walks the node's TCP sockets again (after the kernel skipped runs of the TCP probe,
+    /// see [`Probes::runs_missed`]): an entry of `LIVE_CONNS` whose CLOSE was skipped is
+    /// dropped (left, it would stay forever and a later stop of its container would list it
+    /// as open), and a connection whose opening was skipped is learnt. Returns how many
+    /// entries were dropped; an error when the start-up walk could not run either.
+    pub fn sweep_live_connections(&mut self) -> Result<usize, String> {
+        if let Err(e) = &self.preexisting {
+            return Err(e.clone());
+        }
+        walk_sockets(&mut self.ebpf)
+    }
+
     /// Every cgroup the kernel watches now, with when and why it began. Also tells the hot
     /// probe how many there are (`WATCH_HINT`): with none, it skips most state changes.
     pub fn watched_cgroups(&mut self) -> Result<Vec<(u64, WatchEntry)>, ProbeError> {
@@ -1173,6 +1221,11 @@ impl Probes {
 /// standalone as root) — in every other one it can find: those of the processes it sees in
 /// `/proc`, and the named ones in `/run/netns` (where CNI plugins keep pods'). Returns how
 /// many connections the kernel knows from the walk.
+///
+/// The walk also says which sockets it met that `LIVE_CONNS` already held (maps pinned by an
+/// earlier agent): an entry that was there before the walk, of a namespace the walk covered,
+/// whose socket it did not meet, is a connection that closed while no agent ran — nobody saw
+/// its CLOSE. It is dropped: left, a later stop of its container would list it as open.
 fn learn_existing_connections(
     ebpf: &mut Ebpf,
     btf: Option<&aya::Btf>,
@@ -1192,34 +1245,12 @@ fn learn_existing_connections(
             error_chain(&e)
         )
     })?;
-    walk_once(iter)?;
-    let others = other_netns();
-    if !others.is_empty() {
-        // setns changes the calling thread's namespace only: walk from a thread of our own.
-        let walked = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let mut walked = 0usize;
-                    for ns in &others {
-                        // SAFETY: setns with a valid namespace fd, on this thread only.
-                        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                            return Err(std::io::Error::last_os_error().to_string());
-                        }
-                        walk_once(iter)?;
-                        walked += 1;
-                    }
-                    Ok::<_, String>(walked)
-                })
-                .join()
-        });
-        match walked {
-            Ok(Ok(n)) => tracing::debug!(namespaces = n + 1, "walked the TCP sockets"),
-            Ok(Err(e)) => tracing::info!(
-                reason = %e,
-                "walked the TCP sockets of the agent's own network namespace only"
-            ),
-            Err(_) => return Err("the namespace walk panicked".into()),
-        }
+    let dropped = walk_sockets(ebpf)?;
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "dropped the kernel's entries of connections that closed while no agent ran"
+        );
     }
     let map = ebpf
         .map(names::LIVE_CONNS)
@@ -1233,8 +1264,120 @@ fn learn_existing_connections(
         .count())
 }
 
-/// One walk of the TCP sockets of the calling thread's network namespace.
-fn walk_once(iter: &mut Iter) -> Result<(), String> {
+/// Walks the TCP sockets of every network namespace the agent can enter with the loaded
+/// iterator: learns the connections `LIVE_CONNS` lacks, and drops the entries whose socket
+/// is gone. Returns how many it dropped.
+fn walk_sockets(ebpf: &mut Ebpf) -> Result<usize, String> {
+    let before = live_entries(ebpf)?;
+    let program = ebpf
+        .program_mut(names::LEARN_PROGRAM)
+        .ok_or_else(|| format!("program {} is not in the object", names::LEARN_PROGRAM))?;
+    let iter: &mut Iter = program.try_into().map_err(|e| format!("{e}"))?;
+    let mut met = Vec::new();
+    let mut walked = Vec::new();
+    walk_once(iter, &mut met)?;
+    walked.extend(own_netns());
+    let others = other_netns();
+    if !others.is_empty() {
+        // setns changes the calling thread's namespace only: walk from a thread of our own.
+        let res = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let (mut met, mut walked) = (Vec::new(), Vec::new());
+                    for (ino, ns) in &others {
+                        // SAFETY: setns with a valid namespace fd, on this thread only.
+                        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                            let e = std::io::Error::last_os_error().to_string();
+                            return (met, walked, Some(e));
+                        }
+                        if let Err(e) = walk_once(iter, &mut met) {
+                            return (met, walked, Some(e));
+                        }
+                        walked.push(*ino);
+                    }
+                    (met, walked, None)
+                })
+                .join()
+        });
+        match res {
+            Ok((m, w, failed)) => {
+                met.extend(m);
+                walked.extend(w);
+                match failed {
+                    None => tracing::debug!(namespaces = walked.len(), "walked the TCP sockets"),
+                    Some(reason) => tracing::info!(
+                        %reason,
+                        namespaces = walked.len(),
+                        "walked the TCP sockets of some network namespaces only"
+                    ),
+                }
+            }
+            Err(_) => return Err("the namespace walk panicked".into()),
+        }
+    }
+    drop_unmet(ebpf, &before, &met, &walked)
+}
+
+/// `LIVE_CONNS` as (socket address, connection id, namespace inode), walked in batches.
+fn live_entries(ebpf: &Ebpf) -> Result<Vec<(u64, u64, u32)>, String> {
+    let Some(Map::HashMap(data)) = ebpf.map(names::LIVE_CONNS) else {
+        return Err(format!("no hash map {}", names::LIVE_CONNS));
+    };
+    let mut out = Vec::new();
+    batch::for_each::<u64, LiveConn>(data.fd().as_fd(), |keys, values| {
+        out.extend(
+            keys.iter()
+                .zip(values)
+                .map(|(k, v)| (*k, v.conn_id, v.netns)),
+        );
+    })
+    .map_err(|e| format!("walking {}: {e}", names::LIVE_CONNS))?;
+    Ok(out)
+}
+
+/// Of the entries `before` the walk, those whose socket the walk of their namespace did not
+/// meet: gone. Each is looked up again and removed only if it is still the same connection (a
+/// new socket at the same address replaces it). Returns how many were removed.
+fn drop_unmet(
+    ebpf: &mut Ebpf,
+    before: &[(u64, u64, u32)],
+    met: &[u64],
+    walked: &[u64],
+) -> Result<usize, String> {
+    let gone = unmet(before, met, walked);
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let map = ebpf
+        .map_mut(names::LIVE_CONNS)
+        .ok_or_else(|| format!("no map {}", names::LIVE_CONNS))?;
+    let mut map: BpfHashMap<&mut MapData, u64, LiveConn> =
+        BpfHashMap::try_from(map).map_err(|e| e.to_string())?;
+    let mut dropped = 0;
+    for (sk, conn_id) in gone {
+        if map.get(&sk, 0).is_ok_and(|c| c.conn_id == conn_id) && map.remove(&sk).is_ok() {
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
+/// The (socket address, connection id) of the entries `before` the walk that belong to a
+/// namespace it `walked` and whose socket it did not `met`.
+fn unmet(before: &[(u64, u64, u32)], met: &[u64], walked: &[u64]) -> Vec<(u64, u64)> {
+    let met: std::collections::HashSet<u64> = met.iter().copied().collect();
+    before
+        .iter()
+        .filter(|(sk, _, netns)| {
+            *netns != 0 && walked.contains(&u64::from(*netns)) && !met.contains(sk)
+        })
+        .map(|(sk, id, _)| (*sk, *id))
+        .collect()
+}
+
+/// One walk of the TCP sockets of the calling thread's network namespace; the addresses of
+/// the sockets it met in `LIVE_CONNS` are added to `met`.
+fn walk_once(iter: &mut Iter, met: &mut Vec<u64>) -> Result<(), String> {
     use std::io::Read;
     let link_id = iter
         .attach()
@@ -1245,17 +1388,27 @@ fn walk_once(iter: &mut Iter) -> Result<(), String> {
     let mut file = link
         .into_file()
         .map_err(|e| format!("iterator file: {}", error_chain(&e)))?;
-    // Reading runs the walk (the program writes nothing).
-    let mut sink = Vec::new();
-    file.read_to_end(&mut sink)
+    // Reading runs the walk; the program writes each address as 8 bytes.
+    let mut out = Vec::new();
+    file.read_to_end(&mut out)
         .map_err(|e| format!("running the walk: {e}"))?;
+    met.extend(
+        out.chunks_exact(8)
+            .filter_map(|b| b.try_into().ok().map(u64::from_ne_bytes)),
+    );
     Ok(())
 }
 
-/// Network namespaces other than ours that we can open, one fd each (by inode).
-fn other_netns() -> Vec<std::fs::File> {
+/// The inode of the agent's own network namespace.
+fn own_netns() -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(own) = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()) else {
+    std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
+
+/// Network namespaces other than ours that we can open: (inode, fd).
+fn other_netns() -> Vec<(u64, std::fs::File)> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(own) = own_netns() else {
         return Vec::new();
     };
     let mut seen = std::collections::HashSet::from([own]);
@@ -1281,11 +1434,13 @@ fn other_netns() -> Vec<std::fs::File> {
     candidates
         .into_iter()
         .filter_map(|path| {
-            let ino = std::fs::metadata(&path).ok()?.ino();
+            let file = std::fs::File::open(&path).ok()?;
+            // The inode of what was opened (a namespace file's inode is its namespace's).
+            let ino = file.metadata().ok()?.ino();
             if !seen.insert(ino) {
                 return None;
             }
-            std::fs::File::open(&path).ok()
+            Some((ino, file))
         })
         .collect()
 }
@@ -1469,6 +1624,25 @@ impl AsyncEventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_the_walk_did_not_meet_are_gone_only_in_the_namespaces_it_walked() {
+        // (socket, connection id, namespace)
+        let before = [
+            (0x10, 1, 7), // met: open
+            (0x20, 2, 7), // not met, in a walked namespace: gone
+            (0x30, 3, 9), // not met, namespace not walked: unknown, kept
+            (0x40, 4, 0), // namespace unknown: kept
+        ];
+        assert_eq!(unmet(&before, &[0x10, 0x99], &[7]), vec![(0x20, 2)]);
+        // A walk that met nothing of a namespace it walked: all of that namespace's are gone.
+        assert_eq!(
+            unmet(&before, &[], &[7, 9]),
+            vec![(0x10, 1), (0x20, 2), (0x30, 3)]
+        );
+        // No namespace walked: nothing can be judged.
+        assert!(unmet(&before, &[], &[]).is_empty());
+    }
 
     #[test]
     fn signal_masks() {
