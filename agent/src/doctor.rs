@@ -355,7 +355,7 @@ pub struct KernelFacts {
     pub sock_cgroup: SockCgroup,
     /// RLIMIT_MEMLOCK after trying to raise it: unlimited, and the current limit in bytes.
     pub memlock: Option<(bool, u64)>,
-    /// The kernel tells how many runs of each program it skipped (`recursion_misses`, 5.12+).
+    /// The kernel tells how many runs of each program it skipped (`recursion_misses`, 5.11+).
     pub runs_missed_counted: bool,
 }
 
@@ -469,7 +469,7 @@ pub fn feature_checks(f: &KernelFacts) -> Vec<Check> {
         check(
             "feature: skipped runs",
             Status::Warn,
-            "not counted by this kernel (before 5.12): a state change, signal or exit whose \
+            "not counted by this kernel (before 5.11): a state change, signal or exit whose \
              program run the kernel skips is lost without a trace",
         )
     });
@@ -536,7 +536,7 @@ mod tests {
         };
         let c = feature_checks(&f510);
         assert_eq!(c[4].status, Status::Warn);
-        assert!(c[4].detail.contains("before 5.12"), "{:?}", c[4]);
+        assert!(c[4].detail.contains("before 5.11"), "{:?}", c[4]);
         assert!(c[0].detail.contains("no drop reasons"), "{:?}", c[0]);
         assert!(c[2].detail.contains("sk_cgrp_data.val"), "{:?}", c[2]);
         assert_eq!(c[3].status, Status::Ok);

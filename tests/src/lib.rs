@@ -393,19 +393,29 @@ impl Proc {
     }
 
     /// Reads stdout lines until one starts with `prefix`; returns it. Fails when the
-    /// process closes its stdout first, or after 20 s.
+    /// process closes its stdout first, or after `LINE_TIMEOUT`, saying what it printed
+    /// meanwhile.
     pub fn expect_line(&mut self, prefix: &str) -> Result<String> {
         let deadline = Instant::now() + LINE_TIMEOUT;
+        // The last lines passed over, for the error (what the process did say).
+        let mut skipped: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.starts_with(prefix) => return Ok(line),
-                Ok(_) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("process {} ended before printing {prefix:?}", self.pid())
+                Ok(line) => {
+                    if skipped.len() == 10 {
+                        skipped.pop_front();
+                    }
+                    skipped.push_back(line);
                 }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "process {} ended before printing {prefix:?} (its last lines: {skipped:?})",
+                    self.pid()
+                ),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!(
-                    "process {} printed no {prefix:?} line within {LINE_TIMEOUT:?}",
+                    "process {} printed no {prefix:?} line within {LINE_TIMEOUT:?} (its last \
+                     lines meanwhile: {skipped:?})",
                     self.pid()
                 ),
             }

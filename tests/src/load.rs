@@ -539,7 +539,14 @@ pub fn check_knocks(
     let mut refused = 0;
     let mut wrong = Vec::new();
     for s in seen.iter().filter(|s| s.kind == Kind::Knock) {
-        let c = connection(report, s.port);
+        // A refused attempt leaves no TIME_WAIT: the kernel may give its client port to a
+        // later attempt (seen on 5.10), so one port can name a served connection and a
+        // refusal. Each attempt is matched to the report's connection of its own kind.
+        let refusal = s.truth == Truth::Refused;
+        let c = report
+            .connections
+            .iter()
+            .find(|c| c.remote.port() == s.port && (c.verdict == Verdict::Refused) == refusal);
         let maybe_before = s.started < signalled + slack;
         let maybe_after = s.connected >= signalled;
         let late_fits = |late: bool| if late { maybe_after } else { maybe_before };

@@ -268,10 +268,10 @@ fn a_tcp_flood_elsewhere_loses_no_stop_and_flags_only_the_affected_report() -> R
         "{text}"
     );
     // The runs the kernel skipped (a run nested in another on one CPU, which a flood makes
-    // likelier): counted by the kernel from 5.12 (before, `termscope doctor` says they are
+    // likelier): counted by the kernel from 5.11 (before, `termscope doctor` says they are
     // not), for every program, and exported.
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
-    let counted = termscope::doctor::kernel_version(release.trim()).is_some_and(|v| v >= (5, 12));
+    let counted = termscope::doctor::kernel_version(release.trim()).is_some_and(|v| v >= (5, 11));
     let missed = agent.pipeline.probes().runs_missed();
     println!("runs the kernel skipped: {missed:?}");
     if counted {

@@ -263,7 +263,7 @@ impl Metrics {
                  (or, for a tracepoint program, any tracing program) was already running on that \
                  CPU: each is a TCP state change, signal or exit the agent never saw, of a \
                  container it cannot name. Only where the kernel counts them (tracing programs \
-                 from Linux 5.12, tracepoint programs from 6.7).",
+                 from Linux 5.11, tracepoint programs from 6.7).",
                 &["program"],
             )?,
             incomplete_reports: r.counter(

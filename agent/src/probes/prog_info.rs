@@ -2,11 +2,12 @@
 //! expose: the runs it skipped.
 //!
 //! The kernel does not run a program inside another run of itself on the same CPU (a
-//! softirq's TCP state change arriving while a process's is being handled, for tracing
-//! programs such as `tp_btf`), nor a tracepoint program while any other tracepoint or kprobe
-//! program runs on that CPU: it skips the run and counts it in the program's
-//! `recursion_misses` (Linux 5.12+ for tracing programs; tracepoint programs count theirs
-//! from Linux 6.7). A skipped run is a state change, signal or exit the agent never saw.
+//! softirq's TCP state change arriving while a process's is being handled, for raw and BTF
+//! tracepoint programs such as `tp_btf`, since Linux 6.0 or so; before, such a run nests), nor
+//! a tracepoint program while any other tracepoint or kprobe program runs on that CPU: it
+//! skips the run, and counts it in the program's `recursion_misses` (in `bpf_prog_info` from
+//! Linux 5.11; tracepoint programs' skips are counted from 6.7). A skipped run is a state
+//! change, signal or exit the agent never saw.
 
 use std::{
     io,
