@@ -911,15 +911,7 @@ impl Probes {
     /// that is gone). The agent never calls it.
     #[doc(hidden)]
     pub fn put_live_connection(&mut self, sk: u64, conn: LiveConn) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(names::LIVE_CONNS)
-            .ok_or(ProbeError::MissingMap(names::LIVE_CONNS))?;
-        let mut map: BpfHashMap<&mut MapData, u64, LiveConn> =
-            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
-                name: names::LIVE_CONNS,
-                source,
-            })?;
+        let mut map = self.hash_map_mut::<u64, LiveConn>(names::LIVE_CONNS)?;
         map.insert(sk, conn, 0).map_err(|source| ProbeError::Map {
             name: names::LIVE_CONNS,
             source,
@@ -930,16 +922,20 @@ impl Probes {
     /// entry), for the same tests. The agent never calls it.
     #[doc(hidden)]
     pub fn forget_live_connection(&mut self, sk: u64) -> Result<(), ProbeError> {
+        let mut map = self.hash_map_mut::<u64, LiveConn>(names::LIVE_CONNS)?;
+        removed_or_missing(names::LIVE_CONNS, map.remove(&sk))
+    }
+
+    /// The hash map `name`, for writing.
+    fn hash_map_mut<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>, ProbeError> {
         let map = self
             .ebpf
-            .map_mut(names::LIVE_CONNS)
-            .ok_or(ProbeError::MissingMap(names::LIVE_CONNS))?;
-        let mut map: BpfHashMap<&mut MapData, u64, LiveConn> =
-            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
-                name: names::LIVE_CONNS,
-                source,
-            })?;
-        removed_or_missing(names::LIVE_CONNS, map.remove(&sk))
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
     /// Walks the node's TCP sockets again (after the kernel skipped runs of the TCP probe,
@@ -1047,15 +1043,7 @@ impl Probes {
     /// Stops sending this network namespace's socket-less resets unconditionally (they are
     /// rate-limited again).
     pub fn unwatch_netns(&mut self, netns: u32) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(names::WATCHED_NETNS)
-            .ok_or(ProbeError::MissingMap(names::WATCHED_NETNS))?;
-        let mut map: BpfHashMap<&mut MapData, u32, u64> =
-            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
-                name: names::WATCHED_NETNS,
-                source,
-            })?;
+        let mut map = self.hash_map_mut::<u32, u64>(names::WATCHED_NETNS)?;
         // Missing: never watched, or evicted (an LRU map).
         removed_or_missing(names::WATCHED_NETNS, map.remove(&netns))
     }
