@@ -25,15 +25,10 @@ use termscope::{
         store::Store,
     },
     pipeline::Pipeline,
-    probes::{LoadOptions, Probes},
+    probes::{LoadOptions, Probes, SkippedRuns},
     restart::Journal,
     terminations::{EngineConfig, kube::PodTerminationReport, report::TerminationReport},
 };
-
-/// The shortest time between two walks of the node's TCP sockets made because the kernel
-/// skipped runs of the TCP probe: a walk costs a system call per network namespace and a few
-/// hundred nanoseconds per socket.
-const SWEEP_EVERY: Duration = Duration::from_secs(300);
 
 fn main() -> std::process::ExitCode {
     let args = Cli::parse();
@@ -427,8 +422,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
     let mut last_expire = Instant::now();
     let mut lost_reported = 0;
     let mut kept_failed_reported = 0;
-    let mut missed_reported = 0;
-    let (mut swept_at, mut last_sweep) = (0u64, None);
+    let mut skipped_runs = SkippedRuns::default();
     let clock = WallClock::now();
     let mut kube_state: Result<(), String> = Ok(());
     let mut failure = None;
@@ -566,40 +560,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
                         kube_state = now;
                     }
                 }
-                let runs_missed = pipeline.probes().runs_missed();
-                let missed: u64 = runs_missed.iter().map(|(_, n)| n).sum();
-                // A skipped run of the TCP probe may have been a connection's CLOSE (its
-                // entry would stay forever) or its opening: walk the sockets again, at most
-                // every SWEEP_EVERY.
-                let tcp_missed: u64 = runs_missed
-                    .iter()
-                    .filter(|(p, _)| p.starts_with("inet_sock_set_state"))
-                    .map(|(_, n)| n)
-                    .sum();
-                if tcp_missed > swept_at
-                    && last_sweep.is_none_or(|t: Instant| t.elapsed() >= SWEEP_EVERY)
-                {
-                    last_sweep = Some(Instant::now());
-                    swept_at = tcp_missed;
-                    match pipeline.probes_mut().sweep_live_connections() {
-                        Ok(dropped) => tracing::info!(
-                            dropped,
-                            "walked the TCP sockets after skipped runs: dropped the entries of \
-                             connections whose close was not seen"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "walking the TCP sockets"),
-                    }
-                }
-                if missed > missed_reported {
-                    tracing::warn!(
-                        missed,
-                        programs = ?runs_missed,
-                        "the kernel skipped runs of termscope's programs (a run nested in another \
-                         on one CPU): each is a state change, signal or exit never seen, of a \
-                         container it cannot name"
-                    );
-                    missed_reported = missed;
-                }
+                let runs_missed = skipped_runs.check(pipeline.probes_mut());
                 metrics.set_health(&Health {
                     runs_missed,
                     kernel: counters,

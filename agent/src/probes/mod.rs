@@ -11,7 +11,10 @@ pub mod pin;
 pub mod prog_info;
 pub mod tracefs;
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -1203,6 +1206,72 @@ impl Probes {
     }
 }
 
+/// The shortest time between two walks of the node's TCP sockets made because the kernel
+/// skipped runs of the TCP probe: a walk costs a system call per network namespace and a few
+/// hundred nanoseconds per socket.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// What the agent does at each health tick about the runs the kernel skipped
+/// ([`Probes::runs_missed`]): warns when they grow, and walks the sockets again
+/// ([`Probes::sweep_live_connections`]) when the TCP probe's grew, at most every
+/// [`SWEEP_EVERY`].
+#[derive(Debug, Default)]
+pub struct SkippedRuns {
+    reported: u64,
+    swept_at: u64,
+    last_sweep: Option<Instant>,
+}
+
+impl SkippedRuns {
+    /// Reads the counts, acts on them, and returns them (for the metrics).
+    pub fn check(&mut self, probes: &mut Probes) -> Vec<(String, u64)> {
+        let runs_missed = probes.runs_missed();
+        let missed: u64 = runs_missed.iter().map(|(_, n)| n).sum();
+        if missed > self.reported {
+            tracing::warn!(
+                missed,
+                programs = ?runs_missed,
+                "the kernel skipped runs of termscope's programs (a run nested in another on \
+                 one CPU): each is a state change, signal or exit never seen, of a container it \
+                 cannot name"
+            );
+            self.reported = missed;
+        }
+        let tcp_missed = tcp_probe_runs(&runs_missed);
+        if self.sweep_due(tcp_missed, Instant::now()) {
+            self.last_sweep = Some(Instant::now());
+            self.swept_at = tcp_missed;
+            match probes.sweep_live_connections() {
+                Ok(dropped) => tracing::info!(
+                    dropped,
+                    "walked the TCP sockets after skipped runs: dropped the entries of \
+                     connections whose close was not seen"
+                ),
+                Err(e) => tracing::warn!(error = %e, "walking the TCP sockets"),
+            }
+        }
+        runs_missed
+    }
+
+    /// A walk is due when the TCP probe skipped runs since the last one, and that one is at
+    /// least [`SWEEP_EVERY`] old.
+    fn sweep_due(&self, tcp_missed: u64, now: Instant) -> bool {
+        tcp_missed > self.swept_at
+            && self
+                .last_sweep
+                .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+    }
+}
+
+/// The skipped runs of the TCP probe (either of its programs).
+fn tcp_probe_runs(runs_missed: &[(String, u64)]) -> u64 {
+    runs_missed
+        .iter()
+        .filter(|(p, _)| p.as_str() == HOT_PROBE_BTF.program || p.as_str() == HOT_PROBE)
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// Runs the TCP socket iterator: every connection open now goes into `LIVE_CONNS` with its
 /// cgroup and direction. A TCP iterator walks the network namespace it is created in, so it
 /// is run in the agent's own, and — when the agent may enter namespaces (CAP_SYS_ADMIN, e.g.
@@ -1612,6 +1681,28 @@ impl AsyncEventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_walk_is_due_after_the_tcp_probe_skipped_runs_at_most_every_sweep_interval() {
+        let now = Instant::now();
+        let mut s = SkippedRuns::default();
+        assert!(!s.sweep_due(0, now), "nothing skipped");
+        assert!(s.sweep_due(1, now), "the first skip");
+        s.swept_at = 1;
+        s.last_sweep = Some(now);
+        assert!(!s.sweep_due(1, now + SWEEP_EVERY), "no new skip");
+        assert!(
+            !s.sweep_due(3, now + SWEEP_EVERY / 2),
+            "too soon after the last walk"
+        );
+        assert!(s.sweep_due(3, now + SWEEP_EVERY));
+        let runs = [
+            (HOT_PROBE_BTF.program.to_string(), 2),
+            (HOT_PROBE.to_string(), 1),
+            ("signal_generate".to_string(), 5),
+        ];
+        assert_eq!(tcp_probe_runs(&runs), 3);
+    }
 
     #[test]
     fn entries_the_walk_did_not_meet_are_gone_only_in_the_namespaces_it_walked() {
