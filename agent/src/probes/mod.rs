@@ -1423,6 +1423,7 @@ fn drop_unmet(
 /// namespace it `walked` and whose socket it did not `met`.
 fn unmet(before: &[(u64, u64, u32)], met: &[u64], walked: &[u64]) -> Vec<(u64, u64)> {
     let met: std::collections::HashSet<u64> = met.iter().copied().collect();
+    let walked: std::collections::HashSet<u64> = walked.iter().copied().collect();
     before
         .iter()
         .filter(|(sk, _, netns)| {

@@ -612,14 +612,11 @@ impl Engine {
                 if c.flags.inbound {
                     t.learn_listen_addr(c.addrs.local);
                 }
+                let inbound = Some(c.flags.inbound).filter(|_| !c.flags.untracked);
                 let conn = t.conns.entry(c.conn_id).or_insert_with(|| {
-                    Conn::new(
-                        c.addrs.local,
-                        c.addrs.remote,
-                        Some(c.flags.inbound).filter(|_| !c.flags.untracked),
-                        c.established_ns,
-                    )
+                    Conn::new(c.addrs.local, c.addrs.remote, inbound, c.established_ns)
                 });
+                conn.learn_origin(inbound, c.established_ns);
                 if TcpState::is_close(old, new) {
                     conn.on_close(old, c.activity.as_ref());
                 }
@@ -659,9 +656,13 @@ impl Engine {
                 if r.conn_id == 0 {
                     return actions;
                 }
-                let conn = t.conns.entry(r.conn_id).or_insert_with(|| {
-                    Conn::new(r.addrs.local, r.addrs.remote, Some(r.flags.inbound), 0)
-                });
+                // A reset's event carries no establishment time: the connection's record or
+                // state event, if it comes later, fills it in (`Conn::learn_origin`).
+                let inbound = Some(r.flags.inbound).filter(|_| !r.flags.untracked);
+                let conn = t
+                    .conns
+                    .entry(r.conn_id)
+                    .or_insert_with(|| Conn::new(r.addrs.local, r.addrs.remote, inbound, 0));
                 let named = r.flags.closed_by_exit && conn.closed_by == 0 && r.flags.in_owner_task;
                 conn.closed_by_exit |= r.flags.closed_by_exit;
                 match r.direction {
@@ -762,14 +763,12 @@ impl Engine {
         if k.flags.inbound {
             t.learn_listen_addr(k.addrs.local);
         }
-        let conn = t.conns.entry(k.conn_id).or_insert_with(|| {
-            Conn::new(
-                k.addrs.local,
-                k.addrs.remote,
-                Some(k.flags.inbound).filter(|_| !k.flags.untracked),
-                k.established_ns,
-            )
-        });
+        let inbound = Some(k.flags.inbound).filter(|_| !k.flags.untracked);
+        let conn = t
+            .conns
+            .entry(k.conn_id)
+            .or_insert_with(|| Conn::new(k.addrs.local, k.addrs.remote, inbound, k.established_ns));
+        conn.learn_origin(inbound, k.established_ns);
         if let Some(close) = &k.close {
             let old = if close.peer_closed_first {
                 TcpState::CloseWait
@@ -879,7 +878,8 @@ impl Engine {
             }
             t.conns
                 .entry(c.conn_id)
-                .or_insert_with(|| Conn::new(c.local, c.remote, Some(c.inbound), c.established_ns));
+                .or_insert_with(|| Conn::new(c.local, c.remote, Some(c.inbound), c.established_ns))
+                .learn_origin(Some(c.inbound), c.established_ns);
         }
     }
 

@@ -1347,6 +1347,48 @@ fn kept_records_alone_make_the_report() {
     assert!(idle.closed_at.is_some(), "the later record's CLOSE");
 }
 
+/// A connection accepted after the stop signal and reset when its process died: its reset
+/// reaches the engine through the TCP ring before its kernel record (taken later, on its own
+/// cadence) with the time it was established. It is still accepted late, with that time:
+/// the record fills in what the reset's event did not carry. (Seen in CI: a client's attempt
+/// accepted 2.7 s after SIGTERM was reported `accepted_late: false`.)
+#[test]
+fn a_reset_before_the_record_does_not_lose_when_the_connection_was_accepted() {
+    let decoder = crate::decode::Decoder::new([]);
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    let mut late = kept_record(7, 40007);
+    late.conn.established_ns = T0 + 2 * MS;
+    r.feed(Event::TcpReset(TcpReset {
+        ts_ns: T0 + 3 * MS,
+        cgroup_id: CG,
+        conn_id: 7,
+        direction: ResetDirection::Sent,
+        reason: Some("tcp_state".into()),
+        reason_code: 5,
+        no_socket: false,
+        state: TcpState::Close,
+        addrs: Addrs {
+            local: addr("10.0.0.5:8080"),
+            remote: addr("10.0.0.9:40007"),
+        },
+        netns: NETNS,
+        flags: ConnFlags {
+            inbound: true,
+            closed_by_exit: true,
+            ..ConnFlags::default()
+        },
+        task: task(10, "app"),
+    }));
+    assert!(r.engine.on_kept(&decoder.kept(&late)));
+    let rep = r.finish(T0 + 5 * MS);
+    assert_eq!(rep.counts.accepted_late, 1, "{:?}", rep.counts);
+    let c = &rep.connections[0];
+    assert!(c.accepted_late, "{c:?}");
+    assert!(c.established_at.is_some(), "{c:?}");
+    assert!(c.verdict.is_cut(), "{c:?}");
+}
+
 /// A termination of many connections never builds its whole timeline: it is cut as the
 /// outputs cut reports (first and last steps, an `omitted` step), and says so.
 #[test]

@@ -59,6 +59,19 @@ impl Conn {
         }
     }
 
+    /// What a later source knows of the connection's origin, where this one did not: a
+    /// connection first met through a reset (whose event carries no establishment time) learns
+    /// when it was established from its kernel record or state event, whichever comes after
+    /// it, and a direction from one that knows it.
+    pub fn learn_origin(&mut self, inbound: Option<bool>, established_ns: u64) {
+        if self.established_ns == 0 {
+            self.established_ns = established_ns;
+        }
+        if self.inbound.is_none() {
+            self.inbound = inbound;
+        }
+    }
+
     /// Records the container's close (the first one counts: a later CLOSE after FIN_WAIT is
     /// not the moment the container let go).
     pub fn on_close(&mut self, old: TcpState, activity: Option<&CloseActivity>) {
