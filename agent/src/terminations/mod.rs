@@ -206,6 +206,30 @@ impl Termination {
         }
     }
 
+    /// Connection `id`, met through a source that gives its addresses, its direction
+    /// (`None`: unknown) and when it was established (0: unknown): created the first time,
+    /// otherwise completed with what the earlier sources lacked ([`Conn::learn_origin`]) —
+    /// records and ring events reach the engine in no fixed order.
+    fn meet(
+        &mut self,
+        id: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        inbound: Option<bool>,
+        established_ns: u64,
+    ) -> &mut Conn {
+        match self.conns.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let conn = e.into_mut();
+                conn.learn_origin(inbound, established_ns);
+                conn
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Conn::new(local, remote, inbound, established_ns))
+            }
+        }
+    }
+
     fn pod_uid(&self) -> Option<&str> {
         self.identity.as_ref().and_then(|i| i.pod_uid.as_deref())
     }
@@ -613,10 +637,13 @@ impl Engine {
                     t.learn_listen_addr(c.addrs.local);
                 }
                 let inbound = Some(c.flags.inbound).filter(|_| !c.flags.untracked);
-                let conn = t.conns.entry(c.conn_id).or_insert_with(|| {
-                    Conn::new(c.addrs.local, c.addrs.remote, inbound, c.established_ns)
-                });
-                conn.learn_origin(inbound, c.established_ns);
+                let conn = t.meet(
+                    c.conn_id,
+                    c.addrs.local,
+                    c.addrs.remote,
+                    inbound,
+                    c.established_ns,
+                );
                 if TcpState::is_close(old, new) {
                     conn.on_close(old, c.activity.as_ref());
                 }
@@ -657,12 +684,9 @@ impl Engine {
                     return actions;
                 }
                 // A reset's event carries no establishment time: the connection's record or
-                // state event, if it comes later, fills it in (`Conn::learn_origin`).
+                // state event, if it comes later, fills it in.
                 let inbound = Some(r.flags.inbound).filter(|_| !r.flags.untracked);
-                let conn = t
-                    .conns
-                    .entry(r.conn_id)
-                    .or_insert_with(|| Conn::new(r.addrs.local, r.addrs.remote, inbound, 0));
+                let conn = t.meet(r.conn_id, r.addrs.local, r.addrs.remote, inbound, 0);
                 let named = r.flags.closed_by_exit && conn.closed_by == 0 && r.flags.in_owner_task;
                 conn.closed_by_exit |= r.flags.closed_by_exit;
                 match r.direction {
@@ -764,11 +788,13 @@ impl Engine {
             t.learn_listen_addr(k.addrs.local);
         }
         let inbound = Some(k.flags.inbound).filter(|_| !k.flags.untracked);
-        let conn = t
-            .conns
-            .entry(k.conn_id)
-            .or_insert_with(|| Conn::new(k.addrs.local, k.addrs.remote, inbound, k.established_ns));
-        conn.learn_origin(inbound, k.established_ns);
+        let conn = t.meet(
+            k.conn_id,
+            k.addrs.local,
+            k.addrs.remote,
+            inbound,
+            k.established_ns,
+        );
         if let Some(close) = &k.close {
             let old = if close.peer_closed_first {
                 TcpState::CloseWait
@@ -876,10 +902,13 @@ impl Engine {
             if c.inbound {
                 t.learn_listen_addr(c.local);
             }
-            t.conns
-                .entry(c.conn_id)
-                .or_insert_with(|| Conn::new(c.local, c.remote, Some(c.inbound), c.established_ns))
-                .learn_origin(Some(c.inbound), c.established_ns);
+            t.meet(
+                c.conn_id,
+                c.local,
+                c.remote,
+                Some(c.inbound),
+                c.established_ns,
+            );
         }
     }
 
