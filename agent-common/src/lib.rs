@@ -109,7 +109,7 @@ pub mod watch_reason {
     pub const STOP_SIGNAL: u32 = 2;
 }
 
-/// The slots of `WATCH_HINT` (three `u64`) and the packing of userspace's word, shared by
+/// The slots of `WATCH_HINT` (`u64`s) and the packing of userspace's word, shared by
 /// the programs that read it and the userspace that writes it.
 pub mod watch_hint {
     /// Stop-signal watches the kernel made (only the kernel writes it).
@@ -118,6 +118,12 @@ pub mod watch_hint {
     pub const USER: u32 = 1;
     /// The value of [`KERNEL_MADE`] userspace's count includes.
     pub const USER_SAW: u32 = 2;
+    /// Not 0: the programs keep every connection in `LIVE_CONNS`, watched or not, because
+    /// userspace cannot walk the kernel's sockets to learn a container's when its watch
+    /// begins (no TCP iterator). Written by userspace at start-up.
+    pub const TRACK_ALL: u32 = 3;
+    /// How many slots there are.
+    pub const SLOTS: u32 = 4;
     /// The count's bits in [`USER`]'s word.
     pub const COUNT_MASK: u64 = 0xffff_ffff;
 
@@ -139,6 +145,50 @@ pub mod watch_hint {
     /// The generation in [`USER`]'s word.
     pub const fn generation(word: u64) -> u64 {
         word >> 32
+    }
+}
+
+/// The establishment log (`EST_LOG`): each CPU's ring of the connections established on it
+/// while their cgroup was not watched, written without a map lookup by key (an array slot and
+/// a per-CPU head), never deleted. When a container's watch begins, userspace walks its
+/// sockets into `LIVE_CONNS` and finds in the log when each was established and in which
+/// direction; a connection older than what the log still holds has no establishment time.
+pub mod est_log {
+    /// Entries per CPU (a power of two). At 24 bytes each, 192 KiB per CPU.
+    pub const PER_CPU: u32 = 8192;
+
+    /// One establishment. `at` is the boot-time ns with bit 0 set for an accepted (inbound)
+    /// connection; `check` ties the two to `sk`, so that an entry read while it is rewritten
+    /// (or torn by a nested run) is recognised and skipped.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Entry {
+        pub sk: u64,
+        pub at: u64,
+        pub check: u64,
+    }
+
+    /// `at`'s bit for an accepted connection.
+    pub const INBOUND: u64 = 1;
+
+    /// The check word of an entry.
+    pub const fn check(sk: u64, at: u64) -> u64 {
+        (sk ^ at.rotate_left(29) ^ 0x5bd1_e995_9e37_79b9).wrapping_mul(0xff51_afd7_ed55_8ccd)
+    }
+
+    impl Entry {
+        pub const fn new(sk: u64, at: u64) -> Self {
+            Entry {
+                sk,
+                at,
+                check: check(sk, at),
+            }
+        }
+
+        /// Written whole, and ever written (an unused slot is all zeros).
+        pub const fn is_valid(&self) -> bool {
+            self.sk != 0 && self.check == check(self.sk, self.at)
+        }
     }
 }
 
@@ -556,8 +606,9 @@ pub struct KernelOffsets {
     /// `net.net_cookie`: a network namespace's 64-bit id, never reused (its inode is). An
     /// `atomic64_t` set on first use before 5.12 (0 until then), set at creation since.
     pub net_cookie: u32,
-    /// Keeps the size a multiple of 8 (no implicit padding in [`Config`]).
-    pub _pad: u32,
+    /// `inet_sock.inet_sport` (network order): a socket's local port once the kernel has
+    /// released its port (`skc_num` reads 0 at its CLOSE).
+    pub inet_sport: u32,
 }
 
 impl KernelOffsets {
@@ -590,7 +641,7 @@ impl KernelOffsets {
         skc_v6_rcv_saddr: OFFSET_MISSING,
         sk_protocol: OFFSET_MISSING,
         net_cookie: OFFSET_MISSING,
-        _pad: 0,
+        inet_sport: OFFSET_MISSING,
     };
 }
 
@@ -727,6 +778,10 @@ pub mod names {
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const WATCH_HINT: &str = "WATCH_HINT";
+    /// Establishments of connections whose cgroup was not watched ([`crate::est_log`]).
+    pub const EST_LOG: &str = "EST_LOG";
+    /// Each CPU's count of writes into [`EST_LOG`].
+    pub const EST_HEAD: &str = "EST_HEAD";
     /// The BPF iterator program that learns existing TCP connections at start-up.
     pub const LEARN_PROGRAM: &str = "learn_tcp_sockets";
     pub const CONFIG: &str = "CONFIG";
@@ -743,6 +798,7 @@ mod pod {
     unsafe impl aya::Pod for ExitEvent {}
     unsafe impl aya::Pod for ExecEvent {}
     unsafe impl aya::Pod for Tuple {}
+    unsafe impl aya::Pod for est_log::Entry {}
     unsafe impl aya::Pod for TcpStateEvent {}
     unsafe impl aya::Pod for TcpResetEvent {}
     unsafe impl aya::Pod for LiveConn {}

@@ -5,8 +5,9 @@
 //!   moment a container starts being watched;
 //! - `signal_deliver` — what the target did with the signal (default action, its own handler);
 //! - `sched_process_exit` — a thread group died, with its exit code;
-//! - `inet_sock_set_state` — TCP state changes, the hot path: live connections and per-cgroup
-//!   counters stay in kernel maps, and only watched cgroups' events reach userspace. A BTF
+//! - `inet_sock_set_state` — TCP state changes, the hot path: watched cgroups' connections
+//!   and per-cgroup counters stay in kernel maps (the others' establishments in a log), and
+//!   only watched cgroups' events reach userspace. A BTF
 //!   tracepoint (its arguments are the socket and both states) where the kernel allows it,
 //!   else the classic tracepoint (its record);
 //! - `tcp_send_reset` / `tcp_receive_reset` — resets, including those for a SYN to a port with
@@ -36,8 +37,8 @@ use aya_ebpf::{
 use termscope_common::{
     CgroupStats, Config, EventHeader, ExecEvent, ExitEvent, FILENAME_LEN, KeptConn, LiveConn,
     OFFSET_MISSING, RESET_RECEIVED, RESET_SENT, RateWindow, SignalDeliverEvent, SignalEvent,
-    SockActivity, TcpResetEvent, TcpStateEvent, Tuple, WatchEntry, counter, feature, flags, kind,
-    tcp_state, watch_hint, watch_reason,
+    SockActivity, TcpResetEvent, TcpStateEvent, Tuple, WatchEntry, counter, est_log, feature,
+    flags, kind, tcp_state, watch_hint, watch_reason,
 };
 
 /// Written by userspace at load time (`EbpfLoader::override_global`).
@@ -61,9 +62,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "CONTROL")]
 static CONTROL: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
 
-/// Live TCP connections by socket address. A plain preallocated hash (sized by userspace,
-/// `--max-live-connections`), not an LRU: an entry leaves it only when its socket reaches
-/// CLOSE, never silently. When it is full, the connection is counted (`LIVE_MAP_FAILED`, and
+/// Live TCP connections of watched cgroups by socket address (of every cgroup while
+/// `WATCH_HINT[TRACK_ALL]` is set). A connection established while its cgroup is not watched
+/// only goes into `EST_LOG`; userspace walks the kernel's sockets into this map when a watch
+/// begins, and removes a cgroup's entries when its watch ends. A plain preallocated hash (sized
+/// by userspace, `--max-live-connections`), not an LRU: an entry leaves it only when its socket
+/// reaches CLOSE or userspace removes it, never silently. When it is full, the connection is counted (`LIVE_MAP_FAILED`, and
 /// per cgroup) and its report says so; its events still reach userspace with an id.
 #[map(name = "LIVE_CONNS")]
 static LIVE_CONNS: HashMap<u64, LiveConn> = HashMap::with_max_entries(262144, 0);
@@ -103,11 +107,13 @@ static WATCHED_NETNS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 
 static CGROUP_STATS: LruPerCpuHashMap<u64, CgroupStats> =
     LruPerCpuHashMap::with_max_entries(16384, 0);
 
-/// Listening ports by `(netns << 16) | port`, filled by the start-up walk of the kernel's TCP
-/// sockets (listeners come before connections in it) to tell accepted connections from
-/// outgoing ones.
+/// Listening ports by `(netns << 16) | port`, to tell accepted connections from outgoing ones
+/// among those learnt without their establishment: noted when a socket begins listening and by
+/// every walk of the kernel's TCP sockets (listeners come before connections in it, so a walk
+/// notes its namespace's listeners again right before it judges its connections). An LRU: a
+/// namespace that is gone leaves entries nothing removes.
 #[map(name = "LISTEN_PORTS")]
-static LISTEN_PORTS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+static LISTEN_PORTS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Whether anything is watched, without a map walk on the hot path:
 /// `[0]` stop-signal watches the kernel made (only the kernel writes it, adding 1 before and
@@ -118,7 +124,18 @@ static LISTEN_PORTS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 /// userspace counted). `[0]` plus the generation moves whenever `WATCHED` changes: the
 /// per-CPU [`WATCH_CACHE`] is valid while it stays.
 #[map(name = "WATCH_HINT")]
-static WATCH_HINT: Array<u64> = Array::with_max_entries(3, 0);
+static WATCH_HINT: Array<u64> = Array::with_max_entries(watch_hint::SLOTS, 0);
+
+/// Connections established while their cgroup was not watched: per CPU, a ring of
+/// `est_log::PER_CPU` entries from `cpu * PER_CPU` (userspace sizes the array for the
+/// possible CPUs). Written with no lookup by key and never deleted: what a busy node pays per
+/// connection while nothing is watched. Userspace reads it when a watch begins.
+#[map(name = "EST_LOG")]
+static EST_LOG: Array<est_log::Entry> = Array::with_max_entries(est_log::PER_CPU, 0);
+
+/// Each CPU's count of the entries it wrote into `EST_LOG`.
+#[map(name = "EST_HEAD")]
+static EST_HEAD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The last answer of [`is_watched`] on this CPU: a connection's changes come in runs, and
 /// most belong to the cgroup of the change before, so most cost no lookup in `WATCHED`.
@@ -295,6 +312,41 @@ fn anything_watched() -> bool {
     }
     watch_hint::count(hint(watch_hint::USER)) != 0
         || hint(watch_hint::KERNEL_MADE) != hint(watch_hint::USER_SAW)
+}
+
+/// Whether every connection goes into `LIVE_CONNS` (see `watch_hint::TRACK_ALL`).
+#[inline(always)]
+fn tracks_all() -> bool {
+    cfg!(watch_all) != 0 || hint(watch_hint::TRACK_ALL) != 0
+}
+
+/// Logs the establishment of a connection whose cgroup is not watched (see `EST_LOG`).
+#[inline(always)]
+fn log_establishment(sk: u64, inbound: bool) {
+    let Some(head) = EST_HEAD.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; a run nested on this CPU at worst writes the same slot, which
+    // the entry's check word then rejects.
+    let n = unsafe { *head };
+    unsafe { *head = n.wrapping_add(1) };
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let index = cpu
+        .wrapping_mul(est_log::PER_CPU)
+        .wrapping_add(n as u32 & (est_log::PER_CPU - 1));
+    let at = (now() & !est_log::INBOUND) | if inbound { est_log::INBOUND } else { 0 };
+    if let Some(slot) = EST_LOG.get_ptr_mut(index) {
+        // SAFETY: a slot of the array; userspace tells a torn entry by its check word.
+        unsafe {
+            (*slot).sk = sk;
+            (*slot).at = at;
+            // The BTF tracepoint's socket is a pointer the verifier allows no arithmetic on:
+            // its value, read back from the map, is a plain number.
+            let sk = core::ptr::read_volatile(&raw const (*slot).sk);
+            (*slot).check = est_log::check(sk, at);
+        }
+    }
 }
 
 /// `WATCH_HINT[i]`.
@@ -1026,6 +1078,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     match triage(old, new) {
         SKIP => {}
         FORGET => forget(ctx.arg(0)),
+        LISTENER => on_listen(&FromSock, ctx.arg(0), old, new),
         _ => on_state_change(&FromSock, ctx.arg(0), old, new),
     }
     0
@@ -1044,10 +1097,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let Some(sk) = field::<u64>(&ctx, cfg!(tracepoints.state_skaddr)) else {
         return 0;
     };
-    if verdict == FORGET {
-        forget(sk);
-    } else {
-        on_state_change(&ctx, sk, old, new);
+    match verdict {
+        FORGET => forget(sk),
+        LISTENER => on_listen(&ctx, sk, old, new),
+        _ => on_state_change(&ctx, sk, old, new),
     }
     0
 }
@@ -1057,19 +1110,28 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 const SKIP: u8 = 0;
 const FORGET: u8 = 1;
 const LOOK: u8 = 2;
+/// A socket begins listening: its port goes into `LISTEN_PORTS` (and the change is looked at
+/// further while anything is watched).
+const LISTENER: u8 = 3;
 
-/// The state-first filter: what a change needs beyond its two states. A handshake's changes
-/// (to or from SYN_SENT / SYN_RECV) have no connection yet: nothing unless everything is
-/// watched. With nothing watched, only the changes that keep `LIVE_CONNS` right need more: a
-/// connection established (looked at), the CLOSE of one that was (forgotten: one map
-/// deletion, no lookup, not even of the socket's protocol, as only TCP sockets are in the map
-/// — except an abort, straight from ESTABLISHED / CLOSE_WAIT, whose reset comes next and
-/// looks for the connection in `RECENTLY_CLOSED`), and a close begun by a dying process
-/// (`CLOSED_BY_EXIT`).
+/// The state-first filter: what a change needs beyond its two states. A connection
+/// established is looked at (with nothing watched, that is one write into `EST_LOG`); a socket
+/// that begins listening has its port noted. A handshake's changes (to or from SYN_SENT /
+/// SYN_RECV) have no connection yet: nothing unless everything is watched. With nothing
+/// watched nothing else needs a look: `LIVE_CONNS` holds only watched cgroups' connections —
+/// unless every connection is tracked (`TRACK_ALL`: no socket walk on this kernel), when the
+/// CLOSE of a connection removes it (one map deletion, no lookup, not even of the socket's
+/// protocol, as only TCP sockets are in the map — except an abort, straight from ESTABLISHED /
+/// CLOSE_WAIT, whose reset comes next and looks for the connection in `RECENTLY_CLOSED`), and
+/// a close begun by a dying process is looked at (`CLOSED_BY_EXIT`).
 #[inline(always)]
 fn triage(old: u8, new: u8) -> u8 {
     if is_established(old, new) {
         return LOOK;
+    }
+    // A listener: its port tells accepted connections from outgoing ones (rare; always).
+    if new == tcp_state::LISTEN {
+        return LISTENER;
     }
     let handshake = matches!(new, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
         || matches!(old, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
@@ -1087,6 +1149,11 @@ fn triage(old: u8, new: u8) -> u8 {
             || old == tcp_state::LISTEN;
         return if needed { LOOK } else { SKIP };
     }
+    // Nothing watched: `LIVE_CONNS` holds no connection to keep right (userspace empties a
+    // cgroup's entries when its watch ends), unless every connection is tracked.
+    if !tracks_all() {
+        return SKIP;
+    }
     if new == tcp_state::CLOSE {
         return match old {
             tcp_state::LISTEN | tcp_state::CLOSE => SKIP,
@@ -1098,6 +1165,23 @@ fn triage(old: u8, new: u8) -> u8 {
         return LOOK;
     }
     SKIP
+}
+
+/// A socket begins listening: its port is noted, so that a connection learnt later (by a walk
+/// or at its close) is known to be accepted; then it is looked at like any change.
+#[inline(never)]
+fn on_listen<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
+    if !src.is_tcp(sk) {
+        return;
+    }
+    let port = read_at::<u16>(sk, cfg!(kernel.skc_num)).unwrap_or(0);
+    if port != 0 {
+        let key = ((sock_netns(sk) as u64) << 16) | port as u64;
+        let _ = LISTEN_PORTS.insert(key, 1, 0);
+    }
+    if anything_watched() {
+        on_state_change(src, sk, old, new);
+    }
 }
 
 /// A connection reached CLOSE while nothing is watched: it leaves `LIVE_CONNS` (a socket not
@@ -1116,9 +1200,7 @@ fn is_established(old: u8, new: u8) -> bool {
 #[inline(always)]
 fn on_state_change<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
     if is_established(old, new) {
-        if src.is_tcp(sk) {
-            on_established(src, sk, old, new);
-        }
+        on_established(src, sk, old, new);
         return;
     }
     let live = match LIVE_CONNS.get_ptr_mut(sk) {
@@ -1145,12 +1227,27 @@ fn closing_by_us(old: u8, new: u8) -> bool {
     )
 }
 
-/// A new connection: remember it in the kernel, whether or not anyone watches.
+/// A new connection: into `LIVE_CONNS` when its cgroup is watched (or every connection is
+/// tracked); otherwise only into `EST_LOG` — with nothing watched, that is all, with no read
+/// of the socket (another protocol's entry in the log is never looked for).
 #[inline(never)]
 fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
+    let inbound = old == tcp_state::SYN_RECV;
+    let track_all = tracks_all();
+    if !track_all && !anything_watched() {
+        log_establishment(sk, inbound);
+        return;
+    }
+    if !src.is_tcp(sk) {
+        return;
+    }
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
-    let inbound = old == tcp_state::SYN_RECV;
+    let watched = is_watched(cgroup_id);
+    if !watched && !track_all {
+        log_establishment(sk, inbound);
+        return;
+    }
     if inbound {
         ev_flags |= flags::INBOUND;
     }
@@ -1171,7 +1268,7 @@ fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
         bump(counter::LIVE_MAP_FAILED);
         with_stats(cgroup_id, |s| s.untracked += 1);
     }
-    if is_watched(cgroup_id) {
+    if watched {
         // Opened while its cgroup is watched (e.g. accepted after the stop signal): kept.
         let kept = if tracked {
             keep(sk, &live, old, new, 0)
@@ -1210,6 +1307,12 @@ fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
     let mut tuple = Tuple::default();
     let netns = read_addresses(src, sk, &mut tuple);
+    if tuple.local_port == 0 {
+        // Met at its CLOSE: the kernel released the port (`skc_num`) just before this change;
+        // the socket's own copy of it stays.
+        let sport = read_at::<u16>(sk, cfg!(kernel.inet_sport)).unwrap_or(0);
+        tuple.local_port = u16::from_be(sport);
+    }
     if handshake || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
         if is_watched(cgroup_id) {
             let conn = LiveConn {
@@ -1224,13 +1327,34 @@ fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*
         }
         return None;
     }
+    let watched = is_watched(cgroup_id);
+    let track_all = tracks_all();
+    if !watched && !track_all {
+        // Not watched: not kept (its establishment, if recent, is in `EST_LOG`).
+        return None;
+    }
+    // A connection whose opening the programs did not keep: one of a watched cgroup
+    // established before its watch began, met before userspace's walk (see `EST_LOG`), or one
+    // older than the programs. Accepted when a socket listens on its port. Otherwise outgoing
+    // — where every namespace's listeners are known (the walks reach them all, `TRACK_ALL`
+    // unset); else its direction is unknown.
+    let mut conn_flags = ev_flags & flags::CGROUP_FROM_CURRENT;
+    let port_key = ((netns as u64) << 16) | tuple.local_port as u64;
+    // SAFETY: only tested for presence.
+    if unsafe { LISTEN_PORTS.get(port_key) }.is_some() {
+        conn_flags |= flags::PREEXISTING | flags::INBOUND;
+    } else if track_all {
+        conn_flags |= flags::UNTRACKED;
+    } else {
+        conn_flags |= flags::PREEXISTING;
+    }
     let live = LiveConn {
         conn_id: next_conn_id(),
         cgroup_id,
         established_ns: 0,
         tuple,
         netns,
-        flags: flags::UNTRACKED | (ev_flags & flags::CGROUP_FROM_CURRENT),
+        flags: conn_flags,
     };
     if LIVE_CONNS.insert(sk, live, 0).is_err() {
         bump(counter::LIVE_MAP_FAILED);
@@ -1240,7 +1364,7 @@ fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*
         Some(ptr) => Some(ptr),
         None => {
             // Not even a fresh entry: still report the change, with the connection's id.
-            if is_watched(cgroup_id) {
+            if watched {
                 let ev_flags = ev_flags | live.flags | in_owner_task(cgroup_id);
                 emit_state(ev_flags, &live, sk, old, new);
             }
@@ -1731,6 +1855,11 @@ pub extern "C" fn learn_tcp_sockets(ctx: *mut core::ffi::c_void) -> i32 {
         return 0;
     }
     let cgroup_id = sock_cgroup_id(sk).unwrap_or(0);
+    // Only watched cgroups' connections are kept (unless every connection is tracked).
+    // SAFETY: only tested for presence.
+    if !tracks_all() && unsafe { WATCHED.get(cgroup_id) }.is_none() {
+        return 0;
+    }
     let mut conn_flags = flags::PREEXISTING;
     // SAFETY: only tested for presence.
     if unsafe { LISTEN_PORTS.get(port_key) }.is_some() {

@@ -302,6 +302,7 @@ pub fn run() -> Report {
                 },
                 memlock: probes::memlock(),
                 runs_missed_counted: !probes.runs_missed().is_empty(),
+                socket_walk: probes.walk_coverage.as_ref().err().cloned(),
             };
             checks.extend(feature_checks(&facts));
             checks.push(essential(check(
@@ -357,6 +358,8 @@ pub struct KernelFacts {
     pub memlock: Option<(bool, u64)>,
     /// The kernel tells how many runs of each program it skipped (`recursion_misses`, 5.11+).
     pub runs_missed_counted: bool,
+    /// Why the kernel's TCP sockets cannot be walked (the TCP iterator), if they cannot.
+    pub socket_walk: Option<String>,
 }
 
 /// One line per feature that differs between kernels: how it works here, or which verdicts
@@ -473,6 +476,29 @@ pub fn feature_checks(f: &KernelFacts) -> Vec<Check> {
              program run the kernel skips is lost without a trace",
         )
     });
+    out.push(match &f.socket_walk {
+        None => check(
+            "feature: socket walk",
+            Status::Ok,
+            format!(
+                "the kernel keeps only watched containers' connections; when a watch begins, \
+                 the container's open connections are walked in, with when each was \
+                 established from a log of the last {} establishments per CPU",
+                termscope_common::est_log::PER_CPU
+            ),
+        ),
+        Some(reason) => check(
+            "feature: socket walk",
+            Status::Warn,
+            format!(
+                "not every container's sockets can be walked when its watch begins ({reason}): \
+                 every connection is kept from its opening instead (a map write and a deletion \
+                 per connection on the hot path, about three times the cost with nothing \
+                 watched; for the cheaper way run the agent in the host's PID namespace with \
+                 CAP_SYS_PTRACE and CAP_SYS_ADMIN)"
+            ),
+        ),
+    });
     out
 }
 
@@ -491,6 +517,7 @@ mod tests {
             sock_cgroup: SockCgroup::Pointer,
             memlock: Some((false, 8 << 20)),
             runs_missed_counted: true,
+            socket_walk: None,
         }
     }
 
@@ -555,6 +582,20 @@ mod tests {
         let c = feature_checks(&none);
         assert_eq!(c[0].status, Status::Warn);
         assert!(c[0].detail.contains("`refused`"), "{:?}", c[0]);
+        assert_eq!(c[5].status, Status::Ok);
+        // No TCP iterator: every connection is tracked, and doctor says what that costs.
+        let no_walk = KernelFacts {
+            socket_walk: Some("load (the TCP iterator needs Linux 5.9+): EINVAL".into()),
+            ..facts()
+        };
+        let c = feature_checks(&no_walk);
+        assert_eq!(c[5].status, Status::Warn);
+        assert!(
+            c[5].detail.contains("every connection is kept"),
+            "{:?}",
+            c[5]
+        );
+        assert!(c[5].detail.contains("5.9+"), "{:?}", c[5]);
     }
 
     #[test]

@@ -354,6 +354,7 @@ impl Pipeline {
                 self.restarted.insert(cg);
             } else {
                 self.probes.unwatch(cg)?;
+                self.probes.forget_connections_of(cg)?;
             }
         }
         Ok(())
@@ -788,10 +789,27 @@ impl Pipeline {
                             listed = replayed;
                         }
                         None => {
+                            // The kernel keeps only watched cgroups' connections from their
+                            // opening: those opened before the watch are walked in now, with
+                            // their establishment from the log while it still holds it.
+                            let established = if self.probes.tracks_all() {
+                                None
+                            } else {
+                                self.probes
+                                    .learn_watched_connections()
+                                    .inspect_err(|e| {
+                                        tracing::warn!(
+                                            cgroup = cg,
+                                            error = %e,
+                                            "could not walk the sockets of a watched container"
+                                        )
+                                    })
+                                    .ok()
+                            };
                             // Walked a batch at a time, each of this cgroup's straight into
                             // the engine: no list of the node's connections in memory.
                             let engine = &mut self.engine;
-                            self.probes.for_each_live_connection(|_, c| {
+                            self.probes.for_each_live_connection(|sk, c| {
                                 // A connection learnt at a state change (older than the
                                 // agent, where the start-up walk could not run) has no
                                 // known direction: it enters the report through its own
@@ -799,6 +817,7 @@ impl Pipeline {
                                 if (c.cgroup_id == cg || members.contains(&c.cgroup_id))
                                     && c.flags & flags::UNTRACKED == 0
                                 {
+                                    let c = &with_establishment(c, sk, established.as_ref());
                                     let open = open_connection(c);
                                     engine.on_snapshot(cg, std::slice::from_ref(&open));
                                     count += 1;
@@ -884,6 +903,15 @@ impl Pipeline {
                 .insert(cg, (stats.events_lost, stats.untracked));
         }
         self.probes.unwatch(cg)?;
+        // Its connections' entries: nothing keeps them right any more.
+        let forgotten = self.probes.forget_connections_of(cg)?;
+        if forgotten > 0 {
+            tracing::debug!(
+                cgroup = cg,
+                forgotten,
+                "dropped the connections of an unwatched cgroup"
+            );
+        }
         self.resolver.forget(cg);
         Ok(())
     }
@@ -896,6 +924,26 @@ fn http_hook_port(c: &crate::kube::pod::ContainerInfo) -> Option<u16> {
         Some(crate::kube::pod::PreStop::HttpGet { port, .. }) => port.parse().ok(),
         _ => None,
     }
+}
+
+/// `c` (at socket address `sk`) with its establishment time and direction from the log, when
+/// the walk learnt it without them and the log still holds it.
+fn with_establishment(
+    c: &LiveConn,
+    sk: u64,
+    log: Option<&crate::probes::est_log::Establishments>,
+) -> LiveConn {
+    let mut c = *c;
+    if c.established_ns == 0
+        && let Some(e) = log.and_then(|l| l.get(sk))
+    {
+        c.established_ns = e.at_ns;
+        c.flags &= !flags::INBOUND;
+        if e.inbound {
+            c.flags |= flags::INBOUND;
+        }
+    }
+    c
 }
 
 fn open_connection(c: &LiveConn) -> OpenConnection {

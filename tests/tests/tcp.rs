@@ -503,29 +503,51 @@ fn syn_to_closed_port_v6() -> Result<()> {
     syn_to_closed_port(Family::V6)
 }
 
-/// The kernel keeps the open connection in its live map (for a termination to list what was
-/// open when it began), whether or not anyone watches; its cgroup's counters count only
-/// losses (none here).
+/// A connection opened while its cgroup is not watched is not in the kernel's live map, only
+/// in the establishment log; when the watch begins, the walk puts it there (for a termination
+/// to list what was open when it began) and the log gives when it was established and that
+/// it was accepted. Its cgroup's counters count only losses (none here).
 #[test]
 fn live_connections_and_counters_in_the_kernel() -> Result<()> {
     kernel_test!();
     let mut k = Kernel::load()?;
     let mut s = server(&mut k, Family::V4, "hold")?;
     k.probes.unwatch(s.cg.id)?;
+    let before = termscope::clock::boot_ns();
     let c = connect(&s)?;
+    let after = termscope::clock::boot_ns();
     let client_port = c.local_addr()?.port();
     s.proc.expect_line("accepted")?;
-    let live = k.probes.live_connections()?;
-    let mine: Vec<_> = live
-        .iter()
-        .filter(|(_, l)| l.cgroup_id == s.cg.id)
-        .collect();
-    assert_eq!(mine.len(), 1, "{mine:?}");
-    let conn = mine[0].1;
+    let mine = |k: &Kernel| -> Result<Vec<(u64, termscope_common::LiveConn)>> {
+        Ok(k.probes
+            .live_connections()?
+            .into_iter()
+            .filter(|(_, l)| l.cgroup_id == s.cg.id)
+            .collect())
+    };
+    assert_eq!(mine(&k)?, vec![], "kept while not watched");
+
+    k.probes.watch(s.cg.id)?;
+    let log = k
+        .probes
+        .learn_watched_connections()
+        .map_err(anyhow::Error::msg)?;
+    let live = mine(&k)?;
+    assert_eq!(live.len(), 1, "{live:?}");
+    let (sk, conn) = live[0];
     assert_eq!(conn.tuple.local_port, PORT);
     assert_eq!(conn.tuple.remote_port, client_port);
     assert_ne!(conn.flags & termscope_common::flags::INBOUND, 0);
+    assert_ne!(conn.flags & termscope_common::flags::PREEXISTING, 0);
     assert_eq!(conn.netns, s.ns.inode()?);
+    let est = log.get(sk).context("the establishment is not in the log")?;
+    assert!(est.inbound, "{est:?}");
+    assert!(
+        (before..=after).contains(&est.at_ns),
+        "established at {} outside [{before}, {after}]",
+        est.at_ns
+    );
+    k.probes.unwatch(s.cg.id)?;
     let stats = k.probes.cgroup_stats(s.cg.id)?;
     assert_eq!((stats.events_lost, stats.untracked), (0, 0), "{stats:?}");
     // Unwatched: no per-connection events reached userspace.

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod btf;
+pub mod est_log;
 pub mod offsets;
 pub mod pin;
 pub mod prog_info;
@@ -33,6 +34,12 @@ use crate::{
     signal::Signal,
 };
 use offsets::{ResolvedKernel, ResolvedTracepoints, Unresolved};
+
+/// The size of `EST_LOG`: a ring of `est_log::PER_CPU` entries per possible CPU.
+fn est_log_entries() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    cpus.saturating_mul(termscope_common::est_log::PER_CPU)
+}
 
 /// The kernel programs, built by `agent/build.rs` from `agent-ebpf`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/termscope-probes"));
@@ -148,7 +155,7 @@ pub const PROBES: &[ProbeSpec] = &[
             category: "sock",
             name: "inet_sock_set_state",
         },
-        purpose: "TCP state changes per socket cgroup; live connections kept in the kernel",
+        purpose: "TCP state changes per socket cgroup; watched containers' connections kept in the kernel",
         required_fields: &[
             "sock/inet_sock_set_state:skaddr",
             "sock/inet_sock_set_state:oldstate",
@@ -212,7 +219,7 @@ pub const HOT_PROBE_BTF: ProbeSpec = ProbeSpec {
     attach: AttachPoint::BtfTracePoint {
         name: "inet_sock_set_state",
     },
-    purpose: "TCP state changes per socket cgroup; live connections kept in the kernel",
+    purpose: "TCP state changes per socket cgroup; watched containers' connections kept in the kernel",
     required_fields: &[],
     wanted_features: feature::SOCK_CGROUP | feature::TASK_EXIT | feature::SOCK_ACTIVITY,
 };
@@ -685,6 +692,11 @@ pub struct Probes {
     /// learnt, or why it could not run (then connections older than the agent are learnt at
     /// their next state change, without their direction).
     pub preexisting: Result<usize, String>,
+    /// Whether the walks reach every network namespace of the node (the agent sees every
+    /// process and can enter each namespace), or why not. When they do not, a container
+    /// whose namespace the agent cannot walk could not have its connections learnt when its
+    /// watch begins: every connection is then kept from its opening (`tracks_all`).
+    pub walk_coverage: Result<(), String>,
     watch_all: bool,
     /// What userspace last wrote as the number of watched cgroups (`WATCH_HINT[1]`'s low 32
     /// bits).
@@ -720,7 +732,8 @@ impl Probes {
             .map_max_entries(names::EVENTS, opts.ring_buffer_bytes)
             .map_max_entries(names::CONTROL, opts.control_ring_bytes)
             .map_max_entries(names::LIVE_CONNS, opts.max_live_connections)
-            .map_max_entries(names::KEPT_CONNS, opts.max_kept_connections);
+            .map_max_entries(names::KEPT_CONNS, opts.max_kept_connections)
+            .map_max_entries(names::EST_LOG, est_log_entries());
         if let Some(pins) = &pins {
             for (name, path) in pins.paths() {
                 loader.map_pin_path(name, path);
@@ -729,6 +742,10 @@ impl Probes {
         let mut ebpf = loader
             .load(PROGRAMS)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        // Until the start-up walk says whether a watch can learn its container's connections,
+        // every connection is kept (the walk then learns all of them, and the entries of
+        // unwatched cgroups are dropped if they need not be kept).
+        set_track_all(&mut ebpf)?;
         if let Some(pins) = &pins {
             tracing::info!(
                 dir = %pins.dir.display(),
@@ -816,7 +833,11 @@ impl Probes {
         }
         // After the probes: a connection that opens meanwhile is the probe's, and the walk
         // leaves its entry alone.
-        let preexisting = learn_existing_connections(&mut ebpf, aya_btf.as_ref(), &support);
+        let (preexisting, walk_coverage) =
+            match learn_existing_connections(&mut ebpf, aya_btf.as_ref(), &support) {
+                Ok((learnt, coverage)) => (Ok(learnt), coverage),
+                Err(e) => (Err(e.clone()), Err(e)),
+            };
         match &preexisting {
             Ok(n) => tracing::info!(connections = n, "learnt the TCP connections already open"),
             Err(reason) => tracing::warn!(
@@ -832,6 +853,7 @@ impl Probes {
             ebpf,
             status,
             preexisting,
+            walk_coverage,
             watch_all: opts.watch_all,
             hint_count: 0,
             hint_generation: 0,
@@ -844,7 +866,121 @@ impl Probes {
         probes.hint_generation =
             watch_hint::generation(probes.hint()?.get(&watch_hint::USER, 0).unwrap_or(0));
         probes.watched_cgroups()?;
+        // Without a walk that reaches every namespace, a container's connections cannot be
+        // learnt when its watch begins: the programs keep every connection from its opening
+        // instead (as they did from the attach on, see below).
+        let track_all = probes.tracks_all();
+        if let Err(reason) = &probes.walk_coverage {
+            tracing::warn!(
+                %reason,
+                "every connection is kept from its opening (dearer per connection): the \
+                 agent cannot walk every network namespace's sockets when a watch begins"
+            );
+        }
+        probes.set_hint(watch_hint::TRACK_ALL, u64::from(track_all))?;
+        if !track_all {
+            // Pinned entries of cgroups no longer watched: nothing keeps them right.
+            let dropped = probes.forget_unwatched_connections()?;
+            if dropped > 0 {
+                tracing::debug!(
+                    dropped,
+                    "dropped pinned entries of cgroups no longer watched"
+                );
+            }
+        }
         Ok(probes)
+    }
+
+    /// Whether every connection is kept in `LIVE_CONNS` from its opening (no socket walk on
+    /// this kernel, or `--watch-all`); otherwise only watched cgroups' are.
+    pub fn tracks_all(&self) -> bool {
+        self.watch_all || self.preexisting.is_err() || self.walk_coverage.is_err()
+    }
+
+    /// A watch began: walks the kernel's TCP sockets, so that `LIVE_CONNS` holds every
+    /// connection of the watched cgroups (the programs keep only those opened while watched),
+    /// and reads when the ones opened before were established (`EST_LOG`). An error when the
+    /// walk cannot run (then every connection is tracked from its opening anyway).
+    pub fn learn_watched_connections(&mut self) -> Result<est_log::Establishments, String> {
+        if let Err(e) = &self.preexisting {
+            return Err(e.clone());
+        }
+        let walk_began = boot_ns();
+        let walked = walk_sockets(&mut self.ebpf)?;
+        if let Err(reason) = walked.coverage {
+            // A namespace that could not be entered: from now on every connection is kept
+            // from its opening, so that the next watch needs no walk to know them.
+            tracing::warn!(
+                %reason,
+                "the walk missed a network namespace: keeping every connection from now on"
+            );
+            self.walk_coverage = Err(reason.clone());
+            self.set_hint(watch_hint::TRACK_ALL, 1)
+                .map_err(|e| e.to_string())?;
+            return Err(reason);
+        }
+        self.establishments(walk_began)
+    }
+
+    /// The establishment log as it stands, trusted up to `before_ns` (see
+    /// [`est_log::Establishments::from_log`]).
+    pub fn establishments(&self, before_ns: u64) -> Result<est_log::Establishments, String> {
+        let Some(Map::Array(data)) = self.ebpf.map(names::EST_LOG) else {
+            return Err(format!("no array {}", names::EST_LOG));
+        };
+        let mut entries: Vec<termscope_common::est_log::Entry> = Vec::new();
+        batch::for_each::<u32, termscope_common::est_log::Entry>(data.fd().as_fd(), |_, values| {
+            entries.extend_from_slice(values)
+        })
+        .map_err(|e| format!("reading {}: {e}", names::EST_LOG))?;
+        let heads = self
+            .ebpf
+            .map(names::EST_HEAD)
+            .ok_or_else(|| format!("no map {}", names::EST_HEAD))
+            .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).map_err(|e| e.to_string()))
+            .and_then(|a| a.get(&0, 0).map_err(|e| e.to_string()))
+            .map_err(|e| format!("reading {}: {e}", names::EST_HEAD))?;
+        let heads: Vec<u64> = heads.iter().copied().collect();
+        Ok(est_log::Establishments::from_log(
+            &entries, &heads, before_ns,
+        ))
+    }
+
+    /// Removes the `LIVE_CONNS` entries of `cgroup_id` (its watch ended: nothing keeps them
+    /// right any more). Returns how many.
+    pub fn forget_connections_of(&mut self, cgroup_id: u64) -> Result<usize, ProbeError> {
+        if self.tracks_all() {
+            return Ok(0);
+        }
+        self.forget_connections_where(|c| c.cgroup_id == cgroup_id)
+    }
+
+    /// Removes the `LIVE_CONNS` entries of every cgroup not watched now.
+    fn forget_unwatched_connections(&mut self) -> Result<usize, ProbeError> {
+        let watched: std::collections::HashSet<u64> =
+            self.watched()?.keys().filter_map(Result::ok).collect();
+        self.forget_connections_where(|c| !watched.contains(&c.cgroup_id))
+    }
+
+    fn forget_connections_where(
+        &mut self,
+        gone: impl Fn(&LiveConn) -> bool,
+    ) -> Result<usize, ProbeError> {
+        let mut doomed = Vec::new();
+        self.for_each_live_connection(|sk, c| {
+            if gone(c) {
+                doomed.push((sk, c.conn_id));
+            }
+        })?;
+        let mut map = self.hash_map_mut::<u64, LiveConn>(names::LIVE_CONNS)?;
+        let mut removed = 0;
+        for (sk, conn_id) in doomed {
+            // Only the same connection: a new socket at the address may have replaced it.
+            if map.get(&sk, 0).is_ok_and(|c| c.conn_id == conn_id) && map.remove(&sk).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Whether every cgroup's events go to userspace (`--watch-all`).
@@ -950,7 +1086,7 @@ impl Probes {
         if let Err(e) = &self.preexisting {
             return Err(e.clone());
         }
-        walk_sockets(&mut self.ebpf)
+        walk_sockets(&mut self.ebpf).map(|w| w.dropped)
     }
 
     /// Every cgroup the kernel watches now, with when and why it began. Also tells the hot
@@ -1287,7 +1423,7 @@ fn learn_existing_connections(
     ebpf: &mut Ebpf,
     btf: Option<&aya::Btf>,
     support: &KernelSupport,
-) -> Result<usize, String> {
+) -> Result<(usize, Result<(), String>), String> {
     if support.features() & feature::SOCK_TUPLE == 0 {
         return Err("socket fields (sock_common) not resolved from BTF".into());
     }
@@ -1302,7 +1438,7 @@ fn learn_existing_connections(
             error_chain(&e)
         )
     })?;
-    let dropped = walk_sockets(ebpf)?;
+    let Walked { dropped, coverage } = walk_sockets(ebpf)?;
     if dropped > 0 {
         tracing::info!(
             dropped,
@@ -1314,45 +1450,60 @@ fn learn_existing_connections(
         .ok_or_else(|| format!("no map {}", names::LIVE_CONNS))?;
     let map: BpfHashMap<&MapData, u64, LiveConn> =
         BpfHashMap::try_from(map).map_err(|e| e.to_string())?;
-    Ok(map
+    let learnt = map
         .iter()
         .filter_map(Result::ok)
         .filter(|(_, c)| c.flags & termscope_common::flags::PREEXISTING != 0)
-        .count())
+        .count();
+    Ok((learnt, coverage))
 }
 
 /// Walks the TCP sockets of every network namespace the agent can enter with the loaded
-/// iterator: learns the connections `LIVE_CONNS` lacks, and drops the entries whose socket
-/// is gone. Returns how many it dropped.
-fn walk_sockets(ebpf: &mut Ebpf) -> Result<usize, String> {
+/// iterator: learns the connections of watched cgroups `LIVE_CONNS` lacks, and drops the entries whose socket
+/// is gone.
+fn walk_sockets(ebpf: &mut Ebpf) -> Result<Walked, String> {
     let before = live_entries(ebpf)?;
     let program = ebpf
         .program_mut(names::LEARN_PROGRAM)
         .ok_or_else(|| format!("program {} is not in the object", names::LEARN_PROGRAM))?;
     let iter: &mut Iter = program.try_into().map_err(|e| format!("{e}"))?;
+    let mut coverage = sees_every_process();
     let mut met = Vec::new();
     let mut walked = Vec::new();
     walk_once(iter, &mut met)?;
     walked.extend(own_netns());
-    let others = other_netns();
+    let (others, refused) = other_netns();
+    if refused > 0 {
+        // With CAP_SYS_PTRACE (checked in `sees_every_process`) only a security module or a
+        // process that forbids it refuses: not taken as a namespace missed.
+        tracing::debug!(
+            refused,
+            "processes whose network namespace could not be opened"
+        );
+    }
     if !others.is_empty() {
         // setns changes the calling thread's namespace only: walk from a thread of our own.
         let res = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
                     let (mut met, mut walked) = (Vec::new(), Vec::new());
+                    let mut failed: Option<String> = None;
                     for (ino, ns) in &others {
                         // SAFETY: setns with a valid namespace fd, on this thread only.
                         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                            let e = std::io::Error::last_os_error().to_string();
-                            return (met, walked, Some(e));
+                            // The others may still be entered: go on, and say so.
+                            let e = std::io::Error::last_os_error();
+                            failed.get_or_insert_with(|| format!("entering netns {ino}: {e}"));
+                            continue;
                         }
-                        if let Err(e) = walk_once(iter, &mut met) {
-                            return (met, walked, Some(e));
+                        match walk_once(iter, &mut met) {
+                            Ok(()) => walked.push(*ino),
+                            Err(e) => {
+                                failed.get_or_insert_with(|| format!("netns {ino}: {e}"));
+                            }
                         }
-                        walked.push(*ino);
                     }
-                    (met, walked, None)
+                    (met, walked, failed)
                 })
                 .join()
         });
@@ -1362,17 +1513,99 @@ fn walk_sockets(ebpf: &mut Ebpf) -> Result<usize, String> {
                 walked.extend(w);
                 match failed {
                     None => tracing::debug!(namespaces = walked.len(), "walked the TCP sockets"),
-                    Some(reason) => tracing::info!(
-                        %reason,
-                        namespaces = walked.len(),
-                        "walked the TCP sockets of some network namespaces only"
-                    ),
+                    Some(reason) => {
+                        tracing::info!(
+                            %reason,
+                            namespaces = walked.len(),
+                            "walked the TCP sockets of some network namespaces only"
+                        );
+                        coverage = Err(format!(
+                            "a network namespace could not be entered: {reason}"
+                        ));
+                    }
                 }
             }
             Err(_) => return Err("the namespace walk panicked".into()),
         }
     }
-    drop_unmet(ebpf, &before, &met, &walked)
+    let dropped = drop_unmet(ebpf, &before, &met, &walked)?;
+    Ok(Walked { dropped, coverage })
+}
+
+/// Sets `WATCH_HINT[TRACK_ALL]` on a freshly loaded object.
+fn set_track_all(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let map = ebpf
+        .map_mut(names::WATCH_HINT)
+        .ok_or(ProbeError::MissingMap(names::WATCH_HINT))?;
+    let mut hint: Array<&mut MapData, u64> =
+        Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: names::WATCH_HINT,
+            source,
+        })?;
+    hint.set(watch_hint::TRACK_ALL, 1, 0)
+        .map_err(|source| ProbeError::Map {
+            name: names::WATCH_HINT,
+            source,
+        })
+}
+
+/// What a walk of the kernel's TCP sockets did.
+struct Walked {
+    /// Entries of `LIVE_CONNS` whose socket was gone.
+    dropped: usize,
+    /// Whether it reached every network namespace of the node, or why not.
+    coverage: Result<(), String>,
+}
+
+/// `PROC_PID_INIT_INO`: the inode of the initial PID namespace.
+const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
+
+/// Whether the agent can see and enter every network namespace that has a process: it runs
+/// in the initial PID namespace (standalone, or a pod with `hostPID`) with CAP_SYS_PTRACE (to
+/// open another user's `/proc/<pid>/ns/net`) and CAP_SYS_ADMIN (to enter it).
+fn sees_every_process() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(m) if m.ino() == INIT_PID_NS_INODE => {}
+        Ok(_) => {
+            return Err(
+                "the agent runs in a PID namespace of its own (no hostPID): it cannot \
+                        see other containers' network namespaces"
+                    .into(),
+            );
+        }
+        Err(e) => return Err(format!("/proc/self/ns/pid: {e}")),
+    }
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("/proc/self/status: {e}"))?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or("no CapEff in /proc/self/status")?;
+    missing_caps(effective)
+}
+
+/// The capabilities a walk of every namespace needs that `effective` lacks, as an error.
+fn missing_caps(effective: u64) -> Result<(), String> {
+    const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let missing: Vec<&str> = [
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| effective & (1 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "without {} the agent cannot open and enter other containers' network namespaces",
+            missing.join(" and ")
+        ))
+    }
 }
 
 /// `LIVE_CONNS` as (socket address, connection id, namespace inode), walked in batches.
@@ -1464,11 +1697,14 @@ fn own_netns() -> Option<u64> {
 }
 
 /// Network namespaces other than ours that we can open: (inode, fd).
-fn other_netns() -> Vec<(u64, std::fs::File)> {
+/// The network namespaces other than the agent's own it can open (by `/run/netns` and the
+/// processes it sees), and how many it was refused (permission).
+fn other_netns() -> (Vec<(u64, std::fs::File)>, usize) {
     use std::os::unix::fs::MetadataExt;
     let Some(own) = own_netns() else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
+    let mut refused = 0;
     let mut seen = std::collections::HashSet::from([own]);
     let mut candidates: Vec<std::path::PathBuf> = Vec::new();
     for dir in ["/run/netns", "/var/run/netns"] {
@@ -1489,10 +1725,24 @@ fn other_netns() -> Vec<(u64, std::fs::File)> {
                 .map(|e| e.path().join("ns/net")),
         );
     }
-    candidates
+    let found = candidates
         .into_iter()
         .filter_map(|path| {
-            let file = std::fs::File::open(&path).ok()?;
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) => {
+                    // A process that exited meanwhile is no namespace missed.
+                    if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        refused += 1;
+                    }
+                    return None;
+                }
+            };
+            // A file of `/run/netns` that is not (yet, or any more) a namespace's bind mount:
+            // `ip netns add` creates it before mounting the namespace over it.
+            if !is_nsfs(&file) {
+                return None;
+            }
             // The inode of what was opened (a namespace file's inode is its namespace's).
             let ino = file.metadata().ok()?.ino();
             if !seen.insert(ino) {
@@ -1500,7 +1750,17 @@ fn other_netns() -> Vec<(u64, std::fs::File)> {
             }
             Some((ino, file))
         })
-        .collect()
+        .collect();
+    (found, refused)
+}
+
+/// Whether `file` is a namespace (on nsfs).
+fn is_nsfs(file: &std::fs::File) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    // SAFETY: fstatfs on an open fd into a zeroed struct of the right type.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    r == 0 && st.f_type as i64 == NSFS_MAGIC
 }
 
 /// The result of removing a key from map `name`, where a missing key is no error.
@@ -1682,6 +1942,16 @@ impl AsyncEventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_walk_of_every_namespace_needs_ptrace_and_admin() {
+        assert_eq!(missing_caps(0x1ff_ffff_ffff), Ok(()));
+        let bpf_perfmon_only = (1 << 38) | (1 << 39);
+        let e = missing_caps(bpf_perfmon_only).expect_err("both missing");
+        assert!(e.contains("CAP_SYS_PTRACE and CAP_SYS_ADMIN"), "{e}");
+        let e = missing_caps(1 << 21).expect_err("ptrace missing");
+        assert!(e.contains("without CAP_SYS_PTRACE the"), "{e}");
+    }
 
     #[test]
     fn a_walk_is_due_after_the_tcp_probe_skipped_runs_at_most_every_sweep_interval() {

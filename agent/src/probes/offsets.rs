@@ -100,7 +100,9 @@ pub fn resolve_kernel(btf: &Btf) -> ResolvedKernel {
         // program (which reads the record) is attached: not reported as unresolved here.
         sk_protocol: member(btf, &m("sock", "sk_protocol", 2), &mut Vec::new()),
         net_cookie: member(btf, &m("net", "net_cookie", 8), &mut un),
-        _pad: 0,
+        // Only for the local port of a connection first met at its CLOSE (the port is
+        // released before that change): not reported as unresolved (the port then reads 0).
+        inet_sport: member(btf, &m("inet_sock", "inet_sport", 2), &mut Vec::new()),
     };
     let all = |offs: &[u32]| offs.iter().all(|&x| x != OFFSET_MISSING);
     let mut features = 0;

@@ -42,7 +42,9 @@ impl Pins {
 /// holds the namespace's cookie, no longer the time it was watched). `WATCH_HINT[1]` gaining
 /// the watch generation in its high 32 bits needed no bump: an older agent's value reads as
 /// generation 0, and an older agent reading a newer value only looks `WATCHED` up more often.
-const LAYOUT_REVISION: u32 = 1;
+/// 2: `LIVE_CONNS` holds only watched cgroups' connections, and `WATCH_HINT` has a fourth
+/// slot (`TRACK_ALL`).
+const LAYOUT_REVISION: u32 = 2;
 
 /// The subdirectory name for this build's map layout.
 pub fn layout_tag(opts: &LoadOptions) -> String {
