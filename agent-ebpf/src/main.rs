@@ -1251,19 +1251,18 @@ fn on_established<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) {
     if inbound {
         ev_flags |= flags::INBOUND;
     }
-    let mut tuple = Tuple::default();
-    let netns = read_addresses(src, sk, &mut tuple);
-    let conn_id = next_conn_id();
-    let established_ns = now();
-    let live = LiveConn {
-        conn_id,
+    // Built in place (the addresses read into it, inserted by reference): one copy of the
+    // connection on this frame keeps the call chain within 5.10's 512-byte stack limit.
+    let mut live = LiveConn {
+        conn_id: next_conn_id(),
         cgroup_id,
-        established_ns,
-        tuple,
-        netns,
+        established_ns: now(),
+        tuple: Tuple::default(),
+        netns: 0,
         flags: ev_flags & (flags::INBOUND | flags::CGROUP_FROM_CURRENT),
     };
-    let tracked = LIVE_CONNS.insert(sk, live, 0).is_ok();
+    live.netns = read_addresses(src, sk, &mut live.tuple);
+    let tracked = LIVE_CONNS.insert(sk, &live, 0).is_ok();
     if !tracked {
         bump(counter::LIVE_MAP_FAILED);
         with_stats(cgroup_id, |s| s.untracked += 1);
@@ -1305,25 +1304,25 @@ fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*
     }
     let mut ev_flags = 0u32;
     let cgroup_id = owner_cgroup(sk, &mut ev_flags);
-    let mut tuple = Tuple::default();
-    let netns = read_addresses(src, sk, &mut tuple);
-    if tuple.local_port == 0 {
+    // One copy of the connection on this frame, built in place (see `on_established`).
+    let mut live = LiveConn {
+        conn_id: 0,
+        cgroup_id,
+        established_ns: 0,
+        tuple: Tuple::default(),
+        netns: 0,
+        flags: 0,
+    };
+    live.netns = read_addresses(src, sk, &mut live.tuple);
+    if live.tuple.local_port == 0 {
         // Met at its CLOSE: the kernel released the port (`skc_num`) just before this change;
         // the socket's own copy of it stays.
         let sport = read_at::<u16>(sk, cfg!(kernel.inet_sport)).unwrap_or(0);
-        tuple.local_port = u16::from_be(sport);
+        live.tuple.local_port = u16::from_be(sport);
     }
     if handshake || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
         if is_watched(cgroup_id) {
-            let conn = LiveConn {
-                conn_id: 0,
-                cgroup_id,
-                established_ns: 0,
-                tuple,
-                netns,
-                flags: 0,
-            };
-            emit_state(ev_flags | in_owner_task(cgroup_id), &conn, sk, old, new);
+            emit_state(ev_flags | in_owner_task(cgroup_id), &live, sk, old, new);
         }
         return None;
     }
@@ -1339,7 +1338,7 @@ fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*
     // — where every namespace's listeners are known (the walks reach them all, `TRACK_ALL`
     // unset); else its direction is unknown.
     let mut conn_flags = ev_flags & flags::CGROUP_FROM_CURRENT;
-    let port_key = ((netns as u64) << 16) | tuple.local_port as u64;
+    let port_key = ((live.netns as u64) << 16) | live.tuple.local_port as u64;
     // SAFETY: only tested for presence.
     if unsafe { LISTEN_PORTS.get(port_key) }.is_some() {
         conn_flags |= flags::PREEXISTING | flags::INBOUND;
@@ -1348,15 +1347,9 @@ fn learn_untracked<A: Addresses>(src: &A, sk: u64, old: u8, new: u8) -> Option<*
     } else {
         conn_flags |= flags::PREEXISTING;
     }
-    let live = LiveConn {
-        conn_id: next_conn_id(),
-        cgroup_id,
-        established_ns: 0,
-        tuple,
-        netns,
-        flags: conn_flags,
-    };
-    if LIVE_CONNS.insert(sk, live, 0).is_err() {
+    live.conn_id = next_conn_id();
+    live.flags = conn_flags;
+    if LIVE_CONNS.insert(sk, &live, 0).is_err() {
         bump(counter::LIVE_MAP_FAILED);
         with_stats(cgroup_id, |s| s.untracked += 1);
     }
