@@ -782,6 +782,9 @@ pub mod names {
     pub const EST_LOG: &str = "EST_LOG";
     /// Each CPU's count of writes into [`EST_LOG`].
     pub const EST_HEAD: &str = "EST_HEAD";
+    /// Per CPU: whether a run is merging into its record scratch (a nested run then keeps
+    /// nothing and uses the ring).
+    pub const KEEPING: &str = "KEEPING";
     /// The BPF iterator program that learns existing TCP connections at start-up.
     pub const LEARN_PROGRAM: &str = "learn_tcp_sockets";
     pub const CONFIG: &str = "CONFIG";

@@ -86,6 +86,13 @@ static KEPT_CONNS: HashMap<u64, KeptConn> = HashMap::with_max_entries(131072, 0)
 #[map(name = "KEPT_SCRATCH")]
 static KEPT_SCRATCH: PerCpuArray<KeptConn> = PerCpuArray::with_max_entries(1, 0);
 
+/// Whether this CPU's `KEPT_SCRATCH` is in use by a `keep` (non-zero while it merges). Where
+/// runs of the BTF tracepoint nest (before ~5.19, e.g. 5.10: a softirq's state change inside
+/// a process's on the same CPU), the nested run finds it set and sends its change through
+/// the TCP ring instead of merging into the interrupted run's record.
+#[map(name = "KEEPING")]
+static KEEPING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Connections that just reached CLOSE. The kernel sets CLOSE *before* sending the reset of an
 /// abortive close (unread data, SO_LINGER 0), so the reset finds its connection here.
 #[map(name = "RECENTLY_CLOSED")]
@@ -974,9 +981,12 @@ fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
         (*e).new_state = new;
         (*e)._pad = [0; 2];
         // A close whose record was just written: `keep` read what was in flight into this
-        // CPU's scratch record; copied rather than read from the socket again.
+        // CPU's scratch record; copied rather than read from the socket again — unless a
+        // run nested since (5.10) merged another connection there.
         match KEPT_SCRATCH.get_ptr(0) {
-            Some(rec) if kept && is_close(old, new) => (*e).activity = (*rec).activity,
+            Some(rec) if kept && is_close(old, new) && (*rec).conn.conn_id == conn.conn_id => {
+                (*e).activity = (*rec).activity
+            }
             _ => fill_activity(sk, old, new, &mut (*e).activity),
         }
     }
@@ -990,16 +1000,38 @@ fn emit_state(ev_flags: u32, conn: &LiveConn, sk: u64, old: u8, new: u8) {
 /// record userspace takes meanwhile is written again with everything, never half-updated.
 /// Returns [`KEPT_IN_MAP`] when the record was written, 0 when not (counted; the caller's
 /// event then must go through the ring).
+///
+/// A run nested in another's `keep` on the same CPU (see `KEEPING`) keeps nothing: 0.
 #[inline(never)]
 fn keep(sk: u64, conn: &LiveConn, old: u8, new: u8, reset_reason: u32) -> u32 {
-    let id = conn.conn_id;
-    if id == 0 {
+    if conn.conn_id == 0 {
         return 0;
     }
+    let Some(busy) = KEEPING.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's word; a run nested in ours sees it set and leaves the scratch alone.
+    unsafe {
+        if *busy != 0 {
+            return 0;
+        }
+        *busy = 1;
+    }
+    let kept = merge_kept(sk, conn, old, new, reset_reason);
+    // SAFETY: as above.
+    unsafe { *busy = 0 };
+    kept
+}
+
+/// `keep`'s merge, in its frame (inlined), with this CPU's scratch slot held.
+#[inline(always)]
+fn merge_kept(sk: u64, conn: &LiveConn, old: u8, new: u8, reset_reason: u32) -> u32 {
+    let id = conn.conn_id;
     let Some(rec) = KEPT_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
+    // SAFETY: this CPU's scratch slot, held through `KEEPING`: a run nested in ours does not
+    // write it.
     let rec = unsafe { &mut *rec };
     // A connection just established has a fresh id: no record to look up.
     let prev = if is_established(old, new) {

@@ -556,3 +556,62 @@ fn live_connections_and_counters_in_the_kernel() -> Result<()> {
     drop(c);
     Ok(())
 }
+
+/// Where runs of the BTF tracepoint nest (5.10: a softirq's state change inside a process's,
+/// on the same CPU), a run that finds its CPU's record scratch in use (`KEEPING`) must not
+/// merge into the record the interrupted run is building: it keeps nothing, and its change
+/// goes through the ring, whole. Stood in for (6.x skips a nested run instead) by marking
+/// every CPU's scratch as in use from userspace: no record is written, yet every change of
+/// the connection reaches userspace under one id; once the scratch is free, records are
+/// written again.
+#[test]
+fn a_change_that_finds_the_record_scratch_in_use_goes_through_the_ring() -> Result<()> {
+    kernel_test!();
+    let mut k = Kernel::load()?;
+    let echo = |k: &mut Kernel, s: &mut Server| -> Result<Vec<TcpStateChange>> {
+        let mut c = connect(s)?;
+        let client_port = c.local_addr()?.port();
+        c.write_all(b"ping\n")?;
+        c.shutdown(std::net::Shutdown::Write)?;
+        assert_eq!(read_to_end(&mut c)?, Outcome::Eof("pong\n".into()));
+        drop(c);
+        s.proc.expect_line("done ok")?;
+        wait_closed(k, s, client_port)?;
+        Ok(server_states(k, s, client_port))
+    };
+
+    let mut held = server(&mut k, Family::V4, "echo")?;
+    k.probes.hold_record_scratch(true)?;
+    let written = k.probes.kept_written()?;
+    let states = echo(&mut k, &mut held)?;
+    let after_held = k.probes.kept_written()?;
+    k.probes.hold_record_scratch(false)?;
+    assert_eq!(
+        after_held, written,
+        "a record was merged in a scratch in use"
+    );
+    conn_id(&states)?;
+    // The server's own close (after the client's FIN or before it) and its CLOSE: the
+    // changes a record would have kept, here from the ring.
+    assert!(
+        states.iter().any(|t| matches!(
+            (t.old_state, t.new_state),
+            (
+                TcpState::Established | TcpState::CloseWait,
+                TcpState::FinWait1 | TcpState::LastAck | TcpState::Close
+            )
+        )),
+        "no close in {states:?}"
+    );
+    assert_eq!(states.last().map(|t| t.new_state), Some(TcpState::Close));
+    drop(held);
+
+    let mut free = server(&mut k, Family::V4, "echo")?;
+    let states = echo(&mut k, &mut free)?;
+    conn_id(&states)?;
+    assert!(
+        k.probes.kept_written()? > after_held,
+        "no record written once the scratch was free"
+    );
+    Ok(())
+}

@@ -1057,6 +1057,30 @@ impl Probes {
         })
     }
 
+    /// Marks every CPU's record scratch as in use (or free again) from userspace: what a run
+    /// of the hot probe nested in another's merge finds (5.10, where BTF-tracepoint runs nest),
+    /// for the test that such a run sends its change through the ring. The agent never calls
+    /// it.
+    #[doc(hidden)]
+    pub fn hold_record_scratch(&mut self, held: bool) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(names::KEEPING)
+            .ok_or(ProbeError::MissingMap(names::KEEPING))?;
+        let err = |source| ProbeError::Map {
+            name: names::KEEPING,
+            source,
+        };
+        let mut words: PerCpuArray<&mut MapData, u32> = PerCpuArray::try_from(map).map_err(err)?;
+        let io = |source| ProbeError::Batch {
+            name: names::KEEPING,
+            source,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io(e))?;
+        let values = aya::maps::PerCpuValues::try_from(vec![u32::from(held); cpus]).map_err(io)?;
+        words.set(0, values, 0).map_err(err)
+    }
+
     /// Removes an entry of `LIVE_CONNS` from userspace: what a skipped opening leaves (no
     /// entry), for the same tests. The agent never calls it.
     #[doc(hidden)]
