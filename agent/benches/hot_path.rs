@@ -72,11 +72,12 @@ fn main() {
         Config::LibbpfTools,
     ];
     // `TERMSCOPE_BENCH_ONLY=watched`: only the configurations whose label contains it (e.g.
-    // to profile one with `perf record`).
+    // to profile one with `perf record`); several texts separated by `|`, e.g. more rounds of
+    // one configuration and its references: `nothing watched|bpftrace one|libbpf`.
     let only = std::env::var("TERMSCOPE_BENCH_ONLY").unwrap_or_default();
     let configs: Vec<Config> = configs
         .into_iter()
-        .filter(|c| c.label().contains(only.as_str()))
+        .filter(|c| only.split('|').any(|text| c.label().contains(text)))
         .collect();
     let mut results: Vec<RunResult> = Vec::new();
     let mut unavailable: Vec<(Config, String)> = Vec::new();
