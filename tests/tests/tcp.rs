@@ -192,6 +192,20 @@ fn hot_probe_attach_point(k: &Kernel) -> Option<&str> {
         .map(|s| s.attach_point.as_str())
 }
 
+/// One exchange with an `echo` server (the client sends a line and its FIN, reads the answer
+/// to the end), until the server side reached CLOSE: the server side's state changes.
+fn echo_once(k: &mut Kernel, s: &mut Server) -> Result<Vec<TcpStateChange>> {
+    let mut c = connect(s)?;
+    let client_port = c.local_addr()?.port();
+    c.write_all(b"ping\n")?;
+    c.shutdown(std::net::Shutdown::Write)?;
+    assert_eq!(read_to_end(&mut c)?, Outcome::Eof("pong\n".into()));
+    drop(c);
+    s.proc.expect_line("done ok")?;
+    wait_closed(k, s, client_port)?;
+    Ok(server_states(k, s, client_port))
+}
+
 /// The same connection seen by the hot probe attached as `expected` (every supported kernel
 /// has the BTF tracepoint; the tracepoint program is its fallback).
 fn accept_and_orderly_close_with(
@@ -203,16 +217,7 @@ fn accept_and_orderly_close_with(
     let expected = expected.to_string();
     assert_eq!(hot_probe_attach_point(&k), Some(expected.as_str()));
     let mut s = server(&mut k, family, "echo")?;
-    let mut c = connect(&s)?;
-    let client_port = c.local_addr()?.port();
-    c.write_all(b"ping\n")?;
-    c.shutdown(std::net::Shutdown::Write)?;
-    assert_eq!(read_to_end(&mut c)?, Outcome::Eof("pong\n".into()));
-    drop(c);
-    s.proc.expect_line("done ok")?;
-    wait_closed(&mut k, &s, client_port)?;
-
-    let states = server_states(&k, &s, client_port);
+    let states = echo_once(&mut k, &mut s)?;
     let id = conn_id(&states)?;
     let last = states.last().context("no states")?;
     assert_eq!(last.new_state, TcpState::Close);
@@ -571,22 +576,11 @@ fn live_connections_and_counters_in_the_kernel() -> Result<()> {
 fn a_change_that_finds_the_record_scratch_in_use_goes_through_the_ring() -> Result<()> {
     kernel_test!();
     let mut k = Kernel::load()?;
-    let echo = |k: &mut Kernel, s: &mut Server| -> Result<Vec<TcpStateChange>> {
-        let mut c = connect(s)?;
-        let client_port = c.local_addr()?.port();
-        c.write_all(b"ping\n")?;
-        c.shutdown(std::net::Shutdown::Write)?;
-        assert_eq!(read_to_end(&mut c)?, Outcome::Eof("pong\n".into()));
-        drop(c);
-        s.proc.expect_line("done ok")?;
-        wait_closed(k, s, client_port)?;
-        Ok(server_states(k, s, client_port))
-    };
 
     let mut held = server(&mut k, Family::V4, "echo")?;
     k.probes.hold_record_scratch(true)?;
     let written = k.probes.kept_written()?;
-    let states = echo(&mut k, &mut held)?;
+    let states = echo_once(&mut k, &mut held)?;
     let after_held = k.probes.kept_written()?;
     k.probes.hold_record_scratch(false)?;
     assert_eq!(
@@ -610,7 +604,7 @@ fn a_change_that_finds_the_record_scratch_in_use_goes_through_the_ring() -> Resu
     drop(held);
 
     let mut free = server(&mut k, Family::V4, "echo")?;
-    let states = echo(&mut k, &mut free)?;
+    let states = echo_once(&mut k, &mut free)?;
     conn_id(&states)?;
     assert!(
         k.probes.kept_written()? > after_held,
