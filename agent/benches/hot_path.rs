@@ -62,6 +62,18 @@ fn main() {
     if let Err(e) = probes::enable_run_time_stats() {
         println!("kernel run-time statistics unavailable ({e}): ns/run not printed");
     }
+    let only = std::env::var("TERMSCOPE_BENCH_ONLY").unwrap_or_default();
+    let block = env("TERMSCOPE_BENCH_BLOCK", 1_000).max(1);
+    let blocks = env("TERMSCOPE_BENCH_BLOCKS", 150).max(1);
+    for mode in [Mode::NothingWatched, Mode::OwnCgroupWatched] {
+        let label = format!("{}, in one process", Config::Agent(mode).label());
+        if !only.split('|').any(|text| label.contains(text)) {
+            continue;
+        }
+        if let Err(e) = side_by_side(&label, mode, block, blocks) {
+            println!("{label}: not measured: {e}");
+        }
+    }
     let configs = [
         Config::Agent(Mode::NothingWatched),
         Config::AgentTracepoint,
@@ -69,12 +81,12 @@ fn main() {
         Config::Agent(Mode::WatchAll),
         Config::Bpftrace,
         Config::EmptyProgram,
+        Config::Control,
         Config::LibbpfTools,
     ];
     // `TERMSCOPE_BENCH_ONLY=watched`: only the configurations whose label contains it (e.g.
     // to profile one with `perf record`); several texts separated by `|`, e.g. more rounds of
     // one configuration and its references: `nothing watched|bpftrace one|libbpf`.
-    let only = std::env::var("TERMSCOPE_BENCH_ONLY").unwrap_or_default();
     let configs: Vec<Config> = configs
         .into_iter()
         .filter(|c| only.split('|').any(|text| c.label().contains(text)))
@@ -148,6 +160,10 @@ enum Config {
     Bpftrace,
     /// An empty bpftrace program on the same tracepoint: the floor any program there pays.
     EmptyProgram,
+    /// An empty bpftrace program on a tracepoint the churn never hits (`signal_generate`):
+    /// everything a tool run costs the procedure (its start, its verifier, its exit next to
+    /// the churn) except the hook on the churn's path — the bias of the method itself.
+    Control,
     /// libbpf-tools' `tcpstates` and `sigsnoop`, both running (what termscope's TCP and
     /// signal probes replace).
     LibbpfTools,
@@ -155,6 +171,10 @@ enum Config {
 
 /// The empty program of the floor's row.
 const EMPTY_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state { }";
+
+/// The control's empty program: the readiness check's child exit raises a SIGCHLD, the churn
+/// raises no signal.
+const CONTROL_PROGRAM: &str = "tracepoint:signal:signal_generate { }";
 
 /// Connections of the churn that measures ns per run (statistics on) before each measured
 /// churn.
@@ -185,6 +205,7 @@ impl Config {
             Config::Agent(Mode::WatchAll) => "termscope, --watch-all",
             Config::Bpftrace => "bpftrace one-liner",
             Config::EmptyProgram => "empty program (bpftrace), the floor",
+            Config::Control => "control: empty program off the path",
             Config::LibbpfTools => "libbpf-tools tcpstates+sigsnoop",
         }
     }
@@ -198,6 +219,12 @@ struct Cost {
     /// probes in their context included: this kernel has no separate IRQ-time accounting) and
     /// of the tool's own processes, if any, over the churn.
     cpu: Duration,
+    /// CPU time the host took from this virtual machine during the churn.
+    stolen: Duration,
+    /// Of `cpu`, the tool's own processes'.
+    tool_cpu: Duration,
+    /// Which run of the measured churn this is (more than 1: the earlier were disturbed).
+    tries: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -217,11 +244,13 @@ struct RunResult {
 impl RunResult {
     fn line(&self, conns: usize) -> String {
         format!(
-            "{:<40} {:>7.0} conn/s ({:.3} s), {:>6.1} µs CPU/conn{}{}",
+            "{:<40} {:>7.0} conn/s ({:.3} s), {:>6.1} µs CPU/conn, stolen {:>3} ms (run {}){}{}",
             self.config.label(),
             conns as f64 / self.cost.wall.as_secs_f64(),
             self.cost.wall.as_secs_f64(),
             self.cost.cpu.as_secs_f64() * 1e6 / conns as f64,
+            self.cost.stolen.as_millis(),
+            self.cost.tries,
             self.ns_per_run
                 .map_or(String::new(), |ns| format!(", {ns:.0} ns/run")),
             self.detail
@@ -321,6 +350,16 @@ fn summary(configs: &[Config], results: &[RunResult], unavailable: &[(Config, St
             ))
         })
         .collect();
+    let redone = results.iter().filter(|r| r.cost.tries > 1).count();
+    let disturbed = results
+        .iter()
+        .filter(|r| r.cost.stolen > STOLEN_LIMIT)
+        .count();
+    println!(
+        "measured churns: {}; run again because the host took CPU time from the machine: {redone}; \
+         still disturbed after {TRIES} runs (kept): {disturbed}",
+        results.len()
+    );
     let cpu: Vec<f64> = noise.iter().map(|r| r.1).collect();
     let wall: Vec<f64> = noise.iter().map(|r| r.0).collect();
     println!(
@@ -370,7 +409,12 @@ fn summary(configs: &[Config], results: &[RunResult], unavailable: &[(Config, St
     if let Some(floor) = ns_of(Config::EmptyProgram) {
         let above: Vec<String> = configs
             .iter()
-            .filter(|c| !matches!(c, Config::EmptyProgram | Config::LibbpfTools))
+            .filter(|c| {
+                !matches!(
+                    c,
+                    Config::EmptyProgram | Config::Control | Config::LibbpfTools
+                )
+            })
             .filter_map(|&c| ns_of(c).map(|ns| format!("{} {:+.0}", c.label(), ns - floor)))
             .collect();
         println!(
@@ -417,7 +461,7 @@ fn summary(configs: &[Config], results: &[RunResult], unavailable: &[(Config, St
 fn run_config(config: Config, conns: usize) -> Result<RunResult, Box<dyn std::error::Error>> {
     match config {
         Config::NoAgent => {
-            let cost = churn(conns, &mut || {})?;
+            let cost = measured_churn(conns, &mut || {}, &|| Duration::ZERO)?;
             Ok(RunResult {
                 config,
                 round: 0,
@@ -437,6 +481,11 @@ fn run_config(config: Config, conns: usize) -> Result<RunResult, Box<dyn std::er
         Config::EmptyProgram => {
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-e", EMPTY_PROGRAM]);
+            tool_bench(config, conns, vec![cmd])
+        }
+        Config::Control => {
+            let mut cmd = Command::new("bpftrace");
+            cmd.args(["-e", CONTROL_PROGRAM]);
             tool_bench(config, conns, vec![cmd])
         }
         Config::LibbpfTools => tool_bench(
@@ -577,10 +626,8 @@ fn tool_bench(
             .map(|c| process_cpu(c.id()))
             .sum::<Duration>()
     };
-    let tools_before = tools_cpu(&tools);
-    let mut cost = churn(conns, &mut || {})?;
-    let tools_spent = tools_cpu(&tools).saturating_sub(tools_before);
-    cost.cpu += tools_spent;
+    let cost = measured_churn(conns, &mut || {}, &|| tools_cpu(&tools))?;
+    let tools_spent = cost.tool_cpu;
     let (mut runs, mut time, mut names) = (0u64, Duration::ZERO, Vec::new());
     for (id, name, r0, t0) in &start_stats {
         if let Some((_, _, r1, t1)) = end_stats.iter().find(|p| p.0 == *id) {
@@ -617,6 +664,66 @@ enum Mode {
     WatchAll,
 }
 
+/// How long the machine rests before every measured churn.
+const SETTLE: Duration = Duration::from_millis(1_000);
+
+/// A measured churn during which the host took more than this from the virtual machine is
+/// run again (the clock ticks by 10 ms).
+const STOLEN_LIMIT: Duration = Duration::from_millis(10);
+
+/// Measured churns run at most this many times.
+const TRIES: u32 = 3;
+
+/// The measured churn, with the same preparation for every configuration, a tool or none: a
+/// rest (after a tool's start — its compiler, the verifier — this virtual machine's CPUs run
+/// slower for a while: a program attached where the churn never runs measured 0.90 without
+/// it), then a warm-up churn. `tool_cpu` is the CPU time the tool's own processes have run so
+/// far, added to the churn's. A churn the host disturbed (CPU time stolen from the machine:
+/// churns with 100–500 ms stolen ran 1.2–2 times the CPU per connection) is run again, up to
+/// `TRIES` times; the least disturbed is kept, and how many were redone is printed.
+fn measured_churn(
+    conns: usize,
+    between: &mut dyn FnMut(),
+    tool_cpu: &dyn Fn() -> Duration,
+) -> Result<Cost, Box<dyn std::error::Error>> {
+    let mut best: Option<Cost> = None;
+    for tries in 1..=TRIES {
+        std::thread::sleep(SETTLE);
+        churn(stats_conns(conns), between)?;
+        let tool0 = tool_cpu();
+        let mut cost = churn(conns, between)?;
+        cost.tool_cpu = tool_cpu().saturating_sub(tool0);
+        cost.cpu += cost.tool_cpu;
+        cost.tries = tries;
+        let done = cost.stolen <= STOLEN_LIMIT;
+        if best.is_none_or(|b| cost.stolen < b.stolen) {
+            best = Some(cost);
+        }
+        if done {
+            break;
+        }
+    }
+    best.ok_or_else(|| "no churn ran".into())
+}
+
+/// CPU time stolen from this virtual machine by its host so far (all CPUs, `/proc/stat`).
+fn stolen() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()?
+                .split_whitespace()
+                .nth(8)?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
 /// Opens and closes `conns` loopback connections (one request each) as fast as a client and
 /// a server thread can; `between` runs every 256 connections (in the client thread). Returns
 /// the wall time and the CPU time of both threads.
@@ -641,6 +748,7 @@ fn churn(conns: usize, between: &mut dyn FnMut()) -> Result<Cost, Box<dyn std::e
         Ok(thread_cpu().saturating_sub(cpu0))
     });
     let start = Instant::now();
+    let stolen0 = stolen();
     let cpu0 = thread_cpu();
     for i in 0..conns {
         let mut c = TcpStream::connect(addr)?;
@@ -661,7 +769,101 @@ fn churn(conns: usize, between: &mut dyn FnMut()) -> Result<Cost, Box<dyn std::e
     Ok(Cost {
         wall: start.elapsed(),
         cpu: client_cpu + server_cpu,
+        stolen: stolen().saturating_sub(stolen0),
+        tool_cpu: Duration::ZERO,
+        tries: 1,
     })
+}
+
+/// termscope's hot probe attached and detached in turn in one process, the maps loaded and
+/// the other programs attached all along (they do not run in the churn, but once a block at
+/// its server thread's exit): `blocks` churns of `block` connections with it attached, each
+/// between two with it detached, back to back. No process starts or ends between the two
+/// arms, and a block lasts a tenth of a second, so what the host does to this virtual
+/// machine falls on both alike; each attached block's ratio is against the mean of its two
+/// neighbours. The closest this machine comes to "the same workload without the agent":
+/// what the hot probe costs the churn, the dispatch into it included.
+///
+/// Only the hot probe is toggled, and only its BTF-tracepoint program (released without
+/// waiting, as it is made): with every program toggled, the tracepoint programs' detach
+/// (a perf event's release, which waits for RCU grace periods) came before each detached
+/// block only, and the attached blocks measured 0.81 of them where the hot probe toggled
+/// alone measured 0.98 and the other programs toggled without it 0.99–1.03 (and all of them,
+/// with a rest of 0.6 s before every block, 1.08 in a wide spread): an artefact of the
+/// toggling, whose mechanism was not pinned down.
+fn side_by_side(
+    label: &str,
+    mode: Mode,
+    block: usize,
+    blocks: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut probes = Probes::load(&LoadOptions {
+        watch_all: mode == Mode::WatchAll,
+        ..LoadOptions::default()
+    })?;
+    if mode == Mode::OwnCgroupWatched {
+        probes.watch(own_cgroup()?)?;
+    }
+    let mut events = probes.events()?;
+    let mut written = 0u64;
+    // What the agent does on its drain timer, in both arms alike.
+    let mut drain = |probes: &Probes| {
+        events.drain();
+        let now = probes.kept_written().unwrap_or(0);
+        if now != written {
+            written = now;
+            let _ = probes.take_kept(|_| {});
+        }
+    };
+    probes.set_attached(probes::HOT_PROBE, false)?;
+    churn(block, &mut || drain(&probes))?;
+    let mut off = vec![churn(block, &mut || drain(&probes))?];
+    let mut on = Vec::with_capacity(blocks);
+    for _ in 0..blocks {
+        probes.set_attached(probes::HOT_PROBE, true)?;
+        on.push(churn(block, &mut || drain(&probes))?);
+        probes.set_attached(probes::HOT_PROBE, false)?;
+        off.push(churn(block, &mut || drain(&probes))?);
+    }
+    let ratio = |a: &Cost, b: &Cost, c: &Cost, of: fn(&Cost) -> Duration| {
+        (of(a) + of(c)).as_secs_f64() / 2.0 / of(b).as_secs_f64()
+    };
+    let cpu = |c: &Cost| c.cpu;
+    let wall = |c: &Cost| c.wall;
+    let calm = |cs: &[&Cost]| cs.iter().all(|c| c.stolen <= STOLEN_LIMIT);
+    let (mut by_cpu, mut by_wall, mut calm_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, b) in on.iter().enumerate() {
+        let (a, c) = (&off[i], &off[i + 1]);
+        by_cpu.push(ratio(a, b, c, cpu));
+        by_wall.push(ratio(a, b, c, wall));
+        if calm(&[a, b, c]) {
+            calm_cpu.push(ratio(a, b, c, cpu));
+        }
+    }
+    // The noise: each detached block against its detached neighbours two blocks away.
+    let noise: Vec<f64> = (1..off.len().saturating_sub(1))
+        .map(|i| ratio(&off[i - 1], &off[i], &off[i + 1], cpu))
+        .collect();
+    let total = |v: &[Cost]| v.iter().map(|c| c.cpu).sum::<Duration>().as_secs_f64();
+    let per_conn = |v: &[Cost]| total(v) * 1e6 / (v.len() * block) as f64;
+    let stolen = |v: &[Cost]| v.iter().map(|c| c.stolen).sum::<Duration>().as_millis();
+    println!(
+        "{label}: {blocks} blocks of {block} connections with the hot probe attached, each \
+         between two with it detached; \
+         throughput attached vs detached by CPU time {}, by wall time {}; blocks the host did \
+         not disturb (n = {}): {}; detached vs detached (the noise) {}; CPU per connection \
+         {:.1} µs attached, {:.1} µs detached; stolen {} ms attached, {} ms detached",
+        spread(&by_cpu),
+        spread(&by_wall),
+        calm_cpu.len(),
+        spread(&calm_cpu),
+        spread(&noise),
+        per_conn(&on),
+        per_conn(&off),
+        stolen(&on),
+        stolen(&off),
+    );
+    Ok(())
 }
 
 /// This process's cgroup v2 id.
@@ -753,7 +955,7 @@ fn kernel_bench(
         let before = probes.program_stats();
         churn(stats_conns(conns), &mut || drain(&probes)).map(|_| (before, probes.program_stats()))
     })?;
-    let cost = churn(conns, &mut || drain(&probes))?;
+    let cost = measured_churn(conns, &mut || drain(&probes), &|| Duration::ZERO)?;
     std::thread::sleep(Duration::from_millis(200));
     drain(&probes);
     let churned = conns + stats_conns(conns);

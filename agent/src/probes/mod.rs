@@ -20,7 +20,9 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, Iter, TracePoint},
+    programs::{
+        BtfTracePoint, Iter, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
+    },
 };
 use serde::Serialize;
 use termscope_common::{
@@ -67,6 +69,11 @@ pub enum ProbeError {
         name: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    #[error("program {program}: {reason}")]
+    Attach {
+        program: &'static str,
+        reason: String,
     },
 }
 
@@ -709,6 +716,8 @@ pub struct Probes {
     decoder: Decoder,
     /// The maps were found pinned: an earlier agent's watches and connections carry over.
     pub pins_reused: bool,
+    /// The programs attached at load.
+    attachments: Vec<Attachment>,
 }
 
 impl Probes {
@@ -756,6 +765,7 @@ impl Probes {
 
         let aya_btf = aya::Btf::from_sys_fs().ok();
         let mut status = Vec::with_capacity(PROBES.len());
+        let mut attachments = Vec::with_capacity(PROBES.len());
         for spec in PROBES {
             // The hot probe: the BTF tracepoint first, the tracepoint program where it cannot
             // be attached (the reason is in `doctor`).
@@ -775,8 +785,14 @@ impl Probes {
                     )
                 });
                 match tried {
-                    Ok(()) => {
+                    Ok(link) => {
                         tracing::debug!(probe = spec.program, "attached as a BTF tracepoint");
+                        attachments.push(Attachment {
+                            probe: spec.program,
+                            spec: &HOT_PROBE_BTF,
+                            program: HOT_PROBE_BTF.program,
+                            link: Some(link),
+                        });
                         status.push(ProbeStatus {
                             program: spec.program,
                             attach_point: HOT_PROBE_BTF.attach.to_string(),
@@ -808,8 +824,17 @@ impl Probes {
                 (Some(why), _) => ProbeState::NotNeeded(why),
                 (None, Some(reason)) => ProbeState::Disabled(reason),
                 (None, None) => {
-                    match attach(&mut ebpf, spec, support.program_for(spec), aya_btf.as_ref()) {
-                        Ok(()) => ProbeState::Attached,
+                    let program = support.program_for(spec);
+                    match attach(&mut ebpf, spec, program, aya_btf.as_ref()) {
+                        Ok(link) => {
+                            attachments.push(Attachment {
+                                probe: spec.program,
+                                spec,
+                                program,
+                                link: Some(link),
+                            });
+                            ProbeState::Attached
+                        }
                         Err(reason) => ProbeState::Failed(reason),
                     }
                 }
@@ -860,6 +885,7 @@ impl Probes {
             support,
             decoder,
             pins_reused: pins.is_some_and(|p| p.reused),
+            attachments,
         };
         // Watches found in pinned maps: the hot probe must know something is watched. The
         // generation carries on from the pinned value.
@@ -1055,6 +1081,35 @@ impl Probes {
             name: names::LIVE_CONNS,
             source,
         })
+    }
+
+    /// Detaches probe `probe` (its name in `PROBES`, e.g. `HOT_PROBE`, whichever program
+    /// of it is attached) or attaches it again; the maps and their contents stay. For the
+    /// benchmark, which measures a workload with and without the hot probe in one process,
+    /// block by block (an agent has no use for it).
+    #[doc(hidden)]
+    pub fn set_attached(&mut self, probe: &str, on: bool) -> Result<(), ProbeError> {
+        for a in &mut self.attachments {
+            if a.probe != probe {
+                continue;
+            }
+            let result = match (on, a.link.take()) {
+                (false, Some(link)) => detach(&mut self.ebpf, a.program, link),
+                // Loaded already: the kernel's BTF is not needed again.
+                (true, None) => {
+                    attach(&mut self.ebpf, a.spec, a.program, None).map(|link| a.link = Some(link))
+                }
+                (_, link) => {
+                    a.link = link;
+                    Ok(())
+                }
+            };
+            result.map_err(|reason| ProbeError::Attach {
+                program: a.program,
+                reason,
+            })?;
+        }
+        Ok(())
     }
 
     /// Marks every CPU's record scratch as in use (or free again) from userspace: what a run
@@ -1804,33 +1859,76 @@ fn removed_or_missing(
     }
 }
 
+/// One attached program: what detaches it (`Probes::set_attached`).
+#[derive(Debug)]
+enum Link {
+    TracePoint(TracePointLinkId),
+    BtfTracePoint(BtfTracePointLinkId),
+}
+
+/// A program attached at load, with what attaches it again.
+#[derive(Debug)]
+struct Attachment {
+    /// The probe's name in `PROBES`.
+    probe: &'static str,
+    spec: &'static ProbeSpec,
+    /// Its name in the object (the spec's, or the variant the kernel needs).
+    program: &'static str,
+    link: Option<Link>,
+}
+
+/// Loads `program` (unless it is loaded) and attaches it where `spec` says.
 fn attach(
     ebpf: &mut Ebpf,
     spec: &ProbeSpec,
     program: &str,
     btf: Option<&aya::Btf>,
-) -> Result<(), String> {
+) -> Result<Link, String> {
     let program = ebpf
         .program_mut(program)
         .ok_or_else(|| format!("program {program} is not in the object"))?;
+    let loaded = program.fd().is_ok();
     match spec.attach {
         AttachPoint::TracePoint { category, name } => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load()
-                .map_err(|e| format!("load: {}", error_chain(&e)))?;
+            if !loaded {
+                tp.load()
+                    .map_err(|e| format!("load: {}", error_chain(&e)))?;
+            }
             tp.attach(category, name)
-                .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+                .map(Link::TracePoint)
+                .map_err(|e| format!("attach: {}", error_chain(&e)))
         }
         AttachPoint::BtfTracePoint { name } => {
-            let btf = btf.ok_or("kernel BTF could not be read by the loader")?;
             let tp: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load(name, btf)
-                .map_err(|e| format!("load: {}", error_chain(&e)))?;
+            if !loaded {
+                let btf = btf.ok_or("kernel BTF could not be read by the loader")?;
+                tp.load(name, btf)
+                    .map_err(|e| format!("load: {}", error_chain(&e)))?;
+            }
             tp.attach()
-                .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+                .map(Link::BtfTracePoint)
+                .map_err(|e| format!("attach: {}", error_chain(&e)))
         }
     }
-    Ok(())
+}
+
+/// Detaches what `link` attached of `program`.
+fn detach(ebpf: &mut Ebpf, program: &str, link: Link) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} is not in the object"))?;
+    match link {
+        Link::TracePoint(id) => {
+            let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            tp.detach(id)
+        }
+        Link::BtfTracePoint(id) => {
+            let tp: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            tp.detach(id)
+        }
+    }
+    .map_err(|e| format!("detach: {}", error_chain(&e)))
 }
 
 /// An error with its sources, on one line.
