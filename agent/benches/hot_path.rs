@@ -815,15 +815,35 @@ fn side_by_side(
             let _ = probes.take_kept(|_| {});
         }
     };
-    probes.set_attached(probes::HOT_PROBE, false)?;
-    churn(block, &mut || drain(&probes))?;
-    let mut off = vec![churn(block, &mut || drain(&probes))?];
+    // What the hot probe wrote, its proof of having run: establishments logged (nothing
+    // watched) or records of watched connections.
+    let wrote = |probes: &Probes| {
+        probes.establishments_logged().unwrap_or(0) + probes.kept_written().unwrap_or(0)
+    };
+    let mut writes = [0u64; 2];
+    let mut measure = |probes: &mut Probes, on: bool, drain: &mut dyn FnMut(&Probes)| {
+        probes.set_attached(probes::HOT_PROBE, on)?;
+        let before = wrote(probes);
+        let cost = churn(block, &mut || drain(probes))?;
+        writes[usize::from(on)] += wrote(probes).saturating_sub(before);
+        Ok::<Cost, Box<dyn std::error::Error>>(cost)
+    };
+    measure(&mut probes, false, &mut drain)?;
+    let mut off = vec![measure(&mut probes, false, &mut drain)?];
     let mut on = Vec::with_capacity(blocks);
     for _ in 0..blocks {
-        probes.set_attached(probes::HOT_PROBE, true)?;
-        on.push(churn(block, &mut || drain(&probes))?);
-        probes.set_attached(probes::HOT_PROBE, false)?;
-        off.push(churn(block, &mut || drain(&probes))?);
+        on.push(measure(&mut probes, true, &mut drain)?);
+        off.push(measure(&mut probes, false, &mut drain)?);
+    }
+    // A block "attached" in which the probe never ran would compare the churn with itself.
+    let per_conn_writes = |w: u64, n: usize| w as f64 / (n * block) as f64;
+    if per_conn_writes(writes[1], on.len()) < 1.0 {
+        return Err(format!(
+            "the hot probe wrote {} times in {} attached blocks: it did not run",
+            writes[1],
+            on.len()
+        )
+        .into());
     }
     let ratio = |a: &Cost, b: &Cost, c: &Cost, of: fn(&Cost) -> Duration| {
         (of(a) + of(c)).as_secs_f64() / 2.0 / of(b).as_secs_f64()
@@ -852,7 +872,9 @@ fn side_by_side(
          between two with it detached; \
          throughput attached vs detached by CPU time {}, by wall time {}; blocks the host did \
          not disturb (n = {}): {}; detached vs detached (the noise) {}; CPU per connection \
-         {:.1} µs attached, {:.1} µs detached; stolen {} ms attached, {} ms detached",
+         {:.1} µs attached, {:.1} µs detached; stolen {} ms attached, {} ms detached; the hot \
+         probe's writes (establishments logged, record writes) per connection {:.2} attached, \
+         {:.2} detached",
         spread(&by_cpu),
         spread(&by_wall),
         calm_cpu.len(),
@@ -862,6 +884,9 @@ fn side_by_side(
         per_conn(&off),
         stolen(&on),
         stolen(&off),
+        per_conn_writes(writes[1], on.len()),
+        // The first, a warm-up, is not among `off`.
+        per_conn_writes(writes[0], off.len() + 1),
     );
     Ok(())
 }

@@ -959,6 +959,14 @@ impl Probes {
             entries.extend_from_slice(values)
         })
         .map_err(|e| format!("reading {}: {e}", names::EST_LOG))?;
+        let heads = self.est_heads()?;
+        Ok(est_log::Establishments::from_log(
+            &entries, &heads, before_ns,
+        ))
+    }
+
+    /// Each CPU's count of writes into the establishment log.
+    fn est_heads(&self) -> Result<Vec<u64>, String> {
         let heads = self
             .ebpf
             .map(names::EST_HEAD)
@@ -966,10 +974,14 @@ impl Probes {
             .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).map_err(|e| e.to_string()))
             .and_then(|a| a.get(&0, 0).map_err(|e| e.to_string()))
             .map_err(|e| format!("reading {}: {e}", names::EST_HEAD))?;
-        let heads: Vec<u64> = heads.iter().copied().collect();
-        Ok(est_log::Establishments::from_log(
-            &entries, &heads, before_ns,
-        ))
+        Ok(heads.iter().copied().collect())
+    }
+
+    /// How many establishments the hot probe has logged since it was loaded, all CPUs: the
+    /// benchmark's proof that the probe ran (or did not) in a block of its churn.
+    #[doc(hidden)]
+    pub fn establishments_logged(&self) -> Result<u64, String> {
+        Ok(self.est_heads()?.iter().sum())
     }
 
     /// Removes the `LIVE_CONNS` entries of `cgroup_id` (its watch ended: nothing keeps them
