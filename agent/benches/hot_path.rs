@@ -9,7 +9,13 @@
 //!    same churn with no agent, with a bpftrace one-liner on the same tracepoint, and with
 //!    libbpf-tools' `tcpstates` + `sigsnoop`.
 //!
-//! The machine is shared, so the throughput comparison is built to resist drift: many short
+//! First, the closest this machine comes to "the same workload without the agent": in one
+//! process, termscope's probes loaded once and the hot probe attached and detached in turn,
+//! `TERMSCOPE_BENCH_BLOCKS` (150) churns of `TERMSCOPE_BENCH_BLOCK` (1 000) connections with
+//! it, each back to back between two without it (see `side_by_side`).
+//!
+//! Then every configuration, references included, one process each. The machine is shared,
+//! so the throughput comparison is built to resist drift: many short
 //! rounds; in each, every configuration runs once (the order rotated) between two no-agent
 //! runs, and its ratio is against the mean of those two neighbours; the summary gives the
 //! median of those per-round ratios with their interquartile range, next to the same
@@ -19,6 +25,10 @@
 //! context) plus that of the tool's own processes (a reference tool's userspace is part of its
 //! cost). CPU time does not count the time the churn waits for a CPU that another build holds,
 //! which is most of the wall-time noise here.
+//!
+//! Every measured churn, with or without a tool, comes after the same rest and warm-up, and
+//! one the host disturbed (CPU time stolen from the virtual machine) is run again; a control
+//! (an empty program where the churn never runs) shows what the method itself costs a tool.
 //!
 //! The kernel's per-program statistics cost something themselves (two clock reads per run,
 //! for every program on the node): each configuration first runs a shorter churn with them on,
@@ -835,13 +845,22 @@ fn side_by_side(
         on.push(measure(&mut probes, true, &mut drain)?);
         off.push(measure(&mut probes, false, &mut drain)?);
     }
-    // A block "attached" in which the probe never ran would compare the churn with itself.
+    // Either arm in which the probe did not do as told would compare the churn with itself
+    // (other processes' connections write a little while it is attached and this one's not).
     let per_conn_writes = |w: u64, n: usize| w as f64 / (n * block) as f64;
     if per_conn_writes(writes[1], on.len()) < 1.0 {
         return Err(format!(
             "the hot probe wrote {} times in {} attached blocks: it did not run",
             writes[1],
             on.len()
+        )
+        .into());
+    }
+    if per_conn_writes(writes[0], off.len() + 1) > 0.5 {
+        return Err(format!(
+            "the hot probe wrote {} times in {} detached blocks: it was not detached",
+            writes[0],
+            off.len() + 1
         )
         .into());
     }
