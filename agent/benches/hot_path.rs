@@ -483,27 +483,22 @@ fn run_config(config: Config, conns: usize) -> Result<RunResult, Box<dyn std::er
         }
         Config::Agent(mode) => kernel_bench(conns, config, mode, false),
         Config::AgentTracepoint => kernel_bench(conns, config, Mode::NothingWatched, true),
-        Config::Bpftrace => {
-            let mut cmd = Command::new("bpftrace");
-            cmd.args(["-e", BPFTRACE_PROGRAM]);
-            tool_bench(config, conns, vec![cmd])
-        }
-        Config::EmptyProgram => {
-            let mut cmd = Command::new("bpftrace");
-            cmd.args(["-e", EMPTY_PROGRAM]);
-            tool_bench(config, conns, vec![cmd])
-        }
-        Config::Control => {
-            let mut cmd = Command::new("bpftrace");
-            cmd.args(["-e", CONTROL_PROGRAM]);
-            tool_bench(config, conns, vec![cmd])
-        }
+        Config::Bpftrace => tool_bench(config, conns, vec![bpftrace(BPFTRACE_PROGRAM)]),
+        Config::EmptyProgram => tool_bench(config, conns, vec![bpftrace(EMPTY_PROGRAM)]),
+        Config::Control => tool_bench(config, conns, vec![bpftrace(CONTROL_PROGRAM)]),
         Config::LibbpfTools => tool_bench(
             config,
             conns,
             vec![Command::new("tcpstates"), Command::new("sigsnoop")],
         ),
     }
+}
+
+/// bpftrace running `program`.
+fn bpftrace(program: &str) -> Command {
+    let mut cmd = Command::new("bpftrace");
+    cmd.args(["-e", program]);
+    cmd
 }
 
 /// CPU time the calling thread has run.
