@@ -24,7 +24,8 @@ async def app(scope, receive, send):
         query = parse_qs(scope.get("query_string", b"").decode())
         seconds = float(query.get("s", ["2"])[0])
         client = scope.get("client") or ("?", "?")
-        print("start", client[1], os.getpid(), flush=True)
+        # One write(2) per line, so concurrent workers' lines never interleave.
+        os.write(1, f"start {client[1]} {os.getpid()}\n".encode())
         await asyncio.sleep(seconds)
         body = b"slow done\n"
     else:

@@ -10,6 +10,7 @@ modes, i.e. what SIGTERM does:
                   accepting while traffic may still arrive)
 Prints "listening" once it accepts connections.
 """
+import os
 import signal
 import socket
 import sys
@@ -18,6 +19,13 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 port, mode = int(sys.argv[1]), sys.argv[2]
+
+
+def say(*words):
+    """One line to stdout in one write(2): a pipe write that small is atomic, so lines from
+    concurrent threads never interleave (print writes each word and the newline apart)."""
+    os.write(1, (" ".join(str(w) for w in words) + "\n").encode())
+
 busy = 0
 lock = threading.Lock()
 
@@ -49,7 +57,7 @@ def serve(conn, peer):
             try:
                 if url.path == "/slow":
                     seconds = float(parse_qs(url.query).get("s", ["2"])[0])
-                    print("start", peer[1], flush=True)
+                    say("start", peer[1])
                     time.sleep(seconds)
                     answer(conn, b"slow done\n", close)
                 else:
@@ -72,7 +80,7 @@ listener.listen(64)
 
 
 def on_term(signum, frame):
-    print("term", flush=True)
+    say("term")
     if mode == "drain":
         while busy:
             time.sleep(0.05)
@@ -84,7 +92,7 @@ def on_term(signum, frame):
 
 
 signal.signal(signal.SIGTERM, on_term)
-print("listening", flush=True)
+say("listening")
 while True:
     try:
         conn, peer = listener.accept()

@@ -67,7 +67,8 @@ def serve(conn, peer):
             time.sleep(float(parse_qs(url.query).get("s", ["1"])[0]))
             os._exit(0)
         if url.path == "/slow":
-            print("start", peer[1], flush=True)
+            # One write(2) per line: concurrent threads' lines never interleave.
+            os.write(1, b"start %d\n" % peer[1])
             time.sleep(float(parse_qs(url.query).get("s", ["2"])[0]))
             body = b"slow done\n"
         else:
