@@ -74,6 +74,9 @@ pub struct Pipeline {
     /// it is watched, so a termination opened by a stop signal counts from here (or from 0)
     /// — the kernel watched it from the signal on, before userspace heard of it.
     lost_at_unwatch: HashMap<u64, (u64, u64)>,
+    /// Per open termination (by each of its cgroups): the node's count of the kernel
+    /// programs' skipped runs when it opened (see `TerminationReport::kernel_runs_skipped`).
+    skipped_at_open: HashMap<u64, u64>,
     /// The inputs of the terminations in progress, for the state file (`None`: none kept).
     journal: Option<Journal>,
     /// Cgroups whose termination spanned an agent restart: their reports say
@@ -121,6 +124,7 @@ impl Pipeline {
             explicit: HashSet::new(),
             lost_at_open: HashMap::new(),
             lost_at_unwatch: HashMap::new(),
+            skipped_at_open: HashMap::new(),
             journal: None,
             restarted: HashSet::new(),
             replay_snapshots: HashMap::new(),
@@ -692,12 +696,21 @@ impl Pipeline {
     }
 
     /// Marks a finished report `incomplete` when events of its cgroup were lost while it was
-    /// collected, or when its stop signal never arrived.
+    /// collected, or when its stop signal never arrived; and says how many runs of the
+    /// kernel programs the kernel skipped on the node meanwhile.
     fn mark_incomplete(&mut self, report: &mut TerminationReport) {
         let cg = report.subject.cgroup_id;
         let mut cgroups = vec![cg];
         cgroups.extend(self.members.get(&cg).into_iter().flatten().copied());
         let (mut events_lost, mut connections_untracked) = (0, 0);
+        // Node-wide: from the earliest open among the termination's cgroups. None recorded
+        // (a termination restored from the state file): since this agent loaded its programs,
+        // whose counts start at 0.
+        let bases: Vec<u64> = cgroups
+            .iter()
+            .filter_map(|id| self.skipped_at_open.remove(id))
+            .collect();
+        report.kernel_runs_skipped = skipped_since(&bases, self.runs_skipped());
         for id in cgroups {
             let base = self.lost_at_open.remove(&id).unwrap_or((0, 0));
             let now = self
@@ -716,6 +729,14 @@ impl Pipeline {
             stop_signal_missed: report.opened_by == OpenedBy::KernelWatch,
             connections_untracked,
         };
+        if report.kernel_runs_skipped > 0 {
+            tracing::info!(
+                cgroup = cg,
+                skipped = report.kernel_runs_skipped,
+                "the kernel skipped runs of termscope's programs on this node while the report \
+                 was collected (whose, it does not say)"
+            );
+        }
         if incomplete != Incomplete::default() {
             tracing::warn!(
                 cgroup = cg,
@@ -859,10 +880,27 @@ impl Pipeline {
     }
 }
 
+/// The node's skipped runs since a termination opened: `now` (all programs' counts) less the
+/// earliest of the counts recorded when its cgroups' watches began (`bases`), or less 0 when
+/// none was recorded (restored from the state file: the programs' counts began at 0 when
+/// this agent loaded them, after the termination opened).
+fn skipped_since(bases: &[u64], now: u64) -> u64 {
+    now.saturating_sub(bases.iter().copied().min().unwrap_or(0))
+}
+
 impl Pipeline {
+    /// The runs of all termscope's programs the kernel skipped since they were loaded.
+    fn runs_skipped(&self) -> u64 {
+        self.probes.runs_missed().iter().map(|(_, n)| n).sum()
+    }
+
     /// Counts the kernel's losses for cgroup `cg` from now on, for the termination that
     /// opens (its container's or its own), unless already counted.
     fn count_losses_from_now(&mut self, cg: u64) -> Result<(), ProbeError> {
+        if !self.skipped_at_open.contains_key(&cg) {
+            let skipped = self.runs_skipped();
+            self.skipped_at_open.insert(cg, skipped);
+        }
         if self.lost_at_open.contains_key(&cg) {
             return Ok(());
         }
@@ -888,6 +926,7 @@ impl Pipeline {
     /// its losses are remembered and the kernel stops watching it, unless configured to.
     fn unwatch(&mut self, cg: u64) -> Result<(), ProbeError> {
         self.lost_at_open.remove(&cg);
+        self.skipped_at_open.remove(&cg);
         if self.explicit.contains(&cg) {
             // A configured watch outlives the termination (and a reload signal).
             return Ok(());
@@ -976,5 +1015,16 @@ mod tests {
         assert!(leave_for_later(true, now - 60 * S, now));
         // A clock read before the record's change (another CPU): recent.
         assert!(leave_for_later(false, now + 5, now));
+    }
+
+    #[test]
+    fn the_runs_skipped_while_a_report_was_collected_count_from_its_earliest_open() {
+        // The container's cgroup opened when the node had skipped 7 runs, a member at 9.
+        assert_eq!(skipped_since(&[7, 9], 12), 5);
+        assert_eq!(skipped_since(&[7], 7), 0);
+        // Restored from the state file: counted since this agent's programs were loaded.
+        assert_eq!(skipped_since(&[], 3), 3);
+        // A count that went down (a program reloaded): none, not a wrap-around.
+        assert_eq!(skipped_since(&[5], 2), 0);
     }
 }

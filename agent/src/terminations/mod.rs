@@ -1155,10 +1155,22 @@ impl Engine {
         let outside_kill = outside.iter().find(|s| s.signal == Signal::KILL).copied();
         // A supervisor inside the container that SIGKILLed its child after its own grace
         // period is an escalation too, when that child died of it.
-        let inside_escalation = t
-            .signals
-            .iter()
-            .find(|s| s.is_inside_escalation() && died_of_sigkill(Some(s.target.pid)));
+        // Of several (a supervisor that SIGKILLs all its workers at once), the one whose
+        // target's death closed a connection that was cut is the one to name, when any is.
+        let cut_by: HashSet<u32> = t
+            .conns
+            .values()
+            .filter(|c| c.closed_by != 0 && c.closed_by_exit)
+            .map(|c| c.closed_by)
+            .collect();
+        let escalations = || {
+            t.signals
+                .iter()
+                .filter(|s| s.is_inside_escalation() && died_of_sigkill(Some(s.target.pid)))
+        };
+        let inside_escalation = escalations()
+            .find(|s| cut_by.contains(&s.target.pid))
+            .or_else(|| escalations().next());
         let killed =
             (outside_kill.is_some() && died_of_sigkill(None)) || inside_escalation.is_some();
         let stop_sigs: Vec<Signal> = outside
@@ -1303,6 +1315,7 @@ impl Engine {
             connections,
             connections_omitted: omitted,
             incomplete: None,
+            kernel_runs_skipped: 0,
             timeline_left_out,
             exits: t
                 .exits

@@ -387,11 +387,23 @@ pub struct TerminationReport {
     /// goes with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incomplete: Option<Incomplete>,
+    /// Runs of termscope's kernel programs the kernel skipped on this node while the report
+    /// was collected (a run nested in another on one CPU): each a state change, signal or exit
+    /// never seen, of a container the kernel does not name — perhaps this one's, perhaps not,
+    /// so not `incomplete`. Counted from when the agent opened the termination (after a
+    /// restart: from when the new agent loaded its programs); 0 where the kernel keeps no
+    /// count (before 5.11, `termscope doctor`: `feature: skipped runs`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kernel_runs_skipped: u64,
     /// Timeline steps the engine already left out (in words, as `outputs::bound` says it): a
     /// termination of many connections never builds its whole timeline. Not serialised: the
     /// report says it through its `omitted` step, flag and summary.
     #[serde(skip)]
     pub timeline_left_out: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a report may miss (see [`TerminationReport::incomplete`]).

@@ -680,6 +680,75 @@ fn a_supervisor_inside_escalating_to_sigkill() {
     }
 }
 
+/// A supervisor that SIGKILLs all its workers at once (PHP-FPM's fast shutdown): the summary
+/// names the worker whose death cut the client, not merely the first one killed.
+#[test]
+fn of_several_workers_killed_the_one_that_cut_is_named() {
+    let inside = |ts: u64, sig: u32, target: u32| {
+        Event::Signal(SignalGenerated {
+            ts_ns: ts,
+            signal: Signal::from_kernel(sig),
+            code: 0,
+            group: true,
+            result: SignalResult::Delivered,
+            sender: task(10, "php-fpm"),
+            sender_cgroup_id: CG,
+            target: task(target, "php-fpm"),
+            target_cgroup_id: CG,
+            target_netns: NETNS,
+            watch_opened: false,
+        })
+    };
+    let killed = |ts: u64, pid: u32| {
+        process_exit(
+            ts,
+            CG,
+            task(pid, "php-fpm"),
+            ExitStatus::Signaled {
+                signal: Signal::KILL,
+                core_dumped: false,
+            },
+        )
+    };
+    let mut r = Run::new();
+    r.feed(signal(T0, 15, RUNTIME_CG, SignalResult::Delivered));
+    r.engine.on_snapshot(CG, &[open_conn(1, "10.0.0.9:40000")]);
+    for (pid, at) in [(11, 1), (12, 2)] {
+        r.feed(inside(T0 + at * MS, 15, pid));
+    }
+    for (pid, at) in [(11, 3), (12, 4)] {
+        r.feed(inside(T0 + at * MS, 9, pid));
+    }
+    r.feed(killed(T0 + 5 * MS, 11));
+    r.feed(killed(T0 + 6 * MS, 12));
+    // The busy worker's death closes its client's connection, a request in flight.
+    let mut s = state(
+        T0 + 6 * MS,
+        1,
+        "10.0.0.9:40000",
+        TcpState::Established,
+        TcpState::FinWait1,
+    );
+    s.task = task(12, "php-fpm");
+    s.flags.closed_by_exit = true;
+    s.flags.in_owner_task = true;
+    s.activity = Some(IN_FLIGHT);
+    r.feed(Event::TcpState(s));
+    r.feed(exit(T0 + 8 * MS, 10, ExitStatus::Exited { code: 0 }));
+    let rep = r.finish(T0 + 8 * MS);
+    assert_eq!(rep.outcome, Outcome::Killed);
+    assert_eq!(rep.connections[0].verdict, Verdict::ClosedByExit);
+    assert_eq!(
+        rep.connections[0].closed_by.as_ref().map(|p| p.pid),
+        Some(12)
+    );
+    assert!(
+        rep.summary[0].starts_with("php-fpm (pid 10) killed php-fpm (pid 12) with SIGKILL"),
+        "{:?}",
+        rep.summary
+    );
+}
+
 /// An exit that closes connections: one whose client had said goodbye (CLOSE_WAIT), one idle
 /// keep-alive, one with a request in flight, and one of the container's own upstreams.
 #[test]
