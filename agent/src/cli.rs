@@ -116,6 +116,10 @@ pub enum Command {
         /// e.g. /var/lib/kubelet/seccomp/termscope/agent.json.
         #[arg(long, value_name = "FILE")]
         install: Option<PathBuf>,
+        /// The socket-walk component's profile (deploy/components/socket-walk): the agent's
+        /// plus `setns` into network namespaces.
+        #[arg(long)]
+        walk: bool,
     },
 }
 

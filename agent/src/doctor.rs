@@ -495,7 +495,8 @@ pub fn feature_checks(f: &KernelFacts) -> Vec<Check> {
                  every connection is kept from its opening instead (a map write and a deletion \
                  per connection on the hot path, about three times the cost with nothing \
                  watched; for the cheaper way run the agent in the host's PID namespace with \
-                 CAP_SYS_PTRACE and CAP_SYS_ADMIN)"
+                 CAP_SYS_PTRACE and CAP_SYS_ADMIN, setns allowed into network namespaces: \
+                 the DaemonSet's component deploy/components/socket-walk)"
             ),
         ),
     });

@@ -75,15 +75,20 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Report(args) => cli::report(args),
         Command::Watch(args) => cli::watch(args),
-        Command::SeccompProfile { install } => {
+        Command::SeccompProfile { install, walk } => {
+            let profile = if walk {
+                termscope::seccomp::Profile::Walk
+            } else {
+                termscope::seccomp::Profile::Agent
+            };
             match install {
                 None => {
                     let mut out = std::io::stdout().lock();
-                    write!(out, "{}", termscope::seccomp::PROFILE)?;
+                    write!(out, "{}", profile.text())?;
                     out.flush()?;
                 }
                 Some(path) => {
-                    let done = termscope::seccomp::install(&path)
+                    let done = termscope::seccomp::install(&path, profile)
                         .context("installing the seccomp profile")?;
                     tracing::info!(path = %path.display(), result = ?done, "seccomp profile");
                 }

@@ -338,6 +338,8 @@ pub mod v1 {
         pub run_as_group: Option<Int64Value>,
         #[prost(message, optional, tag = "15")]
         pub seccomp: Option<SecurityProfile>,
+        #[prost(message, optional, tag = "16")]
+        pub apparmor: Option<SecurityProfile>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct LinuxContainerConfig {

@@ -198,6 +198,9 @@ pub struct PodSpec {
     pub init_containers: Vec<ContainerSpec>,
     /// The sandbox's seccomp profile (the pod-level `securityContext.seccompProfile`).
     pub sandbox_seccomp: Option<v1::SecurityProfile>,
+    /// `hostPID`: the pod's processes in the node's PID namespace (network and IPC stay the
+    /// pod's).
+    pub host_pid: bool,
 }
 
 impl PodSpec {
@@ -214,6 +217,7 @@ impl PodSpec {
             service: None,
             init_containers: Vec::new(),
             sandbox_seccomp: None,
+            host_pid: false,
         }
     }
 
@@ -590,10 +594,16 @@ impl<'a> KubeletDriver<'a> {
     }
 }
 
-fn sandbox_namespaces() -> v1::NamespaceOption {
+/// The namespaces kubelet asks for (`namespacesForPod`): the pod's network and IPC, a PID
+/// namespace per container unless `hostPID` (the node's).
+fn sandbox_namespaces(spec: &PodSpec) -> v1::NamespaceOption {
     v1::NamespaceOption {
         network: v1::NamespaceMode::Pod as i32,
-        pid: v1::NamespaceMode::Container as i32,
+        pid: if spec.host_pid {
+            v1::NamespaceMode::Node as i32
+        } else {
+            v1::NamespaceMode::Container as i32
+        },
         ipc: v1::NamespaceMode::Pod as i32,
         target_id: String::new(),
     }
@@ -640,7 +650,7 @@ fn sandbox_config(spec: &PodSpec, cgroup_parent: &str, log_dir: &Path) -> PodSan
         linux: Some(v1::LinuxPodSandboxConfig {
             cgroup_parent: cgroup_parent.into(),
             security_context: Some(v1::LinuxSandboxSecurityContext {
-                namespace_options: Some(sandbox_namespaces()),
+                namespace_options: Some(sandbox_namespaces(spec)),
                 seccomp: spec.sandbox_seccomp.clone(),
                 ..Default::default()
             }),
@@ -702,7 +712,7 @@ fn container_config(pod: &PodSpec, c: &ContainerSpec) -> v1::ContainerConfig {
                 oom_score_adj: pod.qos.oom_score_adj(),
             }),
             security_context: Some(v1::LinuxContainerSecurityContext {
-                namespace_options: Some(sandbox_namespaces()),
+                namespace_options: Some(sandbox_namespaces(pod)),
                 ..c.security.clone().unwrap_or_default()
             }),
         }),

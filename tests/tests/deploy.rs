@@ -1217,14 +1217,10 @@ fn the_dashboard_is_importable() -> Result<()> {
     Ok(())
 }
 
-/// The optional memlock component (kernels before 5.11) adds exactly CAP_SYS_RESOURCE to the
-/// agent, in an overlay as an operator would write it; nothing else changes.
-#[test]
-fn memlock_component_adds_only_sys_resource() -> Result<()> {
-    let Some((_, base)) = rendered()? else {
-        return Ok(());
-    };
-    let dir = TempDir::new("memlock-overlay")?;
+/// `deploy/` with one of its components, in an overlay as an operator would write it,
+/// rendered (the YAML and its objects); `None` where kubectl is missing.
+fn rendered_with_component(component: &str) -> Result<Option<(String, Vec<Value>)>> {
+    let dir = TempDir::new(&format!("{component}-overlay"))?;
     // kustomize wants relative paths: from the overlay up to / and down to deploy/.
     let up = "../".repeat(dir.path.components().count().saturating_sub(1));
     let deploy_rel = format!(
@@ -1235,7 +1231,7 @@ fn memlock_component_adds_only_sys_resource() -> Result<()> {
         "kustomization.yaml",
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources:\n  - {deploy_rel}\ncomponents:\n  - {deploy_rel}/components/memlock\n"
+             resources:\n  - {deploy_rel}\ncomponents:\n  - {deploy_rel}/components/{component}\n"
         ),
     )?;
     let Some(out) = run_tool(
@@ -1243,10 +1239,24 @@ fn memlock_component_adds_only_sys_resource() -> Result<()> {
         "kubectl; Debian package kubernetes-client",
     )?
     else {
-        return Ok(());
+        return Ok(None);
     };
     ensure!(out.status.success(), "kustomize: {}", text(&out));
-    let docs = yaml_documents(&String::from_utf8(out.stdout)?)?;
+    let yaml = String::from_utf8(out.stdout)?;
+    let docs = yaml_documents(&yaml)?;
+    Ok(Some((yaml, docs)))
+}
+
+/// The optional memlock component (kernels before 5.11) adds exactly CAP_SYS_RESOURCE to the
+/// agent, in an overlay as an operator would write it; nothing else changes.
+#[test]
+fn memlock_component_adds_only_sys_resource() -> Result<()> {
+    let Some((_, base)) = rendered()? else {
+        return Ok(());
+    };
+    let Some((_, docs)) = rendered_with_component("memlock")? else {
+        return Ok(());
+    };
     let caps = |docs: &[Value]| -> Result<Vec<String>> {
         let ds = one(docs, "DaemonSet")?;
         Ok(ds
@@ -1262,5 +1272,88 @@ fn memlock_component_adds_only_sys_resource() -> Result<()> {
     assert_eq!(caps(&base)?, ["BPF", "PERFMON"]);
     assert_eq!(caps(&docs)?, ["BPF", "PERFMON", "SYS_RESOURCE"]);
     assert_eq!(docs.len(), base.len());
+    Ok(())
+}
+
+/// The optional socket-walk component grants exactly what walking other pods' sockets takes
+/// — the host's PID namespace, CAP_SYS_PTRACE and CAP_SYS_ADMIN, the walk's seccomp profile
+/// (installed by the init container), AppArmor unconfined — and changes nothing else: the
+/// rendered objects are the base's with those fields, and no other, changed.
+#[test]
+fn socket_walk_component_grants_what_the_walk_needs_and_nothing_else() -> Result<()> {
+    let Some((_, base)) = rendered()? else {
+        return Ok(());
+    };
+    let Some((yaml, docs)) = rendered_with_component("socket-walk")? else {
+        return Ok(());
+    };
+    // Valid from Kubernetes 1.30 (the container's `appArmorProfile`), refused before it.
+    let dir = TempDir::new("socket-walk-rendered")?;
+    let file = dir.write("rendered.yaml", &yaml)?;
+    for (version, valid) in [("1.37.0", true), ("1.30.0", true), ("1.29.0", false)] {
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "kubernetes_validate",
+                "--strict",
+                "--quiet",
+                "-k",
+                version,
+            ])
+            .arg(&file)
+            .output()?;
+        let report = text(&out);
+        ensure!(
+            out.status.success() == valid,
+            "kubernetes-validate --strict -k {version}: expected {}:\n{report}",
+            if valid { "valid" } else { "refused" }
+        );
+        if !valid {
+            ensure!(report.contains("appArmorProfile"), "{report}");
+        }
+    }
+    ensure!(
+        docs.len() == base.len(),
+        "{} objects, {}",
+        docs.len(),
+        base.len()
+    );
+    let mut want = base.clone();
+    let ds = want
+        .iter_mut()
+        .find(|d| d["kind"] == "DaemonSet")
+        .context("no DaemonSet")?;
+    let pod = ds
+        .pointer_mut("/spec/template/spec")
+        .context("no pod spec")?;
+    pod["hostPID"] = Value::Bool(true);
+    pod["initContainers"][0]["command"] = serde_json::json!([
+        "/termscope",
+        "seccomp-profile",
+        "--walk",
+        "--install",
+        "/seccomp/agent-walk.json"
+    ]);
+    let sc = &mut pod["containers"][0]["securityContext"];
+    sc["capabilities"]["add"] = serde_json::json!(["BPF", "PERFMON", "SYS_PTRACE", "SYS_ADMIN"]);
+    sc["seccompProfile"]["localhostProfile"] = "termscope/agent-walk.json".into();
+    sc["appArmorProfile"] = serde_json::json!({ "type": "Unconfined" });
+    for (got, want) in docs.iter().zip(&want) {
+        assert_eq!(got, want, "{} {}", got["kind"], got["metadata"]["name"]);
+    }
+    // The profile the init container installs is the one the agent container asks for.
+    let ds = one(&docs, "DaemonSet")?;
+    let asked = ds
+        .pointer("/spec/template/spec/containers/0/securityContext/seccompProfile/localhostProfile")
+        .and_then(Value::as_str)
+        .context("no localhostProfile")?;
+    let installed = ds
+        .pointer("/spec/template/spec/initContainers/0/command/4")
+        .and_then(Value::as_str)
+        .context("no install path")?;
+    assert_eq!(
+        Path::new(asked).file_name(),
+        Path::new(installed).file_name()
+    );
     Ok(())
 }

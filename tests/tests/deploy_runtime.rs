@@ -15,13 +15,17 @@
 //! connections, writes it to the forensic log on the host, and counts it in `/metrics` (read
 //! from inside the pod's network namespace, and from the node as Prometheus does); the
 //! unrelated pod reaches no report on any port the agent listens on; the agent stops cleanly
-//! when its pod is deleted.
+//! when its pod is deleted. The second test runs the same with the socket-walk component
+//! (`deploy/components/socket-walk`): the host's PID namespace, two more capabilities, the
+//! walk's seccomp profile; the agent walks other pods' sockets instead of keeping every
+//! connection of the node.
 //!
 //! Where this differs from a real node, on purpose:
-//! - the hostPaths under `/var/lib/kubelet` and `/var/log` are redirected into a temp dir (the
-//!   kubelet stand-in's root dir, whose `seccomp/` directory is where Localhost profiles are
-//!   looked up), so the test leaves nothing on the machine; the mounts' container paths and
-//!   modes are the manifest's;
+//! - the hostPaths under `/var/lib/kubelet`, `/var/lib` and `/var/log` are redirected into a
+//!   temp dir (the kubelet stand-in's root dir, whose `seccomp/` directory is where Localhost
+//!   profiles are looked up), and `/sys/fs/bpf` to a bpffs mounted for the test, so the
+//!   agent's pins and state are the test's own and it leaves nothing on the machine; the
+//!   mounts' container paths and modes are the manifest's;
 //! - the API server stand-in speaks plain HTTP, so no service account token is mounted and no
 //!   `KUBERNETES_SERVICE_HOST` is set: the agent runs standalone (reports without pod names).
 //!   Kubernetes mode is covered by k8s_scenarios.rs with the agent as a process;
@@ -50,11 +54,15 @@ use termscope_tests::{
     kubelet::{ContainerSpec, KubeletDriver, Pod, PodSpec, Qos},
 };
 
-/// A TCP server on 0.0.0.0:8080 that keeps every connection open and exits at once on
-/// SIGTERM: the clients' connections are closed by the kernel as it exits.
+/// A TCP server on 0.0.0.0:8080 that keeps every connection open and exits 1 s after
+/// SIGTERM: the clients' connections are closed by the kernel as it exits. (The second lets
+/// an agent that walks sockets when a stop begins find them open.)
 const WORKLOAD: &str = r#"
-import os, signal, socket
-signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+import os, signal, socket, time
+def on_term(*_):
+    time.sleep(1)
+    os._exit(0)
+signal.signal(signal.SIGTERM, on_term)
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8080))
@@ -72,16 +80,39 @@ fn workspace() -> PathBuf {
         .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
 }
 
-/// The DaemonSet's pod template, as `kubectl kustomize deploy/` renders it.
-fn rendered_pod_template() -> Result<Value> {
+/// The DaemonSet's pod template, as `kubectl kustomize deploy/` renders it, or an overlay of
+/// `deploy/` with one of its components (`deploy/components/<name>`) as an operator writes it.
+fn rendered_pod_template(component: Option<&str>) -> Result<Value> {
+    let deploy = workspace().join("deploy");
+    let overlay = TempDir::new("overlay")?;
+    let target = match component {
+        None => deploy,
+        Some(name) => {
+            // kustomize wants relative paths: from the overlay up to / and down to deploy/.
+            let up = "../".repeat(overlay.path.components().count().saturating_sub(1));
+            let rel = format!(
+                "{up}{}",
+                deploy.display().to_string().trim_start_matches('/')
+            );
+            overlay.write(
+                "kustomization.yaml",
+                format!(
+                    "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+                     resources:\n  - {rel}\ncomponents:\n  - {rel}/components/{name}\n"
+                ),
+            )?;
+            overlay.path.clone()
+        }
+    };
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(workspace().join("deploy"))
+        .arg(&target)
         .output()
         .context("running kubectl kustomize (kubectl: `cargo xtask setup --test-deps`)")?;
     ensure!(
         out.status.success(),
-        "kubectl kustomize deploy/: {}",
+        "kubectl kustomize {}: {}",
+        target.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     let docs = termscope_tests::yaml_documents(&String::from_utf8(out.stdout)?)?;
@@ -141,19 +172,51 @@ fn cpu_millis(q: &str) -> Result<i64> {
     }
 }
 
-/// Where this test's "node" keeps what a kubelet keeps under /var/lib/kubelet, and /var/log.
+/// Where this test's "node" keeps what a kubelet keeps under /var/lib/kubelet, the node's
+/// /var/log and /var/lib, and its bpffs: all under a temp dir, so that the agent's pinned maps
+/// and state file are this test's alone (another test's agent, or an earlier run's, would
+/// otherwise hand it their terminations, as an agent restart does) and nothing is left on the
+/// machine.
 struct NodeDirs {
     kubelet_root: PathBuf,
     var_log: PathBuf,
+    var_lib: PathBuf,
+    /// A bpffs of its own, mounted for the test (unmounted on drop).
+    bpffs: PathBuf,
 }
 
 impl NodeDirs {
+    fn new(dir: &TempDir) -> Result<Self> {
+        let node = NodeDirs {
+            kubelet_root: dir.join("kubelet"),
+            var_log: dir.join("var-log"),
+            var_lib: dir.join("var-lib"),
+            bpffs: dir.join("bpffs"),
+        };
+        std::fs::create_dir_all(node.kubelet_root.join("seccomp"))?;
+        std::fs::create_dir_all(&node.bpffs)?;
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&node.bpffs)
+            .status()?;
+        ensure!(
+            status.success(),
+            "mounting a bpffs at {}",
+            node.bpffs.display()
+        );
+        Ok(node)
+    }
+
     /// The host path a hostPath volume gets on this test node.
     fn host_path(&self, path: &str) -> PathBuf {
         if let Some(rest) = path.strip_prefix("/var/lib/kubelet/") {
             self.kubelet_root.join(rest)
         } else if let Some(rest) = path.strip_prefix("/var/log/") {
             self.var_log.join(rest)
+        } else if let Some(rest) = path.strip_prefix("/var/lib/") {
+            self.var_lib.join(rest)
+        } else if path == "/sys/fs/bpf" {
+            self.bpffs.clone()
         } else {
             PathBuf::from(path)
         }
@@ -181,6 +244,13 @@ impl NodeDirs {
             profile_type: profile_type as i32,
             localhost_ref,
         })
+    }
+}
+
+impl Drop for NodeDirs {
+    fn drop(&mut self) {
+        // Lazily: the agent's container may still hold it for a moment after it stopped.
+        let _ = Command::new("umount").arg("-l").arg(&self.bpffs).status();
     }
 }
 
@@ -226,12 +296,17 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
         ],
         "spec.template.spec",
     )?;
-    for host_ns in ["hostPID", "hostNetwork", "hostIPC"] {
+    for host_ns in ["hostNetwork", "hostIPC"] {
         ensure!(
             pod.get(host_ns).is_none_or(|v| v == false),
-            "{host_ns}: the kubelet stand-in runs pods in their own namespaces only"
+            "{host_ns}: the kubelet stand-in runs pods in their own network and IPC namespaces only"
         );
     }
+    let host_pid = match pod.get("hostPID") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => bail!("hostPID: {other}"),
+    };
     only_known(
         &pod["securityContext"],
         &["seccompProfile"],
@@ -340,6 +415,7 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
                 "runAsUser",
                 "runAsGroup",
                 "capabilities",
+                "appArmorProfile",
             ],
             "container securityContext",
         )?;
@@ -348,6 +424,23 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
         let seccomp = match sc.get("seccompProfile") {
             Some(p) => Some(node.seccomp(p)?),
             None => sandbox_seccomp.clone(),
+        };
+        // kubelet passes `appArmorProfile` on as CRI's `apparmor` (the runtime ignores it on
+        // a node without AppArmor, as this one is).
+        let apparmor = match sc.get("appArmorProfile") {
+            None => None,
+            Some(p) => {
+                only_known(p, &["type"], "appArmorProfile")?;
+                let profile_type = match p["type"].as_str() {
+                    Some("RuntimeDefault") => v1::ProfileType::RuntimeDefault,
+                    Some("Unconfined") => v1::ProfileType::Unconfined,
+                    other => bail!("appArmorProfile type {other:?}"),
+                };
+                Some(v1::SecurityProfile {
+                    profile_type: profile_type as i32,
+                    localhost_ref: String::new(),
+                })
+            }
         };
         spec.security = Some(v1::LinuxContainerSecurityContext {
             capabilities: Some(v1::Capability {
@@ -363,10 +456,11 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
                 .as_i64()
                 .map(|value| v1::Int64Value { value }),
             readonly_rootfs: sc["readOnlyRootFilesystem"] == true,
-            // kubelet: no_new_privs unless allowPrivilegeEscalation is true (or unset and the
-            // container is privileged or has CAP_SYS_ADMIN, which this one is not / has not).
-            no_new_privs: sc["allowPrivilegeEscalation"] != true,
+            // kubelet (AddNoNewPrivileges): no_new_privs exactly when allowPrivilegeEscalation
+            // is set to false, whatever the capabilities.
+            no_new_privs: sc["allowPrivilegeEscalation"] == false,
             seccomp,
+            apparmor,
         });
 
         let res = &c["resources"];
@@ -447,6 +541,7 @@ fn translate(template: &Value, node: &NodeDirs, node_name: &str) -> Result<Trans
     }
     spec.init_containers = init_containers;
     spec.sandbox_seccomp = sandbox_seccomp;
+    spec.host_pid = host_pid;
     Ok(Translated {
         spec,
         startup,
@@ -540,15 +635,64 @@ fn allowed_syscalls(seccomp: &Value) -> BTreeSet<String> {
 #[test]
 fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Result<()> {
     k8s_test!();
+    daemonset_on_containerd(None)
+}
+
+/// The same with the socket-walk component (deploy/components/socket-walk): the host's PID
+/// namespace, CAP_SYS_PTRACE and CAP_SYS_ADMIN, the walk's seccomp profile. The agent walks
+/// every pod's sockets instead of keeping every connection of the node (`doctor` says so),
+/// and the workload's connections, opened while nothing was watched, are in its report.
+#[test]
+fn the_daemonset_with_the_socket_walk_component_walks_other_pods_sockets() -> Result<()> {
+    k8s_test!();
+    daemonset_on_containerd(Some("socket-walk"))
+}
+
+/// A capability's bit (`capability.h`), for the few the manifests name.
+fn cap_bit(name: &str) -> Result<u32> {
+    Ok(match name {
+        "CAP_SYS_PTRACE" => 19,
+        "CAP_SYS_ADMIN" => 21,
+        "CAP_SYS_RESOURCE" => 24,
+        "CAP_PERFMON" => 38,
+        "CAP_BPF" => 39,
+        other => bail!("capability {other} not known to this test"),
+    })
+}
+
+/// The seccomp rules with conditions (arguments), as comparable text.
+fn conditional_rules(seccomp: &Value) -> BTreeSet<String> {
+    seccomp["syscalls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["args"].as_array().is_some_and(|a| !a.is_empty()))
+        .map(|r| {
+            let args: Vec<String> = r["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| format!("{}{}{}", a["index"], a["op"], a["value"]))
+                .collect();
+            format!("{} {:?} {}", r["action"], strs(&r["names"]), args.join(","))
+        })
+        .collect()
+}
+
+/// One DaemonSet at a time: a node runs one agent, and two on 2 vCPUs slow each other's
+/// probes down.
+static ONE_DAEMONSET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn daemonset_on_containerd(component: Option<&str>) -> Result<()> {
+    let _one = ONE_DAEMONSET
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let t0 = Instant::now();
-    let template = rendered_pod_template()?;
+    let walk = component == Some("socket-walk");
+    let template = rendered_pod_template(component)?;
     let containerd = Containerd::shared()?;
     let dir = TempDir::new("node")?;
-    let node = NodeDirs {
-        kubelet_root: dir.join("kubelet"),
-        var_log: dir.join("var-log"),
-    };
-    std::fs::create_dir_all(node.kubelet_root.join("seccomp"))?;
+    let node = NodeDirs::new(&dir)?;
     let kubelet = KubeletDriver::new(containerd, None)?;
     let tr = translate(&template, &node, &kubelet.node_name)?;
 
@@ -567,14 +711,23 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
 
     // The agent's pod: the init container installs the profile, then the agent starts.
     let agent = kubelet.run_pod(tr.spec.clone())?;
-    let profile_path = node.kubelet_root.join("seccomp/termscope/agent.json");
+    let asked = template
+        .pointer("/spec/containers/0/securityContext/seccompProfile/localhostProfile")
+        .and_then(Value::as_str)
+        .context("the agent container has no localhostProfile")?;
+    let profile_path = node.kubelet_root.join("seccomp").join(asked);
     let installed = std::fs::read_to_string(&profile_path).with_context(|| {
         format!(
             "the init container did not write {}",
             profile_path.display()
         )
     })?;
-    assert_eq!(installed, termscope::seccomp::PROFILE);
+    let want_profile = if walk {
+        termscope::seccomp::WALK_PROFILE
+    } else {
+        termscope::seccomp::PROFILE
+    };
+    assert_eq!(installed, want_profile, "{}", profile_path.display());
     let took = run_probe(containerd, &agent, &tr.startup, "startup")?;
     run_probe(containerd, &agent, &tr.readiness, "readiness")?;
     eprintln!("[deploy] agent ready {took:?} after its container started");
@@ -584,23 +737,45 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
     let info = kubelet.cri().container_info(&ac.id)?;
     let oci = &info["runtimeSpec"];
     let caps = &oci["process"]["capabilities"];
+    let manifest_caps: BTreeSet<String> =
+        strs(&template["spec"]["containers"][0]["securityContext"]["capabilities"]["add"])
+            .into_iter()
+            .map(|c| format!("CAP_{c}"))
+            .collect();
+    let mut want_caps: BTreeSet<String> = ["CAP_BPF".into(), "CAP_PERFMON".into()].into();
+    if walk {
+        want_caps.extend(["CAP_SYS_PTRACE".into(), "CAP_SYS_ADMIN".into()]);
+    }
+    assert_eq!(manifest_caps, want_caps, "the manifest's capabilities");
     for set in ["bounding", "effective", "permitted"] {
         let got: BTreeSet<String> = strs(&caps[set]).into_iter().collect();
-        let want: BTreeSet<String> = ["CAP_BPF".into(), "CAP_PERFMON".into()].into();
-        assert_eq!(got, want, "{set} capabilities");
+        assert_eq!(got, want_caps, "{set} capabilities");
     }
+    let cap_mask = want_caps
+        .iter()
+        .map(|c| cap_bit(c).map(|b| 1u64 << b))
+        .sum::<Result<u64>>()?;
     assert!(strs(&caps["ambient"]).is_empty());
     assert_eq!(oci["process"]["noNewPrivileges"], true);
     assert_eq!(oci["process"]["user"]["uid"], 0);
     assert_eq!(oci["process"]["user"]["gid"], 0);
     assert_eq!(oci["root"]["readonly"], true);
-    let profile: Value = serde_json::from_str(termscope::seccomp::PROFILE)?;
+    let profile: Value = serde_json::from_str(want_profile)?;
     let applied = &oci["linux"]["seccomp"];
     assert_eq!(applied["defaultAction"], profile["defaultAction"]);
     assert_eq!(
         allowed_syscalls(applied),
         allowed_syscalls(&profile),
         "containerd applied the profile file"
+    );
+    assert_eq!(
+        conditional_rules(applied),
+        conditional_rules(&profile),
+        "containerd applied the profile's conditional rules"
+    );
+    assert!(
+        !allowed_syscalls(applied).contains("setns"),
+        "setns is allowed only with conditions, if at all"
     );
     let mounts: BTreeMap<String, (String, bool)> = oci["mounts"]
         .as_array()
@@ -626,10 +801,18 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
     }
     let status = proc_status(ac.pid)?;
     assert_eq!(
-        status["CapEff"], "000000c000000000",
-        "CAP_BPF + CAP_PERFMON only"
+        status["CapEff"],
+        format!("{cap_mask:016x}"),
+        "{want_caps:?} only"
     );
-    assert_eq!(status["CapBnd"], "000000c000000000");
+    assert_eq!(status["CapBnd"], format!("{cap_mask:016x}"));
+    // hostPID: the agent in the node's PID namespace (this test's), or in one of its own.
+    let pid_ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid"));
+    assert_eq!(
+        pid_ns(&ac.pid.to_string())? == pid_ns("self")?,
+        walk,
+        "the agent's PID namespace"
+    );
     assert_eq!(status["Seccomp"], "2", "a seccomp filter is on");
     assert_eq!(status["NoNewPrivs"], "1");
     // The memory limit reached the container's cgroup.
@@ -652,6 +835,18 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
         .filter(|l| l.starts_with("ok") && l.contains("probe "))
         .count();
     assert_eq!(probes_ok, termscope::probes::PROBES.len(), "{doctor_out}");
+    // Without the component the agent cannot walk other pods' sockets and keeps every
+    // connection instead; with it, it walks them (setns allowed by its profile).
+    let walk_line = doctor_out
+        .lines()
+        .find(|l| l.contains("feature: socket walk"))
+        .context("doctor says nothing of the socket walk")?;
+    assert_eq!(
+        walk_line.starts_with("ok"),
+        walk,
+        "{walk_line}\nagent log:\n{}",
+        agent.logs("agent")
+    );
 
     // The workload: a server with two clients connected from the node, then deleted.
     let mut workload = kubelet.run_pod(
@@ -752,6 +947,24 @@ fn the_daemonset_runs_on_containerd_with_exactly_its_manifest_privileges() -> Re
     assert_eq!(
         cut_ports, client_ports,
         "the two clients' connections: {report}"
+    );
+    // Both accepted by the workload: inbound, and established when they were, whether the
+    // kernel kept them from their opening (no walk) or the walk found them open when the
+    // stop began (and their time in the establishment log).
+    for c in report["connections"].as_array().into_iter().flatten() {
+        assert_eq!(c["direction"], "inbound", "{c}");
+        assert!(c["established_at"].is_string(), "{c}");
+    }
+    // The running agent, too, walked (or kept every connection, without the component).
+    let log = agent.logs("agent");
+    assert_eq!(
+        log.contains("every connection is kept from its opening"),
+        !walk,
+        "agent log:\n{log}"
+    );
+    assert!(
+        !log.contains("the walk missed a network namespace"),
+        "agent log:\n{log}"
     );
 
     // The forensic log, on the host through the hostPath mount (read-only root elsewhere).

@@ -1564,14 +1564,7 @@ fn walk_sockets(ebpf: &mut Ebpf) -> Result<Walked, String> {
     walk_once(iter, &mut met)?;
     walked.extend(own_netns());
     let (others, refused) = other_netns();
-    if refused > 0 {
-        // With CAP_SYS_PTRACE (checked in `sees_every_process`) only a security module or a
-        // process that forbids it refuses: not taken as a namespace missed.
-        tracing::debug!(
-            refused,
-            "processes whose network namespace could not be opened"
-        );
-    }
+    coverage = coverage.and(refusals(&refused));
     if !others.is_empty() {
         // setns changes the calling thread's namespace only: walk from a thread of our own.
         let res = std::thread::scope(|scope| {
@@ -1787,15 +1780,43 @@ fn own_netns() -> Option<u64> {
     std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
 }
 
-/// Network namespaces other than ours that we can open: (inode, fd).
+/// The walk's coverage after the network namespace files `refused` could not be opened, and
+/// their namespaces were not found among those walked ([`unresolved_refusals`]). With
+/// CAP_SYS_PTRACE (checked in `sees_every_process`) only a security module refuses
+/// (AppArmor's container profiles let a container read only processes under the same
+/// profile; SELinux; a sandbox guarding its init): a namespace no process led the walk to,
+/// where a container would have its open connections missing from its report.
+fn refusals(refused: &[std::path::PathBuf]) -> Result<(), String> {
+    let Some(first) = refused.first() else {
+        return Ok(());
+    };
+    // The process, by name, for the operator to look up.
+    let comm = first
+        .parent()
+        .and_then(|ns| ns.parent())
+        .and_then(|pid| std::fs::read_to_string(pid.join("comm")).ok())
+        .map(|c| format!(" ({})", c.trim()))
+        .unwrap_or_default();
+    Err(format!(
+        "the network namespace of {} process(es) could not be opened, e.g. {}{comm} \
+         (permission denied: a security module such as AppArmor or SELinux refuses it; run \
+         the agent unconfined by it)",
+        refused.len(),
+        first.display()
+    ))
+}
+
 /// The network namespaces other than the agent's own it can open (by `/run/netns` and the
-/// processes it sees), and how many it was refused (permission).
-fn other_netns() -> (Vec<(u64, std::fs::File)>, usize) {
+/// processes it sees), and the namespace files it was refused (permission) whose namespace is
+/// none of those (see [`unresolved_refusals`]).
+fn other_netns() -> (Vec<(u64, std::fs::File)>, Vec<std::path::PathBuf>) {
     use std::os::unix::fs::MetadataExt;
     let Some(own) = own_netns() else {
-        return (Vec::new(), 0);
+        return (Vec::new(), Vec::new());
     };
-    let mut refused = 0;
+    let mut refused = Vec::new();
+    // The processes whose namespace file opened: where a refused one's namespace is looked for.
+    let mut opened: Vec<std::path::PathBuf> = Vec::new();
     let mut seen = std::collections::HashSet::from([own]);
     let mut candidates: Vec<std::path::PathBuf> = Vec::new();
     for dir in ["/run/netns", "/var/run/netns"] {
@@ -1824,7 +1845,7 @@ fn other_netns() -> (Vec<(u64, std::fs::File)>, usize) {
                 Err(e) => {
                     // A process that exited meanwhile is no namespace missed.
                     if e.kind() == std::io::ErrorKind::PermissionDenied {
-                        refused += 1;
+                        refused.push(path.clone());
                     }
                     return None;
                 }
@@ -1834,6 +1855,9 @@ fn other_netns() -> (Vec<(u64, std::fs::File)>, usize) {
             if !is_nsfs(&file) {
                 return None;
             }
+            if let Some(dir) = proc_dir_of(&path) {
+                opened.push(dir.to_path_buf());
+            }
             // The inode of what was opened (a namespace file's inode is its namespace's).
             let ino = file.metadata().ok()?.ino();
             if !seen.insert(ino) {
@@ -1842,7 +1866,66 @@ fn other_netns() -> (Vec<(u64, std::fs::File)>, usize) {
             Some((ino, file))
         })
         .collect();
-    (found, refused)
+    (found, unresolved_refusals(refused, &opened))
+}
+
+/// `/proc/<pid>` of a `/proc/<pid>/ns/net` path (`None` for `/run/netns` files).
+fn proc_dir_of(ns_path: &std::path::Path) -> Option<&std::path::Path> {
+    ns_path
+        .parent()
+        .and_then(std::path::Path::parent)
+        .filter(|d| d.parent() == Some(std::path::Path::new("/proc")))
+}
+
+/// Which network namespace the process of `proc_dir` (`/proc/<pid>`) is in, readable without
+/// the ptrace access its `ns/net` takes: the inode of its `net/tcp`, an entry each network
+/// namespace has its own of (procfs numbers it when the namespace is made).
+fn netns_key(proc_dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(proc_dir.join("net/tcp")).map(|m| m.ino())
+}
+
+/// Of the namespace files the walk was refused, those whose namespace it does not reach
+/// otherwise. A process that refuses (e.g. a sandbox's PID 1, which even root may not read)
+/// is usually in a namespace the walk reached through another process or its own: its
+/// `net/tcp` has the same inode as theirs. One whose namespace cannot be told, or is none
+/// of those, is a namespace missed; one that exited meanwhile is not.
+fn unresolved_refusals(
+    refused: Vec<std::path::PathBuf>,
+    opened: &[std::path::PathBuf],
+) -> Vec<std::path::PathBuf> {
+    if refused.is_empty() {
+        return refused;
+    }
+    let mut missed = Vec::new();
+    let mut wanted: Vec<(std::path::PathBuf, u64)> = Vec::new();
+    for path in refused {
+        match proc_dir_of(&path).map(netns_key) {
+            Some(Ok(key)) => wanted.push((path, key)),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Some(Err(_)) | None => missed.push(path),
+        }
+    }
+    // The agent's own namespace (walked first), then those of the processes it entered by,
+    // until every refused one is found.
+    let mut covered: std::collections::HashSet<u64> = netns_key(std::path::Path::new("/proc/self"))
+        .into_iter()
+        .collect();
+    for dir in opened {
+        if wanted.iter().all(|(_, key)| covered.contains(key)) {
+            break;
+        }
+        if let Ok(key) = netns_key(dir) {
+            covered.insert(key);
+        }
+    }
+    missed.extend(
+        wanted
+            .into_iter()
+            .filter(|(_, key)| !covered.contains(key))
+            .map(|(path, _)| path),
+    );
+    missed
 }
 
 /// Whether `file` is a namespace (on nsfs).
@@ -2085,6 +2168,64 @@ mod tests {
         assert!(e.contains("CAP_SYS_PTRACE and CAP_SYS_ADMIN"), "{e}");
         let e = missing_caps(1 << 21).expect_err("ptrace missing");
         assert!(e.contains("without CAP_SYS_PTRACE the"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_namespace_the_walk_reached_otherwise_is_not_missed() {
+        let me = std::path::PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+        // In the agent's own namespace: reached.
+        assert_eq!(
+            unresolved_refusals(vec![me.clone()], &[]),
+            Vec::<std::path::PathBuf>::new()
+        );
+        // A process that is gone: no namespace missed.
+        let gone = std::path::PathBuf::from(format!("/proc/{}/ns/net", u32::MAX - 1));
+        assert_eq!(
+            unresolved_refusals(vec![gone], &[]),
+            Vec::<std::path::PathBuf>::new()
+        );
+        // A named namespace file: which namespace it is cannot be told otherwise.
+        let named = std::path::PathBuf::from("/run/netns/somewhere");
+        assert_eq!(unresolved_refusals(vec![named.clone()], &[]), vec![named]);
+        assert_eq!(proc_dir_of(&me).map(|d| d.join("ns/net")), Some(me.clone()));
+        // A process in a network namespace of its own (a user namespace's, so no root is
+        // needed): missed, unless a process the walk entered by is in it too.
+        let mut other = std::process::Command::new("unshare")
+            .args(["-rn", "sleep", "30"])
+            .spawn()
+            .expect("unshare -rn (util-linux)");
+        let dir = std::path::PathBuf::from(format!("/proc/{}", other.id()));
+        // Until unshare has made the namespace and exec'd sleep.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while netns_key(&dir).ok() == netns_key(std::path::Path::new("/proc/self")).ok()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ns = dir.join("ns/net");
+        let missed = unresolved_refusals(vec![ns.clone(), me.clone()], &[]);
+        let reached = unresolved_refusals(vec![ns.clone()], std::slice::from_ref(&dir));
+        let _ = other.kill();
+        let _ = other.wait();
+        assert_eq!(missed, vec![ns]);
+        assert_eq!(reached, Vec::<std::path::PathBuf>::new());
+    }
+
+    #[test]
+    fn a_namespace_the_walk_was_refused_is_a_namespace_missed() {
+        assert_eq!(refusals(&[]), Ok(()));
+        let refused: Vec<std::path::PathBuf> = ["/proc/7/ns/net", "/proc/8/ns/net", "/run/netns/x"]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let e = refusals(&refused).expect_err("refused");
+        assert!(
+            e.contains("of 3 process(es) could not be opened, e.g. /proc/7/ns/net"),
+            "{e}"
+        );
+        // The first reason the walk falls short stands.
+        let no_caps = missing_caps(0);
+        assert_eq!(no_caps.clone().and(refusals(&refused)), no_caps);
     }
 
     #[test]
