@@ -741,6 +741,27 @@ pub fn stop_while_knocking(
 // The real agent binary against the Kubernetes stand-ins (tests/tests/k8s_scenarios.rs).
 pub mod k8s_agent;
 
+/// A kustomize overlay as an operator writes one: `deploy` (the repository's `deploy/`) with
+/// its component `deploy/components/<component>`, in a temp dir (render it with `kubectl
+/// kustomize <dir>`).
+pub fn component_overlay(deploy: &Path, component: &str) -> Result<TempDir> {
+    let dir = TempDir::new(&format!("{component}-overlay"))?;
+    // kustomize wants relative paths: from the overlay up to / and down to deploy/.
+    let up = "../".repeat(dir.path.components().count().saturating_sub(1));
+    let rel = format!(
+        "{up}{}",
+        deploy.display().to_string().trim_start_matches('/')
+    );
+    dir.write(
+        "kustomization.yaml",
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - {rel}\ncomponents:\n  - {rel}/components/{component}\n"
+        ),
+    )?;
+    Ok(dir)
+}
+
 /// The documents of a YAML text as JSON values, read with python3's PyYAML (which
 /// kubernetes-validate brings: `cargo xtask setup --test-deps`).
 pub fn yaml_documents(yaml: &str) -> Result<Vec<serde_json::Value>> {

@@ -1220,20 +1220,7 @@ fn the_dashboard_is_importable() -> Result<()> {
 /// `deploy/` with one of its components, in an overlay as an operator would write it,
 /// rendered (the YAML and its objects); `None` where kubectl is missing.
 fn rendered_with_component(component: &str) -> Result<Option<(String, Vec<Value>)>> {
-    let dir = TempDir::new(&format!("{component}-overlay"))?;
-    // kustomize wants relative paths: from the overlay up to / and down to deploy/.
-    let up = "../".repeat(dir.path.components().count().saturating_sub(1));
-    let deploy_rel = format!(
-        "{up}{}",
-        deploy().display().to_string().trim_start_matches('/')
-    );
-    dir.write(
-        "kustomization.yaml",
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources:\n  - {deploy_rel}\ncomponents:\n  - {deploy_rel}/components/{component}\n"
-        ),
-    )?;
+    let dir = termscope_tests::component_overlay(&deploy(), component)?;
     let Some(out) = run_tool(
         Command::new("kubectl").arg("kustomize").arg(&dir.path),
         "kubectl; Debian package kubernetes-client",

@@ -84,26 +84,10 @@ fn workspace() -> PathBuf {
 /// `deploy/` with one of its components (`deploy/components/<name>`) as an operator writes it.
 fn rendered_pod_template(component: Option<&str>) -> Result<Value> {
     let deploy = workspace().join("deploy");
-    let overlay = TempDir::new("overlay")?;
-    let target = match component {
-        None => deploy,
-        Some(name) => {
-            // kustomize wants relative paths: from the overlay up to / and down to deploy/.
-            let up = "../".repeat(overlay.path.components().count().saturating_sub(1));
-            let rel = format!(
-                "{up}{}",
-                deploy.display().to_string().trim_start_matches('/')
-            );
-            overlay.write(
-                "kustomization.yaml",
-                format!(
-                    "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-                     resources:\n  - {rel}\ncomponents:\n  - {rel}/components/{name}\n"
-                ),
-            )?;
-            overlay.path.clone()
-        }
-    };
+    let overlay = component
+        .map(|name| termscope_tests::component_overlay(&deploy, name))
+        .transpose()?;
+    let target = overlay.as_ref().map_or(deploy, |o| o.path.clone());
     let out = Command::new("kubectl")
         .arg("kustomize")
         .arg(&target)
