@@ -1791,9 +1791,7 @@ fn refusals(refused: &[std::path::PathBuf]) -> Result<(), String> {
         return Ok(());
     };
     // The process, by name, for the operator to look up.
-    let comm = first
-        .parent()
-        .and_then(|ns| ns.parent())
+    let comm = proc_dir_of(first)
         .and_then(|pid| std::fs::read_to_string(pid.join("comm")).ok())
         .map(|c| format!(" ({})", c.trim()))
         .unwrap_or_default();
