@@ -1156,7 +1156,8 @@ impl Engine {
         // A supervisor inside the container that SIGKILLed its child after its own grace
         // period is an escalation too, when that child died of it.
         // Of several (a supervisor that SIGKILLs all its workers at once), the one whose
-        // target's death closed a connection that was cut is the one to name, when any is.
+        // target's death closed connections (those the report may count as cut) is the one
+        // to name, when any is.
         let cut_by: HashSet<u32> = t
             .conns
             .values()
