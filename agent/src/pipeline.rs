@@ -74,8 +74,9 @@ pub struct Pipeline {
     /// it is watched, so a termination opened by a stop signal counts from here (or from 0)
     /// — the kernel watched it from the signal on, before userspace heard of it.
     lost_at_unwatch: HashMap<u64, (u64, u64)>,
-    /// Per open termination (by each of its cgroups): the node's count of the kernel
+    /// Per open termination (by its container's cgroup): the node's count of the kernel
     /// programs' skipped runs when it opened (see `TerminationReport::kernel_runs_skipped`).
+    /// Node-wide, so one per termination, not one per cgroup as the losses above.
     skipped_at_open: HashMap<u64, u64>,
     /// The inputs of the terminations in progress, for the state file (`None`: none kept).
     journal: Option<Journal>,
@@ -703,14 +704,8 @@ impl Pipeline {
         let mut cgroups = vec![cg];
         cgroups.extend(self.members.get(&cg).into_iter().flatten().copied());
         let (mut events_lost, mut connections_untracked) = (0, 0);
-        // Node-wide: from the earliest open among the termination's cgroups. None recorded
-        // (a termination restored from the state file): since this agent loaded its programs,
-        // whose counts start at 0.
-        let bases: Vec<u64> = cgroups
-            .iter()
-            .filter_map(|id| self.skipped_at_open.remove(id))
-            .collect();
-        report.kernel_runs_skipped = skipped_since(&bases, self.runs_skipped());
+        let base = self.skipped_at_open.remove(&cg);
+        report.kernel_runs_skipped = skipped_since(base, self.runs_skipped());
         for id in cgroups {
             let base = self.lost_at_open.remove(&id).unwrap_or((0, 0));
             let now = self
@@ -774,6 +769,10 @@ impl Pipeline {
                     }
                     for id in std::iter::once(cg).chain(members.iter().copied()) {
                         self.count_losses_from_now(id)?;
+                    }
+                    if !self.skipped_at_open.contains_key(&cg) {
+                        let skipped = self.runs_skipped();
+                        self.skipped_at_open.insert(cg, skipped);
                     }
                     if !members.is_empty() {
                         tracing::debug!(
@@ -881,11 +880,11 @@ impl Pipeline {
 }
 
 /// The node's skipped runs since a termination opened: `now` (all programs' counts) less the
-/// earliest of the counts recorded when its cgroups' watches began (`bases`), or less 0 when
-/// none was recorded (restored from the state file: the programs' counts began at 0 when
-/// this agent loaded them, after the termination opened).
-fn skipped_since(bases: &[u64], now: u64) -> u64 {
-    now.saturating_sub(bases.iter().copied().min().unwrap_or(0))
+/// count recorded when it opened (`base`), or less 0 when none was recorded (restored from
+/// the state file: the programs' counts began at 0 when this agent loaded them, after the
+/// termination opened).
+fn skipped_since(base: Option<u64>, now: u64) -> u64 {
+    now.saturating_sub(base.unwrap_or(0))
 }
 
 impl Pipeline {
@@ -897,10 +896,6 @@ impl Pipeline {
     /// Counts the kernel's losses for cgroup `cg` from now on, for the termination that
     /// opens (its container's or its own), unless already counted.
     fn count_losses_from_now(&mut self, cg: u64) -> Result<(), ProbeError> {
-        if !self.skipped_at_open.contains_key(&cg) {
-            let skipped = self.runs_skipped();
-            self.skipped_at_open.insert(cg, skipped);
-        }
         if self.lost_at_open.contains_key(&cg) {
             return Ok(());
         }
@@ -1018,13 +1013,13 @@ mod tests {
     }
 
     #[test]
-    fn the_runs_skipped_while_a_report_was_collected_count_from_its_earliest_open() {
-        // The container's cgroup opened when the node had skipped 7 runs, a member at 9.
-        assert_eq!(skipped_since(&[7, 9], 12), 5);
-        assert_eq!(skipped_since(&[7], 7), 0);
+    fn the_runs_skipped_while_a_report_was_collected_count_from_its_open() {
+        // The termination opened when the node had skipped 7 runs.
+        assert_eq!(skipped_since(Some(7), 12), 5);
+        assert_eq!(skipped_since(Some(7), 7), 0);
         // Restored from the state file: counted since this agent's programs were loaded.
-        assert_eq!(skipped_since(&[], 3), 3);
+        assert_eq!(skipped_since(None, 3), 3);
         // A count that went down (a program reloaded): none, not a wrap-around.
-        assert_eq!(skipped_since(&[5], 2), 0);
+        assert_eq!(skipped_since(Some(5), 2), 0);
     }
 }
